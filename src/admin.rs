@@ -1,0 +1,177 @@
+//! The local admin socket: a Unix socket in the data directory (owner-only permissions) that
+//! lets `devcell admin ...` and `devcell db backup` work while the cell holds the database.
+//! When no cell runs, the same requests are executed against the database directly.
+//!
+//! Protocol: one JSON request line, one JSON response line.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::service::Cell;
+
+pub const SOCKET_FILE: &str = "admin.sock";
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// A new API token for the user (the first administrator when `user` is absent).
+    Token { user: Option<String>, name: String },
+    /// A new password (generated when absent); ends the user's sessions.
+    ResetPassword {
+        user: Option<String>,
+        password: Option<String>,
+    },
+    /// A one-time login link.
+    LoginLink { user: Option<String> },
+    /// A consistent copy of the database at `path`.
+    DbBackup { path: PathBuf },
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Ok { user: Option<String>, value: String },
+    Error { message: String },
+}
+
+pub fn socket_path(data: &Path) -> PathBuf {
+    data.join(SOCKET_FILE)
+}
+
+pub fn remove_socket(data: &Path) {
+    let _ = std::fs::remove_file(socket_path(data));
+}
+
+/// Carries out one request on a cell (running, or opened just for this).
+pub async fn execute(cell: &Cell, req: Request) -> Response {
+    let result = match req {
+        Request::Token { user, name } => cell
+            .admin_token(user.as_deref(), &name)
+            .map(|(u, t)| (Some(u.email), t.secret)),
+        Request::ResetPassword { user, password } => cell
+            .reset_password(user.as_deref(), password)
+            .await
+            .map(|(u, p)| (Some(u.email), p)),
+        Request::LoginLink { user } => cell
+            .find_user(user.as_deref())
+            .and_then(|u| Ok((Some(u.email.clone()), cell.create_login_link(&u.id)?))),
+        Request::DbBackup { path } => {
+            let path = if path.is_absolute() {
+                path
+            } else {
+                std::env::current_dir().unwrap_or_default().join(path)
+            };
+            cell.store()
+                .backup_to(&path)
+                .map(|n| (None, format!("wrote {} records to {}", n, path.display())))
+                .map_err(crate::service::Error::from)
+        }
+    };
+    match result {
+        Ok((user, value)) => Response::Ok { user, value },
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Listens on the admin socket until `stop` turns true.
+pub fn serve(
+    cell: Cell,
+    data: &Path,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(data);
+    // We hold the database lock, so a socket file left here belongs to a dead cell.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                conn = listener.accept() => match conn {
+                    Ok((stream, _)) => {
+                        let cell = cell.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = handle(cell, stream).await {
+                                tracing::warn!(error = %e, "admin socket request failed");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "admin socket accept failed"),
+                },
+            }
+        }
+    }))
+}
+
+async fn handle(cell: Cell, stream: UnixStream) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).take_line(&mut line).await?;
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            tracing::info!(request = ?redact(&req), "admin socket request");
+            execute(&cell, req).await
+        }
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+fn redact(r: &Request) -> String {
+    match r {
+        Request::ResetPassword { user, .. } => format!("reset_password {user:?}"),
+        other => format!("{other:?}"),
+    }
+}
+
+trait TakeLine {
+    async fn take_line(&mut self, buf: &mut String) -> std::io::Result<usize>;
+}
+
+impl<R: tokio::io::AsyncBufRead + Unpin> TakeLine for R {
+    /// Reads one line of at most 64 KiB.
+    async fn take_line(&mut self, buf: &mut String) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let mut limited = (&mut *self).take(64 * 1024);
+        limited.read_line(buf).await
+    }
+}
+
+/// Sends a request to a running cell. `Ok(None)` means no cell answers on this data directory.
+pub async fn call(data: &Path, req: &Request) -> std::io::Result<Option<Response>> {
+    let path = socket_path(data);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let (r, mut w) = stream.into_split();
+    let mut out = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}

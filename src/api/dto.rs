@@ -1,0 +1,468 @@
+//! Wire types of the JSON API, separate from the domain types, with explicit conversions.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::domain::entities::{ApiToken, Class, Invitation, Membership, Org, User, Workspace};
+use crate::domain::{Policy, Role};
+use crate::workers::Status;
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserDto {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub is_admin: bool,
+    pub created_at: String,
+}
+
+impl From<&User> for UserDto {
+    fn from(u: &User) -> Self {
+        UserDto {
+            id: u.id.to_string(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            is_admin: u.is_admin,
+            created_at: rfc3339(u.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkLoginRequest {
+    /// The secret part of a one-time login link (`dcl_...`).
+    pub token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub user: UserDto,
+    /// Send this as `X-CSRF-Token` with every cookie-authenticated request that changes something.
+    pub csrf_token: String,
+    pub expires_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeResponse {
+    pub user: UserDto,
+    pub orgs: Vec<OrgDto>,
+    /// Present for session (cookie) authentication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePatch {
+    pub name: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current: String,
+    pub new: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenDto {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_used: Option<String>,
+}
+
+impl From<&ApiToken> for TokenDto {
+    fn from(t: &ApiToken) -> Self {
+        TokenDto {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            created_at: rfc3339(t.created_at),
+            expires_at: t.expires_at.map(rfc3339),
+            last_used: t.last_used.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    /// Lifetime in seconds; without it the token lives until revoked.
+    pub expires_in_s: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedToken {
+    /// The secret, shown only this once. Use it as `Authorization: Bearer <token>`.
+    pub token: String,
+    pub info: TokenDto,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrgDto {
+    pub id: String,
+    pub name: String,
+    /// The caller's role: `owner` or `member`.
+    pub role: String,
+    pub created_at: String,
+}
+
+impl OrgDto {
+    pub fn new(o: &Org, role: Role) -> Self {
+        OrgDto {
+            id: o.id.to_string(),
+            name: o.name.clone(),
+            role: role.as_str().into(),
+            created_at: rfc3339(o.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgInput {
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MemberDto {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub since: String,
+}
+
+impl MemberDto {
+    pub fn new(m: &Membership, u: &User) -> Self {
+        MemberDto {
+            user_id: u.id.to_string(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            role: m.role.as_str().into(),
+            since: rfc3339(m.since),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleInput {
+    /// `owner` or `member`.
+    pub role: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InvitationDto {
+    pub id: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+impl From<&Invitation> for InvitationDto {
+    fn from(i: &Invitation) -> Self {
+        InvitationDto {
+            id: i.id.to_string(),
+            role: i.role.as_str().into(),
+            created_by: i.created_by.to_string(),
+            created_at: rfc3339(i.created_at),
+            expires_at: rfc3339(i.expires_at),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedInvitation {
+    pub invitation: InvitationDto,
+    /// The one-time link for the invitee.
+    pub url: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvitation {
+    /// The secret part of the invitation link (`dci_...`).
+    pub token: String,
+    /// For a new account (when not signed in): email, name and password.
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AcceptedInvitation {
+    pub org_id: String,
+    pub role: String,
+    /// For a new account: the session's CSRF token (the session cookie is set too).
+    pub csrf_token: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassInputDto {
+    pub name: String,
+    /// CPU in thousandths of a core.
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub max_processes: u32,
+    #[serde(default)]
+    pub is_default: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClassDto {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub max_processes: u32,
+    pub is_default: bool,
+}
+
+impl From<&Class> for ClassDto {
+    fn from(c: &Class) -> Self {
+        ClassDto {
+            id: c.id.to_string(),
+            org_id: c.org.to_string(),
+            name: c.spec.name.clone(),
+            cpu_millis: c.spec.cpu_millis,
+            memory_bytes: c.spec.memory_bytes,
+            disk_bytes: c.spec.disk_bytes,
+            max_processes: c.spec.max_processes,
+            is_default: c.is_default,
+        }
+    }
+}
+
+/// An organization's policy; durations in seconds.
+#[derive(Serialize, ToSchema)]
+pub struct PolicyDto {
+    pub default_timeout_s: u64,
+    pub max_timeout_s: u64,
+    /// False when the owner has locked the timeout.
+    pub users_can_extend: bool,
+    pub max_lifetime_s: u64,
+    /// Class ids members may use; empty means all.
+    pub allowed_classes: Vec<String>,
+    pub max_running_per_user: u32,
+    pub backup_keep_last: u32,
+    pub backup_keep_within_s: u64,
+    pub deleted_backup_grace_s: u64,
+    /// Stopped workspaces are deleted after this long; null never.
+    pub dormancy_s: Option<u64>,
+    pub outbound_network: bool,
+    pub backup_home: bool,
+}
+
+impl From<&Policy> for PolicyDto {
+    fn from(p: &Policy) -> Self {
+        PolicyDto {
+            default_timeout_s: p.default_timeout.as_secs(),
+            max_timeout_s: p.max_timeout.as_secs(),
+            users_can_extend: p.users_can_extend,
+            max_lifetime_s: p.max_lifetime.as_secs(),
+            allowed_classes: p.allowed_classes.iter().map(|c| c.to_string()).collect(),
+            max_running_per_user: p.max_running_per_user,
+            backup_keep_last: p.backup_keep_last,
+            backup_keep_within_s: p.backup_keep_within.as_secs(),
+            deleted_backup_grace_s: p.deleted_backup_grace.as_secs(),
+            dormancy_s: p.dormancy.map(|d| d.as_secs()),
+            outbound_network: p.outbound_network,
+            backup_home: p.backup_home,
+        }
+    }
+}
+
+/// Changes to a policy; absent fields keep their value. `dormancy_s: 0` turns dormancy off.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPatchDto {
+    pub default_timeout_s: Option<u64>,
+    pub max_timeout_s: Option<u64>,
+    pub users_can_extend: Option<bool>,
+    pub max_lifetime_s: Option<u64>,
+    pub allowed_classes: Option<Vec<String>>,
+    pub max_running_per_user: Option<u32>,
+    pub backup_keep_last: Option<u32>,
+    pub backup_keep_within_s: Option<u64>,
+    pub deleted_backup_grace_s: Option<u64>,
+    pub dormancy_s: Option<u64>,
+    pub outbound_network: Option<bool>,
+    pub backup_home: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RepoDto {
+    /// https://, ssh://, user@host:path or file:// URL of a git repository.
+    pub url: String,
+    /// Branch or commit; the repository's default branch when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    /// Organization id; defaults to the caller's first organization.
+    pub org: Option<String>,
+    pub name: Option<String>,
+    pub repos: Vec<RepoDto>,
+    /// Class id or name; defaults to the organization's default class.
+    pub class: Option<String>,
+    pub image: Option<String>,
+    /// Inactivity timeout in seconds, within the organization's policy.
+    pub timeout_s: Option<u64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWorkspace {
+    pub name: Option<String>,
+    pub class: Option<String>,
+    /// An image reference, or an empty string to clear it.
+    pub image: Option<String>,
+    pub timeout_s: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PhaseChangeDto {
+    pub phase: String,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkspaceDto {
+    pub id: String,
+    pub org_id: String,
+    pub owner_id: String,
+    pub name: String,
+    pub repos: Vec<RepoDto>,
+    pub class_id: String,
+    pub image: Option<String>,
+    pub timeout_s: u64,
+    /// What the owner asked for: `running`, `stopped` or `deleted`.
+    pub desired: String,
+    /// What the cell observes: `pending`, `creating`, `initializing`, `running`, `stopping`, `stopped`, `failed`, `deleted`.
+    pub phase: String,
+    pub history: Vec<PhaseChangeDto>,
+    pub created_at: String,
+    pub last_activity: String,
+}
+
+impl From<&Workspace> for WorkspaceDto {
+    fn from(w: &Workspace) -> Self {
+        WorkspaceDto {
+            id: w.id.to_string(),
+            org_id: w.org.to_string(),
+            owner_id: w.owner.to_string(),
+            name: w.name.clone(),
+            repos: w
+                .repos
+                .iter()
+                .map(|r| RepoDto {
+                    url: r.url.as_str().to_owned(),
+                    branch: r.branch.clone(),
+                })
+                .collect(),
+            class_id: w.class.to_string(),
+            image: w.image.clone(),
+            timeout_s: w.timeout.as_secs(),
+            desired: w.lifecycle.desired.as_str().into(),
+            phase: w.lifecycle.phase.as_str().into(),
+            history: w
+                .lifecycle
+                .history
+                .iter()
+                .map(|c| PhaseChangeDto {
+                    phase: c.phase.as_str().into(),
+                    at: rfc3339(c.at),
+                    message: c.message.clone(),
+                })
+                .collect(),
+            created_at: rfc3339(w.created_at),
+            last_activity: rfc3339(w.last_activity),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkspaceList {
+    pub items: Vec<WorkspaceDto>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkspaceQuery {
+    /// List every workspace of this organization (owners only) instead of your own.
+    pub org: Option<String>,
+    pub cursor: Option<String>,
+    /// Page size, 1–500 (default 100).
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkerDto {
+    pub name: String,
+    /// `idle`, `running`, `backoff` or `stopped`.
+    pub state: String,
+    pub interval_s: u64,
+    pub runs: u64,
+    pub last_run: Option<String>,
+    pub next_run: Option<String>,
+    pub last_note: Option<String>,
+    pub last_error: Option<String>,
+    pub error_count: u64,
+}
+
+impl From<&Status> for WorkerDto {
+    fn from(s: &Status) -> Self {
+        WorkerDto {
+            name: s.name.into(),
+            state: s.state.as_str().into(),
+            interval_s: s.interval.as_secs(),
+            runs: s.runs,
+            last_run: s.last_run.map(rfc3339),
+            next_run: s.next_run.map(rfc3339),
+            last_note: s.last_note.clone(),
+            last_error: s.last_error.clone(),
+            error_count: s.error_count,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CellDto {
+    pub version: String,
+    pub started_at: String,
+    pub uptime_s: u64,
+    pub data_dir: String,
+    pub database_bytes: u64,
+    pub workspaces: u64,
+}

@@ -1,0 +1,127 @@
+//! The JSON API under `/api/v1`: routing, authentication, request extraction and the OpenAPI
+//! document. Handlers translate HTTP to [`crate::service`] calls and back, nothing more.
+
+mod auth;
+pub mod dto;
+pub mod error;
+mod ops;
+mod orgs;
+mod workspaces;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::StatusCode;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+pub use auth::{Auth, SESSION_COOKIE, identify as auth_identify, session_cookie};
+pub use error::{ApiError, ApiResult, ErrorBody};
+
+use crate::metrics::Metrics;
+use crate::service::Cell;
+use crate::workers::StatusBoard;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub cell: Cell,
+    pub metrics: Arc<Metrics>,
+    pub workers: StatusBoard,
+    /// Set once startup is complete; `/readyz` reports it.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// A JSON body whose rejections use the API's error format.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", r.body_text())
+    }
+}
+
+/// Every route under `/api/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(auth::routes())
+        .merge(orgs::routes())
+        .merge(workspaces::routes())
+        .merge(ops::api_routes())
+        .route("/api/v1/openapi.json", axum::routing::get(openapi_json))
+}
+
+/// Liveness, readiness and metrics, outside `/api`.
+pub fn ops_router() -> Router<AppState> {
+    ops::routes()
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token (`devcell admin token`, or POST /api/v1/tokens)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                SESSION_COOKIE,
+                "Session cookie from POST /api/v1/auth/login; mutations also need the X-CSRF-Token header",
+            ))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "devcell API", description = "The JSON API of a devcell cell. Errors are `{code, message}` with a stable code."),
+    modifiers(&Security),
+    security(("token" = []), ("session" = [])),
+    paths(
+        auth::login, auth::login_link, auth::logout, auth::logout_all, auth::me, auth::update_me, auth::change_password,
+        auth::list_tokens, auth::create_token, auth::revoke_token,
+        orgs::list_orgs, orgs::create_org, orgs::get_org, orgs::update_org,
+        orgs::list_members, orgs::set_role, orgs::remove_member,
+        orgs::list_invitations, orgs::create_invitation, orgs::revoke_invitation, orgs::accept_invitation,
+        orgs::list_classes, orgs::create_class, orgs::update_class, orgs::delete_class,
+        orgs::get_policy, orgs::update_policy,
+        workspaces::list_workspaces, workspaces::create_workspace, workspaces::get_workspace,
+        workspaces::update_workspace, workspaces::delete_workspace,
+        ops::workers, ops::cell_facts,
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,129 @@
+//! Workspace routes.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use super::ErrorBody;
+use super::dto::*;
+use super::{ApiError, ApiResult, AppState, Auth, Json, Path, Query};
+use crate::domain::{OrgId, WorkspaceId};
+use crate::service::{WorkspaceInput, WorkspacePatch};
+
+fn ws_id(s: &str) -> Result<WorkspaceId, ApiError> {
+    WorkspaceId::parse(s).map_err(|_| ApiError::not_found("workspace"))
+}
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/workspaces",
+            get(list_workspaces).post(create_workspace),
+        )
+        .route(
+            "/api/v1/workspaces/{id}",
+            get(get_workspace)
+                .patch(update_workspace)
+                .delete(delete_workspace),
+        )
+}
+
+/// The caller's workspaces, newest first, a page at a time (or an organization's, for its owners).
+#[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces", params(WorkspaceQuery),
+    responses((status = 200, body = WorkspaceList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn list_workspaces(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Query(q): Query<WorkspaceQuery>,
+) -> ApiResult<Json<WorkspaceList>> {
+    let org = match q.org {
+        Some(o) => Some(OrgId::parse(&o).map_err(|_| ApiError::not_found("organization"))?),
+        None => None,
+    };
+    let page = st.cell.list_workspaces(
+        &a,
+        org.as_ref(),
+        q.cursor.as_deref(),
+        q.limit.unwrap_or(100),
+    )?;
+    Ok(Json(WorkspaceList {
+        items: page.items.iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Create a workspace from one or more git repositories.
+#[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces", request_body = CreateWorkspace,
+    responses((status = 201, body = WorkspaceDto), (status = 422, body = ErrorBody)))]
+pub(super) async fn create_workspace(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Json(req): Json<CreateWorkspace>,
+) -> ApiResult<(StatusCode, Json<WorkspaceDto>)> {
+    let org = match req.org {
+        Some(o) => {
+            Some(OrgId::parse(&o).map_err(|_| ApiError::field("org", "not an organization id"))?)
+        }
+        None => None,
+    };
+    let ws = st.cell.create_workspace(
+        &a,
+        WorkspaceInput {
+            org,
+            name: req.name,
+            repos: req.repos.into_iter().map(|r| (r.url, r.branch)).collect(),
+            class: req.class,
+            image: req.image,
+            timeout: req.timeout_s.map(Duration::from_secs),
+        },
+    )?;
+    Ok((StatusCode::CREATED, Json((&ws).into())))
+}
+
+/// One workspace with its phase history.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)),
+    responses((status = 200, body = WorkspaceDto), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_workspace(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkspaceDto>> {
+    Ok(Json((&st.cell.get_workspace(&a, &ws_id(&id)?)?).into()))
+}
+
+/// Change a workspace's name, class, image or timeout (its owner).
+#[utoipa::path(patch, path = "/api/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)), request_body = UpdateWorkspace,
+    responses((status = 200, body = WorkspaceDto), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn update_workspace(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<UpdateWorkspace>,
+) -> ApiResult<Json<WorkspaceDto>> {
+    let patch = WorkspacePatch {
+        name: req.name,
+        class: req.class,
+        image: req
+            .image
+            .map(|i| if i.trim().is_empty() { None } else { Some(i) }),
+        timeout: req.timeout_s.map(Duration::from_secs),
+    };
+    Ok(Json(
+        (&st.cell.update_workspace(&a, &ws_id(&id)?, patch)?).into(),
+    ))
+}
+
+/// Delete a workspace (its owner, or an owner of its organization).
+#[utoipa::path(delete, path = "/api/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(super) async fn delete_workspace(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.cell.delete_workspace(&a, &ws_id(&id)?)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,486 @@
+//! The command line: the cell itself (`up`, `serve`), operator commands that work with or
+//! without a running cell (`admin`, `db`, `config`), and an API client (`login`, `ws`).
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+
+use crate::config::{self, Config, LogFormat, Overrides};
+use crate::server::{self, Options};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "devcell",
+    version,
+    about = "A self-hosted cloud development environment cell in one binary"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a trial cell with zero configuration: data in ./devcell-data, HTTP on 127.0.0.1:8080,
+    /// and a one-time login link printed on the console.
+    Up {
+        /// Data directory.
+        #[arg(long, default_value = "./devcell-data")]
+        data: PathBuf,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long)]
+        log_format: Option<LogFormat>,
+    },
+    /// Run the cell with layered configuration: defaults < file < DEVCELL_* env < flags.
+    Serve(ServeArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Local administration through the data directory; works whether or not the cell runs.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// Database operations.
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// Check that a cell answers on /readyz (exit code 0 when ready).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: Url,
+    },
+    /// Save credentials for a cell, for the `ws` commands.
+    Login {
+        /// The cell's URL.
+        url: Url,
+        /// Use an existing API token instead of email and password.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the password from the first line of standard input instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Work with workspaces through the API of the cell you logged in to.
+    #[command(subcommand)]
+    Ws(WsCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Configuration file (default: $DEVCELL_CONFIG, else /etc/devcell/devcell.toml when present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory (config key `data_dir`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Address to listen on (config key `server.listen`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// External base URL used in links (config key `server.public_url`).
+    #[arg(long)]
+    pub public_url: Option<Url>,
+    /// `text` or `json` (config key `log.format`).
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Resolve the configuration from every layer, validate it, and print it with secrets masked.
+    Check(ServeArgs),
+    /// Print the reference of every option (packaging/CONFIGURATION.md).
+    Reference,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArg {
+    /// Data directory (default: ./devcell-data when it exists, else the configured data_dir).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Print a new API token for the owner (or the named user).
+    Token {
+        #[command(flatten)]
+        data: DataArg,
+        /// The user's email; default: the first cell administrator.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+    /// DANGEROUS: replace a user's password and end all of their sessions. Prints the new
+    /// password unless one is given on standard input.
+    ResetPassword {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        user: Option<String>,
+        /// Read the new password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Print a one-time login link for the owner (or the named user).
+    LoginLink {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCmd {
+    /// Write a consistent copy of the database to PATH (a new file), even while the cell serves.
+    Backup {
+        path: PathBuf,
+        #[command(flatten)]
+        data: DataArg,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OutputArg {
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WsCmd {
+    /// List your workspaces.
+    List {
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Create a workspace from one or more repositories.
+    Create {
+        /// Repository URL, optionally with `#branch`; repeat for several repositories.
+        #[arg(long = "repo", required = true)]
+        repos: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Class name or id.
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long)]
+        image: Option<String>,
+        /// Organization id (default: your first).
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Show one workspace.
+    Get {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Delete a workspace.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn serve_overrides(a: &ServeArgs) -> Overrides {
+    Overrides {
+        data_dir: a.data.clone(),
+        listen: a.listen,
+        log_format: a.log_format,
+        public_url: a.public_url.clone(),
+    }
+}
+
+fn load_config(a: &ServeArgs) -> Result<Config> {
+    let env = env_vars();
+    let file = config::config_file(a.config.as_deref(), &env);
+    config::load(file.as_deref(), &env, &serve_overrides(a))
+        .map_err(|e| anyhow!("invalid configuration:\n{e}"))
+}
+
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up {
+            data,
+            listen,
+            log_format,
+        } => {
+            let overrides = Overrides {
+                data_dir: Some(data),
+                listen: Some(listen),
+                log_format,
+                public_url: None,
+            };
+            // The trial ignores /etc/devcell: zero configuration, but DEVCELL_* still applies.
+            let config = config::load(None, &env_vars(), &overrides)
+                .map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
+            run_cell(config, Some(("owner@devcell.local".into(), None))).await
+        }
+        Command::Serve(a) => {
+            let config = load_config(&a)?;
+            let owner = config
+                .auth
+                .owner_email
+                .clone()
+                .unwrap_or_else(|| "owner@devcell.local".into());
+            let password = config
+                .auth
+                .owner_password
+                .as_ref()
+                .map(|p| p.expose().to_owned());
+            run_cell(config, Some((owner, password))).await
+        }
+        Command::Config(ConfigCmd::Check(a)) => {
+            let config = load_config(&a)?;
+            print!("{}", config.to_masked_toml());
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Reference) => {
+            print!("{}", config::reference_markdown());
+            Ok(())
+        }
+        Command::Admin(cmd) => admin(cmd).await,
+        Command::Db(DbCmd::Backup { path, data }) => {
+            let path = if path.is_absolute() {
+                path
+            } else {
+                std::env::current_dir()?.join(path)
+            };
+            let out = local_admin(&data, crate::admin::Request::DbBackup { path }).await?;
+            println!("{}", out.1);
+            Ok(())
+        }
+        Command::Healthcheck { url } => {
+            let res = reqwest::get(url.join("readyz")?)
+                .await
+                .context("the cell does not answer")?;
+            if !res.status().is_success() {
+                bail!("not ready: {}", res.status());
+            }
+            println!("ready");
+            Ok(())
+        }
+        Command::Login {
+            url,
+            token,
+            email,
+            password_stdin,
+        } => crate::client::login(url, token, email, password_stdin).await,
+        Command::Ws(cmd) => crate::client::ws(cmd).await,
+    }
+}
+
+async fn run_cell(config: Config, owner: Option<(String, Option<String>)>) -> Result<()> {
+    init_logging(config.log.format, &config.log.level);
+    let running = server::start(
+        config,
+        Options {
+            bootstrap_owner: owner,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let admin = running.cell.find_user(None)?;
+    let link = running.cell.create_login_link(&admin.id)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "devcell is ready: {}",
+        running.cell.link("").trim_end_matches('/')
+    )?;
+    if running.created_owner {
+        writeln!(
+            out,
+            "created the owner account {} and the organization \"Default\"",
+            admin.email
+        )?;
+    }
+    writeln!(
+        out,
+        "one-time login link for {} (valid {}): {link}",
+        admin.email,
+        humantime::format_duration(running.cell.config().auth.login_link_ttl)
+    )?;
+    out.flush()?;
+    drop(out);
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn data_dir(d: &DataArg) -> Result<PathBuf> {
+    if let Some(p) = &d.data {
+        return Ok(p.clone());
+    }
+    let trial = PathBuf::from("./devcell-data");
+    if trial.join(server::DB_FILE).exists() {
+        return Ok(trial);
+    }
+    let env = env_vars();
+    let file = config::config_file(None, &env);
+    let config = config::load(file.as_deref(), &env, &Overrides::default())
+        .map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
+    Ok(config.data_dir)
+}
+
+/// Runs an admin request through the running cell's socket, or directly on the database.
+async fn local_admin(d: &DataArg, req: crate::admin::Request) -> Result<(Option<String>, String)> {
+    let data = data_dir(d)?;
+    let resp = match crate::admin::call(&data, &req)
+        .await
+        .with_context(|| format!("admin socket in {}", data.display()))?
+    {
+        Some(r) => r,
+        None => {
+            let db = data.join(server::DB_FILE);
+            if !db.exists() {
+                bail!(
+                    "no devcell database in {} (pass --data DIR)",
+                    data.display()
+                );
+            }
+            let store = crate::store::Store::open(&db)?;
+            let env = env_vars();
+            let mut config = config::load(
+                None,
+                &env,
+                &Overrides {
+                    data_dir: Some(data.clone()),
+                    ..Overrides::default()
+                },
+            )
+            .map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
+            config.data_dir = data;
+            let cell = crate::service::Cell::new(
+                store,
+                config,
+                std::sync::Arc::new(crate::service::SystemClock),
+            );
+            crate::admin::execute(&cell, req).await
+        }
+    };
+    match resp {
+        crate::admin::Response::Ok { user, value } => Ok((user, value)),
+        crate::admin::Response::Error { message } => bail!(message),
+    }
+}
+
+fn read_stdin_line() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn admin(cmd: AdminCmd) -> Result<()> {
+    match cmd {
+        AdminCmd::Token { data, user, name } => {
+            let (_, token) =
+                local_admin(&data, crate::admin::Request::Token { user, name }).await?;
+            println!("{token}");
+        }
+        AdminCmd::ResetPassword {
+            data,
+            user,
+            password_stdin,
+        } => {
+            let password = if password_stdin {
+                Some(read_stdin_line()?)
+            } else {
+                None
+            };
+            let given = password.is_some();
+            let (user, password) = local_admin(
+                &data,
+                crate::admin::Request::ResetPassword { user, password },
+            )
+            .await?;
+            let user = user.unwrap_or_default();
+            if given {
+                println!("password of {user} changed; their sessions have ended");
+            } else {
+                println!("new password for {user}: {password}");
+            }
+        }
+        AdminCmd::LoginLink { data, user } => {
+            let (_, link) = local_admin(&data, crate::admin::Request::LoginLink { user }).await?;
+            println!("{link}");
+        }
+    }
+    Ok(())
+}
+
+/// Prints rows as an aligned table.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+pub fn secs(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+pub fn path_display(p: &Path) -> String {
+    p.display().to_string()
+}

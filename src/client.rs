@@ -1,0 +1,300 @@
+//! The command-line API client: `devcell login` saves a cell URL and an API token (file mode
+//! 0600 under the user's config directory); `devcell ws ...` uses them. `DEVCELL_URL` and
+//! `DEVCELL_TOKEN` override the saved values.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::cli::{WsCmd, print_table};
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    url: Url,
+    token: String,
+}
+
+fn credentials_path() -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(x) if !x.is_empty() => PathBuf::from(x),
+        _ => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?)
+            .join(".config"),
+    };
+    Ok(base.join("devcell").join("credentials.json"))
+}
+
+fn save(saved: &Saved) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = credentials_path()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(serde_json::to_string_pretty(saved)?.as_bytes())?;
+    Ok(path)
+}
+
+fn load() -> Result<Saved> {
+    let env_url = std::env::var("DEVCELL_URL").ok();
+    let env_token = std::env::var("DEVCELL_TOKEN").ok();
+    if let (Some(u), Some(t)) = (&env_url, &env_token) {
+        return Ok(Saved {
+            url: Url::parse(u).context("DEVCELL_URL")?,
+            token: t.clone(),
+        });
+    }
+    let path = credentials_path()?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| anyhow!("not logged in: run `devcell login URL` first"))?;
+    let mut saved: Saved = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged; log in again", path.display()))?;
+    if let Some(u) = env_url {
+        saved.url = Url::parse(&u).context("DEVCELL_URL")?;
+    }
+    if let Some(t) = env_token {
+        saved.token = t;
+    }
+    Ok(saved)
+}
+
+/// Turns an API error body into a readable error.
+async fn check(res: reqwest::Response) -> Result<Value> {
+    let status = res.status();
+    let text = res.text().await?;
+    if status.is_success() {
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        return Ok(serde_json::from_str(&text)?);
+    }
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) => bail!(
+            "{} ({}): {}",
+            v["code"].as_str().unwrap_or("error"),
+            status.as_u16(),
+            v["message"].as_str().unwrap_or(&text)
+        ),
+        Err(_) => bail!("{status}: {text}"),
+    }
+}
+
+pub async fn login(
+    url: Url,
+    token: Option<String>,
+    email: Option<String>,
+    password_stdin: bool,
+) -> Result<()> {
+    let http = reqwest::Client::new();
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let email = match email {
+                Some(e) => e,
+                None => prompt("Email: ")?,
+            };
+            let password = if password_stdin {
+                read_line()?
+            } else {
+                prompt("Password: ")?
+            };
+            let res = http
+                .post(url.join("api/v1/auth/login")?)
+                .json(&json!({ "email": email, "password": password }))
+                .send()
+                .await?;
+            let cookie = res
+                .headers()
+                .get(reqwest::header::SET_COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .map(str::to_owned);
+            let body = check(res).await?;
+            let csrf = body["csrf_token"].as_str().unwrap_or_default().to_owned();
+            let cookie = cookie.ok_or_else(|| anyhow!("the cell set no session cookie"))?;
+            let host = hostname();
+            let created = check(
+                http.post(url.join("api/v1/tokens")?)
+                    .header(reqwest::header::COOKIE, &cookie)
+                    .header("x-csrf-token", csrf.as_str())
+                    .json(&json!({ "name": format!("devcell CLI on {host}") }))
+                    .send()
+                    .await?,
+            )
+            .await?;
+            created["token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no token in the answer"))?
+                .to_owned()
+        }
+    };
+    let me = check(
+        http.get(url.join("api/v1/me")?)
+            .bearer_auth(&token)
+            .send()
+            .await?,
+    )
+    .await?;
+    let path = save(&Saved {
+        url: url.clone(),
+        token,
+    })?;
+    println!(
+        "logged in to {url} as {}; credentials saved in {}",
+        me["user"]["email"].as_str().unwrap_or("?"),
+        path.display()
+    );
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "this host".into())
+}
+
+fn read_line() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn prompt(p: &str) -> Result<String> {
+    eprint!("{p}");
+    std::io::stderr().flush()?;
+    read_line()
+}
+
+fn ws_row(w: &Value) -> Vec<String> {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    vec![
+        s(&w["id"]),
+        s(&w["name"]),
+        s(&w["phase"]),
+        s(&w["repos"][0]["url"]),
+        s(&w["created_at"]),
+    ]
+}
+
+const WS_HEADERS: [&str; 5] = ["ID", "NAME", "PHASE", "REPOSITORY", "CREATED"];
+
+pub async fn ws(cmd: WsCmd) -> Result<()> {
+    let saved = load()?;
+    let http = reqwest::Client::new();
+    let api = |p: &str| saved.url.join(&format!("api/v1/{p}"));
+    match cmd {
+        WsCmd::List { out } => {
+            let mut items = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut req = http
+                    .get(api("workspaces")?)
+                    .bearer_auth(&saved.token)
+                    .query(&[("limit", "500")]);
+                if let Some(c) = &cursor {
+                    req = req.query(&[("cursor", c)]);
+                }
+                let page = check(req.send().await?).await?;
+                items.extend(page["items"].as_array().cloned().unwrap_or_default());
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                print_table(&WS_HEADERS, &items.iter().map(ws_row).collect::<Vec<_>>());
+            }
+        }
+        WsCmd::Create {
+            repos,
+            name,
+            class,
+            image,
+            org,
+            out,
+        } => {
+            let repos: Vec<Value> = repos
+                .iter()
+                .map(|r| match r.rsplit_once('#') {
+                    Some((u, b)) => json!({ "url": u, "branch": b }),
+                    None => json!({ "url": r }),
+                })
+                .collect();
+            let body =
+                json!({ "repos": repos, "name": name, "class": class, "image": image, "org": org });
+            let w = check(
+                http.post(api("workspaces")?)
+                    .bearer_auth(&saved.token)
+                    .json(&body)
+                    .send()
+                    .await?,
+            )
+            .await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&w)?);
+            } else {
+                print_table(&WS_HEADERS, &[ws_row(&w)]);
+            }
+        }
+        WsCmd::Get { id, out } => {
+            let w = check(
+                http.get(api(&format!("workspaces/{id}"))?)
+                    .bearer_auth(&saved.token)
+                    .send()
+                    .await?,
+            )
+            .await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&w)?);
+            } else {
+                let s = |v: &Value| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string())
+                };
+                let mut rows = vec![
+                    vec!["id".into(), s(&w["id"])],
+                    vec!["name".into(), s(&w["name"])],
+                    vec!["phase".into(), s(&w["phase"])],
+                    vec!["desired".into(), s(&w["desired"])],
+                    vec!["class".into(), s(&w["class_id"])],
+                    vec!["timeout".into(), format!("{}s", w["timeout_s"])],
+                    vec!["created".into(), s(&w["created_at"])],
+                ];
+                for r in w["repos"].as_array().cloned().unwrap_or_default() {
+                    let b = r["branch"]
+                        .as_str()
+                        .map(|b| format!(" ({b})"))
+                        .unwrap_or_default();
+                    rows.push(vec!["repository".into(), format!("{}{b}", s(&r["url"]))]);
+                }
+                print_table(&["FIELD", "VALUE"], &rows);
+            }
+        }
+        WsCmd::Delete { id, out } => {
+            check(
+                http.delete(api(&format!("workspaces/{id}"))?)
+                    .bearer_auth(&saved.token)
+                    .send()
+                    .await?,
+            )
+            .await?;
+            if out.json {
+                println!("{}", json!({ "deleted": id }));
+            } else {
+                println!("deleted {id}");
+            }
+        }
+    }
+    Ok(())
+}

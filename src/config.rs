@@ -1,0 +1,534 @@
+//! The cell's settings: layered loading (defaults < TOML file < `DEVCELL_*` environment <
+//! command-line flags), validation, and the generated reference in `packaging/CONFIGURATION.md`.
+//!
+//! This module reads files and the environment it is handed, nothing else: it does not read the
+//! process environment itself, create the data directory or check that the port is free.
+//! Every error names the key, where it was set and why it is wrong.
+
+mod layers;
+mod options;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
+
+pub use layers::{IGNORED_ENV, IGNORED_ENV_PREFIXES};
+pub use options::{DefaultDoc, OPTIONS, OptionDoc, reference_markdown};
+
+/// Where `serve` looks for its configuration file when none is named.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/devcell/devcell.toml";
+/// The environment variable naming the configuration file (not itself a configuration key).
+pub const CONFIG_FILE_ENV: &str = "DEVCELL_CONFIG";
+
+/// Command-line flag names, as they appear in error messages.
+pub const FLAG_DATA_DIR: &str = "--data";
+pub const FLAG_LISTEN: &str = "--listen";
+pub const FLAG_LOG_FORMAT: &str = "--log-format";
+pub const FLAG_PUBLIC_URL: &str = "--public-url";
+
+/// The whole configuration of a cell.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub workers: WorkersConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("/var/lib/devcell"),
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            workers: WorkersConfig::default(),
+        }
+    }
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address for the HTTP API and dashboard.
+    pub listen: SocketAddr,
+    /// External base URL; normalised by [`load`] to end with `/`. Use [`Config::public_url`].
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_url")]
+    pub public_url: Option<Url>,
+    /// Requests with larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Use [`Config::secure_cookies`], which applies the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_cookies: Option<bool>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            public_url: None,
+            max_body_bytes: 1024 * 1024,
+            secure_cookies: None,
+        }
+    }
+}
+
+/// `[log]`: what the tracing subscriber prints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Format of log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}; use text or json")),
+        }
+    }
+}
+
+/// `[auth]`: sessions, links, invitations and the bootstrap owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub login_link_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub invitation_ttl: Duration,
+    /// Per client address and per account; at least 1.
+    pub login_attempts_per_minute: u32,
+    /// Bootstrap owner created by `serve` on an empty database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_password: Option<Secret>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            session_ttl: Duration::from_secs(12 * 3600),
+            login_link_ttl: Duration::from_secs(15 * 60),
+            invitation_ttl: Duration::from_secs(7 * 24 * 3600),
+            login_attempts_per_minute: 10,
+            owner_email: None,
+            owner_password: None,
+        }
+    }
+}
+
+/// `[workers]`: the background loops.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// How often expired sessions, links and invitations are purged.
+    #[serde(with = "humantime_serde")]
+    pub expiry_interval: Duration,
+    /// How long loops get to finish on shutdown; at most 9 s, below the 10 s stop deadline.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            expiry_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(8),
+        }
+    }
+}
+
+/// A secret value. Debug output and serialisation print `********`, so logging or printing the
+/// configuration cannot leak it; only [`Secret::expose`] gives the value.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+const MASK: &str = "********";
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(MASK)
+    }
+}
+
+/// Command-line flags; the top layer. `None` leaves the lower layers' value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub public_url: Option<Url>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key that is not an option, in the file or as a `DEVCELL_*` variable.
+    #[error("{key} ({source_name}): {reason}")]
+    UnknownKey {
+        key: String,
+        source_name: String,
+        reason: String,
+    },
+    /// A value of the wrong type or outside its allowed range.
+    #[error("{key} ({source_name}): {reason}")]
+    Invalid {
+        key: String,
+        source_name: String,
+        reason: String,
+    },
+    /// The configuration file cannot be read or is not TOML.
+    #[error("configuration file {}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    /// More than one of the above, all reported at once so they can be fixed in one go.
+    #[error("{} configuration problems:{}", .0.len(), list(.0))]
+    Several(Vec<ConfigError>),
+}
+
+fn list(errors: &[ConfigError]) -> String {
+    errors.iter().map(|e| format!("\n  - {e}")).collect()
+}
+
+impl ConfigError {
+    fn from_problems(mut problems: Vec<ConfigError>) -> Option<ConfigError> {
+        match problems.len() {
+            0 => None,
+            1 => problems.pop(),
+            _ => Some(ConfigError::Several(problems)),
+        }
+    }
+
+    /// The individual problems (one, unless this is [`ConfigError::Several`]).
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(all) => all.iter().collect(),
+            one => vec![one],
+        }
+    }
+}
+
+/// The configuration file to use: the `--config` flag, else `DEVCELL_CONFIG`, else
+/// [`DEFAULT_CONFIG_FILE`] if it exists, else none.
+pub fn config_file(flag: Option<&Path>, env: &[(String, String)]) -> Option<PathBuf> {
+    if let Some(path) = flag {
+        return Some(path.to_path_buf());
+    }
+    let from_env = env
+        .iter()
+        .find(|(name, value)| name == CONFIG_FILE_ENV && !value.is_empty());
+    if let Some((_, path)) = from_env {
+        return Some(PathBuf::from(path));
+    }
+    let default = Path::new(DEFAULT_CONFIG_FILE);
+    default.is_file().then(|| default.to_path_buf())
+}
+
+/// Loads the configuration: defaults, then `file` (which must exist if given), then the
+/// `DEVCELL_*` variables in `env`, then `flags`. All problems found are reported together.
+pub fn load(
+    file: Option<&Path>,
+    env: &[(String, String)],
+    flags: &Overrides,
+) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut figment = Figment::new();
+    if let Some(path) = file
+        && let Some(layer) = layers::file_layer(path, &mut problems)
+    {
+        figment = figment.merge(layer);
+    }
+    for layer in layers::env_layers(env, &mut problems) {
+        figment = figment.merge(layer);
+    }
+    for layer in layers::flag_layers(flags, &mut problems) {
+        figment = figment.merge(layer);
+    }
+    if let Some(err) = ConfigError::from_problems(problems) {
+        return Err(err);
+    }
+    // Lossy extraction lets environment strings such as "10" and "true" fill numbers and
+    // booleans, while strings (passwords included) are taken as they are.
+    let mut config: Config = figment.extract_lossy().map_err(from_figment)?;
+    let problems = validate(&mut config, &figment);
+    match ConfigError::from_problems(problems) {
+        Some(err) => Err(err),
+        None => Ok(config),
+    }
+}
+
+fn source_of(figment: &Figment, key: &str) -> String {
+    figment
+        .find_metadata(key)
+        .map(|m| m.name.to_string())
+        .unwrap_or_else(|| "default".to_string())
+}
+
+fn from_figment(err: figment::Error) -> ConfigError {
+    let problems = err
+        .into_iter()
+        .map(|e| {
+            let source_name = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_else(|| "default".to_string());
+            let path = e.path.join(".");
+            match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => ConfigError::UnknownKey {
+                    key: if path.is_empty() {
+                        field.clone()
+                    } else {
+                        format!("{path}.{field}")
+                    },
+                    source_name,
+                    reason: format!("unknown key; expected one of {}", expected.join(", ")),
+                },
+                kind => {
+                    let hint = match options::option(&path).map(|o| o.ty) {
+                        Some(ty) if ty.starts_with("duration") => {
+                            " (write durations like 30s, 15m, 12h or 7d)"
+                        }
+                        _ => "",
+                    };
+                    ConfigError::Invalid {
+                        key: path,
+                        source_name,
+                        reason: format!("{kind}{hint}"),
+                    }
+                }
+            }
+        })
+        .collect();
+    ConfigError::from_problems(problems).unwrap_or_else(|| ConfigError::Invalid {
+        key: String::new(),
+        source_name: "configuration".to_string(),
+        reason: "cannot be read".to_string(),
+    })
+}
+
+/// Checks what types cannot express, and normalises `server.public_url` to end with `/`.
+fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, key: &str, reason: String| {
+        if !ok {
+            problems.push(ConfigError::Invalid {
+                key: key.to_string(),
+                source_name: source_of(figment, key),
+                reason,
+            });
+        }
+    };
+
+    check(
+        !config.data_dir.as_os_str().is_empty(),
+        "data_dir",
+        "must not be empty".to_string(),
+    );
+    let durations = [
+        ("auth.session_ttl", config.auth.session_ttl),
+        ("auth.login_link_ttl", config.auth.login_link_ttl),
+        ("auth.invitation_ttl", config.auth.invitation_ttl),
+        ("workers.expiry_interval", config.workers.expiry_interval),
+        ("workers.shutdown_grace", config.workers.shutdown_grace),
+    ];
+    for (key, duration) in durations {
+        check(
+            !duration.is_zero(),
+            key,
+            "must be greater than zero".to_string(),
+        );
+    }
+    check(
+        config.workers.shutdown_grace <= Duration::from_secs(9),
+        "workers.shutdown_grace",
+        format!(
+            "{} is too long: at most 9s, so that loops stop within the 10 s shutdown deadline",
+            humantime::format_duration(config.workers.shutdown_grace)
+        ),
+    );
+    let body = config.server.max_body_bytes;
+    check(
+        (1024..=1024 * 1024 * 1024).contains(&body),
+        "server.max_body_bytes",
+        format!("{body} is out of range: must be between 1024 (1 KiB) and 1073741824 (1 GiB)"),
+    );
+    check(
+        config.auth.login_attempts_per_minute >= 1,
+        "auth.login_attempts_per_minute",
+        "must be at least 1".to_string(),
+    );
+    check(
+        !config.log.level.trim().is_empty(),
+        "log.level",
+        "must not be empty; use e.g. info".to_string(),
+    );
+    if let Some(email) = &config.auth.owner_email {
+        check(
+            email.contains('@'),
+            "auth.owner_email",
+            format!("{email:?} is not an email address"),
+        );
+    }
+    if let Some(url) = &mut config.server.public_url {
+        let scheme_ok = matches!(url.scheme(), "http" | "https");
+        check(
+            scheme_ok,
+            "server.public_url",
+            format!(
+                "scheme {:?} is not supported: use http or https",
+                url.scheme()
+            ),
+        );
+        check(
+            url.query().is_none() && url.fragment().is_none(),
+            "server.public_url",
+            "must not have a query or fragment".to_string(),
+        );
+        check(
+            url.username().is_empty() && url.password().is_none(),
+            "server.public_url",
+            "must not contain a user name or password".to_string(),
+        );
+        if scheme_ok && !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+    }
+    problems
+}
+
+impl Config {
+    /// The external base URL, always ending with `/` so that `join("path")` appends to it.
+    /// Without `server.public_url` it is `http://` plus the listen address, with an unspecified
+    /// address replaced by loopback.
+    pub fn public_url(&self) -> Url {
+        if let Some(url) = &self.server.public_url {
+            let mut url = url.clone();
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            return url;
+        }
+        let listen = self.server.listen;
+        let ip = match listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        // `SocketAddr::new` drops any IPv6 scope id, so this always renders as a valid host.
+        let text = format!("http://{}/", SocketAddr::new(ip, listen.port()));
+        match Url::parse(&text) {
+            Ok(url) => url,
+            Err(_) => unreachable!("a socket address always forms a valid URL authority"),
+        }
+    }
+
+    /// Whether cookies carry `Secure`: `server.secure_cookies`, else whether the public URL is https.
+    pub fn secure_cookies(&self) -> bool {
+        self.server
+            .secure_cookies
+            .unwrap_or_else(|| self.public_url().scheme() == "https")
+    }
+
+    /// The configuration as TOML, secrets replaced by `********`; what `config check` prints.
+    pub fn to_masked_toml(&self) -> String {
+        match toml::to_string(self) {
+            Ok(text) => text,
+            Err(e) => format!("# the configuration cannot be shown as TOML: {e}\n"),
+        }
+    }
+}
+
+/// Serde for `Option<Url>` as a string, independent of the `url` crate's optional serde feature.
+mod opt_url {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use url::Url;
+
+    pub fn serialize<S: Serializer>(url: &Option<Url>, serializer: S) -> Result<S::Ok, S::Error> {
+        match url {
+            Some(url) => serializer.serialize_str(url.as_str()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Url>, D::Error> {
+        let text: Option<String> = Option::deserialize(deserializer)?;
+        text.map(|t| Url::parse(&t).map_err(|e| D::Error::custom(format!("invalid URL: {e}"))))
+            .transpose()
+    }
+}

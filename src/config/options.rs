@@ -1,0 +1,274 @@
+//! The one table describing every configuration option, and the reference page rendered from it.
+//!
+//! Loading uses this table to recognise keys and environment variables; the tests check that it
+//! matches the `Config` structs and that `packaging/CONFIGURATION.md` is its current rendering.
+//! It does not hold defaults that code reads: those live in the `Default` impls, and a test
+//! checks that the defaults shown here load to the same values.
+
+/// The documentation of one configuration option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionDoc {
+    /// Dotted path, e.g. `server.listen`.
+    pub key: &'static str,
+    /// Environment variable, e.g. `DEVCELL_SERVER__LISTEN`.
+    pub env: &'static str,
+    /// The type as shown to operators.
+    pub ty: &'static str,
+    /// The default as shown to operators.
+    pub default: DefaultDoc,
+    /// Secrets may also be given through a file (`…_FILE` / `…_file`) and are masked when printed.
+    pub secret: bool,
+    /// One line saying what the option does.
+    pub description: &'static str,
+}
+
+/// How the default of an option is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultDoc {
+    /// A literal value, written exactly as it would be in the file or the environment.
+    Value(&'static str),
+    /// Unset, and nothing is derived.
+    None,
+    /// Unset; the text says what the effective value is.
+    Derived(&'static str),
+}
+
+/// Every configuration option. Adding a field to `Config` without a row here fails a test.
+pub const OPTIONS: &[OptionDoc] = &[
+    OptionDoc {
+        key: "data_dir",
+        env: "DEVCELL_DATA_DIR",
+        ty: "path",
+        default: DefaultDoc::Value("/var/lib/devcell"),
+        secret: false,
+        description: "Directory holding the database and all other state.",
+    },
+    OptionDoc {
+        key: "server.listen",
+        env: "DEVCELL_SERVER__LISTEN",
+        ty: "socket address",
+        default: DefaultDoc::Value("0.0.0.0:8080"),
+        secret: false,
+        description: "Address for the HTTP API and dashboard.",
+    },
+    OptionDoc {
+        key: "server.public_url",
+        env: "DEVCELL_SERVER__PUBLIC_URL",
+        ty: "http or https URL",
+        default: DefaultDoc::Derived(
+            "derived from `server.listen` (0.0.0.0 becomes 127.0.0.1, :: becomes ::1)",
+        ),
+        secret: false,
+        description: "External base URL used in links, e.g. `https://dev.example.com/`.",
+    },
+    OptionDoc {
+        key: "server.max_body_bytes",
+        env: "DEVCELL_SERVER__MAX_BODY_BYTES",
+        ty: "integer, 1024 to 1073741824",
+        default: DefaultDoc::Value("1048576"),
+        secret: false,
+        description: "Requests with larger bodies are rejected with 413.",
+    },
+    OptionDoc {
+        key: "server.secure_cookies",
+        env: "DEVCELL_SERVER__SECURE_COOKIES",
+        ty: "boolean",
+        default: DefaultDoc::Derived("true when the public URL is https"),
+        secret: false,
+        description: "Whether session cookies carry the `Secure` attribute.",
+    },
+    OptionDoc {
+        key: "log.format",
+        env: "DEVCELL_LOG__FORMAT",
+        ty: "`text` or `json`",
+        default: DefaultDoc::Value("text"),
+        secret: false,
+        description: "Format of log lines on standard error.",
+    },
+    OptionDoc {
+        key: "log.level",
+        env: "DEVCELL_LOG__LEVEL",
+        ty: "string",
+        default: DefaultDoc::Value("info"),
+        secret: false,
+        description: "A tracing `EnvFilter` directive, e.g. `info` or `devcell=debug,info`.",
+    },
+    OptionDoc {
+        key: "auth.session_ttl",
+        env: "DEVCELL_AUTH__SESSION_TTL",
+        ty: "duration",
+        default: DefaultDoc::Value("12h"),
+        secret: false,
+        description: "How long a login session lasts.",
+    },
+    OptionDoc {
+        key: "auth.login_link_ttl",
+        env: "DEVCELL_AUTH__LOGIN_LINK_TTL",
+        ty: "duration",
+        default: DefaultDoc::Value("15m"),
+        secret: false,
+        description: "How long a login link stays valid.",
+    },
+    OptionDoc {
+        key: "auth.invitation_ttl",
+        env: "DEVCELL_AUTH__INVITATION_TTL",
+        ty: "duration",
+        default: DefaultDoc::Value("7d"),
+        secret: false,
+        description: "How long an invitation stays valid.",
+    },
+    OptionDoc {
+        key: "auth.login_attempts_per_minute",
+        env: "DEVCELL_AUTH__LOGIN_ATTEMPTS_PER_MINUTE",
+        ty: "integer, at least 1",
+        default: DefaultDoc::Value("10"),
+        secret: false,
+        description: "Login attempts allowed per minute, per client address and per account.",
+    },
+    OptionDoc {
+        key: "auth.owner_email",
+        env: "DEVCELL_AUTH__OWNER_EMAIL",
+        ty: "email address",
+        default: DefaultDoc::None,
+        secret: false,
+        description: "Bootstrap owner account that `serve` creates on an empty database.",
+    },
+    OptionDoc {
+        key: "auth.owner_password",
+        env: "DEVCELL_AUTH__OWNER_PASSWORD",
+        ty: "string",
+        default: DefaultDoc::None,
+        secret: true,
+        description: "Password of the bootstrap owner account.",
+    },
+    OptionDoc {
+        key: "workers.expiry_interval",
+        env: "DEVCELL_WORKERS__EXPIRY_INTERVAL",
+        ty: "duration",
+        default: DefaultDoc::Value("60s"),
+        secret: false,
+        description: "How often expired sessions, login links and invitations are purged.",
+    },
+    OptionDoc {
+        key: "workers.shutdown_grace",
+        env: "DEVCELL_WORKERS__SHUTDOWN_GRACE",
+        ty: "duration, at most 9s",
+        default: DefaultDoc::Value("8s"),
+        secret: false,
+        description: "How long background loops get to finish on shutdown.",
+    },
+];
+
+/// The option with this dotted key.
+pub(super) fn option(key: &str) -> Option<&'static OptionDoc> {
+    OPTIONS.iter().find(|o| o.key == key)
+}
+
+/// The secret option whose file variant is this dotted key (`auth.owner_password_file`).
+pub(super) fn secret_file_option(key: &str) -> Option<&'static OptionDoc> {
+    let base = key.strip_suffix("_file")?;
+    option(base).filter(|o| o.secret)
+}
+
+/// Whether this dotted key names a table that holds options (`server`, `auth`, ...).
+pub(super) fn is_section(key: &str) -> bool {
+    OPTIONS.iter().any(|o| {
+        o.key
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+/// The environment variable for a dotted key: `auth.owner_password` → `DEVCELL_AUTH__OWNER_PASSWORD`.
+pub(super) fn env_name(key: &str) -> String {
+    format!("DEVCELL_{}", key.replace('.', "__").to_uppercase())
+}
+
+/// The known key closest to an unknown one, if it is close enough to be a likely typo.
+pub(super) fn suggestion(unknown: &str) -> Option<String> {
+    let candidates = OPTIONS.iter().flat_map(|o| {
+        let file = o.secret.then(|| format!("{}_file", o.key));
+        std::iter::once(o.key.to_string()).chain(file)
+    });
+    // A key put in the wrong table (`listen` at the top level) is found by its last part.
+    let leaf = unknown.rsplit('.').next().unwrap_or(unknown);
+    let candidates: Vec<String> = candidates.collect();
+    if let Some(moved) = candidates
+        .iter()
+        .find(|c| c.as_str() != unknown && c.rsplit('.').next() == Some(leaf))
+    {
+        return Some(moved.clone());
+    }
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(unknown, &c), c))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// The configuration reference, `packaging/CONFIGURATION.md`, rendered from [`OPTIONS`].
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "# devcell configuration reference\n\
+         \n\
+         <!-- Generated from OPTIONS in src/config/options.rs. \
+         Do not edit; run `DEVCELL_TEST_BLESS=1 cargo test --lib config::` to regenerate. -->\n\
+         \n\
+         `devcell serve --config FILE` reads its settings in layers, each overriding the one \
+         before: built-in defaults, then the TOML file, then `DEVCELL_*` environment variables, \
+         then command-line flags (`--data-dir`, `--listen`, `--log-format`, `--public-url`). \
+         The key `section.name` is written as `name` under `[section]` in the file and as \
+         `DEVCELL_SECTION__NAME` in the environment (`__` separates the levels). \
+         A secret can instead be read from a file: add `_FILE` to its variable \
+         (`DEVCELL_AUTH__OWNER_PASSWORD_FILE=/run/secrets/pw`) or `_file` to its key in the TOML \
+         file (`owner_password_file = \"/run/secrets/pw\"`, relative paths being relative to the \
+         configuration file); the file's content without trailing line breaks becomes the value, \
+         and setting both the secret and its file in the same layer is an error. \
+         Unknown keys, unknown `DEVCELL_*` variables and invalid values are errors that name the \
+         key and where it was set; `DEVCELL_CONFIG`, `DEVCELL_URL`, `DEVCELL_TOKEN` and \
+         `DEVCELL_TEST_*` are not configuration keys and are ignored. \
+         Durations are written like `30s`, `15m`, `12h` or `7d` and must be greater than zero. \
+         `devcell config check` prints the resolved configuration as TOML with secrets masked.\n\
+         \n\
+         | Key | Environment variable | Type | Default | Description |\n\
+         | --- | --- | --- | --- | --- |\n",
+    );
+    for o in OPTIONS {
+        let env = if o.secret {
+            format!("`{}` or `{}_FILE`", o.env, o.env)
+        } else {
+            format!("`{}`", o.env)
+        };
+        let ty = if o.secret {
+            format!("{}, secret", o.ty)
+        } else {
+            o.ty.to_string()
+        };
+        let default = match o.default {
+            DefaultDoc::Value(v) => format!("`{v}`"),
+            DefaultDoc::None => "none".to_string(),
+            DefaultDoc::Derived(how) => how.to_string(),
+        };
+        out.push_str(&format!(
+            "| `{}` | {env} | {ty} | {default} | {} |\n",
+            o.key, o.description
+        ));
+    }
+    out
+}

@@ -1,0 +1,103 @@
+//! The things a cell keeps: users, organizations, memberships, classes, workspaces and the
+//! credentials that authenticate people. Plain data; storage and wire formats live elsewhere.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{
+    ClassId, ClassSpec, InvitationId, Lifecycle, OrgId, Policy, RepoSpec, Role, TokenId, UserId,
+    WorkspaceId,
+};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct User {
+    pub id: UserId,
+    pub email: String,
+    pub name: String,
+    /// PHC string of an argon2id hash; `None` until the user sets a password (link-only login).
+    pub password_hash: Option<String>,
+    /// Cell administrators see the admin pages (loops, cell facts); the first owner is one.
+    pub is_admin: bool,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Org {
+    pub id: OrgId,
+    pub name: String,
+    pub policy: Policy,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Membership {
+    pub org: OrgId,
+    pub user: UserId,
+    pub role: Role,
+    pub since: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Class {
+    pub id: ClassId,
+    pub org: OrgId,
+    pub spec: ClassSpec,
+    /// The class a workspace gets when its creator names none.
+    pub is_default: bool,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workspace {
+    pub id: WorkspaceId,
+    pub org: OrgId,
+    pub owner: UserId,
+    pub name: String,
+    pub repos: Vec<RepoSpec>,
+    pub class: ClassId,
+    /// An OCI image reference; `None` means the image named by the repository's config, or the host root.
+    pub image: Option<String>,
+    pub timeout: Duration,
+    pub lifecycle: Lifecycle,
+    pub created_at: OffsetDateTime,
+    pub last_activity: OffsetDateTime,
+}
+
+/// A browser session. The cookie holds a secret whose hash is the session's key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    pub user: UserId,
+    /// Per-session token that cookie-authenticated mutations must echo (CSRF protection).
+    pub csrf: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiToken {
+    pub id: TokenId,
+    pub user: UserId,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    pub last_used: Option<OffsetDateTime>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invitation {
+    pub id: InvitationId,
+    pub org: OrgId,
+    pub role: Role,
+    pub created_by: UserId,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// A one-time login link (printed by `devcell up`, or made by an admin).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoginLink {
+    pub user: UserId,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}

@@ -1,0 +1,16 @@
+//! devcell: a self-hosted cloud development environment cell in one binary.
+//!
+//! The library holds everything; `main.rs` only parses the command line and calls in here.
+
+pub mod admin;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod domain;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod web;
+pub mod workers;

@@ -1,0 +1,239 @@
+//! Starting and stopping a cell: open the store, bootstrap the first owner, start the loops,
+//! the admin socket and the HTTP server, and shut all of it down within the grace period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiError, AppState};
+use crate::config::Config;
+use crate::metrics::{HttpLabels, Metrics};
+use crate::service::{Cell, Clock, SystemClock};
+use crate::store::Store;
+use crate::workers::{ExpiryWorker, Supervisor};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "devcell.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Service(#[from] crate::service::Error),
+}
+
+pub struct Options {
+    /// The address in the configuration is used unless this is set.
+    pub clock: Arc<dyn Clock>,
+    /// Create the first owner (with this email) when the database has none.
+    pub bootstrap_owner: Option<(String, Option<String>)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+            bootstrap_owner: None,
+        }
+    }
+}
+
+/// A running cell.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub cell: Cell,
+    /// Set when this start created the first owner.
+    pub created_owner: bool,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    admin: JoinHandle<()>,
+    supervisor: Supervisor,
+    grace: Duration,
+}
+
+/// Builds the whole HTTP application for a state.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.cell.config().server.max_body_bytes;
+    Router::new()
+        .merge(api::router())
+        .merge(api::ops_router())
+        .merge(crate::web::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; the API lives under /api/v1 (see /api/v1/openapi.json)",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+async fn count_requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let res = next.run(req).await;
+    st.metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: res.status().as_u16(),
+        })
+        .inc();
+    res
+}
+
+pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartError> {
+    let t0 = Instant::now();
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.server.listen,
+        source,
+    })?;
+    if config.server.public_url.is_none() {
+        // Links must carry the real port, also when the configuration asked for port 0.
+        let mut shown = config.clone();
+        shown.server.listen = addr;
+        config.server.public_url = Some(shown.public_url());
+    }
+    let data = config.data_dir.clone();
+    create_private_dir(&data).map_err(|source| StartError::DataDir {
+        path: data.display().to_string(),
+        source,
+    })?;
+    let store = Store::open(&data.join(DB_FILE))?;
+    let cell = Cell::new(store, config.clone(), opts.clock);
+
+    let mut created_owner = false;
+    if let Some((email, password)) = &opts.bootstrap_owner {
+        created_owner = cell.bootstrap(email, password.as_deref()).await?.created;
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let mut supervisor = Supervisor::new(metrics.clone());
+    supervisor.spawn(ExpiryWorker {
+        cell: cell.clone(),
+        interval: config.workers.expiry_interval,
+    });
+
+    let (shutdown, stop_rx) = watch::channel(false);
+    let admin = crate::admin::serve(cell.clone(), &data, stop_rx.clone()).map_err(|source| {
+        StartError::DataDir {
+            path: data.display().to_string(),
+            source,
+        }
+    })?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        cell: cell.clone(),
+        metrics,
+        workers: supervisor.statuses(),
+        ready: ready.clone(),
+    };
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut stop = stop_rx;
+    let server = tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, service)
+            .with_graceful_shutdown(signal)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(%addr, elapsed_ms = t0.elapsed().as_millis() as u64, "cell is ready");
+    Ok(Running {
+        addr,
+        cell,
+        created_owner,
+        shutdown,
+        server,
+        admin,
+        supervisor,
+        grace: config.workers.shutdown_grace,
+    })
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting work, drains the loops and connections, within the grace period.
+    pub async fn stop(self) {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let _ = self.shutdown.send(true);
+        self.supervisor.shutdown(self.grace).await;
+        let abort = self.server.abort_handle();
+        if tokio::time::timeout_at(deadline, self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("open connections did not finish in time; closing them");
+            abort.abort();
+        }
+        self.admin.abort();
+        crate::admin::remove_socket(&self.cell.config().data_dir);
+    }
+}
+
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+impl IntoResponse for StartError {
+    fn into_response(self) -> Response {
+        (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+    }
+}

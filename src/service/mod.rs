@@ -1,0 +1,207 @@
+//! The cell's use cases: every rule about who may do what, called alike by the JSON API, the
+//! dashboard, the admin socket and the workers. Handlers only translate between HTTP and these
+//! functions; no business rule lives in a handler or a page.
+
+mod auth;
+mod orgs;
+mod workspaces;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use time::OffsetDateTime;
+
+pub use auth::{Credentials, LoginOutcome, NewToken};
+pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};
+pub use workspaces::{WorkspaceInput, WorkspacePage, WorkspacePatch};
+
+use crate::config::Config;
+use crate::domain::entities::{Membership, User};
+use crate::domain::{FieldError, LifecycleError, OrgId, Role, RuleError};
+use crate::store::{Reader, Store, StoreError};
+
+/// The source of "now". Tests use a manual clock so that expiry and timeouts need no sleeping.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> OffsetDateTime;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// A clock that only moves when told to.
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(start: OffsetDateTime) -> ManualClock {
+        ManualClock(AtomicI64::new(start.unix_timestamp()))
+    }
+    pub fn advance(&self, d: std::time::Duration) {
+        self.0.fetch_add(d.as_secs() as i64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(self.0.load(Ordering::SeqCst))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}
+
+/// Every way a use case can fail. Each variant maps to one HTTP status and one stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("sign in first: this needs a session cookie or an `Authorization: Bearer` token")]
+    Unauthenticated,
+    #[error("wrong email or password")]
+    BadCredentials,
+    #[error("this link is invalid, used or expired; ask for a new one")]
+    BadLink,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("missing or wrong CSRF token: send the X-CSRF-Token header you got at login")]
+    Csrf,
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("too many attempts; try again in {retry_after_s} seconds")]
+    RateLimited { retry_after_s: u64 },
+    #[error("storage failure: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a request proved who it is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AuthVia {
+    /// A browser session; mutations must carry this CSRF token.
+    Session {
+        hash: String,
+        csrf: String,
+    },
+    Token,
+    /// The local admin socket (someone with access to the data directory).
+    Local,
+}
+
+/// The authenticated caller of a use case.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub user: User,
+    pub via: AuthVia,
+}
+
+/// The cell's core, shared by every front end; cheap to clone.
+#[derive(Clone)]
+pub struct Cell {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    limiter: auth::LoginLimiter,
+    started_at: OffsetDateTime,
+}
+
+impl Cell {
+    pub fn new(store: Store, config: Config, clock: Arc<dyn Clock>) -> Cell {
+        let limiter = auth::LoginLimiter::new(config.auth.login_attempts_per_minute);
+        let started_at = clock.now();
+        Cell {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                clock,
+                limiter,
+                started_at,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+    pub fn now(&self) -> OffsetDateTime {
+        self.inner.clock.now()
+    }
+    pub fn started_at(&self) -> OffsetDateTime {
+        self.inner.started_at
+    }
+
+    /// The caller's membership in `org`, or `NotFound` so that outsiders learn nothing.
+    fn membership(&self, actor: &Actor, org: &OrgId) -> Result<Membership> {
+        self.store()
+            .read(|tx| tx.membership(org, &actor.user.id))?
+            .ok_or(Error::NotFound {
+                what: "organization",
+            })
+    }
+
+    fn require_owner(&self, actor: &Actor, org: &OrgId) -> Result<Membership> {
+        let m = self.membership(actor, org)?;
+        if m.role != Role::Owner {
+            return Err(Error::Forbidden(
+                "only owners of this organization may do this".into(),
+            ));
+        }
+        Ok(m)
+    }
+
+    fn require_admin(&self, actor: &Actor) -> Result<()> {
+        if actor.user.is_admin || actor.via == AuthVia::Local {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(
+                "only cell administrators may do this".into(),
+            ))
+        }
+    }
+
+    /// Facts about the cell for the admin page and API.
+    pub fn admin_facts(&self, actor: &Actor) -> Result<CellFacts> {
+        self.require_admin(actor)?;
+        let data_dir = &self.config().data_dir;
+        let db_bytes = std::fs::metadata(self.store().path())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(CellFacts {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.started_at(),
+            data_dir: data_dir.display().to_string(),
+            database_bytes: db_bytes,
+            workspaces: self.store().workspace_count()?,
+        })
+    }
+}
+
+pub struct CellFacts {
+    pub version: &'static str,
+    pub started_at: OffsetDateTime,
+    pub data_dir: String,
+    pub database_bytes: u64,
+    pub workspaces: u64,
+}
+
+/// A new random id of the given kind.
+pub(crate) fn new_ulid() -> ulid::Ulid {
+    ulid::Ulid::new()
+}

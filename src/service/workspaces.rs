@@ -1,0 +1,368 @@
+//! Workspaces as records: create with validated repositories and class, list, read, update,
+//! delete. Running them comes with the runtime; here the desired state is recorded.
+
+use std::time::Duration;
+
+use super::{Actor, Cell, Error, Result, new_ulid};
+use crate::domain::entities::Workspace;
+use crate::domain::validate::{validate_branch, validate_workspace_name};
+use crate::domain::{
+    ClassId, Desired, FieldError, Lifecycle, OrgId, Phase, RepoSpec, RepoUrl, Role, WorkspaceId,
+};
+use crate::store::Reader;
+
+/// What a caller asks for when creating a workspace.
+pub struct WorkspaceInput {
+    /// Defaults to the caller's only (or first) organization.
+    pub org: Option<OrgId>,
+    pub name: Option<String>,
+    /// (url, branch) pairs; at least one.
+    pub repos: Vec<(String, Option<String>)>,
+    /// A class id or class name; defaults to the organization's default class.
+    pub class: Option<String>,
+    pub image: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Default)]
+pub struct WorkspacePatch {
+    pub name: Option<String>,
+    pub class: Option<String>,
+    pub image: Option<Option<String>>,
+    pub timeout: Option<Duration>,
+}
+
+pub struct WorkspacePage {
+    pub items: Vec<Workspace>,
+    /// Pass back as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub const MAX_REPOS: usize = 10;
+pub const MAX_PAGE: usize = 500;
+
+fn validate_repos(repos: &[(String, Option<String>)]) -> Result<Vec<RepoSpec>> {
+    if repos.is_empty() {
+        return Err(FieldError::new("repos", "give at least one git repository URL").into());
+    }
+    if repos.len() > MAX_REPOS {
+        return Err(FieldError::new(
+            "repos",
+            format!("at most {MAX_REPOS} repositories per workspace"),
+        )
+        .into());
+    }
+    let mut out = Vec::with_capacity(repos.len());
+    for (i, (url, branch)) in repos.iter().enumerate() {
+        let url = RepoUrl::parse(url)
+            .map_err(|e| FieldError::new(format!("repos[{i}].url"), e.reason))?;
+        let branch = match branch.as_deref().map(str::trim).filter(|b| !b.is_empty()) {
+            Some(b) => {
+                validate_branch(b)
+                    .map_err(|e| FieldError::new(format!("repos[{i}].branch"), e.reason))?;
+                Some(b.to_owned())
+            }
+            None => None,
+        };
+        out.push(RepoSpec { url, branch });
+    }
+    Ok(out)
+}
+
+fn validate_image(image: Option<String>) -> Result<Option<String>> {
+    let Some(image) = image.map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()) else {
+        return Ok(None);
+    };
+    let ok = image.len() <= 512
+        && image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "./:-_@+".contains(c))
+        && !image.starts_with(['.', '-', ':', '/']);
+    if !ok {
+        return Err(FieldError::new(
+            "image",
+            "not an image reference like registry.example.com/team/image:tag",
+        )
+        .into());
+    }
+    Ok(Some(image))
+}
+
+/// A name from the first repository: `https://host/team/app.git` → `app`.
+fn default_name(repo: &RepoSpec) -> String {
+    let tail = repo
+        .url
+        .as_str()
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("workspace");
+    let tail = tail.strip_suffix(".git").unwrap_or(tail);
+    let mut name: String = tail
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name = name
+        .trim_matches('-')
+        .chars()
+        .take(63)
+        .collect::<String>()
+        .trim_matches('-')
+        .to_owned();
+    if name.is_empty() {
+        "workspace".into()
+    } else {
+        name
+    }
+}
+
+impl Cell {
+    /// The organization a request means: the one named, or the caller's first.
+    fn pick_org(&self, actor: &Actor, org: Option<OrgId>) -> Result<OrgId> {
+        match org {
+            Some(o) => Ok(self.membership(actor, &o)?.org),
+            None => self
+                .store()
+                .read(|tx| tx.memberships_of(&actor.user.id))?
+                .into_iter()
+                .next()
+                .map(|m| m.org)
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "org",
+                        "you belong to no organization; accept an invitation first",
+                    )
+                    .into()
+                }),
+        }
+    }
+
+    fn resolve_class(&self, org: &OrgId, class: Option<&str>) -> Result<ClassId> {
+        let classes = self.store().read(|tx| tx.classes(org))?;
+        let found = match class.map(str::trim).filter(|c| !c.is_empty()) {
+            Some(c) => classes
+                .iter()
+                .find(|k| k.id.as_str() == c || k.spec.name == c),
+            None => classes.iter().find(|k| k.is_default).or(classes.first()),
+        };
+        match (found, class) {
+            (Some(k), _) => Ok(k.id.clone()),
+            (None, Some(c)) => {
+                Err(FieldError::new("class", format!("no class {c} in this organization")).into())
+            }
+            (None, None) => Err(FieldError::new(
+                "class",
+                "this organization has no workspace classes; an owner must add one",
+            )
+            .into()),
+        }
+    }
+
+    pub fn create_workspace(&self, actor: &Actor, input: WorkspaceInput) -> Result<Workspace> {
+        let repos = validate_repos(&input.repos)?;
+        let org_id = self.pick_org(actor, input.org)?;
+        let name = match input
+            .name
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+        {
+            Some(n) => {
+                validate_workspace_name(&n)?;
+                n
+            }
+            None => default_name(&repos[0]),
+        };
+        let image = validate_image(input.image)?;
+        let class = self.resolve_class(&org_id, input.class.as_deref())?;
+        let org = self
+            .store()
+            .read(|tx| tx.org(&org_id))?
+            .ok_or(Error::NotFound {
+                what: "organization",
+            })?;
+        org.policy
+            .check_class(&class)
+            .map_err(|e| FieldError::new("class", e.to_string()))?;
+        let timeout = org
+            .policy
+            .resolve_timeout(input.timeout)
+            .map_err(|e| FieldError::new("timeout_s", e.to_string()))?;
+        let now = self.now();
+        let ws = Workspace {
+            id: WorkspaceId::from_ulid(new_ulid()),
+            org: org_id,
+            owner: actor.user.id.clone(),
+            name,
+            repos,
+            class,
+            image,
+            timeout,
+            lifecycle: Lifecycle::new(Desired::Stopped, now),
+            created_at: now,
+            last_activity: now,
+        };
+        self.store().write(|tx| tx.put_workspace(&ws))?;
+        Ok(ws)
+    }
+
+    /// The caller's workspaces, or with `org` set (owners only) every workspace of that organization.
+    pub fn list_workspaces(
+        &self,
+        actor: &Actor,
+        org: Option<&OrgId>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<WorkspacePage> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        if let Some(c) = cursor {
+            WorkspaceId::parse(c)
+                .map_err(|_| FieldError::new("cursor", "not a cursor returned by this API"))?;
+        }
+        if let Some(o) = org {
+            self.require_owner(actor, o)?;
+        }
+        let items = self.store().read(|tx| match org {
+            Some(o) => tx.workspaces_in(o, cursor, limit),
+            None => tx.workspaces_of(&actor.user.id, cursor, limit),
+        })?;
+        let next_cursor = if items.len() == limit {
+            items.last().map(|w| w.id.to_string())
+        } else {
+            None
+        };
+        Ok(WorkspacePage { items, next_cursor })
+    }
+
+    /// A workspace its owner may see; owners of its organization may see it too.
+    pub fn get_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
+        let ws = self
+            .store()
+            .read(|tx| tx.workspace(id))?
+            .ok_or(Error::NotFound { what: "workspace" })?;
+        if ws.owner == actor.user.id {
+            return Ok(ws);
+        }
+        match self
+            .store()
+            .read(|tx| tx.membership(&ws.org, &actor.user.id))?
+        {
+            Some(m) if m.role == Role::Owner => Ok(ws),
+            // Not found rather than forbidden: members learn nothing about others' workspaces.
+            _ => Err(Error::NotFound { what: "workspace" }),
+        }
+    }
+
+    /// Only the workspace's owner changes it.
+    fn own_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
+        let ws = self.get_workspace(actor, id)?;
+        if ws.owner != actor.user.id {
+            return Err(Error::Forbidden(
+                "only the workspace's owner may change it".into(),
+            ));
+        }
+        Ok(ws)
+    }
+
+    pub fn update_workspace(
+        &self,
+        actor: &Actor,
+        id: &WorkspaceId,
+        patch: WorkspacePatch,
+    ) -> Result<Workspace> {
+        let mut ws = self.own_workspace(actor, id)?;
+        if ws.lifecycle.desired == Desired::Deleted {
+            return Err(Error::NotFound { what: "workspace" });
+        }
+        let policy = self
+            .store()
+            .read(|tx| tx.org(&ws.org))?
+            .ok_or(Error::NotFound {
+                what: "organization",
+            })?
+            .policy;
+        if let Some(n) = patch.name {
+            validate_workspace_name(n.trim())?;
+            ws.name = n.trim().to_owned();
+        }
+        if let Some(c) = patch.class {
+            let class = self.resolve_class(&ws.org, Some(&c))?;
+            policy
+                .check_class(&class)
+                .map_err(|e| FieldError::new("class", e.to_string()))?;
+            ws.class = class;
+        }
+        if let Some(i) = patch.image {
+            ws.image = validate_image(i)?;
+        }
+        if let Some(t) = patch.timeout {
+            ws.timeout = policy
+                .resolve_timeout(Some(t))
+                .map_err(|e| FieldError::new("timeout_s", e.to_string()))?;
+        }
+        self.store().write(|tx| tx.put_workspace(&ws))?;
+        Ok(ws)
+    }
+
+    /// Deletes a workspace: the owner, or an owner of its organization. Without a runtime
+    /// holding it, the record goes at once.
+    pub fn delete_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<()> {
+        let mut ws = self.get_workspace(actor, id)?;
+        let now = self.now();
+        ws.lifecycle.set_desired(Desired::Deleted)?;
+        if ws.lifecycle.is_active() {
+            self.store().write(|tx| tx.put_workspace(&ws))?;
+            return Ok(());
+        }
+        if ws.lifecycle.phase != Phase::Deleted {
+            ws.lifecycle
+                .transition(Phase::Deleted, now, Some("deleted by its owner".into()))?;
+        }
+        self.store().write(|tx| tx.purge_workspace(&ws))?;
+        tracing::info!(workspace = %ws.id, by = %actor.user.email, "deleted workspace");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_come_from_the_first_repository() {
+        let r = |u: &str| RepoSpec {
+            url: RepoUrl::parse(u).unwrap(),
+            branch: None,
+        };
+        assert_eq!(
+            default_name(&r("https://example.com/team/My_App.git")),
+            "my-app"
+        );
+        assert_eq!(default_name(&r("git@example.com:team/tool.git")), "tool");
+        assert_eq!(default_name(&r("file:///srv/git/x/")), "x");
+    }
+
+    #[test]
+    fn repos_are_validated_with_their_index() {
+        let err = validate_repos(&[
+            ("https://example.com/a".into(), None),
+            ("ftp://x/y".into(), None),
+        ])
+        .err()
+        .unwrap();
+        match err {
+            Error::Invalid(f) => assert_eq!(f.field, "repos[1].url"),
+            e => panic!("{e}"),
+        }
+        assert!(validate_repos(&[]).is_err());
+        let err = validate_repos(&[("https://example.com/a".into(), Some("bad..branch".into()))])
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Invalid(f) if f.field == "repos[0].branch"));
+    }
+}

@@ -1,0 +1,541 @@
+//! Stored forms of the domain types, one serde struct per record kind and version, with
+//! explicit conversions. A change to a stored shape gets a new `VERSION` and a migration.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{Def, StoreError};
+use crate::domain::entities::{
+    ApiToken, Class, Invitation, LoginLink, Membership, Org, Session, User, Workspace,
+};
+use crate::domain::{
+    ClassId, ClassSpec, Desired, InvitationId, Lifecycle, OrgId, Phase, PhaseChange, Policy,
+    RepoSpec, RepoUrl, Role, TokenId, UserId, WorkspaceId,
+};
+
+/// A stored record kind: which table it lives in and its current version.
+pub trait Record: Serialize + DeserializeOwned {
+    const TABLE: Def;
+    const VERSION: u16;
+}
+
+pub(crate) fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+pub(crate) fn from_ms(v: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(v as i128 * 1_000_000).map_err(|e| corrupt("time", e))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        table: "-".into(),
+        key: what.into(),
+        reason: e.to_string(),
+    }
+}
+
+fn id<T>(
+    parse: impl Fn(&str) -> Result<T, crate::domain::ids::IdError>,
+    s: &str,
+) -> Result<T, StoreError> {
+    parse(s).map_err(|e| corrupt(s, e))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub password_hash: Option<String>,
+    pub is_admin: bool,
+    pub created_at: i64,
+}
+
+impl Record for UserRecord {
+    const TABLE: Def = super::USERS;
+    const VERSION: u16 = 1;
+}
+
+impl From<&User> for UserRecord {
+    fn from(u: &User) -> Self {
+        UserRecord {
+            id: u.id.to_string(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            password_hash: u.password_hash.clone(),
+            is_admin: u.is_admin,
+            created_at: ms(u.created_at),
+        }
+    }
+}
+
+impl TryFrom<UserRecord> for User {
+    type Error = StoreError;
+    fn try_from(r: UserRecord) -> Result<Self, StoreError> {
+        Ok(User {
+            id: id(UserId::parse, &r.id)?,
+            email: r.email,
+            name: r.name,
+            password_hash: r.password_hash,
+            is_admin: r.is_admin,
+            created_at: from_ms(r.created_at)?,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub default_timeout_s: u64,
+    pub max_timeout_s: u64,
+    pub users_can_extend: bool,
+    pub max_lifetime_s: u64,
+    pub allowed_classes: Vec<String>,
+    pub max_running_per_user: u32,
+    pub backup_keep_last: u32,
+    pub backup_keep_within_s: u64,
+    pub deleted_backup_grace_s: u64,
+    pub dormancy_s: Option<u64>,
+    pub outbound_network: bool,
+    pub backup_home: bool,
+}
+
+impl From<&Policy> for PolicyRecord {
+    fn from(p: &Policy) -> Self {
+        PolicyRecord {
+            default_timeout_s: p.default_timeout.as_secs(),
+            max_timeout_s: p.max_timeout.as_secs(),
+            users_can_extend: p.users_can_extend,
+            max_lifetime_s: p.max_lifetime.as_secs(),
+            allowed_classes: p.allowed_classes.iter().map(|c| c.to_string()).collect(),
+            max_running_per_user: p.max_running_per_user,
+            backup_keep_last: p.backup_keep_last,
+            backup_keep_within_s: p.backup_keep_within.as_secs(),
+            deleted_backup_grace_s: p.deleted_backup_grace.as_secs(),
+            dormancy_s: p.dormancy.map(|d| d.as_secs()),
+            outbound_network: p.outbound_network,
+            backup_home: p.backup_home,
+        }
+    }
+}
+
+impl TryFrom<PolicyRecord> for Policy {
+    type Error = StoreError;
+    fn try_from(r: PolicyRecord) -> Result<Self, StoreError> {
+        Ok(Policy {
+            default_timeout: Duration::from_secs(r.default_timeout_s),
+            max_timeout: Duration::from_secs(r.max_timeout_s),
+            users_can_extend: r.users_can_extend,
+            max_lifetime: Duration::from_secs(r.max_lifetime_s),
+            allowed_classes: r
+                .allowed_classes
+                .iter()
+                .map(|c| id(ClassId::parse, c))
+                .collect::<Result<_, _>>()?,
+            max_running_per_user: r.max_running_per_user,
+            backup_keep_last: r.backup_keep_last,
+            backup_keep_within: Duration::from_secs(r.backup_keep_within_s),
+            deleted_backup_grace: Duration::from_secs(r.deleted_backup_grace_s),
+            dormancy: r.dormancy_s.map(Duration::from_secs),
+            outbound_network: r.outbound_network,
+            backup_home: r.backup_home,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct OrgRecord {
+    pub id: String,
+    pub name: String,
+    pub policy: PolicyRecord,
+    pub created_at: i64,
+}
+
+impl Record for OrgRecord {
+    const TABLE: Def = super::ORGS;
+    const VERSION: u16 = 1;
+}
+
+impl From<&Org> for OrgRecord {
+    fn from(o: &Org) -> Self {
+        OrgRecord {
+            id: o.id.to_string(),
+            name: o.name.clone(),
+            policy: (&o.policy).into(),
+            created_at: ms(o.created_at),
+        }
+    }
+}
+
+impl TryFrom<OrgRecord> for Org {
+    type Error = StoreError;
+    fn try_from(r: OrgRecord) -> Result<Self, StoreError> {
+        Ok(Org {
+            id: id(OrgId::parse, &r.id)?,
+            name: r.name,
+            policy: r.policy.try_into()?,
+            created_at: from_ms(r.created_at)?,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub org: String,
+    pub user: String,
+    pub role: String,
+    pub since: i64,
+}
+
+impl Record for MemberRecord {
+    const TABLE: Def = super::MEMBERS;
+    const VERSION: u16 = 1;
+}
+
+impl From<&Membership> for MemberRecord {
+    fn from(m: &Membership) -> Self {
+        MemberRecord {
+            org: m.org.to_string(),
+            user: m.user.to_string(),
+            role: m.role.as_str().into(),
+            since: ms(m.since),
+        }
+    }
+}
+
+impl TryFrom<MemberRecord> for Membership {
+    type Error = StoreError;
+    fn try_from(r: MemberRecord) -> Result<Self, StoreError> {
+        Ok(Membership {
+            org: id(OrgId::parse, &r.org)?,
+            user: id(UserId::parse, &r.user)?,
+            role: Role::parse(&r.role).ok_or_else(|| corrupt("role", &r.role))?,
+            since: from_ms(r.since)?,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ClassRecord {
+    pub id: String,
+    pub org: String,
+    pub name: String,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub max_processes: u32,
+    pub is_default: bool,
+    pub created_at: i64,
+}
+
+impl Record for ClassRecord {
+    const TABLE: Def = super::CLASSES;
+    const VERSION: u16 = 1;
+}
+
+impl From<&Class> for ClassRecord {
+    fn from(c: &Class) -> Self {
+        ClassRecord {
+            id: c.id.to_string(),
+            org: c.org.to_string(),
+            name: c.spec.name.clone(),
+            cpu_millis: c.spec.cpu_millis,
+            memory_bytes: c.spec.memory_bytes,
+            disk_bytes: c.spec.disk_bytes,
+            max_processes: c.spec.max_processes,
+            is_default: c.is_default,
+            created_at: ms(c.created_at),
+        }
+    }
+}
+
+impl TryFrom<ClassRecord> for Class {
+    type Error = StoreError;
+    fn try_from(r: ClassRecord) -> Result<Self, StoreError> {
+        Ok(Class {
+            id: id(ClassId::parse, &r.id)?,
+            org: id(OrgId::parse, &r.org)?,
+            spec: ClassSpec {
+                name: r.name,
+                cpu_millis: r.cpu_millis,
+                memory_bytes: r.memory_bytes,
+                disk_bytes: r.disk_bytes,
+                max_processes: r.max_processes,
+            },
+            is_default: r.is_default,
+            created_at: from_ms(r.created_at)?,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+pub struct RepoRecord {
+    pub url: String,
+    pub branch: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+pub struct PhaseRecord {
+    pub phase: String,
+    pub at: i64,
+    pub message: Option<String>,
+}
+
+/// Version 2: several repositories per workspace (version 1 had one `repo_url` and `branch`).
+#[derive(Serialize, Deserialize)]
+pub struct WorkspaceRecord {
+    pub id: String,
+    pub org: String,
+    pub owner: String,
+    pub name: String,
+    pub repos: Vec<RepoRecord>,
+    pub class: String,
+    pub image: Option<String>,
+    pub timeout_s: u64,
+    pub desired: String,
+    pub phase: String,
+    pub history: Vec<PhaseRecord>,
+    pub created_at: i64,
+    pub last_activity: i64,
+}
+
+impl Record for WorkspaceRecord {
+    const TABLE: Def = super::WORKSPACES;
+    const VERSION: u16 = 2;
+}
+
+impl From<&Workspace> for WorkspaceRecord {
+    fn from(w: &Workspace) -> Self {
+        WorkspaceRecord {
+            id: w.id.to_string(),
+            org: w.org.to_string(),
+            owner: w.owner.to_string(),
+            name: w.name.clone(),
+            repos: w
+                .repos
+                .iter()
+                .map(|r| RepoRecord {
+                    url: r.url.as_str().to_owned(),
+                    branch: r.branch.clone(),
+                })
+                .collect(),
+            class: w.class.to_string(),
+            image: w.image.clone(),
+            timeout_s: w.timeout.as_secs(),
+            desired: w.lifecycle.desired.as_str().into(),
+            phase: w.lifecycle.phase.as_str().into(),
+            history: w
+                .lifecycle
+                .history
+                .iter()
+                .map(|c| PhaseRecord {
+                    phase: c.phase.as_str().into(),
+                    at: ms(c.at),
+                    message: c.message.clone(),
+                })
+                .collect(),
+            created_at: ms(w.created_at),
+            last_activity: ms(w.last_activity),
+        }
+    }
+}
+
+impl TryFrom<WorkspaceRecord> for Workspace {
+    type Error = StoreError;
+    fn try_from(r: WorkspaceRecord) -> Result<Self, StoreError> {
+        let phase = |s: &str| Phase::parse(s).ok_or_else(|| corrupt("phase", s));
+        let history = r
+            .history
+            .iter()
+            .map(|c| {
+                Ok(PhaseChange {
+                    phase: phase(&c.phase)?,
+                    at: from_ms(c.at)?,
+                    message: c.message.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Workspace {
+            id: id(WorkspaceId::parse, &r.id)?,
+            org: id(OrgId::parse, &r.org)?,
+            owner: id(UserId::parse, &r.owner)?,
+            name: r.name,
+            repos: r
+                .repos
+                .into_iter()
+                .map(|x| {
+                    Ok(RepoSpec {
+                        url: RepoUrl::parse(&x.url).map_err(|e| corrupt("repo", e))?,
+                        branch: x.branch,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+            class: id(ClassId::parse, &r.class)?,
+            image: r.image,
+            timeout: Duration::from_secs(r.timeout_s),
+            lifecycle: Lifecycle::restore(
+                Desired::parse(&r.desired).ok_or_else(|| corrupt("desired", &r.desired))?,
+                phase(&r.phase)?,
+                history,
+            ),
+            created_at: from_ms(r.created_at)?,
+            last_activity: from_ms(r.last_activity)?,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub user: String,
+    pub csrf: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl Record for SessionRecord {
+    const TABLE: Def = super::SESSIONS;
+    const VERSION: u16 = 1;
+}
+
+impl From<&Session> for SessionRecord {
+    fn from(s: &Session) -> Self {
+        SessionRecord {
+            user: s.user.to_string(),
+            csrf: s.csrf.clone(),
+            created_at: ms(s.created_at),
+            expires_at: ms(s.expires_at),
+        }
+    }
+}
+
+impl TryFrom<SessionRecord> for Session {
+    type Error = StoreError;
+    fn try_from(r: SessionRecord) -> Result<Self, StoreError> {
+        Ok(Session {
+            user: id(UserId::parse, &r.user)?,
+            csrf: r.csrf,
+            created_at: from_ms(r.created_at)?,
+            expires_at: from_ms(r.expires_at)?,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used: Option<i64>,
+}
+
+impl Record for TokenRecord {
+    const TABLE: Def = super::TOKENS;
+    const VERSION: u16 = 1;
+}
+
+impl From<&ApiToken> for TokenRecord {
+    fn from(t: &ApiToken) -> Self {
+        TokenRecord {
+            id: t.id.to_string(),
+            user: t.user.to_string(),
+            name: t.name.clone(),
+            created_at: ms(t.created_at),
+            expires_at: t.expires_at.map(ms),
+            last_used: t.last_used.map(ms),
+        }
+    }
+}
+
+impl TryFrom<TokenRecord> for ApiToken {
+    type Error = StoreError;
+    fn try_from(r: TokenRecord) -> Result<Self, StoreError> {
+        Ok(ApiToken {
+            id: id(TokenId::parse, &r.id)?,
+            user: id(UserId::parse, &r.user)?,
+            name: r.name,
+            created_at: from_ms(r.created_at)?,
+            expires_at: r.expires_at.map(from_ms).transpose()?,
+            last_used: r.last_used.map(from_ms).transpose()?,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct InvitationRecord {
+    pub id: String,
+    pub org: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl Record for InvitationRecord {
+    const TABLE: Def = super::INVITATIONS;
+    const VERSION: u16 = 1;
+}
+
+impl From<&Invitation> for InvitationRecord {
+    fn from(i: &Invitation) -> Self {
+        InvitationRecord {
+            id: i.id.to_string(),
+            org: i.org.to_string(),
+            role: i.role.as_str().into(),
+            created_by: i.created_by.to_string(),
+            created_at: ms(i.created_at),
+            expires_at: ms(i.expires_at),
+        }
+    }
+}
+
+impl TryFrom<InvitationRecord> for Invitation {
+    type Error = StoreError;
+    fn try_from(r: InvitationRecord) -> Result<Self, StoreError> {
+        Ok(Invitation {
+            id: id(InvitationId::parse, &r.id)?,
+            org: id(OrgId::parse, &r.org)?,
+            role: Role::parse(&r.role).ok_or_else(|| corrupt("role", &r.role))?,
+            created_by: id(UserId::parse, &r.created_by)?,
+            created_at: from_ms(r.created_at)?,
+            expires_at: from_ms(r.expires_at)?,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct LoginLinkRecord {
+    pub user: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl Record for LoginLinkRecord {
+    const TABLE: Def = super::LOGIN_LINKS;
+    const VERSION: u16 = 1;
+}
+
+impl From<&LoginLink> for LoginLinkRecord {
+    fn from(l: &LoginLink) -> Self {
+        LoginLinkRecord {
+            user: l.user.to_string(),
+            created_at: ms(l.created_at),
+            expires_at: ms(l.expires_at),
+        }
+    }
+}
+
+impl TryFrom<LoginLinkRecord> for LoginLink {
+    type Error = StoreError;
+    fn try_from(r: LoginLinkRecord) -> Result<Self, StoreError> {
+        Ok(LoginLink {
+            user: id(UserId::parse, &r.user)?,
+            created_at: from_ms(r.created_at)?,
+            expires_at: from_ms(r.expires_at)?,
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! Starts a cell in-process on 127.0.0.1:0 with a temporary data directory, and gives tests an
+//! HTTP client with the owner's credentials.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use devcell::config::{self, Config, Overrides};
+use devcell::server::{self, Options, Running};
+use devcell::service::{Clock, ManualClock, SystemClock};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub const OWNER_EMAIL: &str = "owner@example.com";
+pub const OWNER_PASSWORD: &str = "correct horse battery";
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub struct TestCell {
+    pub running: Option<Running>,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub owner_token: String,
+    pub http: reqwest::Client,
+    pub clock: Option<Arc<ManualClock>>,
+}
+
+pub fn test_config(data: PathBuf) -> Config {
+    let overrides = Overrides {
+        data_dir: Some(data),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Overrides::default()
+    };
+    config::load(None, &[], &overrides).unwrap()
+}
+
+impl TestCell {
+    pub async fn start() -> TestCell {
+        Self::start_with(|_| {}, None).await
+    }
+
+    pub async fn start_with(
+        tweak: impl FnOnce(&mut Config),
+        clock: Option<Arc<ManualClock>>,
+    ) -> TestCell {
+        install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path().join("data"));
+        tweak(&mut config);
+        let c: Arc<dyn Clock> = match &clock {
+            Some(m) => m.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let running = server::start(
+            config,
+            Options {
+                clock: c,
+                bootstrap_owner: Some((OWNER_EMAIL.into(), Some(OWNER_PASSWORD.into()))),
+            },
+        )
+        .await
+        .unwrap();
+        let (_, t) = running.cell.admin_token(None, "test").unwrap();
+        TestCell {
+            url: running.url(),
+            running: Some(running),
+            dir,
+            owner_token: t.secret,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            clock,
+        }
+    }
+
+    pub fn cell(&self) -> &devcell::service::Cell {
+        &self.running.as_ref().unwrap().cell
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns status and JSON (or Null).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    pub async fn owner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call(method, path, Some(&self.owner_token.clone()), body)
+            .await
+    }
+
+    /// The owner's first organization.
+    pub async fn org_id(&self) -> String {
+        let (s, orgs) = self.owner(Method::GET, "/api/v1/orgs", None).await;
+        assert_eq!(s, StatusCode::OK, "{orgs}");
+        orgs[0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Invites a new member (role `member` unless given) and returns (user id, API token).
+    pub async fn add_user(&self, email: &str, role: &str) -> (String, String) {
+        let org = self.org_id().await;
+        let (s, inv) = self
+            .owner(
+                Method::POST,
+                &format!("/api/v1/orgs/{org}/invitations"),
+                Some(serde_json::json!({ "role": role })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{inv}");
+        let link = inv["url"].as_str().unwrap();
+        let secret = link.rsplit('/').next().unwrap();
+        let (s, acc) = self
+            .call(
+                Method::POST,
+                "/api/v1/invitations/accept",
+                None,
+                Some(serde_json::json!({ "token": secret, "email": email, "name": "Test User", "password": "a long enough password" })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{acc}");
+        let (user, token) = self.cell().admin_token(Some(email), "test").unwrap();
+        (user.id.to_string(), token.secret)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+/// Creates a workspace for the bearer of `token` and returns its id.
+pub async fn create_ws(cell: &TestCell, token: &str) -> String {
+    let (s, ws) = cell
+        .call(Method::POST, "/api/v1/workspaces", Some(token), Some(serde_json::json!({ "repos": [{ "url": "https://git.example.com/team/app.git", "branch": "main" }] })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ws}");
+    ws["id"].as_str().unwrap().to_owned()
+}

@@ -1,0 +1,11 @@
+//! The integration test binary: one harness that starts cells in-process on ephemeral ports
+//! with temporary data directories, plus smoke tests that run the real executable.
+
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod harness;
+mod openapi;
+mod roles;
+mod smoke;

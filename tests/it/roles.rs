@@ -1,0 +1,232 @@
+//! Walks every route of the OpenAPI document with no credentials, as a member and as an owner,
+//! and checks who gets in. A route added without a row here fails the test.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{TestCell, create_ws};
+
+/// Who may use a route.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Access {
+    /// No credentials needed.
+    Public,
+    /// Any signed-in user (acting on their own things).
+    User,
+    /// Owners of the organization (or of the workspace) only.
+    Owner,
+    /// Cell administrators only.
+    Admin,
+}
+
+struct Fixture {
+    org: String,
+    owner_ws: String,
+    member_user: String,
+    class: String,
+    owner_token_id: String,
+    invitation: String,
+}
+
+fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
+    use Access::*;
+    let r = match (method, path) {
+        ("post", "/api/v1/auth/login") => (
+            Public,
+            Some(json!({ "email": "x@example.com", "password": "wrong password" })),
+        ),
+        ("post", "/api/v1/auth/link") => (Public, Some(json!({ "token": "dcl_nope" }))),
+        ("post", "/api/v1/invitations/accept") => (
+            Public,
+            Some(
+                json!({ "token": "dci_nope", "email": "n@example.com", "password": "long enough password" }),
+            ),
+        ),
+        ("post", "/api/v1/auth/logout") | ("post", "/api/v1/auth/logout-all") => (User, None),
+        ("get", "/api/v1/me") => (User, None),
+        ("patch", "/api/v1/me") => (User, Some(json!({ "name": "New Name" }))),
+        ("post", "/api/v1/me/password") => (
+            User,
+            Some(json!({ "current": "CALLER_PASSWORD", "new": "CALLER_PASSWORD" })),
+        ),
+        ("get", "/api/v1/tokens") => (User, None),
+        ("post", "/api/v1/tokens") => (User, Some(json!({ "name": "t" }))),
+        ("delete", "/api/v1/tokens/{id}") => (Owner, None),
+        ("get", "/api/v1/orgs") => (User, None),
+        ("post", "/api/v1/orgs") => (User, Some(json!({ "name": "Side project" }))),
+        ("get", "/api/v1/orgs/{org}") => (User, None),
+        ("patch", "/api/v1/orgs/{org}") => (Owner, Some(json!({ "name": "Renamed" }))),
+        ("get", "/api/v1/orgs/{org}/members") => (Owner, None),
+        ("patch", "/api/v1/orgs/{org}/members/{user}") => {
+            (Owner, Some(json!({ "role": "member" })))
+        }
+        ("delete", "/api/v1/orgs/{org}/members/{user}") => (Owner, None),
+        ("get", "/api/v1/orgs/{org}/invitations") => (Owner, None),
+        ("post", "/api/v1/orgs/{org}/invitations") => (Owner, Some(json!({ "role": "member" }))),
+        ("delete", "/api/v1/orgs/{org}/invitations/{id}") => (Owner, None),
+        ("get", "/api/v1/orgs/{org}/classes") => (User, None),
+        ("post", "/api/v1/orgs/{org}/classes") => (
+            Owner,
+            Some(
+                json!({ "name": "big", "cpu_millis": 8000, "memory_bytes": 17179869184u64, "disk_bytes": 107374182400u64, "max_processes": 4096 }),
+            ),
+        ),
+        ("put", "/api/v1/classes/{id}") => (
+            Owner,
+            Some(
+                json!({ "name": "medium-plus", "cpu_millis": 1500, "memory_bytes": 2147483648u64, "disk_bytes": 10737418240u64, "max_processes": 512 }),
+            ),
+        ),
+        ("delete", "/api/v1/classes/{id}") => (Owner, None),
+        ("get", "/api/v1/orgs/{org}/policy") => (Owner, None),
+        ("patch", "/api/v1/orgs/{org}/policy") => {
+            (Owner, Some(json!({ "default_timeout_s": 1200 })))
+        }
+        ("get", "/api/v1/workspaces") => (User, None),
+        ("post", "/api/v1/workspaces") => (
+            User,
+            Some(json!({ "repos": [{ "url": "https://git.example.com/x.git" }] })),
+        ),
+        ("get", "/api/v1/workspaces/{id}") => (Owner, None),
+        ("patch", "/api/v1/workspaces/{id}") => (Owner, Some(json!({ "name": "changed" }))),
+        ("delete", "/api/v1/workspaces/{id}") => (Owner, None),
+        ("get", "/api/v1/admin/workers") | ("get", "/api/v1/admin/cell") => (Admin, None),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// The password-change body names the caller's own password.
+fn body_for(body: &Option<Value>, password: &str) -> Option<Value> {
+    body.as_ref()
+        .map(|b| serde_json::from_str(&b.to_string().replace("CALLER_PASSWORD", password)).unwrap())
+}
+
+fn fill(path: &str, f: &Fixture) -> String {
+    let id = if path.starts_with("/api/v1/workspaces/") {
+        &f.owner_ws
+    } else if path.starts_with("/api/v1/classes/") {
+        &f.class
+    } else if path.starts_with("/api/v1/tokens/") {
+        &f.owner_token_id
+    } else {
+        &f.invitation
+    };
+    path.replace("{org}", &f.org)
+        .replace("{user}", &f.member_user)
+        .replace("{id}", id)
+}
+
+#[tokio::test]
+async fn every_route_checks_the_callers_role() {
+    let c = TestCell::start().await;
+    let (_, doc) = c
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
+    let (member_user, member) = c.add_user("member@example.com", "member").await;
+    let org = c.org_id().await;
+    let (_, classes) = c
+        .owner(Method::GET, &format!("/api/v1/orgs/{org}/classes"), None)
+        .await;
+    let (_, inv) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/orgs/{org}/invitations"),
+            Some(json!({ "role": "member" })),
+        )
+        .await;
+    let (_, doomed) = c
+        .owner(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({ "name": "doomed" })),
+        )
+        .await;
+    let fx = Fixture {
+        owner_ws: create_ws(&c, &c.owner_token).await,
+        member_user,
+        // The second class is not the default one, so deleting it leaves workspaces a class.
+        class: classes[1]["id"].as_str().unwrap().to_owned(),
+        owner_token_id: doomed["info"]["id"].as_str().unwrap().to_owned(),
+        invitation: inv["invitation"]["id"].as_str().unwrap().to_owned(),
+        org,
+    };
+
+    let mut routes = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let (access, body) = rule(method, path).unwrap_or_else(|| {
+                panic!("no access rule for {method} {path}: add one to tests/it/roles.rs")
+            });
+            routes.push((
+                method.to_uppercase().parse::<Method>().unwrap(),
+                path.clone(),
+                access,
+                body,
+            ));
+        }
+    }
+    assert!(routes.len() >= 30, "only {} routes found", routes.len());
+
+    // No credentials: only public routes answer with anything but 401.
+    for (m, path, access, body) in &routes {
+        let (s, b) = c
+            .call(m.clone(), &fill(path, &fx), None, body_for(body, "x"))
+            .await;
+        if *access == Access::Public {
+            assert_ne!(
+                b["code"], "unauthenticated",
+                "{m} {path} must be public: {s} {b}"
+            );
+            assert!(s.as_u16() < 500, "{m} {path}: {s} {b}");
+        } else {
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{m} {path} without credentials: {b}"
+            );
+            assert_eq!(b["code"], "unauthenticated");
+        }
+    }
+
+    // A member: owner and admin routes refuse (403, or 404 for things they must not know of).
+    for (m, path, access, body) in &routes {
+        let (s, b) = c
+            .call(
+                m.clone(),
+                &fill(path, &fx),
+                Some(&member),
+                body_for(body, "a long enough password"),
+            )
+            .await;
+        assert!(s.as_u16() < 500, "{m} {path} as member: {s} {b}");
+        match access {
+            Access::Owner | Access::Admin => {
+                assert!(
+                    s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
+                    "{m} {path} as member got {s}: {b}"
+                );
+            }
+            Access::User => assert!(s.is_success(), "{m} {path} as member got {s}: {b}"),
+            Access::Public => {}
+        }
+    }
+
+    // The owner gets in everywhere; destructive calls last so the fixture lives until then.
+    let mut ordered = routes.clone();
+    ordered.sort_by_key(|(m, ..)| *m == Method::DELETE);
+    for (m, path, access, body) in &ordered {
+        if *access == Access::Public {
+            continue;
+        }
+        let (s, b) = c
+            .owner(
+                m.clone(),
+                &fill(path, &fx),
+                body_for(body, crate::harness::OWNER_PASSWORD),
+            )
+            .await;
+        assert!(s.is_success(), "{m} {path} as owner got {s}: {b}");
+    }
+    c.stop().await;
+}

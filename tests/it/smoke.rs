@@ -1,0 +1,401 @@
+//! Smoke tests of the real executable: trial start, restart on the same data, SIGTERM, serve
+//! with layered configuration, the admin commands with and without a running cell, and the
+//! command-line API client.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_devcell");
+
+fn devcell(home: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DEVCELL_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .current_dir(home);
+    c
+}
+
+/// A running cell process and what it printed up to its ready line.
+struct Proc {
+    child: Child,
+    url: String,
+    printed: Vec<String>,
+}
+
+fn spawn(mut cmd: Command) -> Proc {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let url = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no ready line; printed: {printed:?}"));
+        printed.push(line.clone());
+        if let Some(u) = line.strip_prefix("devcell is ready: ") {
+            break u.to_owned();
+        }
+    };
+    // The login link follows the ready line.
+    if let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+        printed.push(l);
+    }
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+        printed.push(l);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?} to become ready",
+        started.elapsed()
+    );
+    Proc {
+        child,
+        url,
+        printed,
+    }
+}
+
+fn sigterm_and_wait(p: &mut Proc) -> Duration {
+    let t = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status();
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the cell did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run(mut cmd: Command) -> (bool, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn get(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut args = vec![
+        "-s".to_owned(),
+        "-o".into(),
+        "-".into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+        url.to_owned(),
+    ];
+    if let Some(t) = token {
+        args.push("-H".into());
+        args.push(format!("Authorization: Bearer {t}"));
+    }
+    let out = Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl is needed: apt-get install -y curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn up_prints_a_login_link_stops_on_sigterm_and_restarts_on_the_same_data() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let up = |home: &Path| {
+        let mut c = devcell(home);
+        c.args([
+            "up",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        spawn(c)
+    };
+    let mut p = up(home.path());
+    let all = p.printed.join("\n");
+    assert!(
+        all.contains("created the owner account owner@devcell.local"),
+        "{all}"
+    );
+    let link1 = p
+        .printed
+        .iter()
+        .find(|l| l.contains("one-time login link"))
+        .unwrap_or_else(|| panic!("{all}"))
+        .clone();
+    assert!(
+        link1.contains(&format!("{}/login/link/dcl_", p.url)),
+        "{link1}"
+    );
+    assert_eq!(get(&format!("{}/healthz", p.url), None).0, 200);
+
+    // The admin command talks to the running cell through its socket.
+    let (ok, token, err) = run({
+        let mut c = devcell(home.path());
+        c.args(["admin", "token", "--data", data.to_str().unwrap()]);
+        c
+    });
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    let (s, me) = get(&format!("{}/api/v1/me", p.url), Some(&token));
+    assert_eq!(s, 200, "{me}");
+    let user_id = me["user"]["id"].clone();
+
+    let took = sigterm_and_wait(&mut p);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        !data.join("admin.sock").exists(),
+        "the socket is removed on shutdown"
+    );
+
+    let mut p2 = up(home.path());
+    let all2 = p2.printed.join("\n");
+    assert!(
+        !all2.contains("created the owner"),
+        "no second owner: {all2}"
+    );
+    let link2 = p2
+        .printed
+        .iter()
+        .find(|l| l.contains("one-time login link"))
+        .unwrap()
+        .clone();
+    assert_ne!(link1, link2, "a fresh link each start");
+    let (s, me2) = get(&format!("{}/api/v1/me", p2.url), Some(&token));
+    assert_eq!(s, 200, "the token survives a restart: {me2}");
+    assert_eq!(me2["user"]["id"], user_id);
+    sigterm_and_wait(&mut p2);
+}
+
+#[test]
+fn serve_layers_file_env_and_flags_and_config_check_masks_secrets() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("state");
+    let pw_file = home.path().join("owner-password");
+    std::fs::write(&pw_file, "a very secret password\n").unwrap();
+    let cfg = home.path().join("devcell.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:1\"\n[auth]\nowner_email = \"boss@example.com\"\nowner_password_file = \"{}\"\nsession_ttl = \"1h\"\n",
+            data.display(),
+            pw_file.display()
+        ),
+    )
+    .unwrap();
+
+    // config check: env beats file, flag beats env, secrets masked.
+    let (ok, out, err) = run({
+        let mut c = devcell(home.path());
+        c.args([
+            "config",
+            "check",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("DEVCELL_AUTH__SESSION_TTL", "2h")
+        .env("DEVCELL_SERVER__LISTEN", "127.0.0.1:2");
+        c
+    });
+    assert!(ok, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:0\""), "{out}");
+    assert!(out.contains("session_ttl = \"2h\""), "{out}");
+    assert!(out.contains("boss@example.com"), "{out}");
+    assert!(!out.contains("a very secret password"), "{out}");
+    assert!(out.contains("********"), "{out}");
+
+    // Unknown keys and bad values name the key and where it came from.
+    let (ok, _, err) = run({
+        let mut c = devcell(home.path());
+        c.args(["config", "check", "--config", cfg.to_str().unwrap()])
+            .env("DEVCELL_SERVER__LISTN", "x");
+        c
+    });
+    assert!(!ok);
+    assert!(err.contains("DEVCELL_SERVER__LISTN"), "{err}");
+    let (ok, _, err) = run({
+        let mut c = devcell(home.path());
+        c.args(["config", "check", "--config", cfg.to_str().unwrap()])
+            .env("DEVCELL_AUTH__SESSION_TTL", "soon");
+        c
+    });
+    assert!(!ok);
+    assert!(err.contains("auth.session_ttl"), "{err}");
+
+    // serve uses the same layers; the owner from the file logs in with the password from the secret file.
+    let mut c = devcell(home.path());
+    c.args([
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .env("DEVCELL_LOG__FORMAT", "json");
+    let mut p = spawn(c);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+        ])
+        .arg(r#"{"email":"boss@example.com","password":"a very secret password"}"#)
+        .arg(format!("{}/api/v1/auth/login", p.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert!(data.join("devcell.redb").exists());
+    sigterm_and_wait(&mut p);
+}
+
+#[test]
+fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspaces() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let d = data.to_str().unwrap().to_owned();
+    let mut c = devcell(home.path());
+    c.args(["up", "--data", &d, "--listen", "127.0.0.1:0"]);
+    let mut p = spawn(c);
+    sigterm_and_wait(&mut p);
+
+    // With the cell stopped, the commands open the database themselves.
+    let cmd = |args: &[&str]| {
+        let mut c = devcell(home.path());
+        c.args(args);
+        run(c)
+    };
+    let (ok, token, err) = cmd(&["admin", "token", "--data", &d]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cmd(&["admin", "reset-password", "--data", &d]);
+    assert!(ok, "{err}");
+    let password = out.trim().rsplit(": ").next().unwrap().to_owned();
+    assert!(password.len() >= 10, "{out}");
+    let backup = home.path().join("backup.redb");
+    let (ok, out, err) = cmd(&["db", "backup", backup.to_str().unwrap(), "--data", &d]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote"), "{out}");
+    assert!(backup.exists());
+
+    let mut c = devcell(home.path());
+    c.args(["up", "--data", &d, "--listen", "127.0.0.1:0"]);
+    let mut p = spawn(c);
+
+    // Log in with the reset password through the CLI, then manage workspaces.
+    let mut login = devcell(home.path());
+    login
+        .args([
+            "login",
+            &p.url,
+            "--email",
+            "owner@devcell.local",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let creds = home.path().join(".config/devcell/credentials.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (ok, out, err) = cmd(&[
+        "ws",
+        "create",
+        "--repo",
+        "https://git.example.com/team/app.git#main",
+        "--repo",
+        "file:///srv/git/lib",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let ws: Value = serde_json::from_str(&out).unwrap();
+    let id = ws["id"].as_str().unwrap().to_owned();
+    assert_eq!(ws["repos"][0]["branch"], "main");
+    assert_eq!(ws["repos"].as_array().unwrap().len(), 2);
+
+    let (ok, out, _) = cmd(&["ws", "list"]);
+    assert!(ok);
+    assert!(out.starts_with("ID"), "a table with headers: {out}");
+    assert!(out.contains(&id) && out.contains("pending"), "{out}");
+
+    let (ok, out, _) = cmd(&["ws", "get", &id, "--json"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["id"],
+        id.as_str()
+    );
+
+    let (ok, _, err) = cmd(&["ws", "create", "--repo", "not a url"]);
+    assert!(!ok);
+    assert!(err.contains("invalid_field"), "{err}");
+
+    let (ok, out, _) = cmd(&["ws", "delete", &id]);
+    assert!(ok, "{out}");
+    let (ok, out, _) = cmd(&["ws", "list", "--json"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // The admin token made while the cell was down works too.
+    assert_eq!(
+        get(&format!("{}/api/v1/me", p.url), Some(token.trim())).0,
+        200
+    );
+    sigterm_and_wait(&mut p);
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need when missing,
+# checks formatting and lints, then runs every test. Usage: bash tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache="${DEVCELL_CACHE:-/var/cache/devcell}"
+if ! mkdir -p "$cache" 2>/dev/null || [ ! -w "$cache" ]; then
+  cache="${XDG_CACHE_HOME:-$HOME/.cache}/devcell"
+  mkdir -p "$cache"
+fi
+# The cargo target directory lives outside the clone so repeated runs are incremental.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+
+# Debian packages the tests call.
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3 python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq && apt-get install -y -qq "${need[@]}"
+fi
+
+# Python tools the tests call: a real OpenAPI validator.
+venv="$cache/venv"
+if ! "$venv/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
+  echo "installing openapi-spec-validator into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7'
+fi
+export DEVCELL_TEST_VENV="$venv"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

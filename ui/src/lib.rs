@@ -1,0 +1,114 @@
+//! The dashboard's Leptos components, rendered to HTML on the server (no WebAssembly). This
+//! crate never touches the store: pages receive plain view data from the `web` module.
+
+use leptos::prelude::*;
+
+/// One workspace as the list shows it.
+#[derive(Clone, Debug)]
+pub struct WorkspaceRow {
+    pub id: String,
+    pub name: String,
+    pub repo: String,
+    pub phase: String,
+}
+
+#[component]
+fn Shell(title: String, children: Children) -> impl IntoView {
+    view! {
+        <header class="top">
+            <a class="brand" href="/">"devcell"</a>
+        </header>
+        <main>
+            <h1>{title}</h1>
+            {children()}
+        </main>
+    }
+}
+
+#[component]
+fn Login(error: Option<String>) -> impl IntoView {
+    view! {
+        <Shell title="Sign in".to_string()>
+            {error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            <form method="post" action="/login" class="card">
+                <label for="email">"Email"</label>
+                <input id="email" name="email" type="email" autocomplete="username" required/>
+                <label for="password">"Password"</label>
+                <input id="password" name="password" type="password" autocomplete="current-password" required/>
+                <button type="submit">"Sign in"</button>
+            </form>
+        </Shell>
+    }
+}
+
+#[component]
+fn Workspaces(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> impl IntoView {
+    let empty = rows.is_empty();
+    view! {
+        <Shell title="Workspaces".to_string()>
+            <p class="who">"Signed in as " {user}</p>
+            <form method="post" action="/logout">
+                <input type="hidden" name="_csrf" value=csrf/>
+                <button type="submit">"Sign out"</button>
+            </form>
+            {empty.then(|| view! { <p class="empty">"No workspaces yet. Create one with " <code>"devcell ws create --repo URL"</code> "."</p> })}
+            <table class="workspaces">
+                <thead><tr><th>"Name"</th><th>"Repository"</th><th>"Phase"</th></tr></thead>
+                <tbody>
+                    {rows.into_iter().map(|r| view! {
+                        <tr data-id=r.id><td>{r.name}</td><td>{r.repo}</td><td class="phase">{r.phase}</td></tr>
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </Shell>
+    }
+}
+
+fn page(title: &str, body: String) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · devcell</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body>{body}</body></html>"
+    )
+}
+
+/// The sign-in page, with an error message after a failed attempt.
+pub fn login_page(error: Option<String>) -> String {
+    let body = Owner::new().with(|| view! { <Login error=error/> }.to_html());
+    page("Sign in", body)
+}
+
+/// The signed-in user's workspaces.
+pub fn workspaces_page(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> String {
+    let body =
+        Owner::new().with(|| view! { <Workspaces user=user csrf=csrf rows=rows/> }.to_html());
+    page("Workspaces", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspaces_page_lists_rows_and_escapes_text() {
+        let html = workspaces_page(
+            "ann@example.com".into(),
+            "tok".into(),
+            vec![WorkspaceRow {
+                id: "ws_1".into(),
+                name: "<app>".into(),
+                repo: "https://x/y".into(),
+                phase: "stopped".into(),
+            }],
+        );
+        assert!(html.contains("&lt;app&gt;"), "{html}");
+        assert!(html.contains("stopped"));
+        assert!(html.contains("name=\"_csrf\""));
+        assert!(!html.contains("<app>"));
+    }
+
+    #[test]
+    fn login_page_shows_the_error() {
+        let html = login_page(Some("wrong email or password".into()));
+        assert!(html.contains("wrong email or password"));
+        assert!(html.contains("action=\"/login\""));
+    }
+}
