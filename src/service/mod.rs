@@ -201,7 +201,12 @@ pub struct CellFacts {
     pub workspaces: u64,
 }
 
-/// A new random id of the given kind.
+/// A new id: time-ordered and strictly increasing within this process, so that listings by
+/// id are in creation order even for records made in the same millisecond.
 pub(crate) fn new_ulid() -> ulid::Ulid {
-    ulid::Ulid::new()
+    static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    g.get_or_insert_with(ulid::Generator::new)
+        .generate()
+        .unwrap_or_else(|_| ulid::Ulid::new())
 }

@@ -146,7 +146,15 @@ async fn every_route_checks_the_callers_role() {
         owner_ws: create_ws(&c, &c.owner_token).await,
         member_user,
         // The second class is not the default one, so deleting it leaves workspaces a class.
-        class: classes[1]["id"].as_str().unwrap().to_owned(),
+        class: classes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["is_default"] == false)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
         owner_token_id: doomed["info"]["id"].as_str().unwrap().to_owned(),
         invitation: inv["invitation"]["id"].as_str().unwrap().to_owned(),
         org,
