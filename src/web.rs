@@ -18,6 +18,7 @@ pub fn router() -> Router<AppState> {
         .route("/login", get(login_form).post(login_submit))
         .route("/login/link/{secret}", get(login_link))
         .route("/logout", post(logout))
+        .route("/invite/{secret}", get(invite_form).post(invite_submit))
         .route("/assets/style.css", get(stylesheet))
 }
 
@@ -147,4 +148,97 @@ async fn logout(
         Redirect::to("/login"),
     )
         .into_response()
+}
+
+fn invite_view(
+    st: &AppState,
+    headers: &HeaderMap,
+    secret: &str,
+    error: Option<String>,
+) -> Result<ui::InviteView, Error> {
+    let (inv, org) = st.cell.peek_invitation(secret)?;
+    let actor = crate::api::auth_identify(&st.cell, headers).ok();
+    let csrf = match actor.as_ref().map(|a| &a.via) {
+        Some(AuthVia::Session { csrf, .. }) => csrf.clone(),
+        _ => String::new(),
+    };
+    Ok(ui::InviteView {
+        org: org.name,
+        role: inv.role.as_str().into(),
+        signed_in_as: actor.map(|a| a.user.email),
+        csrf,
+        error,
+    })
+}
+
+/// The page behind an invitation link: sign up, or join as the signed-in user.
+async fn invite_form(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(secret): crate::api::Path<String>,
+) -> Response {
+    match invite_view(&st, &headers, &secret, None) {
+        Ok(v) => Html(ui::invite_page(v)).into_response(),
+        Err(e) => (StatusCode::GONE, Html(ui::login_page(Some(e.to_string())))).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct InviteForm {
+    #[serde(rename = "_csrf", default)]
+    csrf: Option<String>,
+    name: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+async fn invite_submit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(secret): crate::api::Path<String>,
+    Form(f): Form<InviteForm>,
+) -> Response {
+    let actor = crate::api::auth_identify(&st.cell, &headers).ok();
+    let result = match &actor {
+        Some(a) => match st.cell.check_csrf(a, f.csrf.as_deref()) {
+            Ok(()) => st.cell.accept_invitation(&secret, Some(a), None).await,
+            Err(e) => Err(e),
+        },
+        None => {
+            let signup = crate::service::Signup {
+                email: f.email.unwrap_or_default(),
+                name: f.name.unwrap_or_default(),
+                password: f.password.unwrap_or_default(),
+            };
+            st.cell.accept_invitation(&secret, None, Some(signup)).await
+        }
+    };
+    match result {
+        Ok((_, Some(session))) => (
+            [(
+                header::SET_COOKIE,
+                session_cookie(&st.cell, Some(&session.secret)),
+            )],
+            Redirect::to("/"),
+        )
+            .into_response(),
+        Ok((_, None)) => Redirect::to("/").into_response(),
+        Err(e @ Error::BadLink) => {
+            (StatusCode::GONE, Html(ui::login_page(Some(e.to_string())))).into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                Error::Conflict { .. } => StatusCode::CONFLICT,
+                Error::Csrf => StatusCode::FORBIDDEN,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            match invite_view(&st, &headers, &secret, Some(e.to_string())) {
+                Ok(v) => (status, Html(ui::invite_page(v))).into_response(),
+                Err(e) => {
+                    (StatusCode::GONE, Html(ui::login_page(Some(e.to_string())))).into_response()
+                }
+            }
+        }
+    }
 }

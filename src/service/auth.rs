@@ -50,6 +50,46 @@ fn verify_password(hash: &str, password: &str) -> bool {
     })
 }
 
+/// Recently authenticated credentials, so that a burst of API calls does not read the token and
+/// its user from the database for every request. Entries live two seconds at most, and every
+/// change to credentials or users empties the cache, so revocation still takes effect at once.
+#[derive(Default)]
+pub(crate) struct AuthCache {
+    map: std::sync::Mutex<std::collections::HashMap<String, CachedAuth>>,
+}
+
+/// The actor, when its credential expires, and when it was cached.
+type CachedAuth = (Actor, Option<OffsetDateTime>, std::time::Instant);
+
+const AUTH_CACHE_TTL: Duration = Duration::from_secs(2);
+const AUTH_CACHE_MAX: usize = 10_000;
+
+impl AuthCache {
+    fn get(&self, hash: &str, now: OffsetDateTime) -> Option<Actor> {
+        let map = self.map.lock().ok()?;
+        let (actor, expires, cached) = map.get(hash)?;
+        if cached.elapsed() > AUTH_CACHE_TTL || expires.is_some_and(|e| e <= now) {
+            return None;
+        }
+        Some(actor.clone())
+    }
+
+    fn put(&self, hash: String, actor: &Actor, expires: Option<OffsetDateTime>) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= AUTH_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(hash, (actor.clone(), expires, std::time::Instant::now()));
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.clear();
+        }
+    }
+}
+
 /// Limits login attempts per client address and per account.
 pub(crate) struct LoginLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
@@ -182,19 +222,25 @@ impl Cell {
         if let AuthVia::Session { hash, .. } = &actor.via {
             self.store().write(|tx| tx.delete_session(hash))?;
         }
+        self.inner.auth_cache.clear();
         Ok(())
     }
 
     /// Ends every session of the caller, on every device.
     pub fn logout_everywhere(&self, actor: &Actor) -> Result<usize> {
-        Ok(self
+        let n = self
             .store()
-            .write(|tx| tx.delete_sessions_of(&actor.user.id))?)
+            .write(|tx| tx.delete_sessions_of(&actor.user.id))?;
+        self.inner.auth_cache.clear();
+        Ok(n)
     }
 
     pub fn authenticate_session(&self, secret: &str) -> Result<Actor> {
         let hash = hash_secret(secret);
         let now = self.now();
+        if let Some(actor) = self.inner.auth_cache.get(&hash, now) {
+            return Ok(actor);
+        }
         let (session, user) = self
             .store()
             .read(|tx| {
@@ -208,18 +254,25 @@ impl Cell {
         if session.expires_at <= now {
             return Err(Error::Unauthenticated);
         }
-        Ok(Actor {
+        let actor = Actor {
             user,
             via: AuthVia::Session {
-                hash,
+                hash: hash.clone(),
                 csrf: session.csrf,
             },
-        })
+        };
+        self.inner
+            .auth_cache
+            .put(hash, &actor, Some(session.expires_at));
+        Ok(actor)
     }
 
     pub fn authenticate_token(&self, secret: &str) -> Result<Actor> {
         let hash = hash_secret(secret);
         let now = self.now();
+        if let Some(actor) = self.inner.auth_cache.get(&hash, now) {
+            return Ok(actor);
+        }
         let (mut token, user) = self
             .store()
             .read(|tx| {
@@ -241,10 +294,12 @@ impl Cell {
             token.last_used = Some(now);
             self.store().write(|tx| tx.put_token(&hash, &token))?;
         }
-        Ok(Actor {
+        let actor = Actor {
             user,
             via: AuthVia::Token,
-        })
+        };
+        self.inner.auth_cache.put(hash, &actor, token.expires_at);
+        Ok(actor)
     }
 
     /// Checks the CSRF token of a cookie-authenticated mutation.
@@ -323,7 +378,9 @@ impl Cell {
                 .ok_or(Error::NotFound { what: "token" })?;
             tx.delete_token(&hash)?;
             Ok(())
-        })
+        })?;
+        self.inner.auth_cache.clear();
+        Ok(())
     }
 
     /// Ensures the cell has an owner and a first organization; idempotent.
@@ -439,6 +496,7 @@ impl Cell {
             tx.delete_sessions_of(&user.id)?;
             Ok(())
         })?;
+        self.inner.auth_cache.clear();
         Ok((user, password))
     }
 
@@ -460,6 +518,7 @@ impl Cell {
         let mut user = actor.user.clone();
         user.password_hash = Some(hash);
         self.store().write(|tx| tx.put_user(&user))?;
+        self.inner.auth_cache.clear();
         Ok(())
     }
 
@@ -467,6 +526,7 @@ impl Cell {
         let mut user = actor.user.clone();
         user.name = validate_display_name(name)?;
         self.store().write(|tx| tx.put_user(&user))?;
+        self.inner.auth_cache.clear();
         Ok(user)
     }
 
@@ -488,6 +548,7 @@ impl Cell {
             }
             Ok::<_, Error>(())
         })?;
+        self.inner.auth_cache.clear();
         Ok(expired.len())
     }
 }

@@ -116,6 +116,7 @@ struct Inner {
     config: Config,
     clock: Arc<dyn Clock>,
     limiter: auth::LoginLimiter,
+    auth_cache: auth::AuthCache,
     started_at: OffsetDateTime,
 }
 
@@ -129,6 +130,7 @@ impl Cell {
                 config,
                 clock,
                 limiter,
+                auth_cache: auth::AuthCache::default(),
                 started_at,
             }),
         }

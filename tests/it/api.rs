@@ -846,3 +846,79 @@ async fn database_backup_while_serving_is_a_consistent_copy() {
     assert!(matches!(again, devcell::admin::Response::Error { .. }));
     c.stop().await;
 }
+
+#[tokio::test]
+async fn invitation_links_open_a_signup_page_that_creates_the_account() {
+    let c = TestCell::start().await;
+    let org = c.org_id().await;
+    let (_, inv) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/orgs/{org}/invitations"),
+            Some(json!({ "role": "member" })),
+        )
+        .await;
+    let url = inv["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&c.url), "{url}");
+    let page = c.http.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("Join Default") && html.contains("name=\"password\""),
+        "{html}"
+    );
+
+    // A too-short password is refused on the page, and the invitation stays usable.
+    let res = c
+        .http
+        .post(&url)
+        .form(&[
+            ("name", "Dev"),
+            ("email", "dev@example.com"),
+            ("password", "short"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.text().await.unwrap().contains("password"));
+
+    let res = c
+        .http
+        .post(&url)
+        .form(&[
+            ("name", "Dev"),
+            ("email", "dev@example.com"),
+            ("password", "a long enough password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let cookie = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let me: Value = c
+        .http
+        .get(c.url("/api/v1/me"))
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"]["email"], "dev@example.com");
+    assert_eq!(me["orgs"][0]["role"], "member");
+
+    // Used up.
+    assert_eq!(
+        c.http.get(&url).send().await.unwrap().status(),
+        StatusCode::GONE
+    );
+    c.stop().await;
+}

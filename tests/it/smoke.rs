@@ -174,6 +174,28 @@ fn up_prints_a_login_link_stops_on_sigterm_and_restarts_on_the_same_data() {
     assert_eq!(s, 200, "{me}");
     let user_id = me["user"]["id"].clone();
 
+    // A consistent copy of the database while the cell serves.
+    let copy = home.path().join("online-copy.redb");
+    let (ok, out, err) = run({
+        let mut c = devcell(home.path());
+        c.args([
+            "db",
+            "backup",
+            copy.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        c
+    });
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote"), "{out}");
+    let store = devcell::store::Store::open(&copy).unwrap();
+    let owner = store
+        .read(|tx| devcell::store::Reader::user_by_email(tx, "owner@devcell.local"))
+        .unwrap();
+    assert_eq!(owner.unwrap().id.to_string(), user_id.as_str().unwrap());
+    drop(store);
+
     let took = sigterm_and_wait(&mut p);
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert!(

@@ -64,6 +64,55 @@ fn Workspaces(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> impl IntoV
     }
 }
 
+/// What the invitation page needs to show.
+#[derive(Clone, Debug)]
+pub struct InviteView {
+    pub org: String,
+    pub role: String,
+    /// Set when someone is already signed in: they join with one click.
+    pub signed_in_as: Option<String>,
+    pub csrf: String,
+    pub error: Option<String>,
+}
+
+#[component]
+fn Invite(v: InviteView) -> impl IntoView {
+    let title = format!("Join {}", v.org);
+    let intro = format!("You are invited to join {} as {}.", v.org, v.role);
+    view! {
+        <Shell title=title>
+            <p>{intro}</p>
+            {v.error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            {match v.signed_in_as {
+                Some(who) => view! {
+                    <form method="post" class="card">
+                        <input type="hidden" name="_csrf" value=v.csrf/>
+                        <p class="muted">"Signed in as " {who}</p>
+                        <button type="submit">"Join"</button>
+                    </form>
+                }.into_any(),
+                None => view! {
+                    <form method="post" class="card">
+                        <label for="name">"Your name"</label>
+                        <input id="name" name="name" autocomplete="name" required/>
+                        <label for="email">"Email"</label>
+                        <input id="email" name="email" type="email" autocomplete="username" required/>
+                        <label for="password">"Password (at least 10 characters)"</label>
+                        <input id="password" name="password" type="password" autocomplete="new-password" minlength="10" required/>
+                        <button type="submit">"Create account and join"</button>
+                    </form>
+                }.into_any(),
+            }}
+        </Shell>
+    }
+}
+
+/// The page behind an invitation link.
+pub fn invite_page(v: InviteView) -> String {
+    let body = Owner::new().with(|| view! { <Invite v=v/> }.to_html());
+    page("Invitation", body)
+}
+
 fn page(title: &str, body: String) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · devcell</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body>{body}</body></html>"
