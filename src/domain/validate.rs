@@ -64,6 +64,12 @@ impl RepoScheme {
 pub struct RepoUrl(String);
 
 impl RepoUrl {
+    /// A URL that was validated by [`RepoUrl::parse`] before it was stored; reading it back
+    /// skips the (IDNA-heavy) parse on every load.
+    pub fn from_stored(s: String) -> RepoUrl {
+        RepoUrl(s)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -368,7 +368,7 @@ impl TryFrom<WorkspaceRecord> for Workspace {
                 .into_iter()
                 .map(|x| {
                     Ok(RepoSpec {
-                        url: RepoUrl::parse(&x.url).map_err(|e| corrupt("repo", e))?,
+                        url: RepoUrl::from_stored(x.url),
                         branch: x.branch,
                     })
                 })
