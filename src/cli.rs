@@ -70,6 +70,25 @@ pub enum Command {
     /// Work with workspaces through the API of the cell you logged in to.
     #[command(subcommand)]
     Ws(WsCmd),
+    /// Internal: the per-workspace agent, run by the cell inside a workspace's sandbox.
+    #[command(hide = true)]
+    Agent {
+        /// The run directory (socket, spec, logs).
+        #[arg(long)]
+        run: PathBuf,
+    },
+    /// Internal: joins a workspace's cgroups, drops to its uid and executes the sandbox.
+    #[command(hide = true)]
+    SandboxExec {
+        #[arg(long = "cgroup-procs")]
+        cgroup_procs: Vec<PathBuf>,
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long)]
+        gid: Option<u32>,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +211,27 @@ pub enum WsCmd {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Start a workspace and wait until it runs (or fails).
+    Start {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Stop a workspace and wait until it is stopped.
+    Stop {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Run a command in a running workspace: `devcell ws exec ID -- CMD ARGS...`. Exits with the
+    /// command's exit code.
+    Exec {
+        id: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
 }
 
 fn env_vars() -> Vec<(String, String)> {
@@ -296,7 +336,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             email,
             password_stdin,
         } => crate::client::login(url, token, email, password_stdin).await,
-        Command::Ws(cmd) => crate::client::ws(cmd).await,
+        Command::Ws(cmd) => {
+            let code = crate::client::ws(cmd).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        Command::Agent { run } => {
+            init_logging(LogFormat::Text, "info");
+            crate::agent::run(&run).await
+        }
+        Command::SandboxExec {
+            cgroup_procs,
+            uid,
+            gid,
+            argv,
+        } => {
+            let err = crate::runtime::local::sandbox_exec(&cgroup_procs, uid, gid, &argv);
+            bail!("cannot start the sandbox: {err}")
+        }
     }
 }
 

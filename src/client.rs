@@ -186,7 +186,8 @@ fn ws_row(w: &Value) -> Vec<String> {
 
 const WS_HEADERS: [&str; 5] = ["ID", "NAME", "PHASE", "REPOSITORY", "CREATED"];
 
-pub async fn ws(cmd: WsCmd) -> Result<()> {
+/// Runs a workspace command; returns the exit code to leave with.
+pub async fn ws(cmd: WsCmd) -> Result<i32> {
     let saved = load()?;
     let http = reqwest::Client::new();
     let api = |p: &str| saved.url.join(&format!("api/v1/{p}"));
@@ -294,6 +295,81 @@ pub async fn ws(cmd: WsCmd) -> Result<()> {
             } else {
                 println!("deleted {id}");
             }
+        }
+        WsCmd::Start { id, out } => {
+            check(
+                http.post(api(&format!("workspaces/{id}/start"))?)
+                    .bearer_auth(&saved.token)
+                    .send()
+                    .await?,
+            )
+            .await?;
+            let w = wait_for(&http, &saved, &id, &["running", "failed"]).await?;
+            report(&w, out.json)?;
+            if w["phase"] == "failed" {
+                return Ok(1);
+            }
+        }
+        WsCmd::Stop { id, out } => {
+            check(
+                http.post(api(&format!("workspaces/{id}/stop"))?)
+                    .bearer_auth(&saved.token)
+                    .send()
+                    .await?,
+            )
+            .await?;
+            let w = wait_for(&http, &saved, &id, &["stopped", "failed"]).await?;
+            report(&w, out.json)?;
+        }
+        WsCmd::Exec { id, command, out } => {
+            let r = check(
+                http.post(api(&format!("workspaces/{id}/exec"))?)
+                    .bearer_auth(&saved.token)
+                    .json(&json!({ "command": command }))
+                    .send()
+                    .await?,
+            )
+            .await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", r["stdout"].as_str().unwrap_or(""));
+                eprint!("{}", r["stderr"].as_str().unwrap_or(""));
+            }
+            return Ok(r["exit_code"].as_i64().map(|c| c as i32).unwrap_or(137));
+        }
+    }
+    Ok(0)
+}
+
+/// Polls a workspace until its phase is one of `phases` (at most ten minutes).
+async fn wait_for(
+    http: &reqwest::Client,
+    saved: &Saved,
+    id: &str,
+    phases: &[&str],
+) -> Result<Value> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let url = saved.url.join(&format!("api/v1/workspaces/{id}"))?;
+        let w = check(http.get(url).bearer_auth(&saved.token).send().await?).await?;
+        if phases.iter().any(|p| w["phase"] == *p) {
+            return Ok(w);
+        }
+        if std::time::Instant::now() > until {
+            bail!("the workspace is still {} after ten minutes", w["phase"]);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn report(w: &Value, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(w)?);
+    } else {
+        print_table(&WS_HEADERS, &[ws_row(w)]);
+        if let Some(m) = w["message"].as_str() {
+            println!("{m}");
         }
     }
     Ok(())

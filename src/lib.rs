@@ -3,12 +3,15 @@
 //! The library holds everything; `main.rs` only parses the command line and calls in here.
 
 pub mod admin;
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod content;
 pub mod domain;
 pub mod metrics;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod store;

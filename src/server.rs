@@ -17,9 +17,10 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiError, AppState};
 use crate::config::Config;
 use crate::metrics::{HttpLabels, Metrics};
+use crate::runtime::{LocalRuntime, Runtime};
 use crate::service::{Cell, Clock, SystemClock};
 use crate::store::Store;
-use crate::workers::{ExpiryWorker, Supervisor};
+use crate::workers::{ExpiryWorker, ReconcileWorker, Supervisor};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "devcell.redb";
@@ -47,6 +48,8 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// Create the first owner (with this email) when the database has none.
     pub bootstrap_owner: Option<(String, Option<String>)>,
+    /// Where workspaces run; `None` picks the local runtime when bubblewrap is installed.
+    pub runtime: Option<Arc<dyn Runtime>>,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
         Options {
             clock: Arc::new(SystemClock),
             bootstrap_owner: None,
+            runtime: None,
         }
     }
 }
@@ -147,7 +151,28 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         source,
     })?;
     let store = Store::open(&data.join(DB_FILE))?;
-    let cell = Cell::new(store, config.clone(), opts.clock);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data.join(DB_FILE), std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| StartError::DataDir {
+                path: data.display().to_string(),
+                source,
+            })?;
+    }
+    let runtime: Option<Arc<dyn Runtime>> = match opts.runtime {
+        Some(r) => Some(r),
+        None => match LocalRuntime::new() {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "workspaces cannot run on this host");
+                None
+            }
+        },
+    };
+    if let Some(r) = &runtime {
+        tracing::info!(runtime = r.name(), details = %r.describe(), "workspace runtime");
+    }
+    let cell = Cell::with_runtime(store, config.clone(), opts.clock, runtime);
 
     let mut created_owner = false;
     if let Some((email, password)) = &opts.bootstrap_owner {
@@ -160,6 +185,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         cell: cell.clone(),
         interval: config.workers.expiry_interval,
     });
+    supervisor.spawn(ReconcileWorker::new(cell.clone()));
 
     let (shutdown, stop_rx) = watch::channel(false);
     let admin = crate::admin::serve(cell.clone(), &data, stop_rx.clone()).map_err(|source| {
@@ -226,10 +252,13 @@ impl Running {
     }
 }
 
+/// The data directory: others may traverse it (a sandbox's bubblewrap, running as the
+/// workspace's uid, must reach that workspace's directory) but not list it; everything secret
+/// in it is mode 0600 (database, admin socket) or 0700 per workspace.
 pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
 }
 
 impl IntoResponse for StartError {

@@ -334,6 +334,9 @@ pub struct CreateWorkspace {
     pub image: Option<String>,
     /// Inactivity timeout in seconds, within the organization's policy.
     pub timeout_s: Option<u64>,
+    /// Start it right away.
+    #[serde(default)]
+    pub start: bool,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -369,8 +372,27 @@ pub struct WorkspaceDto {
     /// What the cell observes: `pending`, `creating`, `initializing`, `running`, `stopping`, `stopped`, `failed`, `deleted`.
     pub phase: String,
     pub history: Vec<PhaseChangeDto>,
+    /// What went wrong, when the phase is `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Each repository's state when the workspace last stopped: work that is not pushed.
+    pub git: Vec<GitStateDto>,
     pub created_at: String,
     pub last_activity: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GitStateDto {
+    /// The repository's directory under /workspace.
+    pub dir: String,
+    pub branch: Option<String>,
+    pub head: Option<String>,
+    /// Modified, staged or deleted paths.
+    pub uncommitted: Vec<String>,
+    pub untracked: Vec<String>,
+    /// Commits on no remote branch, as "sha subject".
+    pub unpushed: Vec<String>,
+    pub clean: bool,
 }
 
 impl From<&Workspace> for WorkspaceDto {
@@ -403,10 +425,62 @@ impl From<&Workspace> for WorkspaceDto {
                     message: c.message.clone(),
                 })
                 .collect(),
+            message: if w.lifecycle.phase == crate::domain::Phase::Failed {
+                w.lifecycle.history.last().and_then(|c| c.message.clone())
+            } else {
+                None
+            },
+            git: w
+                .git
+                .iter()
+                .map(|g| GitStateDto {
+                    dir: g.dir.clone(),
+                    branch: g.branch.clone(),
+                    head: g.head.clone(),
+                    uncommitted: g.uncommitted.clone(),
+                    untracked: g.untracked.clone(),
+                    unpushed: g.unpushed.clone(),
+                    clean: g.is_clean(),
+                })
+                .collect(),
             created_at: rfc3339(w.created_at),
             last_activity: rfc3339(w.last_activity),
         }
     }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecDto {
+    /// Program and arguments, run without a shell: `["sh", "-c", "echo hi"]`.
+    pub command: Vec<String>,
+    /// Working directory inside the workspace (default: the first repository).
+    pub cwd: Option<String>,
+    /// Seconds before the command is killed (default 60, at most 3600).
+    pub timeout_s: Option<u64>,
+    /// Text fed to standard input.
+    pub stdin: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ExecResultDto {
+    /// Null when the command was killed (signal or timeout).
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    pub truncated: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskDto {
+    pub index: usize,
+    pub name: String,
+    /// `pending`, `running`, `done`, `failed`, or `unknown` when the workspace is not running.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    /// The end of the task's output (at most 64 KiB).
+    pub log: String,
 }
 
 #[derive(Serialize, ToSchema)]

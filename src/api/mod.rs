@@ -120,6 +120,7 @@ impl utoipa::Modify for Security {
         orgs::get_policy, orgs::update_policy,
         workspaces::list_workspaces, workspaces::create_workspace, workspaces::get_workspace,
         workspaces::update_workspace, workspaces::delete_workspace,
+        workspaces::start_workspace, workspaces::stop_workspace, workspaces::exec, workspaces::tasks,
         ops::workers, ops::cell_facts,
     ),
     components(schemas(ErrorBody))

@@ -29,6 +29,16 @@ pub(super) fn routes() -> Router<AppState> {
                 .patch(update_workspace)
                 .delete(delete_workspace),
         )
+        .route(
+            "/api/v1/workspaces/{id}/start",
+            axum::routing::post(start_workspace),
+        )
+        .route(
+            "/api/v1/workspaces/{id}/stop",
+            axum::routing::post(stop_workspace),
+        )
+        .route("/api/v1/workspaces/{id}/exec", axum::routing::post(exec))
+        .route("/api/v1/workspaces/{id}/tasks", get(tasks))
 }
 
 /// The caller's workspaces, newest first, a page at a time (or an organization's, for its owners).
@@ -80,6 +90,11 @@ pub(super) async fn create_workspace(
             timeout: req.timeout_s.map(Duration::from_secs),
         },
     )?;
+    let ws = if req.start {
+        st.cell.start_workspace(&a, &ws.id)?
+    } else {
+        ws
+    };
     Ok((StatusCode::CREATED, Json((&ws).into())))
 }
 
@@ -126,4 +141,82 @@ pub(super) async fn delete_workspace(
 ) -> ApiResult<StatusCode> {
     st.cell.delete_workspace(&a, &ws_id(&id)?)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Start a workspace: its phase moves through creating and initializing to running.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/start", tag = "workspaces", params(("id" = String, Path)),
+    responses((status = 202, body = WorkspaceDto), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn start_workspace(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<WorkspaceDto>)> {
+    let ws = st.cell.start_workspace(&a, &ws_id(&id)?)?;
+    Ok((StatusCode::ACCEPTED, Json((&ws).into())))
+}
+
+/// Stop a workspace; its git state is recorded before the sandbox ends.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/stop", tag = "workspaces", params(("id" = String, Path)),
+    responses((status = 202, body = WorkspaceDto), (status = 404, body = ErrorBody)))]
+pub(super) async fn stop_workspace(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<WorkspaceDto>)> {
+    let ws = st.cell.stop_workspace(&a, &ws_id(&id)?)?;
+    Ok((StatusCode::ACCEPTED, Json((&ws).into())))
+}
+
+/// Run a command in a running workspace; answers its exit code and output.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/exec", tag = "workspaces", params(("id" = String, Path)), request_body = ExecDto,
+    responses((status = 200, body = ExecResultDto), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn exec(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<ExecDto>,
+) -> ApiResult<Json<ExecResultDto>> {
+    let out = st
+        .cell
+        .exec(
+            &a,
+            &ws_id(&id)?,
+            crate::service::ExecInput {
+                argv: req.command,
+                cwd: req.cwd,
+                timeout: req.timeout_s.map(Duration::from_secs),
+                stdin: req.stdin,
+            },
+        )
+        .await?;
+    Ok(Json(ExecResultDto {
+        exit_code: out.exit_code,
+        stdout: out.stdout,
+        stderr: out.stderr,
+        timed_out: out.timed_out,
+        truncated: out.truncated,
+    }))
+}
+
+/// The workspace's tasks (from .gitpod.yml or devcontainer.json) with the end of their logs.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/tasks", tag = "workspaces", params(("id" = String, Path)),
+    responses((status = 200, body = [TaskDto]), (status = 404, body = ErrorBody)))]
+pub(super) async fn tasks(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<TaskDto>>> {
+    let tasks = st.cell.tasks(&a, &ws_id(&id)?).await?;
+    Ok(Json(
+        tasks
+            .into_iter()
+            .map(|t| TaskDto {
+                index: t.index,
+                name: t.name,
+                state: t.state,
+                exit_code: t.exit_code,
+                log: t.log,
+            })
+            .collect(),
+    ))
 }

@@ -62,6 +62,27 @@ pub struct Workspace {
     pub lifecycle: Lifecycle,
     pub created_at: OffsetDateTime,
     pub last_activity: OffsetDateTime,
+    /// Host uid (and gid) the sandbox runs as, fixed at creation so files keep their owner.
+    pub sandbox_uid: Option<u32>,
+    /// Git state of each repository, recorded when the workspace last stopped.
+    pub git: Vec<GitState>,
+}
+
+/// What a repository held that is not on its remote, recorded at stop and shown before delete.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct GitState {
+    pub dir: String,
+    pub branch: Option<String>,
+    pub head: Option<String>,
+    pub uncommitted: Vec<String>,
+    pub untracked: Vec<String>,
+    pub unpushed: Vec<String>,
+}
+
+impl GitState {
+    pub fn is_clean(&self) -> bool {
+        self.uncommitted.is_empty() && self.untracked.is_empty() && self.unpushed.is_empty()
+    }
 }
 
 /// A browser session. The cookie holds a secret whose hash is the session's key.

@@ -3,6 +3,7 @@
 //! functions; no business rule lives in a handler or a page.
 
 mod auth;
+mod lifecycle;
 mod orgs;
 mod workspaces;
 
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use time::OffsetDateTime;
 
 pub use auth::{Credentials, LoginOutcome, NewToken};
+pub use lifecycle::{ExecInput, TaskView};
 pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};
 pub use workspaces::{WorkspaceInput, WorkspacePage, WorkspacePatch};
 
@@ -118,10 +120,26 @@ struct Inner {
     limiter: auth::LoginLimiter,
     auth_cache: auth::AuthCache,
     started_at: OffsetDateTime,
+    runtime: Option<Arc<dyn crate::runtime::Runtime>>,
+    /// Wakes the reconciler when a desired state changes.
+    wake: tokio::sync::Notify,
+    /// Workspaces whose activity the agents reported but the store has not seen yet.
+    activity:
+        std::sync::Mutex<std::collections::HashMap<crate::domain::WorkspaceId, OffsetDateTime>>,
 }
 
 impl Cell {
     pub fn new(store: Store, config: Config, clock: Arc<dyn Clock>) -> Cell {
+        Cell::with_runtime(store, config, clock, None)
+    }
+
+    /// A cell that runs workspaces on `runtime`.
+    pub fn with_runtime(
+        store: Store,
+        config: Config,
+        clock: Arc<dyn Clock>,
+        runtime: Option<Arc<dyn crate::runtime::Runtime>>,
+    ) -> Cell {
         let limiter = auth::LoginLimiter::new(config.auth.login_attempts_per_minute);
         let started_at = clock.now();
         Cell {
@@ -132,6 +150,9 @@ impl Cell {
                 limiter,
                 auth_cache: auth::AuthCache::default(),
                 started_at,
+                runtime,
+                wake: tokio::sync::Notify::new(),
+                activity: Default::default(),
             }),
         }
     }

@@ -122,6 +122,14 @@ fn default_name(repo: &RepoSpec) -> String {
     }
 }
 
+/// Whether this process runs as root (then each sandbox gets its own host uid).
+pub(crate) fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
 impl Cell {
     /// The organization a request means: the one named, or the caller's first.
     fn pick_org(&self, actor: &Actor, org: Option<OrgId>) -> Result<OrgId> {
@@ -206,8 +214,17 @@ impl Cell {
             lifecycle: Lifecycle::new(Desired::Stopped, now),
             created_at: now,
             last_activity: now,
+            sandbox_uid: None,
+            git: Vec::new(),
         };
-        self.store().write(|tx| tx.put_workspace(&ws))?;
+        let mut ws = ws;
+        let as_root = running_as_root();
+        self.store().write(|tx| {
+            if as_root {
+                ws.sandbox_uid = Some(tx.allocate_sandbox_uid()?);
+            }
+            tx.put_workspace(&ws)
+        })?;
         Ok(ws)
     }
 
@@ -316,9 +333,12 @@ impl Cell {
         let now = self.now();
         ws.lifecycle.set_desired(Desired::Deleted)?;
         if ws.lifecycle.is_active() {
+            // The reconciler stops it first, then removes it.
             self.store().write(|tx| tx.put_workspace(&ws))?;
+            self.wake_reconciler();
             return Ok(());
         }
+        self.remove_files(&ws.id)?;
         if ws.lifecycle.phase != Phase::Deleted {
             ws.lifecycle
                 .transition(Phase::Deleted, now, Some("deleted by its owner".into()))?;

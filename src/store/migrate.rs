@@ -131,6 +131,8 @@ fn v1_to_v2(tx: &WriteTransaction) -> Result<()> {
             history: old.history,
             created_at: old.created_at,
             last_activity: old.last_activity,
+            sandbox_uid: None,
+            git: Vec::new(),
         };
         rewritten.push((k.value().to_owned(), encode(WorkspaceRecord::VERSION, &new)));
     }

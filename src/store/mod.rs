@@ -374,6 +374,13 @@ pub trait Reader {
             .map(TryInto::try_into)
             .transpose()
     }
+    /// Every workspace record (for reconciliation after a restart and periodic sweeps).
+    fn all_workspaces(&self) -> Result<Vec<Workspace>> {
+        self.scan::<records::WorkspaceRecord>("", usize::MAX)?
+            .into_iter()
+            .map(|(_, r)| r.try_into())
+            .collect()
+    }
     /// A page of a user's workspaces, newest first, after the `cursor` id.
     fn workspaces_of(
         &self,
@@ -599,6 +606,20 @@ impl WriteTx {
         self.put(u.id.as_str(), &records::UserRecord::from(u))?;
         self.put_index(USER_BY_EMAIL, &u.email, u.id.as_str())
     }
+    /// A host uid for a new workspace's sandbox, never handed out twice.
+    pub fn allocate_sandbox_uid(&self) -> Result<u32> {
+        const KEY: &str = "next_sandbox_uid";
+        const FIRST: u32 = 200_000;
+        let next = match self.get_raw(META, KEY)? {
+            Some(b) if b.len() == 4 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            _ => FIRST,
+        };
+        self.tx
+            .open_table(META)?
+            .insert(KEY, next.saturating_add(1).to_le_bytes().as_slice())?;
+        Ok(next)
+    }
+
     pub fn put_org(&self, o: &Org) -> Result<()> {
         self.put(o.id.as_str(), &records::OrgRecord::from(o))
     }

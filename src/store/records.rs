@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{Def, StoreError};
 use crate::domain::entities::{
-    ApiToken, Class, Invitation, LoginLink, Membership, Org, Session, User, Workspace,
+    ApiToken, Class, GitState, Invitation, LoginLink, Membership, Org, Session, User, Workspace,
 };
 use crate::domain::{
     ClassId, ClassSpec, Desired, InvitationId, Lifecycle, OrgId, Phase, PhaseChange, Policy,
@@ -300,6 +300,22 @@ pub struct WorkspaceRecord {
     pub history: Vec<PhaseRecord>,
     pub created_at: i64,
     pub last_activity: i64,
+    /// Added without a version bump: absent in older records, which read as `None`.
+    #[serde(default)]
+    pub sandbox_uid: Option<u32>,
+    /// Added without a version bump: absent in older records, which read as empty.
+    #[serde(default)]
+    pub git: Vec<GitRecord>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Default)]
+pub struct GitRecord {
+    pub dir: String,
+    pub branch: Option<String>,
+    pub head: Option<String>,
+    pub uncommitted: Vec<String>,
+    pub untracked: Vec<String>,
+    pub unpushed: Vec<String>,
 }
 
 impl Record for WorkspaceRecord {
@@ -339,6 +355,19 @@ impl From<&Workspace> for WorkspaceRecord {
                 .collect(),
             created_at: ms(w.created_at),
             last_activity: ms(w.last_activity),
+            sandbox_uid: w.sandbox_uid,
+            git: w
+                .git
+                .iter()
+                .map(|g| GitRecord {
+                    dir: g.dir.clone(),
+                    branch: g.branch.clone(),
+                    head: g.head.clone(),
+                    uncommitted: g.uncommitted.clone(),
+                    untracked: g.untracked.clone(),
+                    unpushed: g.unpushed.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -383,6 +412,19 @@ impl TryFrom<WorkspaceRecord> for Workspace {
             ),
             created_at: from_ms(r.created_at)?,
             last_activity: from_ms(r.last_activity)?,
+            sandbox_uid: r.sandbox_uid,
+            git: r
+                .git
+                .into_iter()
+                .map(|g| GitState {
+                    dir: g.dir,
+                    branch: g.branch,
+                    head: g.head,
+                    uncommitted: g.uncommitted,
+                    untracked: g.untracked,
+                    unpushed: g.unpushed,
+                })
+                .collect(),
         })
     }
 }

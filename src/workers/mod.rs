@@ -3,6 +3,7 @@
 //! backs off exponentially on errors, and stops every loop within a deadline on shutdown.
 
 mod expiry;
+mod reconcile;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use expiry::ExpiryWorker;
+pub use reconcile::ReconcileWorker;
 
 use crate::metrics::{Metrics, WorkerLabels};
 

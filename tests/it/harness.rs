@@ -35,6 +35,19 @@ pub fn test_config(data: PathBuf) -> Config {
     config::load(None, &[], &overrides).unwrap()
 }
 
+/// The local runtime with the real `devcell` binary as launcher and agent.
+pub fn local_runtime() -> Arc<dyn devcell::runtime::Runtime> {
+    assert!(
+        std::path::Path::new("/usr/bin/bwrap").exists(),
+        "bubblewrap is missing: apt-get install -y bubblewrap (bash tests/run.sh installs it)"
+    );
+    Arc::new(
+        devcell::runtime::LocalRuntime::new()
+            .unwrap()
+            .with_exe(env!("CARGO_BIN_EXE_devcell").into()),
+    )
+}
+
 impl TestCell {
     pub async fn start() -> TestCell {
         Self::start_with(|_| {}, None).await
@@ -44,8 +57,39 @@ impl TestCell {
         tweak: impl FnOnce(&mut Config),
         clock: Option<Arc<ManualClock>>,
     ) -> TestCell {
-        install_crypto();
+        // Always the real runtime with the real binary: never the test harness as agent.
+        Self::start_full(tweak, clock, Some(local_runtime())).await
+    }
+
+    /// A cell that runs workspaces in real sandboxes, with the real `devcell` binary as agent.
+    pub async fn start_with_runtime() -> TestCell {
+        Self::start_full(|_| {}, None, Some(local_runtime())).await
+    }
+
+    /// Starts a cell again on a data directory kept by [`TestCell::stop_keep_data`].
+    pub async fn restart(dir: tempfile::TempDir) -> TestCell {
+        Self::start_in(dir, |_| {}, None, Some(local_runtime())).await
+    }
+
+    pub async fn start_full(
+        tweak: impl FnOnce(&mut Config),
+        clock: Option<Arc<ManualClock>>,
+        runtime: Option<Arc<dyn devcell::runtime::Runtime>>,
+    ) -> TestCell {
         let dir = tempfile::tempdir().unwrap();
+        // Sandboxes run as other uids and must be able to traverse to their directories.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        Self::start_in(dir, tweak, clock, runtime).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+        clock: Option<Arc<ManualClock>>,
+        runtime: Option<Arc<dyn devcell::runtime::Runtime>>,
+    ) -> TestCell {
+        install_crypto();
         let mut config = test_config(dir.path().join("data"));
         tweak(&mut config);
         let c: Arc<dyn Clock> = match &clock {
@@ -57,6 +101,7 @@ impl TestCell {
             Options {
                 clock: c,
                 bootstrap_owner: Some((OWNER_EMAIL.into(), Some(OWNER_PASSWORD.into()))),
+                runtime,
             },
         )
         .await
@@ -152,9 +197,47 @@ impl TestCell {
         (user.id.to_string(), token.secret)
     }
 
+    /// Stops the cell and, unlike a real cell stop, every sandbox it started: tests leave nothing running.
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;
+        }
+        let rt = local_runtime();
+        if let Ok(entries) = std::fs::read_dir(self.data_dir().join("workspaces")) {
+            for e in entries.flatten() {
+                if let Ok(id) =
+                    devcell::domain::WorkspaceId::parse(&e.file_name().to_string_lossy())
+                {
+                    let _ = rt.stop(&id).await;
+                }
+            }
+        }
+    }
+
+    /// Stops the cell but keeps its data directory for a restart.
+    pub async fn stop_keep_data(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        self.dir
+    }
+
+    /// Polls the workspace until its phase is `want` (or fails the test with its history).
+    pub async fn wait_phase(&self, id: &str, want: &str, within: std::time::Duration) -> Value {
+        let until = std::time::Instant::now() + within;
+        loop {
+            let (s, w) = self
+                .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{w}");
+            if w["phase"] == want {
+                return w;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "workspace never reached {want}: {w:#}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
     }
 }

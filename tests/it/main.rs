@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod content;
 mod harness;
 mod openapi;
 mod roles;
+mod runtime;
 mod smoke;

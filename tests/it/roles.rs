@@ -17,6 +17,8 @@ enum Access {
     Owner,
     /// Cell administrators only.
     Admin,
+    /// Owners only, and only while the workspace runs (the owner gets `not_running` here).
+    OwnerRunning,
 }
 
 struct Fixture {
@@ -90,6 +92,13 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
         ("get", "/api/v1/workspaces/{id}") => (Owner, None),
         ("patch", "/api/v1/workspaces/{id}") => (Owner, Some(json!({ "name": "changed" }))),
         ("delete", "/api/v1/workspaces/{id}") => (Owner, None),
+        ("post", "/api/v1/workspaces/{id}/start") | ("post", "/api/v1/workspaces/{id}/stop") => {
+            (Owner, None)
+        }
+        ("get", "/api/v1/workspaces/{id}/tasks") => (Owner, None),
+        ("post", "/api/v1/workspaces/{id}/exec") => {
+            (OwnerRunning, Some(json!({ "command": ["true"] })))
+        }
         ("get", "/api/v1/admin/workers") | ("get", "/api/v1/admin/cell") => (Admin, None),
         _ => return None,
     };
@@ -209,7 +218,7 @@ async fn every_route_checks_the_callers_role() {
             .await;
         assert!(s.as_u16() < 500, "{m} {path} as member: {s} {b}");
         match access {
-            Access::Owner | Access::Admin => {
+            Access::Owner | Access::Admin | Access::OwnerRunning => {
                 assert!(
                     s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
                     "{m} {path} as member got {s}: {b}"
@@ -234,6 +243,14 @@ async fn every_route_checks_the_callers_role() {
                 body_for(body, crate::harness::OWNER_PASSWORD),
             )
             .await;
+        if *access == Access::OwnerRunning {
+            assert_eq!(
+                (s, b["code"].as_str()),
+                (StatusCode::CONFLICT, Some("not_running")),
+                "{m} {path} as owner"
+            );
+            continue;
+        }
         assert!(s.is_success(), "{m} {path} as owner got {s}: {b}");
     }
     c.stop().await;

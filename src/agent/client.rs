@@ -1,0 +1,126 @@
+//! The cell's side of the agent protocol: HTTP/1.1 over the agent's Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::protocol::{AgentError, ExecRequest, ExecResponse, SOCKET, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the workspace's agent is not reachable: {0}")]
+    Unreachable(String),
+    #[error("the workspace's agent answered {status}: {message}")]
+    Agent { status: u16, message: String },
+    #[error("the workspace's agent did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentClient {
+    socket: PathBuf,
+}
+
+impl AgentClient {
+    pub fn new(run_dir: &Path) -> AgentClient {
+        AgentClient {
+            socket: run_dir.join(SOCKET),
+        }
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let fut = async {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            tokio::spawn(conn);
+            let bytes = match body {
+                Some(b) => {
+                    serde_json::to_vec(b).map_err(|e| ClientError::Unreachable(e.to_string()))?
+                }
+                None => Vec::new(),
+            };
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "agent")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(bytes)))
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            let res = sender
+                .send_request(req)
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            let status = res.status();
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?
+                .to_bytes();
+            if !status.is_success() {
+                let message = serde_json::from_slice::<AgentError>(&body)
+                    .map(|e| e.message)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+                return Err(ClientError::Agent {
+                    status: status.as_u16(),
+                    message,
+                });
+            }
+            serde_json::from_slice(&body)
+                .map_err(|e| ClientError::Unreachable(format!("bad answer: {e}")))
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/status", None, Duration::from_secs(5))
+            .await
+    }
+
+    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecResponse, ClientError> {
+        let limit = Duration::from_secs(req.timeout_s.unwrap_or(60).clamp(1, 3600) + 10);
+        self.call(Method::POST, "/v1/exec", Some(req), limit).await
+    }
+
+    /// Asks the agent to end the sandbox; errors are ignored (it may already be gone).
+    pub async fn shutdown(&self) {
+        let _ = self
+            .call::<(), serde_json::Value>(
+                Method::POST,
+                "/v1/shutdown",
+                None,
+                Duration::from_secs(2),
+            )
+            .await;
+    }
+
+    /// Waits until the agent answers, up to `within`.
+    pub async fn wait_ready(&self, within: Duration) -> Result<Status, ClientError> {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            match self.status().await {
+                Ok(s) => return Ok(s),
+                Err(e) if tokio::time::Instant::now() >= until => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+}

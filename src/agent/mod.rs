@@ -1,0 +1,276 @@
+//! The per-workspace agent: `devcell agent`, the same binary, running inside the workspace's
+//! sandbox. It serves the cell over a Unix socket in the run directory, runs the workspace's
+//! tasks with their logs, executes commands, and records activity. It is not a child the cell
+//! waits on: it keeps running while the cell restarts or updates, and the cell reconnects.
+
+pub mod client;
+pub mod protocol;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+
+use protocol::*;
+
+/// Output of one exec is cut at this many bytes per stream.
+const MAX_OUTPUT: usize = 1 << 20;
+
+struct Agent {
+    spec: AgentSpec,
+    run_dir: PathBuf,
+    last_activity_ms: AtomicI64,
+    tasks: Mutex<Vec<TaskStatus>>,
+}
+
+fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+impl Agent {
+    fn touch(&self) {
+        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Runs the agent until it is killed. `run_dir` holds the spec, the socket and the task logs.
+pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
+    let spec: AgentSpec = serde_json::from_slice(&std::fs::read(run_dir.join(SPEC))?)?;
+    let logs = run_dir.join(LOGS);
+    std::fs::create_dir_all(&logs)?;
+    let tasks = spec
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TaskStatus {
+            index: i,
+            name: t.name.clone(),
+            state: TaskState::Pending,
+            exit_code: None,
+        })
+        .collect();
+    let agent = Arc::new(Agent {
+        spec,
+        run_dir: run_dir.to_owned(),
+        last_activity_ms: AtomicI64::new(now_ms()),
+        tasks: Mutex::new(tasks),
+    });
+
+    let socket = run_dir.join(SOCKET);
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    for i in 0..agent.spec.tasks.len() {
+        tokio::spawn(run_task(agent.clone(), i));
+    }
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/exec", post(exec))
+        .route("/v1/shutdown", post(shutdown))
+        .with_state(agent);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn status(State(a): State<Arc<Agent>>) -> Json<Status> {
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        last_activity_ms: a.last_activity_ms.load(Ordering::Relaxed),
+        tasks: a.tasks.lock().await.clone(),
+    })
+}
+
+/// Stops the workspace from inside: every process in the sandbox ends with the agent's pid
+/// namespace init.
+async fn shutdown() -> StatusCode {
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::process::exit(0);
+    });
+    StatusCode::ACCEPTED
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(AgentError {
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut truncated = false;
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if buf.len() + n > MAX_OUTPUT {
+                    buf.extend_from_slice(&chunk[..MAX_OUTPUT - buf.len()]);
+                    truncated = true;
+                    // Keep draining so the child does not block on a full pipe.
+                } else {
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+    (buf, truncated)
+}
+
+async fn exec(State(a): State<Arc<Agent>>, Json(req): Json<ExecRequest>) -> Response {
+    a.touch();
+    let Some((program, args)) = req.argv.split_first() else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "argv is empty: give a program and its arguments",
+        );
+    };
+    let timeout = Duration::from_secs(req.timeout_s.unwrap_or(60).clamp(1, 3600));
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(req.cwd.as_deref().unwrap_or(&a.spec.workdir))
+        .envs(a.spec.env.iter().cloned())
+        .envs(req.env.iter().cloned())
+        .stdin(if req.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("cannot run {program}: {e}"),
+            );
+        }
+    };
+    if let (Some(input), Some(mut stdin)) = (req.stdin, child.stdin.take()) {
+        tokio::spawn(async move {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, input.as_bytes()).await;
+        });
+    }
+    let out = read_capped(child.stdout.take().expect_or_empty());
+    let err = read_capped(child.stderr.take().expect_or_empty());
+    let waited = tokio::time::timeout(timeout, async {
+        let ((o, ot), (e, et)) = tokio::join!(out, err);
+        let status = child.wait().await;
+        (o, ot, e, et, status)
+    })
+    .await;
+    a.touch();
+    match waited {
+        Ok((o, ot, e, et, status)) => Json(ExecResponse {
+            exit_code: status.ok().and_then(|s| s.code()),
+            stdout: String::from_utf8_lossy(&o).into_owned(),
+            stderr: String::from_utf8_lossy(&e).into_owned(),
+            timed_out: false,
+            truncated: ot || et,
+        })
+        .into_response(),
+        Err(_) => Json(ExecResponse {
+            exit_code: None,
+            stdout: String::new(),
+            stderr: format!("killed after {}s", timeout.as_secs()),
+            timed_out: true,
+            truncated: false,
+        })
+        .into_response(),
+    }
+}
+
+/// Gives an empty reader when a pipe was not set up, instead of panicking.
+trait OrEmpty<R> {
+    fn expect_or_empty(self) -> Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+}
+
+impl<R: tokio::io::AsyncRead + Unpin + Send + 'static> OrEmpty<R> for Option<R> {
+    fn expect_or_empty(self) -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+        match self {
+            Some(r) => Box::new(r),
+            None => Box::new(tokio::io::empty()),
+        }
+    }
+}
+
+/// Runs one task: `before`, `init` (only the first time this workspace starts) and `command`,
+/// in one bash, with output appended to the task's log.
+async fn run_task(a: Arc<Agent>, index: usize) {
+    let task = a.spec.tasks[index].clone();
+    let marker = Path::new(&a.spec.workdir).join(format!(".devcell-init-done-{index}"));
+    let first_start = !marker.exists();
+    let mut script = String::from("set -e\n");
+    if let Some(b) = &task.before {
+        script.push_str(b);
+        script.push('\n');
+    }
+    if first_start {
+        if let Some(i) = &task.init {
+            script.push_str(i);
+            script.push('\n');
+        }
+        script.push_str(&format!("touch '{}'\n", marker.display()));
+    }
+    if let Some(c) = &task.command {
+        script.push_str(c);
+        script.push('\n');
+    }
+    let log_path = a.run_dir.join(LOGS).join(format!("task-{index}.log"));
+    let log = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            set_task(&a, index, TaskState::Failed, None).await;
+            tracing::error!(error = %e, "cannot open task log");
+            return;
+        }
+    };
+    let log2 = log.try_clone();
+    set_task(&a, index, TaskState::Running, None).await;
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg("-c")
+        .arg(&script)
+        .current_dir(&a.spec.workdir)
+        .envs(a.spec.env.iter().cloned())
+        .envs(task.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(log);
+    match log2 {
+        Ok(l) => cmd.stderr(l),
+        Err(_) => cmd.stderr(Stdio::null()),
+    };
+    let result = cmd.status().await;
+    let (state, code) = match result {
+        Ok(s) if s.success() => (TaskState::Done, s.code()),
+        Ok(s) => (TaskState::Failed, s.code()),
+        Err(_) => (TaskState::Failed, None),
+    };
+    set_task(&a, index, state, code).await;
+}
+
+async fn set_task(a: &Agent, index: usize, state: TaskState, exit_code: Option<i32>) {
+    let mut tasks = a.tasks.lock().await;
+    if let Some(t) = tasks.get_mut(index) {
+        t.state = state;
+        t.exit_code = exit_code;
+    }
+}

@@ -1,0 +1,1160 @@
+//! The workspace configuration a repository carries: `.gitpod.yml`, or else a
+//! `devcontainer.json`, read into one [`WorkspaceConfig`]. This module only reads and checks
+//! the file; running the tasks and forwarding the ports happen elsewhere.
+//!
+//! Errors point at the file, line and column, because users fix them in an editor.
+
+use std::fmt;
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Component, Path, PathBuf};
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// Configuration files are small; a bigger one is a mistake or an attack on the parser.
+const MAX_FILE_BYTES: u64 = 256 * 1024;
+/// Most ports a `from-to` range may expand to.
+const MAX_PORT_RANGE: u32 = 100;
+
+/// Files tried in order; the first one present is used.
+const GITPOD_FILES: [&str; 2] = [".gitpod.yml", ".gitpod.yaml"];
+const DEVCONTAINER_FILES: [&str; 2] = [".devcontainer/devcontainer.json", ".devcontainer.json"];
+
+/// What a repository asks of its workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WorkspaceConfig {
+    /// The file this came from, relative to the repository: `.gitpod.yml`,
+    /// `.devcontainer/devcontainer.json`, ...; `None` when the repository has none.
+    pub source: Option<String>,
+    /// An image reference, or `file:PATH` for a Dockerfile in the repository.
+    pub image: Option<String>,
+    pub tasks: Vec<Task>,
+    pub ports: Vec<Port>,
+    /// Environment for every process in the workspace, in file order.
+    pub env: Vec<(String, String)>,
+}
+
+/// A terminal running commands: `before` and `init` once when the workspace is created
+/// (`before` again on every start), then `command`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Task {
+    pub name: String,
+    pub before: Option<String>,
+    pub init: Option<String>,
+    pub command: Option<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A port the workspace serves.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Port {
+    pub port: u16,
+    pub name: Option<String>,
+    /// `"private"` or `"public"`, as written in the file.
+    pub visibility: Option<String>,
+    /// What to do when the port opens (Gitpod's `onOpen`), as written in the file.
+    pub on_open: Option<String>,
+}
+
+/// A configuration file that cannot be used, and where the problem is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", Place(.file, .line, .column))]
+pub struct ConfigFileError {
+    /// Relative to the repository, e.g. `.gitpod.yml`.
+    pub file: String,
+    /// One-based.
+    pub line: Option<usize>,
+    /// One-based.
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigFileError {
+    /// A stable, machine-readable code for APIs.
+    pub fn code(&self) -> &'static str {
+        "workspace_config_invalid"
+    }
+
+    fn whole_file(file: &str, message: impl Into<String>) -> ConfigFileError {
+        ConfigFileError {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// `file:line:column`, leaving out what is unknown.
+struct Place<'a>(&'a str, &'a Option<usize>, &'a Option<usize>);
+
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)?;
+        if let Some(line) = self.1 {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.2 {
+                write!(f, ":{column}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the workspace configuration of the repository at `repo_dir`. `.gitpod.yml` wins
+/// over `devcontainer.json`; a repository with neither gets the default configuration.
+pub fn load(repo_dir: &Path) -> Result<WorkspaceConfig, ConfigFileError> {
+    for file in GITPOD_FILES {
+        if let Some(text) = read_config_file(repo_dir, file)? {
+            return parse_gitpod(file, &text);
+        }
+    }
+    for file in DEVCONTAINER_FILES {
+        if let Some(text) = read_config_file(repo_dir, file)? {
+            return parse_devcontainer(file, &text);
+        }
+    }
+    Ok(WorkspaceConfig::default())
+}
+
+/// Reads `repo_dir/file`, or `None` if it does not exist.
+///
+/// The repository is the user's, so the file may be a link to anywhere on the host; links
+/// are followed only while they stay inside the repository, and the file opened is checked
+/// to be the one that was inspected.
+fn read_config_file(repo_dir: &Path, file: &str) -> Result<Option<String>, ConfigFileError> {
+    let err = |m: String| ConfigFileError::whole_file(file, m);
+    let path = repo_dir.join(file);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => {}
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => return Err(err(format!("cannot be read: {e}"))),
+    }
+    let root = std::fs::canonicalize(repo_dir)
+        .map_err(|e| err(format!("the repository cannot be read: {e}")))?;
+    let real = std::fs::canonicalize(&path).map_err(|e| {
+        err(format!(
+            "is a link to a file that cannot be read ({e}); commit the file itself"
+        ))
+    })?;
+    if !real.starts_with(&root) {
+        return Err(err(
+            "is a link to a file outside the repository; commit the file itself".into(),
+        ));
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| err(format!("cannot be read: {e}")))?;
+    if !meta.is_file() {
+        return Err(err("is not a regular file".into()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(err(format!(
+            "is larger than {} KiB; keep the configuration short",
+            MAX_FILE_BYTES / 1024
+        )));
+    }
+    let opened = std::fs::File::open(&real).map_err(|e| err(format!("cannot be read: {e}")))?;
+    let opened_meta = opened
+        .metadata()
+        .map_err(|e| err(format!("cannot be read: {e}")))?;
+    if (opened_meta.dev(), opened_meta.ino()) != (meta.dev(), meta.ino()) {
+        return Err(err("changed while it was being read; try again".into()));
+    }
+    let mut bytes = Vec::new();
+    opened
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot be read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(err(format!(
+            "is larger than {} KiB; keep the configuration short",
+            MAX_FILE_BYTES / 1024
+        )));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| err("is not UTF-8 text; save it as UTF-8".into()))?;
+    // Editors on Windows like to start files with a byte order mark.
+    Ok(Some(text.trim_start_matches('\u{feff}').to_owned()))
+}
+
+fn is_absent(e: &std::io::Error) -> bool {
+    // NotADirectory: `.devcontainer` is a file, so nothing can be inside it.
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+// ---- .gitpod.yml ----
+
+#[derive(Deserialize)]
+struct GitpodFile {
+    #[serde(default)]
+    image: Option<Image>,
+    #[serde(default)]
+    tasks: Option<Vec<GitpodTask>>,
+    #[serde(default)]
+    ports: Option<Vec<GitpodPort>>,
+}
+
+#[derive(Deserialize)]
+struct GitpodTask {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
+    init: Option<String>,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    env: Option<Env>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GitpodPort {
+    port: PortSpec,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    visibility: Option<String>,
+    #[serde(default)]
+    on_open: Option<String>,
+}
+
+/// Parses the text of a `.gitpod.yml`; `file` names it in errors.
+pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFileError> {
+    // An empty file (or one with only comments) is a valid, empty configuration.
+    let parsed: Option<GitpodFile> =
+        serde_yaml_ng::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    let parsed = parsed.unwrap_or(GitpodFile {
+        image: None,
+        tasks: None,
+        ports: None,
+    });
+    let tasks = parsed
+        .tasks
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| Task {
+            name: t
+                .name
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| format!("task {}", i + 1)),
+            before: t.before,
+            init: t.init,
+            command: t.command,
+            env: t.env.map(|e| e.0).unwrap_or_default(),
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for p in parsed.ports.unwrap_or_default() {
+        for port in p.port.from..=p.port.to {
+            ports.push(Port {
+                port,
+                name: p.name.clone(),
+                visibility: p.visibility.clone(),
+                on_open: p.on_open.clone(),
+            });
+        }
+    }
+    Ok(WorkspaceConfig {
+        source: Some(file.to_owned()),
+        image: parsed.image.map(|i| i.0),
+        tasks,
+        ports,
+        env: Vec::new(),
+    })
+}
+
+fn yaml_error(file: &str, e: &serde_yaml_ng::Error) -> ConfigFileError {
+    let location = e.location();
+    let mut message = e.to_string();
+    if let Some(l) = &location {
+        // The position goes in front, in the form editors understand; drop its repetition.
+        message = message.replacen(
+            &format!(" at line {} column {}", l.line(), l.column()),
+            "",
+            1,
+        );
+    }
+    ConfigFileError {
+        file: file.to_owned(),
+        line: location.as_ref().map(|l| l.line()),
+        column: location.as_ref().map(|l| l.column()),
+        message,
+    }
+}
+
+/// Gitpod's `image`: a name, or `{file: PATH}` for a Dockerfile, kept as `file:PATH`.
+struct Image(String);
+
+impl<'de> Deserialize<'de> for Image {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Image;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an image name or a map with `file`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Image, E> {
+                Ok(Image(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Image, A::Error> {
+                let mut file = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "file" {
+                        file = Some(map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                }
+                let file = file.ok_or_else(|| de::Error::missing_field("file"))?;
+                Ok(Image(format!("file:{file}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A port number, or a `from-to` range.
+struct PortSpec {
+    from: u16,
+    to: u16,
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or a range like 3000-3005")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortSpec, E> {
+                let port = port_number(v)?;
+                Ok(PortSpec {
+                    from: port,
+                    to: port,
+                })
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortSpec, E> {
+                self.visit_u64(u64::try_from(v).map_err(|_| E::custom(bad_port(v)))?)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortSpec, E> {
+                let parse = |s: &str| {
+                    s.trim()
+                        .parse::<u64>()
+                        .map_err(|_| {
+                            E::custom(format!(
+                                "{v:?} is not a port number or a range like 3000-3005"
+                            ))
+                        })
+                        .and_then(port_number)
+                };
+                let (from, to) = match v.split_once('-') {
+                    Some((a, b)) => (parse(a)?, parse(b)?),
+                    None => {
+                        let p = parse(v)?;
+                        (p, p)
+                    }
+                };
+                if from > to {
+                    return Err(E::custom(format!(
+                        "the port range {v} is backwards; write the lower port first"
+                    )));
+                }
+                if u32::from(to - from) + 1 > MAX_PORT_RANGE {
+                    return Err(E::custom(format!(
+                        "the port range {v} has {} ports; at most {MAX_PORT_RANGE} are allowed",
+                        u32::from(to - from) + 1
+                    )));
+                }
+                Ok(PortSpec { from, to })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn port_number<E: de::Error>(v: u64) -> Result<u16, E> {
+    match u16::try_from(v) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(E::custom(bad_port(v))),
+    }
+}
+
+fn bad_port(v: impl fmt::Display) -> String {
+    format!("{v} is not a port number; use 1 to 65535")
+}
+
+/// An environment map in file order. Values may be written as numbers or booleans; they
+/// become their text. Null values (devcontainer's way to unset a variable) are left out.
+struct Env(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Env {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Env;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of variable names to values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Env, A::Error> {
+                let mut vars = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if let Some(EnvValue(value)) = map.next_value::<Option<EnvValue>>()? {
+                        vars.push((key, value));
+                    }
+                }
+                Ok(Env(vars))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+struct EnvValue(String);
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_owned()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---- devcontainer.json ----
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DevcontainerFile {
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    build: Option<DevcontainerBuild>,
+    /// The older spelling of `build.dockerfile`.
+    #[serde(default)]
+    docker_file: Option<String>,
+    #[serde(default)]
+    post_create_command: Option<Commands>,
+    #[serde(default)]
+    post_start_command: Option<Commands>,
+    #[serde(default)]
+    forward_ports: Option<Vec<ForwardPort>>,
+    #[serde(default)]
+    container_env: Option<Env>,
+    #[serde(default)]
+    remote_env: Option<Env>,
+}
+
+#[derive(Deserialize)]
+struct DevcontainerBuild {
+    #[serde(default)]
+    dockerfile: Option<String>,
+}
+
+/// A lifecycle command in any of its three forms: a shell string, an argument array, or
+/// named commands (which the devcontainer specification runs in parallel).
+enum Commands {
+    Single(String),
+    Named(Vec<(String, String)>),
+}
+
+impl<'de> Deserialize<'de> for Commands {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Commands;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a command string, an array of arguments, or a map of named commands")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Commands, E> {
+                Ok(Commands::Single(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Commands, A::Error> {
+                Ok(Commands::Single(join_args(seq)?))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Commands, A::Error> {
+                let mut named = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    let CommandLine(cmd) = map.next_value()?;
+                    named.push((name, cmd));
+                }
+                Ok(Commands::Named(named))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One named command: a shell string or an argument array.
+struct CommandLine(String);
+
+impl<'de> Deserialize<'de> for CommandLine {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CommandLine;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a command string or an array of arguments")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CommandLine, E> {
+                Ok(CommandLine(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<CommandLine, A::Error> {
+                Ok(CommandLine(join_args(seq)?))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An argument array as one shell command line, each argument quoted where needed.
+fn join_args<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<String, A::Error> {
+    let mut words = Vec::new();
+    while let Some(arg) = seq.next_element::<String>()? {
+        words.push(shell_quote(&arg));
+    }
+    Ok(words.join(" "))
+}
+
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./=:,@%+".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// A `forwardPorts` entry: a port number, or `"host:port"` for a port of another container.
+struct ForwardPort(u16);
+
+impl<'de> Deserialize<'de> for ForwardPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ForwardPort;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or \"host:port\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ForwardPort, E> {
+                port_number(v).map(ForwardPort)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ForwardPort, E> {
+                self.visit_u64(u64::try_from(v).map_err(|_| E::custom(bad_port(v)))?)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ForwardPort, E> {
+                let port = v.rsplit(':').next().unwrap_or(v);
+                let n = port
+                    .parse::<u64>()
+                    .map_err(|_| E::custom(format!("{v:?} is not a port or \"host:port\"")))?;
+                port_number(n).map(ForwardPort)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses the text of a `devcontainer.json` (JSON with comments and trailing commas);
+/// `file` names it in errors and places a Dockerfile relative to it.
+pub fn parse_devcontainer(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFileError> {
+    let mut json = String::with_capacity(text.len());
+    // Comments become spaces, so line and column numbers still point into the original.
+    json_comments::StripComments::new(text.as_bytes())
+        .read_to_string(&mut json)
+        .map_err(|e| ConfigFileError::whole_file(file, format!("cannot be read: {e}")))?;
+    let json = blank_trailing_commas(&json);
+    let parsed: DevcontainerFile = serde_json::from_str(&json).map_err(|e| {
+        let mut message = e.to_string();
+        message = message.replacen(
+            &format!(" at line {} column {}", e.line(), e.column()),
+            "",
+            1,
+        );
+        ConfigFileError {
+            file: file.to_owned(),
+            line: (e.line() > 0).then_some(e.line()),
+            column: (e.line() > 0).then_some(e.column().max(1)),
+            message,
+        }
+    })?;
+
+    let dockerfile = parsed
+        .build
+        .and_then(|b| b.dockerfile)
+        .or(parsed.docker_file);
+    let image = match (parsed.image, dockerfile) {
+        (Some(image), _) => Some(image),
+        (None, Some(dockerfile)) => {
+            let base = Path::new(file).parent().unwrap_or(Path::new(""));
+            let path = normalize(&base.join(dockerfile)).ok_or_else(|| {
+                ConfigFileError::whole_file(file, "build.dockerfile points outside the repository")
+            })?;
+            Some(format!("file:{}", path.display()))
+        }
+        (None, None) => None,
+    };
+
+    let mut env = parsed.container_env.map(|e| e.0).unwrap_or_default();
+    env.extend(parsed.remote_env.map(|e| e.0).unwrap_or_default());
+
+    let ports = parsed
+        .forward_ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|ForwardPort(port)| Port {
+            port,
+            ..Port::default()
+        })
+        .collect();
+
+    Ok(WorkspaceConfig {
+        source: Some(file.to_owned()),
+        image,
+        tasks: devcontainer_tasks(parsed.post_create_command, parsed.post_start_command),
+        ports,
+        env,
+    })
+}
+
+/// Maps the lifecycle commands onto tasks. A single create and a single start command share
+/// one task, so the start command runs after the create command as the specification
+/// requires; named commands become one task each (the specification runs them in parallel).
+fn devcontainer_tasks(create: Option<Commands>, start: Option<Commands>) -> Vec<Task> {
+    let nonempty = |s: String| (!s.trim().is_empty()).then_some(s);
+    let mut tasks: Vec<Task> = Vec::new();
+    match create {
+        Some(Commands::Single(cmd)) => {
+            if let Some(cmd) = nonempty(cmd) {
+                tasks.push(Task {
+                    name: "devcontainer".into(),
+                    init: Some(cmd),
+                    ..Task::default()
+                });
+            }
+        }
+        Some(Commands::Named(named)) => {
+            for (name, cmd) in named {
+                if let Some(cmd) = nonempty(cmd) {
+                    tasks.push(Task {
+                        name,
+                        init: Some(cmd),
+                        ..Task::default()
+                    });
+                }
+            }
+        }
+        None => {}
+    }
+    match start {
+        Some(Commands::Single(cmd)) => {
+            if let Some(cmd) = nonempty(cmd) {
+                if let [only] = tasks.as_mut_slice() {
+                    only.command = Some(cmd);
+                } else {
+                    tasks.push(Task {
+                        name: "devcontainer start".into(),
+                        command: Some(cmd),
+                        ..Task::default()
+                    });
+                }
+            }
+        }
+        Some(Commands::Named(named)) => {
+            for (name, cmd) in named {
+                if let Some(cmd) = nonempty(cmd) {
+                    match tasks
+                        .iter_mut()
+                        .find(|t| t.name == name && t.command.is_none())
+                    {
+                        Some(t) => t.command = Some(cmd),
+                        None => tasks.push(Task {
+                            name,
+                            command: Some(cmd),
+                            ..Task::default()
+                        }),
+                    }
+                }
+            }
+        }
+        None => {}
+    }
+    tasks
+}
+
+/// Resolves `.` and `..` in a relative path without touching the disk; `None` if it leaves
+/// the repository.
+fn normalize(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Replaces commas that precede `}` or `]` with spaces: devcontainer.json allows them and
+/// serde_json does not. Positions stay the same, so errors still point at the right place.
+fn blank_trailing_commas(json: &str) -> String {
+    let mut bytes = json.as_bytes().to_vec();
+    let mut in_string = false;
+    let mut escaped = false;
+    for i in 0..bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' => {
+                let next = bytes[i + 1..]
+                    .iter()
+                    .find(|c| !c.is_ascii_whitespace())
+                    .copied();
+                if matches!(next, Some(b'}' | b']')) {
+                    bytes[i] = b' ';
+                }
+            }
+            _ => {}
+        }
+    }
+    // Only ASCII commas were replaced by ASCII spaces, so the text is still UTF-8.
+    String::from_utf8(bytes).unwrap_or_else(|_| json.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        let path = dir.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn gitpod_err(text: &str) -> ConfigFileError {
+        parse_gitpod(".gitpod.yml", text).unwrap_err()
+    }
+
+    #[test]
+    fn full_gitpod_file() {
+        let text = r#"# A typical file.
+image: gitpod/workspace-full:latest
+tasks:
+  - name: Backend
+    before: export A=1
+    init: |
+      npm ci
+      npm run build
+    command: npm start
+    env:
+      PORT: 3000
+      DEBUG: true
+      NAME: app
+  - command: echo second
+    openMode: split-right
+ports:
+  - port: 3000
+    name: web
+    visibility: public
+    onOpen: open-preview
+  - port: "5432"
+    onOpen: ignore
+env:
+  NOT_A_GITPOD_KEY: x
+vscode:
+  extensions: [a.b]
+"#;
+        let c = parse_gitpod(".gitpod.yml", text).unwrap();
+        assert_eq!(c.source.as_deref(), Some(".gitpod.yml"));
+        assert_eq!(c.image.as_deref(), Some("gitpod/workspace-full:latest"));
+        assert_eq!(
+            c.tasks,
+            vec![
+                Task {
+                    name: "Backend".into(),
+                    before: Some("export A=1".into()),
+                    init: Some("npm ci\nnpm run build\n".into()),
+                    command: Some("npm start".into()),
+                    env: env(&[("PORT", "3000"), ("DEBUG", "true"), ("NAME", "app")]),
+                },
+                Task {
+                    name: "task 2".into(),
+                    command: Some("echo second".into()),
+                    ..Task::default()
+                },
+            ]
+        );
+        assert_eq!(
+            c.ports,
+            vec![
+                Port {
+                    port: 3000,
+                    name: Some("web".into()),
+                    visibility: Some("public".into()),
+                    on_open: Some("open-preview".into()),
+                },
+                Port {
+                    port: 5432,
+                    on_open: Some("ignore".into()),
+                    ..Port::default()
+                },
+            ]
+        );
+        assert!(c.env.is_empty());
+    }
+
+    #[test]
+    fn gitpod_image_from_a_dockerfile() {
+        let c = parse_gitpod(
+            ".gitpod.yml",
+            "image:\n  file: .gitpod.Dockerfile\n  context: .\n",
+        )
+        .unwrap();
+        assert_eq!(c.image.as_deref(), Some("file:.gitpod.Dockerfile"));
+        let e = gitpod_err("image:\n  context: .\n");
+        assert!(e.message.contains("file"), "{e}");
+    }
+
+    #[test]
+    fn empty_gitpod_file_is_an_empty_configuration() {
+        for text in ["", "# nothing yet\n"] {
+            let c = parse_gitpod(".gitpod.yml", text).unwrap();
+            assert_eq!(c.source.as_deref(), Some(".gitpod.yml"));
+            assert!(c.tasks.is_empty() && c.ports.is_empty() && c.image.is_none());
+        }
+    }
+
+    #[test]
+    fn port_ranges_expand() {
+        let c = parse_gitpod(
+            ".gitpod.yml",
+            "ports:\n  - port: 3000-3003\n    visibility: private\n  - port: 8080\n",
+        )
+        .unwrap();
+        let ports: Vec<u16> = c.ports.iter().map(|p| p.port).collect();
+        assert_eq!(ports, [3000, 3001, 3002, 3003, 8080]);
+        assert!(
+            c.ports[..4]
+                .iter()
+                .all(|p| p.visibility.as_deref() == Some("private"))
+        );
+
+        let c = parse_gitpod(".gitpod.yml", "ports:\n  - port: 1-100\n").unwrap();
+        assert_eq!(c.ports.len(), 100);
+
+        let e = gitpod_err("ports:\n  - port: 1000-1100\n");
+        assert_eq!((e.line, e.column), (Some(2), Some(11)), "{e}");
+        assert!(e.message.contains("at most 100"), "{e}");
+
+        let e = gitpod_err("ports:\n  - port: 3005-3000\n");
+        assert!(e.message.contains("backwards"), "{e}");
+        let e = gitpod_err("ports:\n  - port: 70000\n");
+        assert!(e.message.contains("1 to 65535"), "{e}");
+        let e = gitpod_err("ports:\n  - port: 0\n");
+        assert!(e.message.contains("1 to 65535"), "{e}");
+        let e = gitpod_err("ports:\n  - port: web\n");
+        assert!(e.message.contains("not a port"), "{e}");
+        let e = gitpod_err("ports:\n  - name: web\n");
+        assert!(e.message.contains("missing field `port`"), "{e}");
+    }
+
+    #[test]
+    fn broken_indentation_points_at_the_line() {
+        let text = "tasks:\n  - name: a\n    command: x\n   init: y\n";
+        let e = gitpod_err(text);
+        assert_eq!(e.file, ".gitpod.yml");
+        // The key indented by three spaces instead of four.
+        assert_eq!((e.line, e.column), (Some(4), Some(4)), "{e}");
+        assert!(e.to_string().starts_with(".gitpod.yml:4:4: "), "{e}");
+        // The position is not repeated; the context (where the list began) stays.
+        assert!(!e.message.contains("line 4 column 4"), "{e}");
+        assert!(e.message.contains("line 2 column 3"), "{e}");
+    }
+
+    #[test]
+    fn a_tab_points_at_the_tab() {
+        let text = "image: x\ntasks:\n\t- command: y\n";
+        let e = gitpod_err(text);
+        assert_eq!((e.line, e.column), (Some(3), Some(1)), "{e}");
+        assert!(e.message.contains("cannot start any token"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_point_at_the_value() {
+        let e = gitpod_err("image: x\ntasks: npm start\n");
+        assert_eq!((e.line, e.column), (Some(2), Some(8)), "{e}");
+        assert!(e.message.starts_with("tasks: invalid type"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(".gitpod.yml:2:8: {}", e.message),
+            "Display puts the place first"
+        );
+
+        let e = gitpod_err("tasks:\n  - name: a\n    env: [1, 2]\n");
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = gitpod_err("ports: {port: 1}\n");
+        assert_eq!(e.line, Some(1), "{e}");
+        let e = gitpod_err("image: [a]\n");
+        assert!(e.message.contains("an image name"), "{e}");
+    }
+
+    #[test]
+    fn devcontainer_with_comments_and_trailing_commas() {
+        let text = r#"// A dev container.
+{
+  /* the base */
+  "image": "mcr.microsoft.com/devcontainers/rust:1", // pinned
+  "postCreateCommand": "cargo build",
+  "postStartCommand": ["cargo", "run", "--", "it's here", "a//b"],
+  "forwardPorts": [3000, "db:5432", ],
+  "containerEnv": { "RUST_LOG": "debug", "N": 3 },
+  "remoteEnv": { "EDITOR": "vim", "UNSET": null },
+  "customizations": { "vscode": { "extensions": ["x"] } },
+}
+"#;
+        let c = parse_devcontainer(".devcontainer/devcontainer.json", text).unwrap();
+        assert_eq!(c.source.as_deref(), Some(".devcontainer/devcontainer.json"));
+        assert_eq!(
+            c.image.as_deref(),
+            Some("mcr.microsoft.com/devcontainers/rust:1")
+        );
+        assert_eq!(
+            c.tasks,
+            vec![Task {
+                name: "devcontainer".into(),
+                init: Some("cargo build".into()),
+                command: Some(r"cargo run -- 'it'\''s here' a//b".into()),
+                ..Task::default()
+            }]
+        );
+        let ports: Vec<u16> = c.ports.iter().map(|p| p.port).collect();
+        assert_eq!(ports, [3000, 5432]);
+        assert_eq!(
+            c.env,
+            env(&[("RUST_LOG", "debug"), ("N", "3"), ("EDITOR", "vim")])
+        );
+    }
+
+    #[test]
+    fn post_create_command_forms() {
+        let tasks = |json: &str| {
+            parse_devcontainer(".devcontainer.json", json)
+                .unwrap()
+                .tasks
+        };
+
+        let t = tasks(r#"{"postCreateCommand": "npm ci && npm test"}"#);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].init.as_deref(), Some("npm ci && npm test"));
+        assert_eq!(t[0].command, None);
+
+        let t = tasks(r#"{"postCreateCommand": ["npm", "run", "my script"]}"#);
+        assert_eq!(t[0].init.as_deref(), Some("npm run 'my script'"));
+
+        let t = tasks(
+            r#"{"postCreateCommand": {"server": "npm start", "db": ["pg_ctl", "start"]},
+                "postStartCommand": {"server": "npm run watch", "other": "echo hi"}}"#,
+        );
+        assert_eq!(
+            t,
+            vec![
+                Task {
+                    name: "server".into(),
+                    init: Some("npm start".into()),
+                    command: Some("npm run watch".into()),
+                    ..Task::default()
+                },
+                Task {
+                    name: "db".into(),
+                    init: Some("pg_ctl start".into()),
+                    ..Task::default()
+                },
+                Task {
+                    name: "other".into(),
+                    command: Some("echo hi".into()),
+                    ..Task::default()
+                },
+            ]
+        );
+
+        let t = tasks(r#"{"postStartCommand": "make serve"}"#);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].command.as_deref(), Some("make serve"));
+
+        let e = parse_devcontainer(".devcontainer.json", "{\n  \"postCreateCommand\": 5\n}")
+            .unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("command string"), "{e}");
+    }
+
+    #[test]
+    fn devcontainer_errors_point_at_the_place() {
+        let text = "{\n  // comment\n  \"image\": \"x\"\n  \"forwardPorts\": [1]\n}";
+        let e = parse_devcontainer(".devcontainer/devcontainer.json", text).unwrap_err();
+        assert_eq!(e.file, ".devcontainer/devcontainer.json");
+        assert_eq!((e.line, e.column), (Some(4), Some(3)), "{e}");
+        assert!(!e.message.contains("at line"), "{e}");
+
+        let text = "{\n  \"forwardPorts\": [3000, \"db:x\"]\n}";
+        let e = parse_devcontainer(".devcontainer.json", text).unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("db:x"), "{e}");
+
+        let e = parse_devcontainer(".devcontainer.json", "").unwrap_err();
+        assert_eq!(e.file, ".devcontainer.json");
+    }
+
+    #[test]
+    fn devcontainer_dockerfile_is_relative_to_the_file() {
+        let c = parse_devcontainer(
+            ".devcontainer/devcontainer.json",
+            r#"{"build": {"dockerfile": "../docker/Dockerfile"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.image.as_deref(), Some("file:docker/Dockerfile"));
+        let c =
+            parse_devcontainer(".devcontainer.json", r#"{"dockerFile": "Dockerfile"}"#).unwrap();
+        assert_eq!(c.image.as_deref(), Some("file:Dockerfile"));
+        let e = parse_devcontainer(
+            ".devcontainer.json",
+            r#"{"build": {"dockerfile": "../../etc/x"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("outside"), "{e}");
+    }
+
+    #[test]
+    fn trailing_commas_inside_strings_stay() {
+        assert_eq!(blank_trailing_commas(r#"["a,]", 1,]"#), r#"["a,]", 1 ]"#);
+        assert_eq!(blank_trailing_commas(r#"{"a\",}":1}"#), r#"{"a\",}":1}"#);
+    }
+
+    #[test]
+    fn gitpod_wins_over_devcontainer() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            ".devcontainer/devcontainer.json",
+            r#"{"image": "dc"}"#,
+        );
+        write(dir.path(), ".devcontainer.json", r#"{"image": "root-dc"}"#);
+        let c = load(dir.path()).unwrap();
+        assert_eq!(c.image.as_deref(), Some("dc"));
+        assert_eq!(c.source.as_deref(), Some(".devcontainer/devcontainer.json"));
+
+        std::fs::remove_dir_all(dir.path().join(".devcontainer")).unwrap();
+        assert_eq!(load(dir.path()).unwrap().image.as_deref(), Some("root-dc"));
+
+        write(dir.path(), ".gitpod.yaml", "image: gp-yaml\n");
+        assert_eq!(load(dir.path()).unwrap().image.as_deref(), Some("gp-yaml"));
+        write(dir.path(), ".gitpod.yml", "image: gp\n");
+        let c = load(dir.path()).unwrap();
+        assert_eq!(c.image.as_deref(), Some("gp"));
+        assert_eq!(c.source.as_deref(), Some(".gitpod.yml"));
+    }
+
+    #[test]
+    fn no_file_is_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), WorkspaceConfig::default());
+        // A file where a directory is expected means there is no devcontainer.json inside.
+        write(dir.path(), ".devcontainer", "not a directory");
+        assert_eq!(load(dir.path()).unwrap(), WorkspaceConfig::default());
+    }
+
+    #[test]
+    fn oversized_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = format!("image: x\n#{}\n", "a".repeat(300 * 1024));
+        write(dir.path(), ".gitpod.yml", &big);
+        let e = load(dir.path()).unwrap_err();
+        assert_eq!(e.file, ".gitpod.yml");
+        assert_eq!(e.line, None);
+        assert!(e.message.contains("256 KiB"), "{e}");
+        assert_eq!(e.to_string(), format!(".gitpod.yml: {}", e.message));
+    }
+
+    #[test]
+    fn links_out_of_the_repository_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "secret", "image: stolen\n");
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret"),
+            dir.path().join(".gitpod.yml"),
+        )
+        .unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(e.message.contains("outside the repository"), "{e}");
+        assert!(!e.to_string().contains("stolen"));
+
+        // A link that stays inside the repository is fine.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "config/gitpod.yml", "image: inside\n");
+        std::os::unix::fs::symlink("config/gitpod.yml", dir.path().join(".gitpod.yml")).unwrap();
+        assert_eq!(load(dir.path()).unwrap().image.as_deref(), Some("inside"));
+    }
+
+    #[test]
+    fn config_crosses_a_process_boundary_as_json() {
+        let c = parse_gitpod(
+            ".gitpod.yml",
+            "tasks:\n  - init: a\n    env: {X: y}\nports:\n  - port: 1\n",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        let back: WorkspaceConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,250 @@
+//! The local runtime: each workspace is a bubblewrap sandbox (user, mount, pid, network, uts
+//! and ipc namespaces, a read-only view of the host's system directories, a writable
+//! `/workspace` and home) whose processes sit in a cgroup with the class limits.
+//!
+//! Bubblewrap was chosen over hand-written namespace code: it is small, maintained, audited,
+//! works unprivileged and as root, and needs no daemon (crun and podman fail on this host's
+//! hybrid cgroups). The sandbox is launched through `devcell sandbox-exec`, which puts itself
+//! into the workspace's cgroups and then becomes bubblewrap, so no process of the workspace
+//! ever runs outside its limits. The sandbox is not tied to the cell's lifetime: it survives a
+//! restart or update of the cell, which reconnects to its agent.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use super::cgroup::{Cgroup, Hierarchy};
+use super::{Runtime, RuntimeError, SandboxSpec};
+use crate::domain::WorkspaceId;
+use crate::workers::BoxFuture;
+
+/// Inside the sandbox.
+pub const WORKSPACE_MOUNT: &str = "/workspace";
+pub const HOME_MOUNT: &str = "/home/dev";
+pub const RUN_MOUNT: &str = "/run/devcell";
+const AGENT_PATH: &str = "/.devcell/devcell";
+
+pub struct LocalRuntime {
+    hierarchy: Hierarchy,
+    /// The executable to run as the agent and launcher (this binary).
+    exe: PathBuf,
+    bwrap: PathBuf,
+}
+
+impl LocalRuntime {
+    pub fn new() -> Result<LocalRuntime, RuntimeError> {
+        let bwrap = which("bwrap").ok_or_else(|| {
+            RuntimeError::Start("bubblewrap is not installed: apt-get install -y bubblewrap".into())
+        })?;
+        let exe = std::env::current_exe()?;
+        Ok(LocalRuntime {
+            hierarchy: Hierarchy::detect(),
+            exe,
+            bwrap,
+        })
+    }
+
+    /// Uses `exe` as the agent binary (tests run from a test harness, not from `devcell`).
+    pub fn with_exe(mut self, exe: PathBuf) -> LocalRuntime {
+        self.exe = exe;
+        self
+    }
+
+    /// The bubblewrap arguments for a workspace (without the launcher).
+    fn bwrap_args(&self, spec: &SandboxSpec) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(&[
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]);
+        if !spec.network {
+            push(&["--unshare-net"]);
+        }
+        // A new session: no terminal of the cell can be reached (TIOCSTI).
+        push(&["--new-session"]);
+        // The default image: the host's system directories, read-only. Nothing else of the host
+        // (homes, /root, /var, /srv, the cell's data directory) is visible.
+        for dir in [
+            "usr", "etc", "opt", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+        ] {
+            let host = Path::new("/").join(dir);
+            match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(&host) {
+                        push(&[
+                            "--symlink",
+                            &target.to_string_lossy(),
+                            &host.to_string_lossy(),
+                        ]);
+                    }
+                }
+                Ok(m) if m.is_dir() => push(&[
+                    "--ro-bind",
+                    &host.to_string_lossy(),
+                    &host.to_string_lossy(),
+                ]),
+                _ => {}
+            }
+        }
+        let d = |sub: &str| spec.dir.join(sub).to_string_lossy().into_owned();
+        push(&[
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
+        ]);
+        push(&[
+            "--bind",
+            &d("workspace"),
+            WORKSPACE_MOUNT,
+            "--bind",
+            &d("home"),
+            HOME_MOUNT,
+            "--bind",
+            &d("run"),
+            RUN_MOUNT,
+        ]);
+        push(&["--ro-bind", &self.exe.to_string_lossy(), AGENT_PATH]);
+        let host = format!(
+            "ws-{}",
+            &spec.id.as_str()[spec.id.as_str().len().saturating_sub(8)..]
+        );
+        push(&["--hostname", &host, "--uid", "1000", "--gid", "1000"]);
+        push(&[
+            "--setenv",
+            "HOME",
+            HOME_MOUNT,
+            "--setenv",
+            "USER",
+            "dev",
+            "--setenv",
+            "DEVCELL_WORKSPACE_ID",
+            spec.id.as_str(),
+        ]);
+        push(&[
+            "--setenv",
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ]);
+        push(&["--chdir", WORKSPACE_MOUNT]);
+        push(&["--", AGENT_PATH, "agent", "--run", RUN_MOUNT]);
+        a
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or(None)
+}
+
+/// Prepares the host directories of a workspace, owned by the sandbox's uid.
+pub fn prepare_dirs(dir: &Path, uid: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["workspace", "home", "run"] {
+        let p = dir.join(sub);
+        std::fs::create_dir_all(&p)?;
+        if let Some((u, g)) = uid {
+            std::os::unix::fs::chown(&p, Some(u), Some(g))?;
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    Ok(())
+}
+
+impl Runtime for LocalRuntime {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "bubblewrap sandboxes; limits by {}",
+            self.hierarchy.describe()
+        )
+    }
+
+    fn start<'a>(&'a self, spec: &'a SandboxSpec) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            let cg: Option<Cgroup> = match &self.hierarchy {
+                Hierarchy::Unavailable { reason } => {
+                    tracing::warn!(workspace = %spec.id, %reason, "class limits are not enforced");
+                    None
+                }
+                h => Some(h.create(spec.id.as_str(), &spec.limits)?),
+            };
+            let run = spec.dir.join("run");
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run.join("sandbox.log"))?;
+            let mut cmd = tokio::process::Command::new(&self.exe);
+            cmd.arg("sandbox-exec");
+            for f in cg.as_ref().map(|c| c.procs_files()).unwrap_or_default() {
+                cmd.arg("--cgroup-procs").arg(f);
+            }
+            if let Some((u, g)) = spec.uid {
+                cmd.arg("--uid")
+                    .arg(u.to_string())
+                    .arg("--gid")
+                    .arg(g.to_string());
+            }
+            cmd.arg("--").arg(&self.bwrap).args(self.bwrap_args(spec));
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+            // Its own process group: a signal to the cell (Ctrl-C, SIGTERM) does not reach it.
+            cmd.process_group(0);
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
+            // Reap it when it ends while this cell runs; after a restart init does.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            Ok(())
+        })
+    }
+
+    fn stop<'a>(&'a self, id: &'a WorkspaceId) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            if let Some(cg) = self.hierarchy.open(id.as_str()) {
+                cg.destroy()?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The launcher, `devcell sandbox-exec`: joins the cgroups, drops to the workspace's uid and
+/// becomes bubblewrap. Only returns on failure.
+pub fn sandbox_exec(
+    procs: &[PathBuf],
+    uid: Option<u32>,
+    gid: Option<u32>,
+    argv: &[String],
+) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    if let Err(e) = super::cgroup::enter(procs) {
+        return e;
+    }
+    let Some((program, args)) = argv.split_first() else {
+        return std::io::Error::new(std::io::ErrorKind::InvalidInput, "nothing to run");
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    if let Some(g) = gid {
+        cmd.gid(g);
+    }
+    if let Some(u) = uid {
+        cmd.uid(u);
+    }
+    cmd.exec()
+}

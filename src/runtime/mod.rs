@@ -1,0 +1,46 @@
+//! Where workspaces run. The [`Runtime`] trait is what the reconciler and the API use; `local`
+//! runs each workspace as a bubblewrap sandbox on this host, limited by cgroups. A Kubernetes
+//! backend can be added behind the same trait.
+
+pub mod cgroup;
+pub mod local;
+
+use std::path::PathBuf;
+
+use crate::domain::WorkspaceId;
+use crate::workers::BoxFuture;
+
+pub use local::LocalRuntime;
+
+/// Everything a runtime needs to start one workspace.
+#[derive(Clone, Debug)]
+pub struct SandboxSpec {
+    pub id: WorkspaceId,
+    /// Host directory holding `workspace/`, `home/` and `run/` of this workspace.
+    pub dir: PathBuf,
+    /// Host uid and gid the sandbox runs as (when the cell runs as root).
+    pub uid: Option<(u32, u32)>,
+    pub limits: cgroup::Limits,
+    /// Outbound network access (organization policy).
+    pub network: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start the sandbox: {0}")]
+    Start(String),
+    #[error("cannot apply the class limits: {0}")]
+    Limits(#[from] cgroup::CgroupError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub trait Runtime: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// What enforces limits here, for the admin page ("cgroup v1 (memory, cpu, pids)").
+    fn describe(&self) -> String;
+    /// Starts the sandbox with its agent; returns when the process is launched.
+    fn start<'a>(&'a self, spec: &'a SandboxSpec) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    /// Ends every process of the workspace and releases its limits.
+    fn stop<'a>(&'a self, id: &'a WorkspaceId) -> BoxFuture<'a, Result<(), RuntimeError>>;
+}

@@ -1,0 +1,625 @@
+//! Running workspaces: the start/stop requests of users, and the reconciliation that moves a
+//! workspace's observed phase toward its desired state through the runtime
+//! (`pending → creating → initializing → running → stopping → stopped`, or `failed`).
+//!
+//! Users only change the desired state; the reconciler (a worker) does the work, one
+//! workspace at a time per id, and records every phase change with its time and message.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{Actor, Cell, Error, Result};
+use crate::agent::client::AgentClient;
+use crate::agent::protocol::{AgentSpec, ExecRequest, ExecResponse, SPEC, TaskState};
+use crate::content::git::{self, GitAuth};
+use crate::domain::entities::{GitState, Workspace};
+use crate::domain::{Desired, Phase, WorkspaceId};
+use crate::runtime::cgroup::Limits;
+use crate::runtime::{SandboxSpec, local};
+use crate::store::Reader;
+
+/// What a caller asks to run inside a workspace.
+pub struct ExecInput {
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    pub timeout: Option<Duration>,
+    pub stdin: Option<String>,
+}
+
+/// A task of a running (or stopped) workspace with its log.
+pub struct TaskView {
+    pub index: usize,
+    pub name: String,
+    /// `pending`, `running`, `done`, `failed`, or `unknown` when the agent is not reachable.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub log: String,
+}
+
+/// How long the agent gets to answer after the sandbox is launched.
+const AGENT_READY: Duration = Duration::from_secs(20);
+/// Task logs returned by the API are cut to their last this many bytes.
+const LOG_TAIL: usize = 64 * 1024;
+
+impl Cell {
+    pub(crate) fn wake_reconciler(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Wakes the reconciler (for the worker itself, after finishing a step).
+    pub fn wake(&self) {
+        self.wake_reconciler();
+    }
+
+    /// Resolves when a desired state changed (or right away if one changed since the last call).
+    pub async fn reconcile_wanted(&self) {
+        self.inner.wake.notified().await;
+    }
+
+    pub fn runtime_description(&self) -> String {
+        self.inner
+            .runtime
+            .as_ref()
+            .map(|r| r.describe())
+            .unwrap_or_else(|| "none: workspaces are records only".into())
+    }
+
+    /// The host directory of a workspace's files.
+    pub fn workspace_dir(&self, id: &WorkspaceId) -> PathBuf {
+        self.config().data_dir.join("workspaces").join(id.as_str())
+    }
+
+    fn agent(&self, id: &WorkspaceId) -> AgentClient {
+        AgentClient::new(&self.workspace_dir(id).join("run"))
+    }
+
+    pub(crate) fn remove_files(&self, id: &WorkspaceId) -> Result<()> {
+        let dir = self.workspace_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Internal(format!(
+                "cannot remove {}: {e}",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// Asks for the workspace to run. Returns at once; the reconciler starts it.
+    pub fn start_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
+        let ws = self.get_workspace(actor, id)?;
+        if ws.owner != actor.user.id {
+            return Err(Error::Forbidden(
+                "only the workspace's owner may start it".into(),
+            ));
+        }
+        if self.inner.runtime.is_none() {
+            return Err(Error::Conflict {
+                code: "no_runtime",
+                message: "this cell has no runtime to run workspaces".into(),
+            });
+        }
+        let now = self.now();
+        let ws = self.store().write(|tx| -> Result<Workspace> {
+            let mut ws = tx
+                .workspace(id)?
+                .ok_or(Error::NotFound { what: "workspace" })?;
+            if ws.lifecycle.desired == Desired::Running && ws.lifecycle.phase != Phase::Failed {
+                return Ok(ws);
+            }
+            let org = tx.org(&ws.org)?.ok_or(Error::NotFound {
+                what: "organization",
+            })?;
+            let mut running = 0u32;
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = tx.workspaces_of(&ws.owner, cursor.as_deref(), 500)?;
+                running += page
+                    .iter()
+                    .filter(|w| {
+                        w.id != ws.id
+                            && (w.lifecycle.is_active() || w.lifecycle.desired == Desired::Running)
+                    })
+                    .count() as u32;
+                match page.last() {
+                    Some(w) if page.len() == 500 => cursor = Some(w.id.to_string()),
+                    _ => break,
+                }
+            }
+            org.policy.check_can_start(running)?;
+            org.policy.check_class(&ws.class)?;
+            ws.lifecycle.set_desired(Desired::Running)?;
+            if matches!(ws.lifecycle.phase, Phase::Stopped | Phase::Failed) {
+                ws.lifecycle
+                    .transition(Phase::Pending, now, Some("start requested".into()))?;
+            }
+            ws.last_activity = now;
+            tx.put_workspace(&ws)?;
+            Ok(ws)
+        })?;
+        self.wake_reconciler();
+        Ok(ws)
+    }
+
+    /// Asks for the workspace to stop; the reconciler records its git state and stops it.
+    pub fn stop_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
+        self.get_workspace(actor, id)?;
+        let ws = self.store().write(|tx| -> Result<Workspace> {
+            let mut ws = tx
+                .workspace(id)?
+                .ok_or(Error::NotFound { what: "workspace" })?;
+            if ws.lifecycle.desired == Desired::Running {
+                ws.lifecycle.set_desired(Desired::Stopped)?;
+                tx.put_workspace(&ws)?;
+            }
+            Ok(ws)
+        })?;
+        self.wake_reconciler();
+        Ok(ws)
+    }
+
+    fn running(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
+        let ws = self.get_workspace(actor, id)?;
+        if ws.owner != actor.user.id {
+            return Err(Error::Forbidden(
+                "only the workspace's owner may work in it".into(),
+            ));
+        }
+        if ws.lifecycle.phase != Phase::Running {
+            return Err(Error::Conflict {
+                code: "not_running",
+                message: format!(
+                    "the workspace is {}; start it first",
+                    ws.lifecycle.phase.as_str()
+                ),
+            });
+        }
+        Ok(ws)
+    }
+
+    /// Runs a command in a running workspace and returns its exit code and output.
+    pub async fn exec(
+        &self,
+        actor: &Actor,
+        id: &WorkspaceId,
+        input: ExecInput,
+    ) -> Result<ExecResponse> {
+        let ws = self.running(actor, id)?;
+        if input.argv.is_empty() || input.argv.iter().any(|a| a.contains('\0')) {
+            return Err(crate::domain::FieldError::new(
+                "command",
+                "give the program and its arguments, e.g. [\"ls\", \"-la\"]",
+            )
+            .into());
+        }
+        if let Some(t) = input.timeout
+            && (t.is_zero() || t > Duration::from_secs(3600))
+        {
+            return Err(
+                crate::domain::FieldError::new("timeout_s", "between 1 and 3600 seconds").into(),
+            );
+        }
+        self.note_activity(&ws.id);
+        let req = ExecRequest {
+            argv: input.argv,
+            cwd: input.cwd,
+            env: Vec::new(),
+            timeout_s: input.timeout.map(|t| t.as_secs()),
+            stdin: input.stdin,
+        };
+        self.agent(&ws.id)
+            .exec(&req)
+            .await
+            .map_err(|e| Error::Conflict {
+                code: "agent_unavailable",
+                message: e.to_string(),
+            })
+    }
+
+    /// The workspace's tasks and the tail of their logs.
+    pub async fn tasks(&self, actor: &Actor, id: &WorkspaceId) -> Result<Vec<TaskView>> {
+        let ws = self.get_workspace(actor, id)?;
+        let run = self.workspace_dir(&ws.id).join("run");
+        let spec: AgentSpec = match std::fs::read(run.join(SPEC)) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            Err(_) => return Ok(Vec::new()),
+        };
+        let live = if ws.lifecycle.phase == Phase::Running {
+            self.agent(&ws.id).status().await.ok()
+        } else {
+            None
+        };
+        Ok(spec
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let st = live
+                    .as_ref()
+                    .and_then(|s| s.tasks.iter().find(|x| x.index == i).cloned());
+                let log = std::fs::read(
+                    run.join(crate::agent::protocol::LOGS)
+                        .join(format!("task-{i}.log")),
+                )
+                .unwrap_or_default();
+                let tail = &log[log.len().saturating_sub(LOG_TAIL)..];
+                TaskView {
+                    index: i,
+                    name: t.name.clone(),
+                    state: match st.as_ref().map(|s| &s.state) {
+                        Some(TaskState::Pending) => "pending",
+                        Some(TaskState::Running) => "running",
+                        Some(TaskState::Done) => "done",
+                        Some(TaskState::Failed) => "failed",
+                        None => "unknown",
+                    }
+                    .into(),
+                    exit_code: st.and_then(|s| s.exit_code),
+                    log: String::from_utf8_lossy(tail).into_owned(),
+                }
+            })
+            .collect())
+    }
+
+    /// Remembers activity in memory; [`Cell::flush_activity`] writes it in batches.
+    pub fn note_activity(&self, id: &WorkspaceId) {
+        if let Ok(mut m) = self.inner.activity.lock() {
+            m.insert(id.clone(), self.now());
+        }
+    }
+
+    /// Writes noted activity (and what running agents report) to the store, one transaction.
+    pub async fn flush_activity(&self) -> Result<usize> {
+        let running: Vec<Workspace> = self
+            .active_workspaces()?
+            .into_iter()
+            .filter(|w| w.lifecycle.phase == Phase::Running)
+            .collect();
+        for w in &running {
+            if let Ok(s) = self.agent(&w.id).status().await
+                && let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(
+                    s.last_activity_ms as i128 * 1_000_000,
+                )
+                && t > w.last_activity
+                && let Ok(mut m) = self.inner.activity.lock()
+            {
+                let e = m.entry(w.id.clone()).or_insert(t);
+                if *e < t {
+                    *e = t;
+                }
+            }
+        }
+        let pending: Vec<_> = match self.inner.activity.lock() {
+            Ok(mut m) => m.drain().collect(),
+            Err(_) => Vec::new(),
+        };
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        self.store().write(|tx| -> Result<usize> {
+            let mut n = 0;
+            for (id, at) in &pending {
+                if let Some(mut w) = tx.workspace(id)?
+                    && *at > w.last_activity
+                {
+                    w.last_activity = *at;
+                    tx.put_workspace(&w)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    /// Workspaces whose desired state and phase disagree, or that are running.
+    pub fn active_workspaces(&self) -> Result<Vec<Workspace>> {
+        Ok(self
+            .store()
+            .read(|tx| tx.all_workspaces())?
+            .into_iter()
+            .filter(|w| needs_attention(w) || w.lifecycle.is_active())
+            .collect())
+    }
+
+    /// Workspaces the reconciler must act on.
+    pub fn workspaces_to_reconcile(&self) -> Result<Vec<WorkspaceId>> {
+        Ok(self
+            .store()
+            .read(|tx| tx.all_workspaces())?
+            .into_iter()
+            .filter(needs_attention)
+            .map(|w| w.id)
+            .collect())
+    }
+
+    fn load(&self, id: &WorkspaceId) -> Result<Option<Workspace>> {
+        Ok(self.store().read(|tx| tx.workspace(id))?)
+    }
+
+    /// Records a phase change, unless the desired state changed meanwhile in a way that makes
+    /// it moot (the stored record is re-read inside the transaction).
+    fn set_phase(
+        &self,
+        id: &WorkspaceId,
+        phase: Phase,
+        message: Option<String>,
+    ) -> Result<Workspace> {
+        let now = self.now();
+        self.store().write(|tx| -> Result<Workspace> {
+            let mut w = tx
+                .workspace(id)?
+                .ok_or(Error::NotFound { what: "workspace" })?;
+            if w.lifecycle.phase != phase {
+                w.lifecycle.transition(phase, now, message)?;
+                tx.put_workspace(&w)?;
+            }
+            Ok(w)
+        })
+    }
+
+    /// Moves one workspace as far toward its desired state as it can go now.
+    pub async fn reconcile(&self, id: &WorkspaceId) -> Result<()> {
+        let Some(ws) = self.load(id)? else {
+            return Ok(());
+        };
+        let Some(runtime) = self.inner.runtime.clone() else {
+            return Ok(());
+        };
+        match (ws.lifecycle.desired, ws.lifecycle.phase) {
+            (Desired::Running, Phase::Pending) => {
+                if let Err(e) = self.bring_up(&ws, runtime.as_ref()).await {
+                    tracing::warn!(workspace = %ws.id, error = %e, "start failed");
+                    let _ = runtime.stop(&ws.id).await;
+                    self.set_phase(&ws.id, Phase::Failed, Some(e))?;
+                }
+            }
+            (
+                Desired::Stopped | Desired::Deleted,
+                Phase::Creating | Phase::Initializing | Phase::Running,
+            ) => {
+                self.set_phase(&ws.id, Phase::Stopping, Some("stop requested".into()))?;
+                self.take_down(&ws, runtime.as_ref()).await?;
+            }
+            (_, Phase::Stopping) => self.take_down(&ws, runtime.as_ref()).await?,
+            (Desired::Stopped, Phase::Pending) => {
+                self.set_phase(&ws.id, Phase::Stopped, Some("start cancelled".into()))?;
+            }
+            (Desired::Deleted, Phase::Pending | Phase::Stopped | Phase::Failed) => {
+                self.remove_files(&ws.id)?;
+                let now = self.now();
+                self.store().write(|tx| -> Result<()> {
+                    if let Some(mut w) = tx.workspace(&ws.id)? {
+                        w.lifecycle
+                            .transition(Phase::Deleted, now, Some("deleted".into()))?;
+                        tx.purge_workspace(&w)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// creating → initializing → running. Errors are messages for the workspace's history.
+    async fn bring_up(
+        &self,
+        ws: &Workspace,
+        runtime: &dyn crate::runtime::Runtime,
+    ) -> std::result::Result<(), String> {
+        let internal = |e: Error| e.to_string();
+        self.set_phase(&ws.id, Phase::Creating, Some("preparing files".into()))
+            .map_err(internal)?;
+        let dir = self.workspace_dir(&ws.id);
+        let ids = ws.sandbox_uid.map(|u| (u, u));
+        if let Some(parent) = dir.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
+                .map_err(|e| e.to_string())?;
+        }
+        local::prepare_dirs(&dir, ids)
+            .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
+        let files = dir.join("workspace");
+        let mut first_repo: Option<PathBuf> = None;
+        for repo in &ws.repos {
+            let name = git::dir_name(&repo.url);
+            let dest = files.join(&name);
+            if first_repo.is_none() {
+                first_repo = Some(dest.clone());
+            }
+            if dest.join(".git").exists() {
+                continue;
+            }
+            git::clone(git::Clone {
+                repo,
+                dest: &dest,
+                auth: &GitAuth::None,
+                run_as: ids,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        let config = match &first_repo {
+            Some(r) => crate::content::config::load(r).map_err(|e| e.to_string())?,
+            None => Default::default(),
+        };
+        let workdir = first_repo
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| format!("{}/{}", local::WORKSPACE_MOUNT, n.to_string_lossy()))
+            .unwrap_or_else(|| local::WORKSPACE_MOUNT.into());
+        let spec = AgentSpec {
+            workspace_id: ws.id.to_string(),
+            workdir,
+            env: config.env.clone(),
+            tasks: config.tasks.clone(),
+        };
+        let run = dir.join("run");
+        std::fs::write(
+            run.join(SPEC),
+            serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())?;
+        if let Some((u, g)) = ids {
+            let _ = std::os::unix::fs::chown(run.join(SPEC), Some(u), Some(g));
+        }
+
+        self.set_phase(
+            &ws.id,
+            Phase::Initializing,
+            Some("starting the sandbox".into()),
+        )
+        .map_err(internal)?;
+        let (class, policy) = self
+            .store()
+            .read(|tx| Ok((tx.class(&ws.class)?, tx.org(&ws.org)?.map(|o| o.policy))))
+            .map_err(|e| e.to_string())?;
+        let class = class.ok_or("the workspace's class no longer exists; pick another class")?;
+        let sandbox = SandboxSpec {
+            id: ws.id.clone(),
+            dir: dir.clone(),
+            uid: ids,
+            limits: Limits {
+                cpu_millis: class.spec.cpu_millis,
+                memory_bytes: class.spec.memory_bytes,
+                max_processes: class.spec.max_processes,
+            },
+            // Outbound access needs a user-mode network stack for the sandbox (not yet there):
+            // until then every sandbox has loopback only, whatever the policy says.
+            network: policy.is_some_and(|_| false),
+        };
+        let agent = self.agent(&ws.id);
+        // A sandbox left from before (a crashed start) is replaced.
+        if agent.status().await.is_ok() {
+            agent.shutdown().await;
+        }
+        runtime.start(&sandbox).await.map_err(|e| e.to_string())?;
+        agent.wait_ready(AGENT_READY).await.map_err(|e| {
+            let log = std::fs::read_to_string(run.join("sandbox.log")).unwrap_or_default();
+            format!(
+                "{e}; sandbox log: {}",
+                log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            )
+        })?;
+        let now = self.now();
+        self.store()
+            .write(|tx| -> Result<()> {
+                if let Some(mut w) = tx.workspace(&ws.id)? {
+                    w.lifecycle
+                        .transition(Phase::Running, now, Some("ready".into()))?;
+                    w.last_activity = now;
+                    tx.put_workspace(&w)?;
+                }
+                Ok(())
+            })
+            .map_err(internal)?;
+        tracing::info!(workspace = %ws.id, "workspace is running");
+        Ok(())
+    }
+
+    /// stopping → stopped: records each repository's git state, then ends the sandbox.
+    async fn take_down(&self, ws: &Workspace, runtime: &dyn crate::runtime::Runtime) -> Result<()> {
+        let files = self.workspace_dir(&ws.id).join("workspace");
+        let ids = ws.sandbox_uid.map(|u| (u, u));
+        let mut states = Vec::new();
+        for repo in &ws.repos {
+            let dir = files.join(git::dir_name(&repo.url));
+            if !dir.join(".git").exists() {
+                continue;
+            }
+            match git::status(&dir, ids).await {
+                Ok(s) => states.push(GitState {
+                    dir: s.dir,
+                    branch: s.branch,
+                    head: s.head,
+                    uncommitted: s.uncommitted,
+                    untracked: s.untracked,
+                    unpushed: s.unpushed,
+                }),
+                Err(e) => tracing::warn!(workspace = %ws.id, error = %e, "git status failed"),
+            }
+        }
+        self.agent(&ws.id).shutdown().await;
+        runtime
+            .stop(&ws.id)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let now = self.now();
+        self.store().write(|tx| -> Result<()> {
+            if let Some(mut w) = tx.workspace(&ws.id)? {
+                if !states.is_empty() {
+                    w.git = states.clone();
+                }
+                if w.lifecycle.phase != Phase::Stopping {
+                    w.lifecycle.transition(Phase::Stopping, now, None)?;
+                }
+                w.lifecycle
+                    .transition(Phase::Stopped, now, Some("stopped".into()))?;
+                tx.put_workspace(&w)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// After the cell (re)starts: workspaces whose sandbox still answers are running again;
+    /// the others (host rebooted, sandbox gone) are marked stopped with their files kept.
+    pub async fn recover(&self) -> Result<()> {
+        for ws in self.active_workspaces()? {
+            if !ws.lifecycle.is_active() {
+                continue;
+            }
+            let alive = self.agent(&ws.id).status().await.is_ok();
+            let now = self.now();
+            self.store().write(|tx| -> Result<()> {
+                let Some(mut w) = tx.workspace(&ws.id)? else {
+                    return Ok(());
+                };
+                if alive {
+                    if w.lifecycle.phase == Phase::Initializing {
+                        w.lifecycle.transition(
+                            Phase::Running,
+                            now,
+                            Some("reconnected after a cell restart".into()),
+                        )?;
+                    }
+                } else {
+                    if w.lifecycle.phase != Phase::Stopping {
+                        w.lifecycle.transition(
+                            Phase::Stopping,
+                            now,
+                            Some("the sandbox was gone after a restart".into()),
+                        )?;
+                    }
+                    w.lifecycle.transition(
+                        Phase::Stopped,
+                        now,
+                        Some("stopped; files are kept".into()),
+                    )?;
+                    if w.lifecycle.desired == Desired::Running {
+                        w.lifecycle.set_desired(Desired::Stopped)?;
+                    }
+                }
+                tx.put_workspace(&w)?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn needs_attention(w: &Workspace) -> bool {
+    matches!(
+        (w.lifecycle.desired, w.lifecycle.phase),
+        (Desired::Running, Phase::Pending)
+            | (
+                Desired::Stopped,
+                Phase::Pending | Phase::Creating | Phase::Initializing | Phase::Running
+            )
+            | (_, Phase::Stopping)
+            | (Desired::Deleted, _)
+    )
+}

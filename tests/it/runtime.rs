@@ -1,0 +1,459 @@
+//! Workspaces that really run: real git repositories, real bubblewrap sandboxes with cgroup
+//! limits, the real agent. Each test tries what a user does, and what a hostile workspace would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::TestCell;
+
+const START_WITHIN: Duration = Duration::from_secs(60);
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("git is needed: apt-get install -y git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bare repository (readable by every uid) holding `files`, with `main` checked in.
+pub fn bare_repo(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = root.join(format!("{name}-src"));
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    for (path, content) in files {
+        let p = work.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "initial"]);
+    let bare = root.join(format!("{name}.git"));
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&bare)
+        .status()
+        .unwrap();
+    bare
+}
+
+async fn create_started(c: &TestCell, body: Value) -> String {
+    let (s, ws) = c
+        .owner(Method::POST, "/api/v1/workspaces", Some(body))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ws}");
+    ws["id"].as_str().unwrap().to_owned()
+}
+
+async fn exec(c: &TestCell, id: &str, cmd: &str) -> Value {
+    let (s, out) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/exec"),
+            Some(json!({ "command": ["sh", "-c", cmd] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    out
+}
+
+#[tokio::test]
+async fn a_workspace_starts_runs_its_tasks_executes_commands_and_stops_with_its_git_state() {
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let gitpod = "tasks:\n  - name: setup\n    init: echo initialized > /workspace/init.txt\n    command: echo hello from the task\nports:\n  - port: 3000\n";
+    let bare = bare_repo(
+        repos.path(),
+        "app",
+        &[(".gitpod.yml", gitpod), ("README.md", "# app\n")],
+    );
+    let t = Instant::now();
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    let ws = c.wait_phase(&id, "running", START_WITHIN).await;
+    let took = t.elapsed();
+    let phases: Vec<_> = ws["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["phase"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        phases,
+        ["pending", "creating", "initializing", "running"],
+        "{ws:#}"
+    );
+    eprintln!("create → running in {took:?}");
+
+    let out = exec(&c, &id, "echo hi; pwd; id -u; hostname; ls /workspace/app").await;
+    assert_eq!(out["exit_code"], 0, "{out}");
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(
+        stdout.starts_with("hi\n/workspace/app\n1000\nws-"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("README.md"), "{stdout}");
+    let out = exec(&c, &id, "echo oops >&2; exit 3").await;
+    assert_eq!(
+        (out["exit_code"].as_i64(), out["stderr"].as_str()),
+        (Some(3), Some("oops\n"))
+    );
+
+    // The task ran: init once, then its command, with its output in the log.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, tasks) = c
+            .owner(Method::GET, &format!("/api/v1/workspaces/{id}/tasks"), None)
+            .await;
+        let task = &tasks[0];
+        if task["state"] == "done" {
+            assert_eq!(task["name"], "setup");
+            assert!(
+                task["log"]
+                    .as_str()
+                    .unwrap()
+                    .contains("hello from the task"),
+                "{task}"
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "task did not finish: {tasks}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        exec(&c, &id, "cat /workspace/init.txt").await["stdout"],
+        "initialized\n"
+    );
+
+    // Work that is not pushed is recorded when the workspace stops.
+    exec(
+        &c,
+        &id,
+        "cd /workspace/app && echo change >> README.md && echo new > notes.txt",
+    )
+    .await;
+    let (s, _) = c
+        .owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let ws = c.wait_phase(&id, "stopped", START_WITHIN).await;
+    let g = &ws["git"][0];
+    assert_eq!(g["dir"], "app", "{ws:#}");
+    assert_eq!(g["clean"], false);
+    assert!(g["uncommitted"].to_string().contains("README.md"), "{g}");
+    assert!(g["untracked"].to_string().contains("notes.txt"), "{g}");
+    let (s, b) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/exec"),
+            Some(json!({ "command": ["true"] })),
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_running"))
+    );
+
+    // Starting again keeps the files and does not run `init` a second time.
+    c.owner(
+        Method::POST,
+        &format!("/api/v1/workspaces/{id}/start"),
+        None,
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let out = exec(
+        &c,
+        &id,
+        "cat /workspace/app/notes.txt; rm /workspace/init.txt; sleep 0.5; ls /workspace",
+    )
+    .await;
+    assert!(
+        out["stdout"].as_str().unwrap().starts_with("new\n"),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        exec(
+            &c,
+            &id,
+            "test -e /workspace/init.txt && echo again || echo once"
+        )
+        .await["stdout"],
+        "once\n"
+    );
+
+    c.owner(Method::DELETE, &format!("/api/v1/workspaces/{id}"), None)
+        .await;
+    let until = Instant::now() + START_WITHIN;
+    while c
+        .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+        .await
+        .0
+        != StatusCode::NOT_FOUND
+    {
+        assert!(Instant::now() < until, "not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !c.cell()
+            .workspace_dir(&devcell::domain::WorkspaceId::parse(&id).unwrap())
+            .exists(),
+        "files removed"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_workspace_sees_nothing_of_the_cell_or_other_workspaces() {
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "iso", &[("README.md", "x\n")]);
+    let url = format!("file://{}", bare.display());
+    let a = create_started(
+        &c,
+        json!({ "name": "a", "repos": [{ "url": url }], "start": true }),
+    )
+    .await;
+    let b = create_started(
+        &c,
+        json!({ "name": "b", "repos": [{ "url": url }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&a, "running", START_WITHIN).await;
+    c.wait_phase(&b, "running", START_WITHIN).await;
+    exec(
+        &c,
+        &a,
+        "echo secret-of-a > /workspace/iso/secret.txt; echo home-of-a > ~/private",
+    )
+    .await;
+
+    let data = c.data_dir();
+    let a_dir = c
+        .cell()
+        .workspace_dir(&devcell::domain::WorkspaceId::parse(&a).unwrap());
+    let probes = format!(
+        "ls {data}; cat {data}/devcell.redb; ls {data}/admin.sock; ls {a}/workspace; cat {a}/workspace/iso/secret.txt; \
+         grep -rs secret-of-a / --include=secret.txt; ls /root /home/dev/..; cat /etc/shadow; echo pids:$(ls /proc | grep -c '^[0-9]'); \
+         kill -0 {cell_pid} && echo killed-cell; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; touch /usr/x",
+        data = data.display(),
+        a = a_dir.display(),
+        cell_pid = std::process::id()
+    );
+    let out = exec(&c, &b, &probes).await;
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(!stdout.contains("secret-of-a"), "b read a's files: {out:#}");
+    assert!(!stdout.contains("home-of-a"), "{out:#}");
+    assert!(
+        !stdout.contains("killed-cell"),
+        "b could signal the cell: {out:#}"
+    );
+    assert!(!stdout.contains("root:"), "b read /etc/shadow: {out:#}");
+    let pids: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pids:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pids < 10, "b sees {pids} processes: {out:#}");
+    let ifaces: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("pids:"))
+        .skip(1)
+        .collect();
+    assert_eq!(ifaces, ["lo"], "only loopback inside: {out:#}");
+    let stderr = out["stderr"].as_str().unwrap();
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+    assert!(
+        stderr.contains("Read-only file system") || stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    // a still has its file.
+    assert_eq!(
+        exec(&c, &a, "cat /workspace/iso/secret.txt").await["stdout"],
+        "secret-of-a\n"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn class_limits_contain_memory_hogs_and_fork_bombs() {
+    let c = TestCell::start_with_runtime().await;
+    let org = c.org_id().await;
+    let (s, cls) = c
+        .owner(Method::POST, &format!("/api/v1/orgs/{org}/classes"), Some(json!({ "name": "tiny", "cpu_millis": 500, "memory_bytes": 128u64 << 20, "disk_bytes": 1u64 << 30, "max_processes": 64 })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{cls}");
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "lim", &[("README.md", "x\n")]);
+    let id = create_started(&c, json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "class": "tiny", "start": true })).await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+
+    // 400 MB through `tail`, which buffers it all: killed inside the workspace only.
+    let out = exec(
+        &c,
+        &id,
+        "head -c 400000000 /dev/zero | tail > /dev/null; echo tail-exit:$?",
+    )
+    .await;
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(
+        stdout.contains("tail-exit:137"),
+        "the hog was not OOM-killed: {out:#}"
+    );
+
+    // A fork storm hits the process limit; the workspace and its agent survive it.
+    // The shell itself gives up when fork fails (dash exits 2): what matters is the count.
+    exec(
+        &c,
+        &id,
+        "for i in $(seq 1 200); do sleep 3 & done 2>/dev/null; echo spawned",
+    )
+    .await;
+    let pids_dir = format!("/sys/fs/cgroup/pids/devcell/{id}");
+    if std::path::Path::new(&pids_dir).exists() {
+        let current: usize = std::fs::read_to_string(format!("{pids_dir}/pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            current <= 64,
+            "{current} processes in a class limited to 64"
+        );
+        let events = std::fs::read_to_string(format!("{pids_dir}/pids.events")).unwrap();
+        assert!(
+            !events.contains("max 0"),
+            "the limit was never hit: {events}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = exec(&c, &id, "echo still alive").await;
+    assert_eq!(out["stdout"], "still alive\n");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn broken_configuration_and_missing_branches_fail_the_start_with_the_reason() {
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let broken = bare_repo(
+        repos.path(),
+        "broken",
+        &[(
+            ".gitpod.yml",
+            "tasks:\n  - name: ok\n   init: bad indentation\n",
+        )],
+    );
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", broken.display()) }], "start": true }),
+    )
+    .await;
+    let ws = c.wait_phase(&id, "failed", START_WITHIN).await;
+    let msg = ws["message"].as_str().unwrap();
+    assert!(
+        msg.contains(".gitpod.yml:3:"),
+        "the message names file and line: {msg}"
+    );
+
+    let fine = bare_repo(repos.path(), "fine", &[("README.md", "x\n")]);
+    let id = create_started(&c, json!({ "repos": [{ "url": format!("file://{}", fine.display()), "branch": "nope" }], "start": true })).await;
+    let ws = c.wait_phase(&id, "failed", START_WITHIN).await;
+    assert!(ws["message"].as_str().unwrap().contains("nope"), "{ws:#}");
+
+    let id = create_started(&c, json!({ "repos": [{ "url": format!("file://{}/missing.git", repos.path().display()) }], "start": true })).await;
+    let ws = c.wait_phase(&id, "failed", START_WITHIN).await;
+    assert!(
+        ws["message"].as_str().unwrap().contains("not found"),
+        "{ws:#}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn workspaces_keep_running_through_a_cell_restart() {
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "keep", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    // A process that must survive: it holds state in memory.
+    exec(
+        &c,
+        &id,
+        "nohup sh -c 'echo $$ > /tmp/survivor.pid; exec sleep 600' >/dev/null 2>&1 &",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = exec(&c, &id, "cat /tmp/survivor.pid").await["stdout"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let dir = c.stop_keep_data().await;
+    let c = TestCell::restart(dir).await;
+    let ws = c.wait_phase(&id, "running", START_WITHIN).await;
+    assert_eq!(ws["desired"], "running");
+    let after = exec(
+        &c,
+        &id,
+        "cat /tmp/survivor.pid; kill -0 $(cat /tmp/survivor.pid) && echo alive",
+    )
+    .await;
+    assert_eq!(
+        after["stdout"].as_str().unwrap(),
+        format!("{before}alive\n"),
+        "{after:#}"
+    );
+
+    // If the sandbox is gone (host reboot), the workspace is marked stopped and files are kept.
+    exec(&c, &id, "echo kept > /workspace/keep/file.txt").await;
+    let dir = c.stop_keep_data().await;
+    let rt = crate::harness::local_runtime();
+    rt.stop(&devcell::domain::WorkspaceId::parse(&id).unwrap())
+        .await
+        .unwrap();
+    let c = TestCell::restart(dir).await;
+    let ws = c.wait_phase(&id, "stopped", START_WITHIN).await;
+    assert_eq!(ws["desired"], "stopped", "{ws:#}");
+    let file = c
+        .cell()
+        .workspace_dir(&devcell::domain::WorkspaceId::parse(&id).unwrap())
+        .join("workspace/keep/file.txt");
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "kept\n");
+    c.stop().await;
+}
