@@ -10,7 +10,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::protocol::{AgentError, ExecRequest, ExecResponse, SOCKET, Status};
+use super::protocol::{
+    AgentError, ExecRequest, ExecResponse, NewTerminal, SOCKET, Status, TerminalInfo,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -110,6 +112,48 @@ impl AgentClient {
                 Duration::from_secs(2),
             )
             .await;
+    }
+
+    pub async fn terminals(&self) -> Result<Vec<TerminalInfo>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/terminals", None, Duration::from_secs(5))
+            .await
+    }
+
+    pub async fn create_terminal(&self, req: &NewTerminal) -> Result<TerminalInfo, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/terminals",
+            Some(req),
+            Duration::from_secs(10),
+        )
+        .await
+    }
+
+    /// Opens the WebSocket of terminal `id` on the agent.
+    pub async fn attach_terminal(
+        &self,
+        id: &str,
+    ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>, ClientError> {
+        if !id.chars().all(|c| c.is_ascii_alphanumeric()) || id.is_empty() || id.len() > 20 {
+            return Err(ClientError::Agent {
+                status: 404,
+                message: format!("no terminal {id}"),
+            });
+        }
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let (ws, _) =
+            tokio_tungstenite::client_async(format!("ws://agent/v1/terminals/{id}"), stream)
+                .await
+                .map_err(|e| match e {
+                    tokio_tungstenite::tungstenite::Error::Http(r) => ClientError::Agent {
+                        status: r.status().as_u16(),
+                        message: format!("no terminal {id}"),
+                    },
+                    other => ClientError::Unreachable(other.to_string()),
+                })?;
+        Ok(ws)
     }
 
     /// Waits until the agent answers, up to `within`.

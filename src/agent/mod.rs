@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,6 +23,8 @@ use tokio::sync::Mutex;
 
 use protocol::*;
 
+/// Terminals one workspace may have open at once.
+const MAX_TERMINALS: usize = 32;
 /// Output of one exec is cut at this many bytes per stream.
 const MAX_OUTPUT: usize = 1 << 20;
 
@@ -29,7 +32,9 @@ struct Agent {
     spec: AgentSpec,
     run_dir: PathBuf,
     last_activity_ms: AtomicI64,
+    next_terminal: std::sync::atomic::AtomicU64,
     tasks: Mutex<Vec<TaskStatus>>,
+    terminals: Mutex<std::collections::BTreeMap<String, Arc<terminal::Terminal>>>,
 }
 
 fn now_ms() -> i64 {
@@ -62,7 +67,9 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
         spec,
         run_dir: run_dir.to_owned(),
         last_activity_ms: AtomicI64::new(now_ms()),
+        next_terminal: std::sync::atomic::AtomicU64::new(1),
         tasks: Mutex::new(tasks),
+        terminals: Mutex::default(),
     });
 
     let socket = run_dir.join(SOCKET);
@@ -75,6 +82,8 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
         .route("/v1/status", get(status))
         .route("/v1/exec", post(exec))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/terminals", get(list_terminals).post(create_terminal))
+        .route("/v1/terminals/{id}", get(attach_terminal))
         .with_state(agent);
     axum::serve(listener, app).await?;
     Ok(())
@@ -273,4 +282,64 @@ async fn set_task(a: &Agent, index: usize, state: TaskState, exit_code: Option<i
         t.state = state;
         t.exit_code = exit_code;
     }
+}
+
+async fn list_terminals(State(a): State<Arc<Agent>>) -> Json<Vec<TerminalInfo>> {
+    let terms = a.terminals.lock().await;
+    Json(
+        terms
+            .values()
+            .map(|t| TerminalInfo {
+                id: t.id.clone(),
+                alive: t.alive(),
+            })
+            .collect(),
+    )
+}
+
+async fn create_terminal(State(a): State<Arc<Agent>>, Json(req): Json<NewTerminal>) -> Response {
+    a.touch();
+    let mut terms = a.terminals.lock().await;
+    if terms.len() >= MAX_TERMINALS {
+        // Forget terminals whose shell has ended before refusing.
+        terms.retain(|_, t| t.alive());
+        if terms.len() >= MAX_TERMINALS {
+            return error(
+                StatusCode::CONFLICT,
+                format!("at most {MAX_TERMINALS} terminals per workspace; close one first"),
+            );
+        }
+    }
+    let id = format!("t{}", a.next_terminal.fetch_add(1, Ordering::SeqCst));
+    match terminal::Terminal::spawn(
+        id.clone(),
+        &a.spec.workdir,
+        &a.spec.env,
+        req.cols.unwrap_or(80),
+        req.rows.unwrap_or(24),
+    ) {
+        Ok(t) => {
+            terms.insert(id.clone(), t);
+            Json(TerminalInfo { id, alive: true }).into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot start a shell: {e}"),
+        ),
+    }
+}
+
+async fn attach_terminal(
+    State(a): State<Arc<Agent>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let Some(t) = a.terminals.lock().await.get(&id).cloned() else {
+        return error(StatusCode::NOT_FOUND, format!("no terminal {id}"));
+    };
+    a.touch();
+    ws.on_upgrade(move |socket| async move {
+        let agent = a.clone();
+        t.attach(socket, move || agent.touch()).await;
+    })
 }

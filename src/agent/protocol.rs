@@ -77,3 +77,16 @@ pub struct ExecResponse {
 pub struct AgentError {
     pub message: String,
 }
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct NewTerminal {
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct TerminalInfo {
+    pub id: String,
+    /// False once the shell has exited (its output can still be read).
+    pub alive: bool,
+}

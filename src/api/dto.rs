@@ -540,3 +540,20 @@ pub struct CellDto {
     pub database_bytes: u64,
     pub workspaces: u64,
 }
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewTerminalDto {
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TerminalDto {
+    pub id: String,
+    /// False once the shell has exited.
+    pub alive: bool,
+    /// WebSocket path to attach: binary frames are output and keyboard input; text frames
+    /// `{"type":"resize","cols":C,"rows":R}` resize. Reconnecting replays recent output.
+    pub attach: String,
+}

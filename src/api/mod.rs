@@ -6,6 +6,7 @@ pub mod dto;
 pub mod error;
 mod ops;
 mod orgs;
+mod terminals;
 mod workspaces;
 
 use std::sync::Arc;
@@ -66,6 +67,7 @@ pub fn router() -> Router<AppState> {
         .merge(auth::routes())
         .merge(orgs::routes())
         .merge(workspaces::routes())
+        .merge(terminals::routes())
         .merge(ops::api_routes())
         .route("/api/v1/openapi.json", axum::routing::get(openapi_json))
 }
@@ -121,6 +123,7 @@ impl utoipa::Modify for Security {
         workspaces::list_workspaces, workspaces::create_workspace, workspaces::get_workspace,
         workspaces::update_workspace, workspaces::delete_workspace,
         workspaces::start_workspace, workspaces::stop_workspace, workspaces::exec, workspaces::tasks,
+        terminals::list_terminals, terminals::create_terminal, terminals::attach_terminal,
         ops::workers, ops::cell_facts,
     ),
     components(schemas(ErrorBody))

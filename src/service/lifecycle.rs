@@ -179,6 +179,13 @@ impl Cell {
         Ok(ws)
     }
 
+    /// The agent of a running workspace of the caller's, for terminals.
+    pub fn workspace_agent(&self, actor: &Actor, id: &WorkspaceId) -> Result<AgentClient> {
+        let ws = self.running(actor, id)?;
+        self.note_activity(&ws.id);
+        Ok(self.agent(&ws.id))
+    }
+
     /// Runs a command in a running workspace and returns its exit code and output.
     pub async fn exec(
         &self,

@@ -96,6 +96,11 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
             (Owner, None)
         }
         ("get", "/api/v1/workspaces/{id}/tasks") => (Owner, None),
+        ("get", "/api/v1/workspaces/{id}/terminals")
+        | ("get", "/api/v1/workspaces/{id}/terminals/{tid}") => (OwnerRunning, None),
+        ("post", "/api/v1/workspaces/{id}/terminals") => {
+            (OwnerRunning, Some(json!({ "cols": 80, "rows": 24 })))
+        }
         ("post", "/api/v1/workspaces/{id}/exec") => {
             (OwnerRunning, Some(json!({ "command": ["true"] })))
         }
@@ -121,7 +126,8 @@ fn fill(path: &str, f: &Fixture) -> String {
     } else {
         &f.invitation
     };
-    path.replace("{org}", &f.org)
+    path.replace("{tid}", "t1")
+        .replace("{org}", &f.org)
         .replace("{user}", &f.member_user)
         .replace("{id}", id)
 }

@@ -457,3 +457,120 @@ async fn workspaces_keep_running_through_a_cell_restart() {
     assert_eq!(std::fs::read_to_string(file).unwrap(), "kept\n");
     c.stop().await;
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn attach(c: &TestCell, path: &str, token: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}{path}", c.url.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// Reads terminal output until `needle` shows up (or fails after 10 s with what came).
+async fn read_until(ws: &mut Ws, needle: &str) -> String {
+    use futures::StreamExt;
+    let mut seen = String::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !seen.contains(needle) {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b)))) => {
+                seen.push_str(&String::from_utf8_lossy(&b))
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no {needle:?} in terminal output ({other:?}); got: {seen}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn terminals_run_resize_and_replay_their_scrollback_on_reconnect() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "term", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+
+    let (s, t) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/terminals"),
+            Some(json!({ "cols": 100, "rows": 30 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let path = t["attach"].as_str().unwrap().to_owned();
+    let token = c.owner_token.clone();
+    let mut ws = attach(&c, &path, &token).await;
+    ws.send(Message::Binary(
+        "stty size; echo hel''lo-from-term\n".into(),
+    ))
+    .await
+    .unwrap();
+    let out = read_until(&mut ws, "hello-from-term").await;
+    assert!(out.contains("30 100"), "{out}");
+    ws.send(Message::Text(
+        r#"{"type":"resize","cols":120,"rows":40}"#.into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Binary("stty size\n".into()))
+        .await
+        .unwrap();
+    read_until(&mut ws, "40 120").await;
+    // A process started in the terminal keeps running without a client.
+    ws.send(Message::Binary("export MARK=still-here\n".into()))
+        .await
+        .unwrap();
+    drop(ws);
+
+    let mut again = attach(&c, &path, &token).await;
+    let replay = read_until(&mut again, "hello-from-term").await;
+    assert!(replay.contains("40 120"), "{replay}");
+    again
+        .send(Message::Binary("echo $MARK\n".into()))
+        .await
+        .unwrap();
+    read_until(&mut again, "still-here\r\n").await;
+
+    // Several terminals, each its own shell.
+    let (s, _) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/terminals"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, list) = c
+        .owner(
+            Method::GET,
+            &format!("/api/v1/workspaces/{id}/terminals"),
+            None,
+        )
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+
+    // Somebody else's terminal is out of reach.
+    let (_, member) = c.add_user("dev@example.com", "member").await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}{path}", c.url.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {member}").parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    c.stop().await;
+}

@@ -1,0 +1,170 @@
+//! Terminals of a running workspace: create and list them, and attach over a WebSocket that
+//! the cell relays to the workspace's agent. The shell keeps running when the socket closes.
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as TMessage;
+
+use super::ErrorBody;
+use super::dto::*;
+use super::{ApiError, ApiResult, AppState, Auth, Json, Path};
+use crate::agent::protocol::NewTerminal;
+use crate::domain::WorkspaceId;
+
+fn ws_id(s: &str) -> Result<WorkspaceId, ApiError> {
+    WorkspaceId::parse(s).map_err(|_| ApiError::not_found("workspace"))
+}
+
+fn agent_error(e: crate::agent::client::ClientError) -> ApiError {
+    match e {
+        crate::agent::client::ClientError::Agent {
+            status: 404,
+            message,
+        } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+        other => ApiError::new(StatusCode::CONFLICT, "agent_unavailable", other.to_string()),
+    }
+}
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/workspaces/{id}/terminals",
+            get(list_terminals).post(create_terminal),
+        )
+        .route(
+            "/api/v1/workspaces/{id}/terminals/{tid}",
+            get(attach_terminal),
+        )
+}
+
+fn dto(ws: &str, t: crate::agent::protocol::TerminalInfo) -> TerminalDto {
+    TerminalDto {
+        attach: format!("/api/v1/workspaces/{ws}/terminals/{}", t.id),
+        id: t.id,
+        alive: t.alive,
+    }
+}
+
+/// The workspace's terminals.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/terminals", tag = "terminals", params(("id" = String, Path)),
+    responses((status = 200, body = [TerminalDto]), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn list_terminals(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<TerminalDto>>> {
+    let agent = st.cell.workspace_agent(&a, &ws_id(&id)?)?;
+    let list = agent.terminals().await.map_err(agent_error)?;
+    Ok(Json(list.into_iter().map(|t| dto(&id, t)).collect()))
+}
+
+/// Open a new terminal (a login shell) in the workspace.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/terminals", tag = "terminals", params(("id" = String, Path)), request_body = NewTerminalDto,
+    responses((status = 201, body = TerminalDto), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn create_terminal(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<NewTerminalDto>,
+) -> ApiResult<(StatusCode, Json<TerminalDto>)> {
+    let agent = st.cell.workspace_agent(&a, &ws_id(&id)?)?;
+    let t = agent
+        .create_terminal(&NewTerminal {
+            cols: req.cols,
+            rows: req.rows,
+        })
+        .await
+        .map_err(agent_error)?;
+    Ok((StatusCode::CREATED, Json(dto(&id, t))))
+}
+
+/// Attach to a terminal over a WebSocket (see `TerminalDto.attach`).
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/terminals/{tid}", tag = "terminals", params(("id" = String, Path), ("tid" = String, Path)),
+    responses((status = 101, description = "WebSocket"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn attach_terminal(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path((id, tid)): Path<(String, String)>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    // A page on another site must not drive a user's terminal with their cookie.
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        let ours = st.cell.link("");
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let same = origin.trim_end_matches('/') == ours.trim_end_matches('/')
+            || origin.ends_with(&format!("//{host}"));
+        if !same {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "cross-origin terminal connections are refused",
+            ));
+        }
+    }
+    let wsid = ws_id(&id)?;
+    let agent = st.cell.workspace_agent(&a, &wsid)?;
+    let Ok(upgrade) = upgrade else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "websocket_required",
+            "connect with a WebSocket client",
+        ));
+    };
+    let inner = agent.attach_terminal(&tid).await.map_err(agent_error)?;
+    let cell = st.cell.clone();
+    Ok(upgrade
+        .on_upgrade(move |socket| relay(socket, inner, move || cell.note_activity(&wsid)))
+        .into_response())
+}
+
+/// Copies frames both ways until either side closes.
+async fn relay(
+    client: WebSocket,
+    agent: tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>,
+    on_input: impl Fn() + Send + 'static,
+) {
+    let (mut c_tx, mut c_rx) = client.split();
+    let (mut a_tx, mut a_rx) = agent.split();
+    let up = async {
+        while let Some(Ok(m)) = c_rx.next().await {
+            let out = match m {
+                AxMessage::Binary(b) => TMessage::Binary(b),
+                AxMessage::Text(t) => TMessage::Text(t.as_str().into()),
+                AxMessage::Close(_) => break,
+                _ => continue,
+            };
+            on_input();
+            if a_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = a_tx.close().await;
+    };
+    let down = async {
+        while let Some(Ok(m)) = a_rx.next().await {
+            let out = match m {
+                TMessage::Binary(b) => AxMessage::Binary(b),
+                TMessage::Text(t) => AxMessage::Text(t.as_str().into()),
+                TMessage::Close(_) => break,
+                _ => continue,
+            };
+            if c_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = c_tx.close().await;
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
