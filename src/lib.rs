@@ -11,6 +11,7 @@ pub mod config;
 pub mod content;
 pub mod domain;
 pub mod metrics;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod service;

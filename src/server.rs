@@ -82,6 +82,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api::router())
         .merge(api::ops_router())
         .merge(crate::web::router())
+        .merge(crate::proxy::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))

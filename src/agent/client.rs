@@ -156,6 +156,51 @@ impl AgentClient {
         Ok(ws)
     }
 
+    /// Ports something listens on inside the workspace.
+    pub async fn ports(&self) -> Result<Vec<u16>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/ports", None, Duration::from_secs(5))
+            .await
+    }
+
+    /// A raw byte stream to `127.0.0.1:port` inside the workspace.
+    pub async fn tunnel(&self, port: u16) -> Result<hyper::upgrade::Upgraded, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        tokio::spawn(conn.with_upgrades());
+        let req = Request::builder()
+            .uri(format!("/v1/ports/{port}/tunnel"))
+            .header("host", "agent")
+            .header("connection", "upgrade")
+            .header("upgrade", "tcp")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        if res.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let status = res.status().as_u16();
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let message = serde_json::from_slice::<AgentError>(&body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Agent { status, message });
+        }
+        let upgraded = hyper::upgrade::on(res)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        Ok(upgraded)
+    }
+
     /// Waits until the agent answers, up to `within`.
     pub async fn wait_ready(&self, within: Duration) -> Result<Status, ClientError> {
         let until = tokio::time::Instant::now() + within;

@@ -83,6 +83,8 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
         .route("/v1/exec", post(exec))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/terminals", get(list_terminals).post(create_terminal))
+        .route("/v1/ports", get(list_ports))
+        .route("/v1/ports/{port}/tunnel", get(tunnel))
         .route("/v1/terminals/{id}", get(attach_terminal))
         .with_state(agent);
     axum::serve(listener, app).await?;
@@ -342,4 +344,61 @@ async fn attach_terminal(
         let agent = a.clone();
         t.attach(socket, move || agent.touch()).await;
     })
+}
+
+/// TCP ports something listens on inside the workspace (from /proc/net/tcp and tcp6).
+async fn list_ports() -> Json<Vec<u16>> {
+    let mut ports = std::collections::BTreeSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = tokio::fs::read_to_string(file).await else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // State 0A is LISTEN; the local address is HEXIP:HEXPORT.
+            if cols.len() > 3
+                && cols[3] == "0A"
+                && let Some(port) = cols[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    Json(ports.into_iter().collect())
+}
+
+/// Turns the connection into a raw TCP tunnel to `127.0.0.1:port` inside the workspace (HTTP
+/// upgrade to `tcp`). The cell speaks HTTP or WebSocket through it to the workspace's server.
+async fn tunnel(
+    State(a): State<Arc<Agent>>,
+    axum::extract::Path(port): axum::extract::Path<u16>,
+    mut req: axum::extract::Request,
+) -> Response {
+    let target = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("nothing answers on port {port} in the workspace: {e}"),
+            );
+        }
+    };
+    a.touch();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let mut upgraded = hyper_util::rt::TokioIo::new(upgraded);
+            let mut target = target;
+            let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut target).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "tcp")
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

@@ -20,6 +20,9 @@ pub struct AgentSpec {
     pub workdir: String,
     pub env: Vec<(String, String)>,
     pub tasks: Vec<Task>,
+    /// Ports the repository's configuration names (for the port list).
+    #[serde(default)]
+    pub ports: Vec<crate::content::config::Port>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -557,3 +557,23 @@ pub struct TerminalDto {
     /// `{"type":"resize","cols":C,"rows":R}` resize. Reconnecting replays recent output.
     pub attach: String,
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct PortDto {
+    pub port: u16,
+    /// Something listens on it right now.
+    pub listening: bool,
+    /// Named in .gitpod.yml or devcontainer.json (the name, possibly empty).
+    pub configured: Option<String>,
+    /// `private` (owner only, the default), `org` or `public`.
+    pub visibility: String,
+    /// Where to reach it through the cell.
+    pub url: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortShareDto {
+    /// `private`, `org` or `public`.
+    pub visibility: String,
+}

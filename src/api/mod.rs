@@ -123,6 +123,7 @@ impl utoipa::Modify for Security {
         workspaces::list_workspaces, workspaces::create_workspace, workspaces::get_workspace,
         workspaces::update_workspace, workspaces::delete_workspace,
         workspaces::start_workspace, workspaces::stop_workspace, workspaces::exec, workspaces::tasks,
+        workspaces::ports, workspaces::share_port,
         terminals::list_terminals, terminals::create_terminal, terminals::attach_terminal,
         ops::workers, ops::cell_facts,
     ),

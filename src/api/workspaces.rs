@@ -39,6 +39,11 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/api/v1/workspaces/{id}/exec", axum::routing::post(exec))
         .route("/api/v1/workspaces/{id}/tasks", get(tasks))
+        .route("/api/v1/workspaces/{id}/ports", get(ports))
+        .route(
+            "/api/v1/workspaces/{id}/ports/{port}",
+            axum::routing::put(share_port),
+        )
 }
 
 /// The caller's workspaces, newest first, a page at a time (or an organization's, for its owners).
@@ -219,4 +224,41 @@ pub(super) async fn tasks(
             })
             .collect(),
     ))
+}
+
+/// The workspace's ports: listening, configured, and who may reach each through the cell.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/ports", tag = "workspaces", params(("id" = String, Path)),
+    responses((status = 200, body = [PortDto]), (status = 404, body = ErrorBody)))]
+pub(super) async fn ports(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<PortDto>>> {
+    let list = st.cell.ports(&a, &ws_id(&id)?).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|p| PortDto {
+                port: p.port,
+                listening: p.listening,
+                configured: p.configured,
+                visibility: p.visibility.as_str().into(),
+                url: st.cell.link(p.path.trim_start_matches('/')),
+            })
+            .collect(),
+    ))
+}
+
+/// Share a port with the organization or everyone, or make it private again (the owner).
+#[utoipa::path(put, path = "/api/v1/workspaces/{id}/ports/{port}", tag = "workspaces", params(("id" = String, Path), ("port" = u16, Path)), request_body = PortShareDto,
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn share_port(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path((id, port)): Path<(String, u16)>,
+    Json(req): Json<PortShareDto>,
+) -> ApiResult<StatusCode> {
+    let v = crate::domain::entities::Visibility::parse(&req.visibility)
+        .ok_or_else(|| ApiError::field("visibility", "one of private, org, public"))?;
+    st.cell.share_port(&a, &ws_id(&id)?, port, v)?;
+    Ok(StatusCode::NO_CONTENT)
 }

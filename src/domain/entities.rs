@@ -66,6 +66,43 @@ pub struct Workspace {
     pub sandbox_uid: Option<u32>,
     /// Git state of each repository, recorded when the workspace last stopped.
     pub git: Vec<GitState>,
+    /// Ports shared beyond the owner; every other port is private.
+    pub ports: Vec<PortShare>,
+}
+
+/// Who may reach a port of a workspace through the cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// Only the workspace's owner (the default).
+    Private,
+    /// Every member of the workspace's organization.
+    Org,
+    /// Anyone with the URL.
+    Public,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Org => "org",
+            Visibility::Public => "public",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Visibility> {
+        match s {
+            "private" => Some(Visibility::Private),
+            "org" => Some(Visibility::Org),
+            "public" => Some(Visibility::Public),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortShare {
+    pub port: u16,
+    pub visibility: Visibility,
 }
 
 /// What a repository held that is not on its remote, recorded at stop and shown before delete.

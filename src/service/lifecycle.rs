@@ -14,7 +14,7 @@ use super::{Actor, Cell, Error, Result};
 use crate::agent::client::AgentClient;
 use crate::agent::protocol::{AgentSpec, ExecRequest, ExecResponse, SPEC, TaskState};
 use crate::content::git::{self, GitAuth};
-use crate::domain::entities::{GitState, Workspace};
+use crate::domain::entities::{GitState, PortShare, Visibility, Workspace};
 use crate::domain::{Desired, Phase, WorkspaceId};
 use crate::runtime::cgroup::Limits;
 use crate::runtime::{SandboxSpec, local};
@@ -26,6 +26,18 @@ pub struct ExecInput {
     pub cwd: Option<String>,
     pub timeout: Option<Duration>,
     pub stdin: Option<String>,
+}
+
+/// A port of a workspace as its owner sees it.
+pub struct PortView {
+    pub port: u16,
+    /// Something listens on it right now.
+    pub listening: bool,
+    /// Named in the repository's configuration (with that name, if any).
+    pub configured: Option<String>,
+    pub visibility: Visibility,
+    /// Path through the cell.
+    pub path: String,
 }
 
 /// A task of a running (or stopped) workspace with its log.
@@ -177,6 +189,119 @@ impl Cell {
             });
         }
         Ok(ws)
+    }
+
+    /// The workspace's ports: what listens, what the configuration names, and who may reach each.
+    pub async fn ports(&self, actor: &Actor, id: &WorkspaceId) -> Result<Vec<PortView>> {
+        let ws = self.get_workspace(actor, id)?;
+        let run = self.workspace_dir(&ws.id).join("run");
+        let spec: AgentSpec = std::fs::read(run.join(SPEC))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let listening = if ws.lifecycle.phase == Phase::Running {
+            self.agent(&ws.id).ports().await.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut ports: std::collections::BTreeSet<u16> = listening.iter().copied().collect();
+        ports.extend(spec.ports.iter().map(|p| p.port));
+        ports.extend(ws.ports.iter().map(|p| p.port));
+        Ok(ports
+            .into_iter()
+            .map(|port| PortView {
+                port,
+                listening: listening.contains(&port),
+                configured: spec
+                    .ports
+                    .iter()
+                    .find(|p| p.port == port)
+                    .map(|p| p.name.clone().unwrap_or_default()),
+                visibility: ws
+                    .ports
+                    .iter()
+                    .find(|p| p.port == port)
+                    .map(|p| p.visibility)
+                    .unwrap_or(Visibility::Private),
+                path: format!("/w/{}/p/{port}/", ws.id),
+            })
+            .collect())
+    }
+
+    /// Shares a port with the organization or everyone, or makes it private again.
+    pub fn share_port(
+        &self,
+        actor: &Actor,
+        id: &WorkspaceId,
+        port: u16,
+        visibility: Visibility,
+    ) -> Result<()> {
+        let ws = self.get_workspace(actor, id)?;
+        if ws.owner != actor.user.id {
+            return Err(Error::Forbidden(
+                "only the workspace's owner may share its ports".into(),
+            ));
+        }
+        if port == 0 {
+            return Err(
+                crate::domain::FieldError::new("port", "a port between 1 and 65535").into(),
+            );
+        }
+        self.store().write(|tx| -> Result<()> {
+            let mut w = tx
+                .workspace(id)?
+                .ok_or(Error::NotFound { what: "workspace" })?;
+            w.ports.retain(|p| p.port != port);
+            if visibility != Visibility::Private {
+                w.ports.push(PortShare { port, visibility });
+                w.ports.sort_by_key(|p| p.port);
+            }
+            tx.put_workspace(&w)?;
+            Ok(())
+        })
+    }
+
+    /// Whether `actor` (or an anonymous caller) may reach `port` of a running workspace; returns
+    /// the agent to tunnel through.
+    pub fn authorize_port(
+        &self,
+        actor: Option<&Actor>,
+        id: &WorkspaceId,
+        port: u16,
+    ) -> Result<AgentClient> {
+        let ws = self
+            .load(id)?
+            .ok_or(Error::NotFound { what: "workspace" })?;
+        let visibility = ws
+            .ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.visibility)
+            .unwrap_or(Visibility::Private);
+        let allowed = match (visibility, actor) {
+            (Visibility::Public, _) => true,
+            (_, None) => return Err(Error::Unauthenticated),
+            (Visibility::Private, Some(a)) => a.user.id == ws.owner,
+            (Visibility::Org, Some(a)) => {
+                a.user.id == ws.owner
+                    || self
+                        .store()
+                        .read(|tx| tx.membership(&ws.org, &a.user.id))?
+                        .is_some()
+            }
+        };
+        if !allowed {
+            // As for workspaces: people who may not use it learn nothing about it.
+            return Err(Error::NotFound { what: "workspace" });
+        }
+        if ws.lifecycle.phase != Phase::Running {
+            return Err(Error::Conflict {
+                code: "not_running",
+                message: format!("the workspace is {}", ws.lifecycle.phase.as_str()),
+            });
+        }
+        self.note_activity(&ws.id);
+        Ok(self.agent(&ws.id))
     }
 
     /// The agent of a running workspace of the caller's, for terminals.
@@ -463,6 +588,7 @@ impl Cell {
             workdir,
             env: config.env.clone(),
             tasks: config.tasks.clone(),
+            ports: config.ports.clone(),
         };
         let run = dir.join("run");
         std::fs::write(

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use time::OffsetDateTime;
 
 pub use auth::{Credentials, LoginOutcome, NewToken};
-pub use lifecycle::{ExecInput, TaskView};
+pub use lifecycle::{ExecInput, PortView, TaskView};
 pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};
 pub use workspaces::{WorkspaceInput, WorkspacePage, WorkspacePatch};
 

@@ -216,6 +216,7 @@ impl Cell {
             last_activity: now,
             sandbox_uid: None,
             git: Vec::new(),
+            ports: Vec::new(),
         };
         let mut ws = ws;
         let as_root = running_as_root();

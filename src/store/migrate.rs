@@ -133,6 +133,7 @@ fn v1_to_v2(tx: &WriteTransaction) -> Result<()> {
             last_activity: old.last_activity,
             sandbox_uid: None,
             git: Vec::new(),
+            ports: Vec::new(),
         };
         rewritten.push((k.value().to_owned(), encode(WorkspaceRecord::VERSION, &new)));
     }

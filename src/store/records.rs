@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 
 use super::{Def, StoreError};
 use crate::domain::entities::{
-    ApiToken, Class, GitState, Invitation, LoginLink, Membership, Org, Session, User, Workspace,
+    ApiToken, Class, GitState, Invitation, LoginLink, Membership, Org, PortShare, Session, User,
+    Visibility, Workspace,
 };
 use crate::domain::{
     ClassId, ClassSpec, Desired, InvitationId, Lifecycle, OrgId, Phase, PhaseChange, Policy,
@@ -306,6 +307,15 @@ pub struct WorkspaceRecord {
     /// Added without a version bump: absent in older records, which read as empty.
     #[serde(default)]
     pub git: Vec<GitRecord>,
+    /// Added without a version bump: absent in older records, which read as empty.
+    #[serde(default)]
+    pub ports: Vec<PortRecord>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+pub struct PortRecord {
+    pub port: u16,
+    pub visibility: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Default)]
@@ -356,6 +366,14 @@ impl From<&Workspace> for WorkspaceRecord {
             created_at: ms(w.created_at),
             last_activity: ms(w.last_activity),
             sandbox_uid: w.sandbox_uid,
+            ports: w
+                .ports
+                .iter()
+                .map(|p| PortRecord {
+                    port: p.port,
+                    visibility: p.visibility.as_str().into(),
+                })
+                .collect(),
             git: w
                 .git
                 .iter()
@@ -413,6 +431,16 @@ impl TryFrom<WorkspaceRecord> for Workspace {
             created_at: from_ms(r.created_at)?,
             last_activity: from_ms(r.last_activity)?,
             sandbox_uid: r.sandbox_uid,
+            ports: r
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    Visibility::parse(&p.visibility).map(|v| PortShare {
+                        port: p.port,
+                        visibility: v,
+                    })
+                })
+                .collect(),
             git: r
                 .git
                 .into_iter()

@@ -95,7 +95,12 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
         ("post", "/api/v1/workspaces/{id}/start") | ("post", "/api/v1/workspaces/{id}/stop") => {
             (Owner, None)
         }
-        ("get", "/api/v1/workspaces/{id}/tasks") => (Owner, None),
+        ("get", "/api/v1/workspaces/{id}/tasks") | ("get", "/api/v1/workspaces/{id}/ports") => {
+            (Owner, None)
+        }
+        ("put", "/api/v1/workspaces/{id}/ports/{port}") => {
+            (Owner, Some(json!({ "visibility": "org" })))
+        }
         ("get", "/api/v1/workspaces/{id}/terminals")
         | ("get", "/api/v1/workspaces/{id}/terminals/{tid}") => (OwnerRunning, None),
         ("post", "/api/v1/workspaces/{id}/terminals") => {
@@ -127,6 +132,7 @@ fn fill(path: &str, f: &Fixture) -> String {
         &f.invitation
     };
     path.replace("{tid}", "t1")
+        .replace("{port}", "3000")
         .replace("{org}", &f.org)
         .replace("{user}", &f.member_user)
         .replace("{id}", id)

@@ -574,3 +574,183 @@ async fn terminals_run_resize_and_replay_their_scrollback_on_reconnect() {
     assert!(tokio_tungstenite::connect_async(req).await.is_err());
     c.stop().await;
 }
+
+#[tokio::test]
+async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable() {
+    use futures::{SinkExt, StreamExt};
+    use reqwest::header;
+    use tokio_tungstenite::tungstenite::Message;
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let server = include_str!("../fixtures/port_server.py");
+    let gitpod = "tasks:\n  - name: web\n    command: python3 server.py 3000\nports:\n  - port: 3000\n    name: web\n";
+    let bare = bare_repo(
+        repos.path(),
+        "web",
+        &[(".gitpod.yml", gitpod), ("server.py", server)],
+    );
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, ports) = c
+            .owner(Method::GET, &format!("/api/v1/workspaces/{id}/ports"), None)
+            .await;
+        if ports[0]["listening"] == true {
+            assert_eq!(
+                (
+                    ports[0]["port"].as_u64(),
+                    ports[0]["configured"].as_str(),
+                    ports[0]["visibility"].as_str()
+                ),
+                (Some(3000), Some("web"), Some("private"))
+            );
+            assert!(
+                ports[0]["url"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("/w/{id}/p/3000/")),
+                "{ports}"
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "port 3000 never listened: {ports}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let url = c.url(&format!("/w/{id}/p/3000/hello?x=1"));
+    let res = c
+        .http
+        .get(&url)
+        .bearer_auth(&c.owner_token)
+        .header(header::COOKIE, "devcell_session=stolen; other=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookies: Vec<String> = res
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        cookies,
+        ["app=1; Path=/"],
+        "the workspace cannot plant the cell's cookie"
+    );
+    let body = res.text().await.unwrap();
+    assert_eq!(
+        body,
+        format!("path=/hello?x=1 cookie=other=1 auth= prefix=/w/{id}/p/3000"),
+        "cell credentials are not passed on"
+    );
+
+    // Private by default: no credentials, or another member, get nothing.
+    assert_eq!(
+        c.http.get(&url).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, member) = c.add_user("dev@example.com", "member").await;
+    assert_eq!(
+        c.http
+            .get(&url)
+            .bearer_auth(&member)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let (s, _) = c
+        .call(
+            Method::PUT,
+            &format!("/api/v1/workspaces/{id}/ports/3000"),
+            Some(&member),
+            Some(json!({ "visibility": "public" })),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "members cannot share others' ports"
+    );
+
+    let (s, _) = c
+        .owner(
+            Method::PUT,
+            &format!("/api/v1/workspaces/{id}/ports/3000"),
+            Some(json!({ "visibility": "org" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        c.http
+            .get(&url)
+            .bearer_auth(&member)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.http.get(&url).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    c.owner(
+        Method::PUT,
+        &format!("/api/v1/workspaces/{id}/ports/3000"),
+        Some(json!({ "visibility": "public" })),
+    )
+    .await;
+    assert_eq!(
+        c.http.get(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // WebSockets pass through.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let req = format!("{}/w/{id}/p/3000/ws", c.url.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::Text("ping".into())).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, Message::Text("echo:ping".into()));
+
+    // Without a trailing slash the cell redirects; a port nobody listens on is a clear 502.
+    let res = c
+        .http
+        .get(c.url(&format!("/w/{id}/p/3000")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+    c.owner(
+        Method::PUT,
+        &format!("/api/v1/workspaces/{id}/ports/3001"),
+        Some(json!({ "visibility": "public" })),
+    )
+    .await;
+    let res = c
+        .http
+        .get(c.url(&format!("/w/{id}/p/3001/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["code"],
+        "port_unreachable"
+    );
+    c.stop().await;
+}
