@@ -2,6 +2,7 @@
 //! document. Handlers translate HTTP to [`crate::service`] calls and back, nothing more.
 
 mod auth;
+mod credentials;
 pub mod dto;
 pub mod error;
 mod ops;
@@ -68,6 +69,7 @@ pub fn router() -> Router<AppState> {
         .merge(orgs::routes())
         .merge(workspaces::routes())
         .merge(terminals::routes())
+        .merge(credentials::routes())
         .merge(ops::api_routes())
         .route("/api/v1/openapi.json", axum::routing::get(openapi_json))
 }
@@ -124,6 +126,7 @@ impl utoipa::Modify for Security {
         workspaces::update_workspace, workspaces::delete_workspace,
         workspaces::start_workspace, workspaces::stop_workspace, workspaces::exec, workspaces::tasks,
         workspaces::ports, workspaces::share_port,
+        credentials::list_git_credentials, credentials::create_git_credential, credentials::delete_git_credential,
         terminals::list_terminals, terminals::create_terminal, terminals::attach_terminal,
         ops::workers, ops::cell_facts,
     ),

@@ -152,6 +152,21 @@ pub struct Invitation {
     pub expires_at: OffsetDateTime,
 }
 
+/// A credential the cell uses to clone a user's private repositories from one host. The secret
+/// is sealed with the cell's key; it never reaches the workspace or an API response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GitCredential {
+    pub id: crate::domain::CredentialId,
+    pub user: UserId,
+    /// Host name as in the repository URLs, e.g. `github.com` or `git.example.com:8443`.
+    pub host: String,
+    /// `token` (HTTPS, with `username`) or `ssh_key`.
+    pub kind: String,
+    pub username: Option<String>,
+    pub sealed_secret: String,
+    pub created_at: OffsetDateTime,
+}
+
 /// A one-time login link (printed by `devcell up`, or made by an admin).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoginLink {

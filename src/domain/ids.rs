@@ -116,6 +116,10 @@ typed_id!(
     /// Identifies a login session.
     SessionId, "ses_", "session"
 );
+typed_id!(
+    /// A stored git credential (token or SSH key) of a user.
+    CredentialId, "gcr_", "git credential"
+);
 
 // Panicking on an unexpected result is how a test fails.
 #[cfg(test)]

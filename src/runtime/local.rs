@@ -65,6 +65,8 @@ impl LocalRuntime {
         }
         // A new session: no terminal of the cell can be reached (TIOCSTI).
         push(&["--new-session"]);
+        // The default seccomp filter (see `seccomp`), read by bubblewrap from its standard input.
+        push(&["--seccomp", "0"]);
         // The default image: the host's system directories, read-only. Nothing else of the host
         // (homes, /root, /var, /srv, the cell's data directory) is visible.
         for dir in [
@@ -195,7 +197,10 @@ impl Runtime for LocalRuntime {
                     .arg(g.to_string());
             }
             cmd.arg("--").arg(&self.bwrap).args(self.bwrap_args(spec));
-            cmd.stdin(Stdio::null())
+            let filter = run.join("seccomp.bpf");
+            super::seccomp::write_default_filter(&filter)
+                .map_err(|e| RuntimeError::Start(e.to_string()))?;
+            cmd.stdin(std::fs::File::open(&filter)?)
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .env_clear()

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod local;
+pub mod seccomp;
 
 use std::path::PathBuf;
 

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use super::{Actor, Cell, Error, Result};
 use crate::agent::client::AgentClient;
 use crate::agent::protocol::{AgentSpec, ExecRequest, ExecResponse, SPEC, TaskState};
-use crate::content::git::{self, GitAuth};
+use crate::content::git;
 use crate::domain::entities::{GitState, PortShare, Visibility, Workspace};
 use crate::domain::{Desired, Phase, WorkspaceId};
 use crate::runtime::cgroup::Limits;
@@ -472,23 +472,33 @@ impl Cell {
 
     /// Records a phase change, unless the desired state changed meanwhile in a way that makes
     /// it moot (the stored record is re-read inside the transaction).
+    /// Records a phase change if the desired state still is one of `when` (it is re-read inside
+    /// the transaction: a user may have changed it since the reconciler decided).
     fn set_phase(
         &self,
         id: &WorkspaceId,
         phase: Phase,
         message: Option<String>,
+        when: &[Desired],
     ) -> Result<Workspace> {
         let now = self.now();
-        self.store().write(|tx| -> Result<Workspace> {
+        let lazy = matches!(phase, Phase::Creating | Phase::Initializing);
+        let write = |tx: &crate::store::WriteTx| -> Result<Workspace> {
             let mut w = tx
                 .workspace(id)?
                 .ok_or(Error::NotFound { what: "workspace" })?;
-            if w.lifecycle.phase != phase {
-                w.lifecycle.transition(phase, now, message)?;
+            if w.lifecycle.phase != phase && when.contains(&w.lifecycle.desired) {
+                w.lifecycle.transition(phase, now, message.clone())?;
                 tx.put_workspace(&w)?;
             }
             Ok(w)
-        })
+        };
+        // Intermediate phases need no fsync: after a crash the reconciler starts over.
+        if lazy {
+            self.store().write_lazy(write)
+        } else {
+            self.store().write(write)
+        }
     }
 
     /// Moves one workspace as far toward its desired state as it can go now.
@@ -504,19 +514,34 @@ impl Cell {
                 if let Err(e) = self.bring_up(&ws, runtime.as_ref()).await {
                     tracing::warn!(workspace = %ws.id, error = %e, "start failed");
                     let _ = runtime.stop(&ws.id).await;
-                    self.set_phase(&ws.id, Phase::Failed, Some(e))?;
+                    self.set_phase(
+                        &ws.id,
+                        Phase::Failed,
+                        Some(e),
+                        &[Desired::Running, Desired::Stopped, Desired::Deleted],
+                    )?;
                 }
             }
             (
                 Desired::Stopped | Desired::Deleted,
                 Phase::Creating | Phase::Initializing | Phase::Running,
             ) => {
-                self.set_phase(&ws.id, Phase::Stopping, Some("stop requested".into()))?;
+                self.set_phase(
+                    &ws.id,
+                    Phase::Stopping,
+                    Some("stop requested".into()),
+                    &[Desired::Stopped, Desired::Deleted],
+                )?;
                 self.take_down(&ws, runtime.as_ref()).await?;
             }
             (_, Phase::Stopping) => self.take_down(&ws, runtime.as_ref()).await?,
             (Desired::Stopped, Phase::Pending) => {
-                self.set_phase(&ws.id, Phase::Stopped, Some("start cancelled".into()))?;
+                self.set_phase(
+                    &ws.id,
+                    Phase::Stopped,
+                    Some("not started".into()),
+                    &[Desired::Stopped],
+                )?;
             }
             (Desired::Deleted, Phase::Pending | Phase::Stopped | Phase::Failed) => {
                 self.remove_files(&ws.id)?;
@@ -542,8 +567,17 @@ impl Cell {
         runtime: &dyn crate::runtime::Runtime,
     ) -> std::result::Result<(), String> {
         let internal = |e: Error| e.to_string();
-        self.set_phase(&ws.id, Phase::Creating, Some("preparing files".into()))
+        let w = self
+            .set_phase(
+                &ws.id,
+                Phase::Creating,
+                Some("preparing files".into()),
+                &[Desired::Running],
+            )
             .map_err(internal)?;
+        if w.lifecycle.phase != Phase::Creating {
+            return Ok(());
+        }
         let dir = self.workspace_dir(&ws.id);
         let ids = ws.sandbox_uid.map(|u| (u, u));
         if let Some(parent) = dir.parent() {
@@ -565,10 +599,13 @@ impl Cell {
             if dest.join(".git").exists() {
                 continue;
             }
+            let auth = self
+                .git_auth_for(&ws.owner, &repo.url)
+                .map_err(|e| e.to_string())?;
             git::clone(git::Clone {
                 repo,
                 dest: &dest,
-                auth: &GitAuth::None,
+                auth: &auth,
                 run_as: ids,
             })
             .await
@@ -600,12 +637,18 @@ impl Cell {
             let _ = std::os::unix::fs::chown(run.join(SPEC), Some(u), Some(g));
         }
 
-        self.set_phase(
-            &ws.id,
-            Phase::Initializing,
-            Some("starting the sandbox".into()),
-        )
-        .map_err(internal)?;
+        let w = self
+            .set_phase(
+                &ws.id,
+                Phase::Initializing,
+                Some("starting the sandbox".into()),
+                &[Desired::Running],
+            )
+            .map_err(internal)?;
+        if w.lifecycle.phase != Phase::Initializing {
+            // The owner asked to stop meanwhile; the next reconciliation takes over.
+            return Ok(());
+        }
         let (class, policy) = self
             .store()
             .read(|tx| Ok((tx.class(&ws.class)?, tx.org(&ws.org)?.map(|o| o.policy))))

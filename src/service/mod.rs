@@ -3,8 +3,10 @@
 //! functions; no business rule lives in a handler or a page.
 
 mod auth;
+mod credentials;
 mod lifecycle;
 mod orgs;
+pub mod secrets;
 mod workspaces;
 
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use time::OffsetDateTime;
 
 pub use auth::{Credentials, LoginOutcome, NewToken};
+pub use credentials::NewCredential;
 pub use lifecycle::{ExecInput, PortView, TaskView};
 pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};
 pub use workspaces::{WorkspaceInput, WorkspacePage, WorkspacePatch};
@@ -121,6 +124,8 @@ struct Inner {
     auth_cache: auth::AuthCache,
     started_at: OffsetDateTime,
     runtime: Option<Arc<dyn crate::runtime::Runtime>>,
+    /// Seals stored secrets; `None` when the key file could not be read (reported at start).
+    sealer: Option<secrets::Sealer>,
     /// Wakes the reconciler when a desired state changes.
     wake: tokio::sync::Notify,
     /// Workspaces whose activity the agents reported but the store has not seen yet.
@@ -141,6 +146,7 @@ impl Cell {
         runtime: Option<Arc<dyn crate::runtime::Runtime>>,
     ) -> Cell {
         let limiter = auth::LoginLimiter::new(config.auth.login_attempts_per_minute);
+        let config_dir = config.data_dir.clone();
         let started_at = clock.now();
         Cell {
             inner: Arc::new(Inner {
@@ -151,6 +157,13 @@ impl Cell {
                 auth_cache: auth::AuthCache::default(),
                 started_at,
                 runtime,
+                sealer: match secrets::Sealer::load_or_create(&config_dir) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::error!(error = %e, "stored secrets are unavailable");
+                        None
+                    }
+                },
                 wake: tokio::sync::Notify::new(),
                 activity: Default::default(),
             }),

@@ -21,9 +21,10 @@ use serde::de::DeserializeOwned;
 pub use records::Record;
 
 use crate::domain::entities::{
-    ApiToken, Class, Invitation, LoginLink, Membership, Org, Session, User, Workspace,
+    ApiToken, Class, GitCredential, Invitation, LoginLink, Membership, Org, Session, User,
+    Workspace,
 };
-use crate::domain::{ClassId, InvitationId, OrgId, TokenId, UserId, WorkspaceId};
+use crate::domain::{ClassId, CredentialId, InvitationId, OrgId, TokenId, UserId, WorkspaceId};
 
 /// The schema this build writes. Bump it together with a new entry in `migrate::MIGRATIONS`.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -57,6 +58,9 @@ pub(crate) const INVITATION_BY_ORG: Def = TableDefinition::new("invitation_by_or
 /// Key: hex SHA-256 of the link secret.
 pub(crate) const LOGIN_LINKS: Def = TableDefinition::new("login_links");
 
+/// Key `user/credential-id`.
+pub(crate) const GIT_CREDENTIALS: Def = TableDefinition::new("git_credentials");
+
 /// Every table, for copies and for creating a fresh database.
 pub(crate) const ALL_TABLES: &[Def] = &[
     META,
@@ -75,6 +79,7 @@ pub(crate) const ALL_TABLES: &[Def] = &[
     INVITATIONS,
     INVITATION_BY_ORG,
     LOGIN_LINKS,
+    GIT_CREDENTIALS,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +170,22 @@ impl Store {
         let tx = WriteTx {
             tx: self.db.begin_write().map_err(StoreError::from)?,
         };
+        let out = f(&tx)?;
+        tx.tx.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// Like [`Store::write`], but the commit is not flushed to disk on its own: it becomes
+    /// durable with the next ordinary write. For progress records that a crash may lose
+    /// without harm (the reconciler redoes the step), where an fsync would cost more than
+    /// the step itself.
+    pub fn write_lazy<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&WriteTx) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut tx = self.db.begin_write().map_err(StoreError::from)?;
+        let _ = tx.set_durability(redb::Durability::None);
+        let tx = WriteTx { tx };
         let out = f(&tx)?;
         tx.tx.commit().map_err(StoreError::from)?;
         Ok(out)
@@ -460,6 +481,12 @@ pub trait Reader {
             .map(TryInto::try_into)
             .transpose()
     }
+    fn git_credentials(&self, user: &UserId) -> Result<Vec<GitCredential>> {
+        self.scan::<records::GitCredentialRecord>(&format!("{user}/"), usize::MAX)?
+            .into_iter()
+            .map(|(_, r)| r.try_into())
+            .collect()
+    }
     /// All expirable credentials as (kind, key, expiry in unix milliseconds), for the expiry loop.
     fn expirables(&self) -> Result<Vec<(&'static str, String, i64)>> {
         let mut out = Vec::new();
@@ -618,6 +645,16 @@ impl WriteTx {
             .open_table(META)?
             .insert(KEY, next.saturating_add(1).to_le_bytes().as_slice())?;
         Ok(next)
+    }
+
+    pub fn put_git_credential(&self, c: &GitCredential) -> Result<()> {
+        self.put(
+            &format!("{}/{}", c.user, c.id),
+            &records::GitCredentialRecord::from(c),
+        )
+    }
+    pub fn delete_git_credential(&self, user: &UserId, id: &CredentialId) -> Result<bool> {
+        self.del(GIT_CREDENTIALS, &format!("{user}/{id}"))
     }
 
     pub fn put_org(&self, o: &Org) -> Result<()> {

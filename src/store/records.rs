@@ -609,3 +609,49 @@ impl TryFrom<LoginLinkRecord> for LoginLink {
         })
     }
 }
+
+#[derive(Serialize, Deserialize)]
+pub struct GitCredentialRecord {
+    pub id: String,
+    pub user: String,
+    pub host: String,
+    pub kind: String,
+    pub username: Option<String>,
+    /// Sealed with the cell's key (see `service::secrets`).
+    pub sealed_secret: String,
+    pub created_at: i64,
+}
+
+impl Record for GitCredentialRecord {
+    const TABLE: Def = super::GIT_CREDENTIALS;
+    const VERSION: u16 = 1;
+}
+
+impl From<&crate::domain::entities::GitCredential> for GitCredentialRecord {
+    fn from(c: &crate::domain::entities::GitCredential) -> Self {
+        GitCredentialRecord {
+            id: c.id.to_string(),
+            user: c.user.to_string(),
+            host: c.host.clone(),
+            kind: c.kind.clone(),
+            username: c.username.clone(),
+            sealed_secret: c.sealed_secret.clone(),
+            created_at: ms(c.created_at),
+        }
+    }
+}
+
+impl TryFrom<GitCredentialRecord> for crate::domain::entities::GitCredential {
+    type Error = StoreError;
+    fn try_from(r: GitCredentialRecord) -> Result<Self, StoreError> {
+        Ok(crate::domain::entities::GitCredential {
+            id: id(crate::domain::CredentialId::parse, &r.id)?,
+            user: id(UserId::parse, &r.user)?,
+            host: r.host,
+            kind: r.kind,
+            username: r.username,
+            sealed_secret: r.sealed_secret,
+            created_at: from_ms(r.created_at)?,
+        })
+    }
+}

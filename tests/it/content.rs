@@ -17,8 +17,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
-const USER: &str = "dev";
-const TOKEN: &str = "s3cret-token";
+pub const USER: &str = "dev";
+pub const TOKEN: &str = "s3cret-token";
 
 /// Runs git for test setup, isolated from the host's configuration, and returns stdout.
 fn run_git(dir: &Path, args: &[&str]) -> String {
@@ -267,7 +267,7 @@ async fn clone_runs_as_the_given_user() {
 
 /// Serves the repositories under `root` with `git http-backend` as CGI, behind HTTP Basic
 /// authentication for `dev:s3cret-token`.
-async fn serve_git_http(root: PathBuf) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+pub async fn serve_git_http(root: PathBuf) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let root = Arc::new(root);

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
-mod content;
+pub mod content;
 mod harness;
 mod openapi;
 mod roles;

@@ -28,6 +28,7 @@ struct Fixture {
     class: String,
     owner_token_id: String,
     invitation: String,
+    owner_credential: String,
 }
 
 fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
@@ -55,6 +56,12 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
         ("post", "/api/v1/tokens") => (User, Some(json!({ "name": "t" }))),
         ("delete", "/api/v1/tokens/{id}") => (Owner, None),
         ("get", "/api/v1/orgs") => (User, None),
+        ("get", "/api/v1/git-credentials") => (User, None),
+        ("post", "/api/v1/git-credentials") => (
+            User,
+            Some(json!({ "host": "git.example.com", "username": "me", "token": "t0ken" })),
+        ),
+        ("delete", "/api/v1/git-credentials/{id}") => (Owner, None),
         ("post", "/api/v1/orgs") => (User, Some(json!({ "name": "Side project" }))),
         ("get", "/api/v1/orgs/{org}") => (User, None),
         ("patch", "/api/v1/orgs/{org}") => (Owner, Some(json!({ "name": "Renamed" }))),
@@ -128,6 +135,8 @@ fn fill(path: &str, f: &Fixture) -> String {
         &f.class
     } else if path.starts_with("/api/v1/tokens/") {
         &f.owner_token_id
+    } else if path.starts_with("/api/v1/git-credentials/") {
+        &f.owner_credential
     } else {
         &f.invitation
     };
@@ -163,7 +172,15 @@ async fn every_route_checks_the_callers_role() {
             Some(json!({ "name": "doomed" })),
         )
         .await;
+    let (_, cred) = c
+        .owner(
+            Method::POST,
+            "/api/v1/git-credentials",
+            Some(json!({ "host": "git.example.com", "username": "me", "token": "t0ken" })),
+        )
+        .await;
     let fx = Fixture {
+        owner_credential: cred["id"].as_str().unwrap().to_owned(),
         owner_ws: create_ws(&c, &c.owner_token).await,
         member_user,
         // The second class is not the default one, so deleting it leaves workspaces a class.

@@ -264,7 +264,9 @@ async fn a_workspace_sees_nothing_of_the_cell_or_other_workspaces() {
     let probes = format!(
         "ls {data}; cat {data}/devcell.redb; ls {data}/admin.sock; ls {a}/workspace; cat {a}/workspace/iso/secret.txt; \
          grep -rs secret-of-a / --include=secret.txt; ls /root /home/dev/..; cat /etc/shadow; echo pids:$(ls /proc | grep -c '^[0-9]'); \
-         kill -0 {cell_pid} && echo killed-cell; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; touch /usr/x",
+         kill -0 {cell_pid} && echo killed-cell; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; touch /usr/x; \
+         unshare -U true 2>/dev/null && echo nested-namespace; \
+         python3 -c 'import ctypes; libc=ctypes.CDLL(None, use_errno=True); print(\"keyctl:\", libc.syscall(250, 0, 0, 0, 0, 0), ctypes.get_errno())'",
         data = data.display(),
         a = a_dir.display(),
         cell_pid = std::process::id()
@@ -278,6 +280,14 @@ async fn a_workspace_sees_nothing_of_the_cell_or_other_workspaces() {
         "b could signal the cell: {out:#}"
     );
     assert!(!stdout.contains("root:"), "b read /etc/shadow: {out:#}");
+    assert!(
+        !stdout.contains("nested-namespace"),
+        "the seccomp filter lets namespaces be made: {out:#}"
+    );
+    assert!(
+        stdout.contains("keyctl: -1 1\n"),
+        "keyctl is not refused with EPERM: {out:#}"
+    );
     let pids: usize = stdout
         .lines()
         .find_map(|l| l.strip_prefix("pids:"))
@@ -289,6 +299,7 @@ async fn a_workspace_sees_nothing_of_the_cell_or_other_workspaces() {
         .lines()
         .skip_while(|l| !l.starts_with("pids:"))
         .skip(1)
+        .filter(|l| !l.starts_with("keyctl:"))
         .collect();
     assert_eq!(ifaces, ["lo"], "only loopback inside: {out:#}");
     let stderr = out["stderr"].as_str().unwrap();
@@ -752,5 +763,87 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
         res.json::<Value>().await.unwrap()["code"],
         "port_unreachable"
     );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn private_repositories_clone_with_a_stored_token_that_goes_nowhere_else() {
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(
+        repos.path(),
+        "private",
+        &[("README.md", "secret project\n")],
+    );
+    let (addr, server) = crate::content::serve_git_http(repos.path().to_owned()).await;
+    let url = format!(
+        "http://{addr}/{}",
+        bare.file_name().unwrap().to_string_lossy()
+    );
+
+    // Without a credential the start fails and says why.
+    let id = create_started(&c, json!({ "repos": [{ "url": url }], "start": true })).await;
+    let ws = c.wait_phase(&id, "failed", START_WITHIN).await;
+    assert!(
+        ws["message"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed"),
+        "{ws:#}"
+    );
+
+    let token = crate::content::TOKEN;
+    let (s, cred) = c
+        .owner(Method::POST, "/api/v1/git-credentials", Some(json!({ "host": addr.to_string(), "username": crate::content::USER, "token": token })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{cred}");
+    assert!(!cred.to_string().contains(token));
+    let (_, list) = c.owner(Method::GET, "/api/v1/git-credentials", None).await;
+    assert!(!list.to_string().contains(token), "{list}");
+
+    c.owner(
+        Method::POST,
+        &format!("/api/v1/workspaces/{id}/start"),
+        None,
+    )
+    .await;
+    let ws = c.wait_phase(&id, "running", START_WITHIN).await;
+    assert!(!ws.to_string().contains(token));
+    let out = exec(
+        &c,
+        &id,
+        "cat README.md; git config --list --show-origin; env",
+    )
+    .await;
+    assert!(
+        out["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("secret project\n"),
+        "{out:#}"
+    );
+    assert!(
+        !out.to_string().contains(token),
+        "the token reached the workspace: {out:#}"
+    );
+    let dir = c
+        .cell()
+        .workspace_dir(&devcell::domain::WorkspaceId::parse(&id).unwrap());
+    let grep = Command::new("grep")
+        .args(["-rl", token])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "token in workspace files: {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    let db = std::fs::read(c.data_dir().join("devcell.redb")).unwrap();
+    assert!(
+        !db.windows(token.len()).any(|w| w == token.as_bytes()),
+        "the token is sealed at rest"
+    );
+    server.abort();
     c.stop().await;
 }

@@ -1,0 +1,362 @@
+//! Workspace start latency and density on this host, with the real local runtime. Prints
+//! figures and ratios against baselines measured in the same run; never a timed test.
+//! Run: `cargo bench --bench workspaces` (DEVCELL_BENCH_DENSITY=N sets how many idle
+//! workspaces the density part starts; default 200).
+//!
+//! - start: create → running with a terminal answering, for a small repository, against the
+//!   floor of a plain `git clone` plus a bare bubblewrap sandbox spawn;
+//! - density: N idle workspaces at once: memory they take on the host, and in the cell.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devcell::config::{self, Overrides};
+use devcell::server::{self, Options};
+use serde_json::{Value, json};
+
+const RUNS: usize = 10;
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "b")
+        .env("GIT_AUTHOR_EMAIL", "b@example.com")
+        .env("GIT_COMMITTER_NAME", "b")
+        .env("GIT_COMMITTER_EMAIL", "b@example.com")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+/// A small repository: a few dozen source files and a task.
+fn small_repo(root: &Path) -> std::path::PathBuf {
+    let src = root.join("src-repo");
+    std::fs::create_dir_all(src.join("src")).unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    for i in 0..40 {
+        std::fs::write(
+            src.join("src").join(format!("mod{i}.rs")),
+            format!("pub fn f{i}() -> u32 {{ {i} }}\n").repeat(20),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join(".gitpod.yml"), "tasks:\n  - command: echo ready\n").unwrap();
+    git(&src, &["add", "-A"]);
+    git(&src, &["commit", "-q", "-m", "init"]);
+    let bare = root.join("app.git");
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            src.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(root)
+        .status()
+        .unwrap();
+    bare
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The floor: what any CDE must do at least: clone the repository and spawn a sandbox.
+fn floor_once(bare: &Path, scratch: &Path, i: usize) -> Duration {
+    let dest = scratch.join(format!("floor-{i}"));
+    let t = Instant::now();
+    git(
+        scratch,
+        &[
+            "clone",
+            "-q",
+            &format!("file://{}", bare.display()),
+            dest.to_str().unwrap(),
+        ],
+    );
+    let ok = Command::new("bwrap")
+        .args([
+            "--unshare-all",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--bind",
+        ])
+        .arg(&dest)
+        .args(["/workspace", "--", "/bin/true"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    t.elapsed()
+}
+
+fn meminfo_available_kb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_phase(http: &reqwest::Client, base: &str, token: &str, id: &str, want: &str) {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let w: Value = http
+            .get(format!("{base}/api/v1/workspaces/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if w["phase"] == want {
+            return;
+        }
+        assert!(w["phase"] != "failed", "{w:#}");
+        assert!(Instant::now() < until, "{w:#}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Opens a terminal and waits for its first output (the shell's prompt).
+async fn terminal_ready(http: &reqwest::Client, base: &str, token: &str, id: &str) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let t: Value = http
+        .post(format!("{base}/api/v1/workspaces/{id}/terminals"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut req = format!(
+        "{}{}",
+        base.replace("http://", "ws://"),
+        t["attach"].as_str().unwrap()
+    )
+    .into_client_request()
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let _first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap();
+}
+
+async fn run() {
+    let scratch = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let bare = small_repo(&scratch.path().join("repos"));
+    let overrides = Overrides {
+        data_dir: Some(scratch.path().join("data")),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let config = config::load(None, &[], &overrides).unwrap();
+    let runtime: Arc<dyn devcell::runtime::Runtime> = Arc::new(
+        devcell::runtime::LocalRuntime::new()
+            .unwrap()
+            .with_exe(env!("CARGO_BIN_EXE_devcell").into()),
+    );
+    let running = server::start(
+        config,
+        Options {
+            bootstrap_owner: Some(("bench@example.com".into(), None)),
+            runtime: Some(runtime.clone()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cell = running.cell.clone();
+    let (owner, token) = cell.admin_token(None, "bench").unwrap();
+    let token = token.secret;
+    let actor = devcell::service::Actor {
+        user: owner,
+        via: devcell::service::AuthVia::Token,
+    };
+    let org = cell.list_orgs(&actor).unwrap()[0].0.id.clone();
+    cell.update_policy(
+        &actor,
+        &org,
+        devcell::service::PolicyPatch {
+            max_running_per_user: Some(10_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let base = running.url();
+    let http = reqwest::Client::new();
+    let url = format!("file://{}", bare.display());
+
+    // Warm the page cache for both paths.
+    floor_once(&bare, scratch.path(), 999);
+    let mut floor = Vec::new();
+    let mut to_running = Vec::new();
+    let mut to_terminal = Vec::new();
+    for i in 0..RUNS {
+        floor.push(floor_once(&bare, scratch.path(), i));
+        let t = Instant::now();
+        let w: Value = http
+            .post(format!("{base}/api/v1/workspaces"))
+            .bearer_auth(&token)
+            .json(&json!({ "repos": [{ "url": url }], "start": true }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = w["id"].as_str().unwrap().to_owned();
+        wait_phase(&http, &base, &token, &id, "running").await;
+        to_running.push(t.elapsed());
+        terminal_ready(&http, &base, &token, &id).await;
+        to_terminal.push(t.elapsed());
+        http.post(format!("{base}/api/v1/workspaces/{id}/stop"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        wait_phase(&http, &base, &token, &id, "stopped").await;
+    }
+    let (f, r, t) = (median(floor), median(to_running), median(to_terminal));
+    println!("start latency, small repository, median of {RUNS}:");
+    println!("  floor (git clone + bare bwrap spawn): {}", ms(f));
+    println!(
+        "  devcell create → running:             {}  ratio {:.2}",
+        ms(r),
+        r.as_secs_f64() / f.as_secs_f64()
+    );
+    println!(
+        "  devcell create → terminal answers:    {}  ratio {:.2} (target <= 1.50)",
+        ms(t),
+        t.as_secs_f64() / f.as_secs_f64()
+    );
+
+    let n: usize = std::env::var("DEVCELL_BENCH_DENSITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let cell_rss_before = rss_kb(std::process::id());
+    let avail_before = meminfo_available_kb();
+    let t = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let w: Value = http
+            .post(format!("{base}/api/v1/workspaces"))
+            .bearer_auth(&token)
+            .json(&json!({ "repos": [{ "url": url }], "start": true }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(w["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        wait_phase(&http, &base, &token, id, "running").await;
+    }
+    let started = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every workspace answers.
+    for id in &ids {
+        let r = http
+            .post(format!("{base}/api/v1/workspaces/{id}/exec"))
+            .bearer_auth(&token)
+            .json(&json!({ "command": ["true"] }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let avail_after = meminfo_available_kb();
+    let cell_rss_after = rss_kb(std::process::id());
+    let host_per_ws = (avail_before.saturating_sub(avail_after)) as f64 / n as f64 / 1024.0;
+    let cell_per_ws = (cell_rss_after.saturating_sub(cell_rss_before)) as f64 / n as f64;
+    println!(
+        "density: {n} idle workspaces running at once (started in {:.1} s), all answering exec",
+        started.as_secs_f64()
+    );
+    println!("  host memory per idle workspace (MemAvailable drop / n): {host_per_ws:.2} MB");
+    println!(
+        "  cell memory per running workspace (cell RSS growth / n): {cell_per_ws:.0} KB (target <= 2048 KB)"
+    );
+    println!(
+        "  projected idle workspaces in 24 GB at that rate: {:.0} (target >= 200)",
+        24.0 * 1024.0 / host_per_ws.max(0.01)
+    );
+    for id in &ids {
+        let _ = runtime
+            .stop(&devcell::domain::WorkspaceId::parse(id).unwrap())
+            .await;
+    }
+    running.stop().await;
+}
+
+fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}

@@ -1,0 +1,185 @@
+//! Users' git credentials for private repositories: an HTTPS token (with its user name) or an
+//! SSH private key per host. They are sealed at rest, used only by the cell while cloning, and
+//! never returned by the API, written to logs or to the workspace's git configuration.
+
+use super::{Actor, Cell, Error, Result, new_ulid};
+use crate::content::git::GitAuth;
+use crate::domain::entities::GitCredential;
+use crate::domain::validate::RepoScheme;
+use crate::domain::{CredentialId, FieldError, RepoUrl, UserId};
+use crate::store::Reader;
+
+/// What a user hands over.
+pub enum NewCredential {
+    Token { username: String, token: String },
+    SshKey { private_key: String },
+}
+
+fn validate_host(host: &str) -> Result<String> {
+    let h = host.trim().to_ascii_lowercase();
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    if !ok {
+        return Err(FieldError::new(
+            "host",
+            "a host name as in the repository URL, e.g. github.com or git.example.com:8443",
+        )
+        .into());
+    }
+    Ok(h)
+}
+
+/// The host a credential for `url` must name.
+pub fn host_of(url: &RepoUrl) -> Option<String> {
+    let s = url.as_str();
+    if url.scheme() == RepoScheme::File {
+        return None;
+    }
+    match url::Url::parse(s) {
+        Ok(u) => {
+            let host = u.host_str()?.to_ascii_lowercase();
+            Some(match u.port() {
+                Some(p) if url.scheme() != RepoScheme::Ssh => format!("{host}:{p}"),
+                _ => host,
+            })
+        }
+        // scp-like: user@host:path
+        Err(_) => s
+            .split_once('@')
+            .and_then(|(_, rest)| rest.split_once(':'))
+            .map(|(h, _)| h.to_ascii_lowercase()),
+    }
+}
+
+impl Cell {
+    fn sealer(&self) -> Result<&super::secrets::Sealer> {
+        self.inner.sealer.as_ref().ok_or_else(|| {
+            Error::Internal("the cell's secret key is not available; check DATA/secret.key".into())
+        })
+    }
+
+    pub fn add_git_credential(
+        &self,
+        actor: &Actor,
+        host: &str,
+        new: NewCredential,
+    ) -> Result<GitCredential> {
+        let host = validate_host(host)?;
+        let (kind, username, secret) = match new {
+            NewCredential::Token { username, token } => {
+                let token = token.trim().to_owned();
+                if token.is_empty() || token.len() > 4096 || token.chars().any(char::is_control) {
+                    return Err(FieldError::new(
+                        "token",
+                        "a token of 1 to 4096 printable characters",
+                    )
+                    .into());
+                }
+                let username = username.trim().to_owned();
+                if username.is_empty() || username.len() > 200 || username.contains(':') {
+                    return Err(FieldError::new("username", "the user name that goes with the token (for GitHub any, e.g. x-access-token)").into());
+                }
+                ("token", Some(username), token)
+            }
+            NewCredential::SshKey { private_key } => {
+                if !private_key.contains("PRIVATE KEY-----") || private_key.len() > 16 * 1024 {
+                    return Err(FieldError::new(
+                        "ssh_private_key",
+                        "an unencrypted private key in OpenSSH or PEM form",
+                    )
+                    .into());
+                }
+                ("ssh_key", None, private_key)
+            }
+        };
+        let cred = GitCredential {
+            id: CredentialId::from_ulid(new_ulid()),
+            user: actor.user.id.clone(),
+            host,
+            kind: kind.into(),
+            username,
+            sealed_secret: self.sealer()?.seal(&secret),
+            created_at: self.now(),
+        };
+        self.store().write(|tx| -> Result<()> {
+            // One credential per host and user: a new one replaces the old.
+            for old in tx.git_credentials(&actor.user.id)? {
+                if old.host == cred.host {
+                    tx.delete_git_credential(&actor.user.id, &old.id)?;
+                }
+            }
+            tx.put_git_credential(&cred)?;
+            Ok(())
+        })?;
+        Ok(cred)
+    }
+
+    pub fn list_git_credentials(&self, actor: &Actor) -> Result<Vec<GitCredential>> {
+        Ok(self.store().read(|tx| tx.git_credentials(&actor.user.id))?)
+    }
+
+    pub fn delete_git_credential(&self, actor: &Actor, id: &CredentialId) -> Result<()> {
+        if !self
+            .store()
+            .write(|tx| tx.delete_git_credential(&actor.user.id, id))?
+        {
+            return Err(Error::NotFound {
+                what: "git credential",
+            });
+        }
+        Ok(())
+    }
+
+    /// The credential `user` stored for the host of `url`, opened for one clone.
+    pub(crate) fn git_auth_for(&self, user: &UserId, url: &RepoUrl) -> Result<GitAuth> {
+        let Some(host) = host_of(url) else {
+            return Ok(GitAuth::None);
+        };
+        let creds = self.store().read(|tx| tx.git_credentials(user))?;
+        let Some(c) = creds.into_iter().find(|c| c.host == host) else {
+            return Ok(GitAuth::None);
+        };
+        let secret = self
+            .sealer()?
+            .open(&c.sealed_secret)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(match c.kind.as_str() {
+            "ssh_key" => GitAuth::SshKey {
+                private_key: secret,
+            },
+            _ => GitAuth::Token {
+                username: c.username.unwrap_or_else(|| "git".into()),
+                token: secret,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_come_from_every_url_form() {
+        let h = |u: &str| host_of(&RepoUrl::parse(u).unwrap());
+        assert_eq!(
+            h("https://GitHub.com/team/app.git").as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(
+            h("http://127.0.0.1:8080/app.git").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            h("ssh://git@git.example.com:2222/team/app.git").as_deref(),
+            Some("git.example.com")
+        );
+        assert_eq!(
+            h("git@github.com:team/app.git").as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(h("file:///srv/git/app.git"), None);
+    }
+}
