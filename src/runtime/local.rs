@@ -10,7 +10,6 @@
 //! restart or update of the cell, which reconnects to its agent.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use super::cgroup::{Cgroup, Hierarchy};
 use super::{Runtime, RuntimeError, SandboxSpec};
