@@ -59,7 +59,7 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
         ("get", "/api/v1/git-credentials") => (User, None),
         ("post", "/api/v1/git-credentials") => (
             User,
-            Some(json!({ "host": "git.example.com", "username": "me", "token": "t0ken" })),
+            Some(json!({ "host": "other.example.com", "username": "me", "token": "t0ken" })),
         ),
         ("delete", "/api/v1/git-credentials/{id}") => (Owner, None),
         ("post", "/api/v1/orgs") => (User, Some(json!({ "name": "Side project" }))),
