@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// Use [`Config::secure_cookies`], which applies the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secure_cookies: Option<bool>,
+    /// A domain with wildcard DNS to this cell: ports are also served at `{port}-{id}.{domain}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_domain: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             public_url: None,
             max_body_bytes: 1024 * 1024,
             secure_cookies: None,
+            workspace_domain: None,
         }
     }
 }
@@ -433,6 +437,20 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
         "log.level",
         "must not be empty; use e.g. info".to_string(),
     );
+    if let Some(domain) = &config.server.workspace_domain {
+        let ok = !domain.is_empty()
+            && domain.len() <= 253
+            && domain.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        check(
+            ok,
+            "server.workspace_domain",
+            format!("{domain:?} is not a domain name like ws.example.com"),
+        );
+    }
     if let Some(email) = &config.auth.owner_email {
         check(
             email.contains('@'),

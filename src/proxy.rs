@@ -78,6 +78,41 @@ fn strip_session(cookie: &str) -> Option<String> {
     }
 }
 
+/// `{port}-{workspace id}.{workspace_domain}` when a wildcard domain is configured: the whole
+/// path goes to the workspace's port.
+pub async fn route_by_host(
+    State(st): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let target = st
+        .cell
+        .config()
+        .server
+        .workspace_domain
+        .as_deref()
+        .and_then(|domain| {
+            let host = req.headers().get(header::HOST)?.to_str().ok()?;
+            let host = host
+                .rsplit_once(':')
+                .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                .map(|(h, _)| h)
+                .unwrap_or(host);
+            let label = host.strip_suffix(domain)?.strip_suffix('.')?;
+            let (port, id) = label.split_once('-')?;
+            Some((id.to_owned(), port.parse::<u16>().ok()?))
+        });
+    match target {
+        Some((id, port)) => {
+            let rest = req.uri().path().trim_start_matches('/').to_owned();
+            proxy(st, id, port, rest, req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }
+        None => next.run(req).await,
+    }
+}
+
 async fn proxy(
     st: AppState,
     id: String,

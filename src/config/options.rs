@@ -78,6 +78,14 @@ pub const OPTIONS: &[OptionDoc] = &[
         description: "Whether session cookies carry the `Secure` attribute.",
     },
     OptionDoc {
+        key: "server.workspace_domain",
+        env: "DEVCELL_SERVER__WORKSPACE_DOMAIN",
+        ty: "domain name",
+        default: DefaultDoc::None,
+        secret: false,
+        description: "A domain whose wildcard DNS points at this cell; workspace ports are then also served at `{port}-{workspace id}.{domain}` (private ports need a bearer token there).",
+    },
+    OptionDoc {
         key: "log.format",
         env: "DEVCELL_LOG__FORMAT",
         ty: "`text` or `json`",

@@ -501,6 +501,7 @@ fn fully_populated() -> Config {
     let mut config = Config::default();
     config.server.public_url = Some(Url::parse("https://example.com/").unwrap());
     config.server.secure_cookies = Some(true);
+    config.server.workspace_domain = Some("ws.example.com".to_string());
     config.auth.owner_email = Some("o@example.com".to_string());
     config.auth.owner_password = Some(Secret::new("pw"));
     config

@@ -591,7 +591,12 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
     use futures::{SinkExt, StreamExt};
     use reqwest::header;
     use tokio_tungstenite::tungstenite::Message;
-    let c = TestCell::start_with_runtime().await;
+    let c = TestCell::start_full(
+        |cfg| cfg.server.workspace_domain = Some("ws.test".into()),
+        None,
+        Some(crate::harness::local_runtime()),
+    )
+    .await;
     let repos = tempfile::tempdir().unwrap();
     let server = include_str!("../fixtures/port_server.py");
     let gitpod = "tasks:\n  - name: web\n    command: python3 server.py 3000\nports:\n  - port: 3000\n    name: web\n";
@@ -722,6 +727,29 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
     assert_eq!(
         c.http.get(&url).send().await.unwrap().status(),
         StatusCode::OK
+    );
+
+    // With a wildcard domain, the same port answers at {port}-{id}.{domain}, whole path.
+    let res = c
+        .http
+        .get(c.url("/hello?x=1"))
+        .header(header::HOST, format!("3000-{id}.ws.test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().starts_with("path=/hello?x=1 "));
+    let res = c
+        .http
+        .get(c.url("/healthz"))
+        .header(header::HOST, format!("3000-{id}.elsewhere.test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.text().await.unwrap(),
+        "ok\n",
+        "other hosts are the cell itself"
     );
 
     // WebSockets pass through.
