@@ -7,7 +7,8 @@
 mod api;
 pub mod content;
 mod harness;
+mod image;
 mod openapi;
 mod roles;
-mod runtime;
+pub mod runtime;
 mod smoke;

@@ -313,6 +313,11 @@ fn serve_layers_file_env_and_flags_and_config_check_masks_secrets() {
 #[test]
 fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspaces() {
     let home = tempfile::tempdir().unwrap();
+    {
+        // Sandboxes run as their own uid and must reach their directories under here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
     let data = home.path().join("data");
     let d = data.to_str().unwrap().to_owned();
     let mut c = devcell(home.path());
@@ -400,6 +405,44 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
     let (ok, _, err) = cmd(&["ws", "create", "--repo", "not a url"]);
     assert!(!ok);
     assert!(err.contains("invalid_field"), "{err}");
+
+    // A real workspace through the CLI: start, exec (its exit code becomes ours), stop.
+    let repos = home.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let bare = crate::runtime::bare_repo(&repos, "cli", &[("README.md", "from the cli\n")]);
+    let (ok, out, err) = cmd(&[
+        "ws",
+        "create",
+        "--repo",
+        &format!("file://{}", bare.display()),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let run_id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ok, out, err) = cmd(&["ws", "start", &run_id]);
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("running"), "{out}");
+    let mut exec = devcell(home.path());
+    exec.args([
+        "ws",
+        "exec",
+        &run_id,
+        "--",
+        "sh",
+        "-c",
+        "cat README.md; echo oops >&2; exit 3",
+    ]);
+    let out = exec.stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the cli\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    let (ok, out, err) = cmd(&["ws", "stop", &run_id]);
+    assert!(ok && out.contains("stopped"), "{out} {err}");
+    let (ok, _, _) = cmd(&["ws", "delete", &run_id]);
+    assert!(ok);
 
     let (ok, out, _) = cmd(&["ws", "delete", &id]);
     assert!(ok, "{out}");
