@@ -18,6 +18,9 @@ command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v git >/dev/null || need+=(git)
 [ -x /usr/bin/bwrap ] || need+=(bubblewrap)
+command -v slirp4netns >/dev/null || need+=(slirp4netns)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq && apt-get install -y -qq "${need[@]}"

@@ -1,1 +1,2397 @@
-//! placeholder
+//! OCI images as workspace root filesystems: pulling them from v2 registries, importing OCI
+//! image archives for air-gapped sites, and unpacking their layers safely into a cached tree
+//! that the sandbox mounts read-only. Not the sandbox itself, and not the deletion of unused
+//! images.
+//!
+//! Layout under the store's root (the cell's `data_dir/images`):
+//!
+//! - `blobs/sha256/<hex>`: layers and configs, shared by every image, written only after their
+//!   content matched the digest;
+//! - `rootfs/<manifest hex>/`: an unpacked image, built in a temporary directory beside it and
+//!   renamed into place, so a crash never leaves a half-built tree under the final name;
+//! - `meta/<manifest hex>.json`: what the sandbox needs besides the files (environment,
+//!   working directory, user) and the references that name the image. It is written before the
+//!   tree is renamed into place, and an image counts as present only when both exist.
+//!
+//! Layers are hostile input: entries never leave the tree, no symlink is followed while
+//! writing, and sizes are capped against decompression bombs.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, BufReader, Read, Write as _};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{
+    DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+
+/// The host that serves Docker Hub's registry API (`docker.io` is only a name).
+pub const DOCKER_HUB: &str = "registry-1.docker.io";
+/// Default cap on the unpacked size of one image.
+pub const DEFAULT_LIMIT: u64 = 20 * 1024 * 1024 * 1024;
+/// Cap on the number of archive entries in one image; real images have tens of thousands.
+pub const MAX_ENTRIES: u64 = 1_000_000;
+/// Manifests, indexes, configs and `index.json` are read into memory; real ones are a few KiB.
+const MAX_DOCUMENT: u64 = 8 * 1024 * 1024;
+/// GNU long names and PAX headers are read into memory by the tar reader, so they are capped
+/// before it sees them.
+const MAX_HEADER_EXTENSION: u64 = 1024 * 1024;
+const RECORD_VERSION: u32 = 1;
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
+const CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per read, not per request: a large layer over a slow link takes as long as it takes.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Distinguishes temporary names made by concurrent pulls in one process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Serializes read-modify-write of the `meta/` records within the process.
+static RECORDS: Mutex<()> = Mutex::new(());
+
+/// What can go wrong with an image; `code()` is stable for APIs and metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image reference {input:?}: {reason}")]
+    BadReference { input: String, reason: String },
+    #[error("image not found: {what}; check the name and tag")]
+    NotFound { what: String },
+    #[error(
+        "the registry refused access to {what}; check the credentials (for ECR: user AWS and a \
+         token from GetAuthorizationToken)"
+    )]
+    Unauthorized { what: String },
+    #[error(
+        "cannot reach registry {registry} ({message}); check the address and the network, or \
+         import the image with `devcell image import`"
+    )]
+    Unreachable { registry: String, message: String },
+    #[error("unsupported image: {reason}")]
+    Unsupported { reason: String },
+    #[error(
+        "content of {expected} does not match its digest (got {actual}); the registry or the \
+         archive is corrupt or tampered with"
+    )]
+    DigestMismatch { expected: String, actual: String },
+    #[error("refused archive entry {entry:?}: {reason}")]
+    HostileArchive { entry: String, reason: String },
+    #[error("{what} exceeds the limit of {limit}; raise the image size limit if this is expected")]
+    TooLarge { what: String, limit: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ImageError {
+    /// A stable, machine-readable code for APIs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ImageError::BadReference { .. } => "bad_reference",
+            ImageError::NotFound { .. } => "not_found",
+            ImageError::Unauthorized { .. } => "unauthorized",
+            ImageError::Unreachable { .. } => "unreachable",
+            ImageError::Unsupported { .. } => "unsupported",
+            ImageError::DigestMismatch { .. } => "digest_mismatch",
+            ImageError::HostileArchive { .. } => "hostile_archive",
+            ImageError::TooLarge { .. } => "too_large",
+            ImageError::Io { .. } => "io",
+        }
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
+    let context = context.into();
+    move |source| ImageError::Io { context, source }
+}
+
+fn unsupported(reason: impl Into<String>) -> ImageError {
+    ImageError::Unsupported {
+        reason: reason.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// References
+
+/// A parsed image reference, with Docker's defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    /// Host (and port) of the registry; [`DOCKER_HUB`] for Docker Hub.
+    pub registry: String,
+    /// The repository path, `library/ubuntu` for Docker Hub's official images.
+    pub repository: String,
+    pub reference: Reference,
+}
+
+/// A tag, or a manifest digest (`sha256:<64 hex>`), which pins the content.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(String),
+    Digest(String),
+}
+
+impl ImageRef {
+    /// Parses a reference by Docker's rules: `ubuntu` is
+    /// `registry-1.docker.io/library/ubuntu:latest`; the first path component is a registry
+    /// when it has a dot or a port or is `localhost` (`host:5000/a/b:tag`); `@sha256:...` pins a
+    /// digest and wins over a tag.
+    pub fn parse(s: &str) -> Result<ImageRef, ImageError> {
+        let bad = |reason: &str| ImageError::BadReference {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let input = s.trim();
+        if input.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if input.contains("://") {
+            return Err(bad("leave out the scheme: write host/repository:tag"));
+        }
+        let (name, digest) = match input.split_once('@') {
+            Some((name, digest)) => (name, Some(digest)),
+            None => (input, None),
+        };
+        let last = name.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match name[last..].rfind(':') {
+            Some(i) => (&name[..last + i], Some(&name[last + i + 1..])),
+            None => (name, None),
+        };
+        let (registry, path) = match name.split_once('/') {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first, rest)
+            }
+            _ => ("docker.io", name),
+        };
+        let hub = matches!(registry, "docker.io" | "index.docker.io" | DOCKER_HUB);
+        let repository = if hub && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path.to_owned()
+        };
+        if !registry
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        {
+            return Err(bad("the registry host has invalid characters"));
+        }
+        if repository.is_empty() || repository.len() > 255 {
+            return Err(bad("the repository name is empty or too long"));
+        }
+        for part in repository.split('/') {
+            let ok_chars = part.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            });
+            let ends_ok = part.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && part.ends_with(|c: char| c.is_ascii_alphanumeric());
+            if !ok_chars || !ends_ok {
+                return Err(bad(
+                    "repository names are lowercase letters, digits and . _ - between slashes",
+                ));
+            }
+        }
+        let reference = match (digest, tag) {
+            (Some(d), _) => {
+                if !d.strip_prefix("sha256:").is_some_and(is_sha256_hex) {
+                    return Err(bad(
+                        "the digest must be sha256: followed by 64 lowercase hex digits",
+                    ));
+                }
+                Reference::Digest(d.to_owned())
+            }
+            (None, Some(t)) => {
+                let valid = !t.is_empty()
+                    && t.len() <= 128
+                    && t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                if !valid {
+                    return Err(bad(
+                        "a tag is up to 128 letters, digits, _ . - (not starting with . or -)",
+                    ));
+                }
+                Reference::Tag(t.to_owned())
+            }
+            (None, None) => Reference::Tag("latest".to_owned()),
+        };
+        Ok(ImageRef {
+            registry: if hub { DOCKER_HUB } else { registry }.to_owned(),
+            repository,
+            reference,
+        })
+    }
+
+    /// `http://` for registries on this machine (tests, local mirrors), `https://` otherwise.
+    pub fn base_url(&self) -> String {
+        let host = match self.registry.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or_default(),
+            None => self.registry.split(':').next().unwrap_or_default(),
+        };
+        let scheme = if matches!(host, "localhost" | "127.0.0.1" | "::1") {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}", self.registry)
+    }
+}
+
+impl Reference {
+    /// The tag or the digest, as the registry API takes it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Reference::Tag(t) => t,
+            Reference::Digest(d) => d,
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reference {
+            Reference::Tag(t) => write!(f, "{}/{}:{t}", self.registry, self.repository),
+            Reference::Digest(d) => write!(f, "{}/{}@{d}", self.registry, self.repository),
+        }
+    }
+}
+
+impl std::str::FromStr for ImageRef {
+    type Err = ImageError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ImageRef::parse(s)
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+/// The credential for a registry.
+///
+/// Amazon ECR is `Basic` with the user name `AWS` and, as password, the token that
+/// `GetAuthorizationToken` returns (base64-decoded, the part after `AWS:`); it expires after
+/// 12 hours, so the caller fetches a fresh one before each pull.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum RegistryAuth {
+    #[default]
+    Anonymous,
+    Basic {
+        username: String,
+        password: String,
+    },
+}
+
+// Written by hand so that logging a pull never prints a password.
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryAuth::Anonymous => f.write_str("Anonymous"),
+            RegistryAuth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
+impl RegistryAuth {
+    fn basic_header(&self) -> Option<String> {
+        match self {
+            RegistryAuth::Anonymous => None,
+            RegistryAuth::Basic { username, password } => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            )),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store
+
+/// An unpacked image, ready to be mounted as a root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// The name it was pulled or imported under.
+    pub reference: String,
+    /// The digest of the linux/amd64 image manifest, `sha256:<hex>`.
+    pub digest: String,
+    pub rootfs: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    /// Bytes of regular files in the unpacked tree (hard links counted once).
+    pub size_bytes: u64,
+}
+
+/// What `meta/<hex>.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ImageRecord {
+    version: u32,
+    digest: String,
+    references: Vec<String>,
+    env: Vec<(String, String)>,
+    working_dir: Option<String>,
+    user: Option<String>,
+    size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_bytes: u64,
+    max_entries: u64,
+}
+
+/// The image cache of a cell.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+    limits: Limits,
+}
+
+impl ImageStore {
+    /// A store under `root` (the cell's `data_dir/images`); directories are made on first use.
+    pub fn new(root: PathBuf) -> ImageStore {
+        ImageStore {
+            root,
+            limits: Limits {
+                max_bytes: DEFAULT_LIMIT,
+                max_entries: MAX_ENTRIES,
+            },
+        }
+    }
+
+    /// Caps the unpacked size of one image (and the size of one downloaded blob).
+    pub fn with_limit(mut self, bytes: u64) -> ImageStore {
+        self.limits.max_bytes = bytes;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    fn rootfs_dir(&self) -> PathBuf {
+        self.root.join("rootfs")
+    }
+
+    fn meta_dir(&self) -> PathBuf {
+        self.root.join("meta")
+    }
+
+    fn ensure_dirs(&self) -> Result<(), ImageError> {
+        for dir in [self.blobs_dir(), self.rootfs_dir(), self.meta_dir()] {
+            fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        clean_stale(&self.blobs_dir());
+        clean_stale(&self.rootfs_dir());
+        clean_stale(&self.meta_dir());
+        Ok(())
+    }
+
+    /// Pulls (or finds in the cache) the image for linux/amd64 and returns its unpacked root
+    /// filesystem. Layers are cached by digest under `blobs/sha256/` and shared; the unpacked
+    /// rootfs is `rootfs/<manifest digest hex>/` (directories 0755, owned by the caller), built
+    /// in a temporary directory beside it and renamed into place atomically.
+    ///
+    /// A digest reference already in the cache is served without asking the registry. When
+    /// the registry cannot be reached, an image cached under the same reference is returned
+    /// (with a warning in the log) so that workspaces keep starting during an outage.
+    pub async fn pull(
+        &self,
+        image: &ImageRef,
+        auth: &RegistryAuth,
+    ) -> Result<PulledImage, ImageError> {
+        let reference = image.to_string();
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.ensure_dirs())
+            .await
+            .map_err(|e| io_err("preparing the image store")(io::Error::other(e)))??;
+        if let Reference::Digest(d) = &image.reference
+            && let Some(hex) = d.strip_prefix("sha256:")
+            && let Some(found) = self.cached(hex, &reference)?
+        {
+            return Ok(found);
+        }
+        match self.pull_from_registry(image, auth, &reference).await {
+            Err(e @ ImageError::Unreachable { .. }) => match self.find(&reference)? {
+                Some(found) => {
+                    tracing::warn!(image = %reference, error = %e, "registry unreachable; using the cached image");
+                    Ok(found)
+                }
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    async fn pull_from_registry(
+        &self,
+        image: &ImageRef,
+        auth: &RegistryAuth,
+        reference: &str,
+    ) -> Result<PulledImage, ImageError> {
+        let mut registry = Registry::new(image, auth)?;
+        let (digest, manifest) = registry.resolve(&image.reference).await?;
+        let hex = digest.trim_start_matches("sha256:").to_owned();
+        if let Some(found) = self.cached(&hex, reference)? {
+            return Ok(found);
+        }
+        check_config_type(&manifest)?;
+        let blobs = self.blobs_dir();
+        registry
+            .fetch_blob(manifest.config(), &blobs, MAX_DOCUMENT)
+            .await?;
+        for layer in manifest.layers() {
+            check_layer_type(layer)?;
+            registry
+                .fetch_blob(layer, &blobs, self.limits.max_bytes)
+                .await?;
+        }
+        let store = self.clone();
+        let reference = reference.to_owned();
+        tokio::task::spawn_blocking(move || store.materialize(&hex, &manifest, &reference))
+            .await
+            .map_err(|e| io_err("unpacking the image")(io::Error::other(e)))?
+    }
+
+    /// Imports an OCI image archive (a tar, optionally gzipped, of an OCI image layout:
+    /// `oci-layout`, `index.json`, `blobs/sha256/...`), as `devcell image import FILE` does for
+    /// air-gapped sites. Returns the images it held, named by their
+    /// `io.containerd.image.name` or `org.opencontainers.image.ref.name` annotation (full
+    /// references are normalized like [`ImageRef`]'s `to_string`), else by the manifest digest.
+    pub fn import_archive(&self, archive: &Path) -> Result<Vec<PulledImage>, ImageError> {
+        self.ensure_dirs()?;
+        let shown = archive.display().to_string();
+        let compression = sniff(archive, "")?;
+        prescan(open_layer(archive, compression)?, self.limits, 0, &shown)?;
+        let mut tar = tar::Archive::new(open_layer(archive, compression)?);
+        let entries = tar.entries().map_err(io_err(format!("reading {shown}")))?;
+        let blobs = self.blobs_dir();
+        let mut index_json = None;
+        let mut total = 0u64;
+        for entry in entries {
+            let mut entry = entry.map_err(io_err(format!("reading {shown}")))?;
+            let raw = entry.path_bytes().into_owned();
+            let name = String::from_utf8_lossy(&raw).into_owned();
+            let rel = clean_path(&raw).map_err(|reason| ImageError::HostileArchive {
+                entry: name.clone(),
+                reason: reason.to_owned(),
+            })?;
+            if let Some(link) = entry.link_name_bytes()
+                && entry.header().entry_type().is_hard_link()
+            {
+                // Nothing in a layout is a link, but a link out of the archive is an attack.
+                clean_path(&link).map_err(|reason| ImageError::HostileArchive {
+                    entry: name.clone(),
+                    reason: format!("hard link target: {reason}"),
+                })?;
+            }
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let parts: Vec<&OsStr> = rel.iter().collect();
+            match parts.as_slice() {
+                [f] if *f == "index.json" => {
+                    index_json = Some(read_capped(&mut entry, MAX_DOCUMENT, &name)?);
+                }
+                [b, s, hex] if *b == "blobs" && *s == "sha256" => {
+                    let Some(hex) = hex.to_str().filter(|h| is_sha256_hex(h)) else {
+                        continue;
+                    };
+                    total = total.saturating_add(entry.size());
+                    if total > self.limits.max_bytes {
+                        return Err(ImageError::TooLarge {
+                            what: format!("the blobs in {shown}"),
+                            limit: human_bytes(self.limits.max_bytes),
+                        });
+                    }
+                    store_blob(&mut entry, &blobs, hex)?;
+                }
+                _ => {}
+            }
+        }
+        let index_json = index_json.ok_or_else(|| {
+            unsupported(format!(
+                "{shown} is not an OCI image layout (no index.json); export it with \
+                 `skopeo copy ... oci-archive:FILE` or `docker save` (Docker 25 or later)"
+            ))
+        })?;
+        let index: ImageIndex = serde_json::from_slice(&index_json)
+            .map_err(|e| unsupported(format!("index.json of {shown} is invalid: {e}")))?;
+        let mut images = Vec::new();
+        for desc in index.manifests() {
+            let (digest, manifest) = self.resolve_local(desc, 0)?;
+            let name = image_name(desc).unwrap_or_else(|| digest.clone());
+            let hex = digest.trim_start_matches("sha256:").to_owned();
+            check_config_type(&manifest)?;
+            images.push(self.materialize(&hex, &manifest, &name)?);
+        }
+        Ok(images)
+    }
+
+    /// The cached images, one entry per reference, sorted by reference.
+    pub fn list(&self) -> Result<Vec<PulledImage>, ImageError> {
+        let meta = self.meta_dir();
+        let dir = match fs::read_dir(&meta) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("reading {}", meta.display()))(e)),
+        };
+        let mut images = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(io_err(format!("reading {}", meta.display())))?;
+            let name = entry.file_name();
+            let Some(hex) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|h| is_sha256_hex(h))
+            else {
+                continue;
+            };
+            let Some(record) = self.load_record(hex)? else {
+                continue;
+            };
+            let rootfs = self.rootfs_dir().join(hex);
+            if !rootfs.is_dir() {
+                continue;
+            }
+            let references = if record.references.is_empty() {
+                vec![record.digest.clone()]
+            } else {
+                record.references.clone()
+            };
+            for reference in references {
+                images.push(to_pulled(&record, reference, rootfs.clone()));
+            }
+        }
+        images.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(images)
+    }
+
+    /// The cached image last pulled or imported under `reference`.
+    pub fn find(&self, reference: &str) -> Result<Option<PulledImage>, ImageError> {
+        Ok(self.list()?.into_iter().find(|i| i.reference == reference))
+    }
+
+    /// The cached image with this manifest digest, now also known as `reference`.
+    fn cached(&self, hex: &str, reference: &str) -> Result<Option<PulledImage>, ImageError> {
+        if !is_sha256_hex(hex) || !self.rootfs_dir().join(hex).is_dir() {
+            return Ok(None);
+        }
+        let Some(record) = self.load_record(hex)? else {
+            return Ok(None);
+        };
+        let record = self.save_record(record, reference)?;
+        Ok(Some(to_pulled(
+            &record,
+            reference.to_owned(),
+            self.rootfs_dir().join(hex),
+        )))
+    }
+
+    fn load_record(&self, hex: &str) -> Result<Option<ImageRecord>, ImageError> {
+        let path = self.meta_dir().join(format!("{hex}.json"));
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+        };
+        match serde_json::from_slice::<ImageRecord>(&bytes) {
+            Ok(r) if r.version == RECORD_VERSION => Ok(Some(r)),
+            // An unreadable record only costs a new unpack; it is rewritten then.
+            Ok(r) => {
+                tracing::warn!(path = %path.display(), version = r.version, "unknown image record version");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable image record");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `record` with `reference` added, and takes `reference` off every other image:
+    /// a tag names one image at a time.
+    fn save_record(
+        &self,
+        mut record: ImageRecord,
+        reference: &str,
+    ) -> Result<ImageRecord, ImageError> {
+        let _guard = RECORDS.lock().unwrap_or_else(|e| e.into_inner());
+        let hex = record.digest.trim_start_matches("sha256:").to_owned();
+        if let Some(existing) = self.load_record(&hex)? {
+            for r in existing.references {
+                if !record.references.contains(&r) {
+                    record.references.push(r);
+                }
+            }
+        }
+        if !record.references.iter().any(|r| r == reference) {
+            record.references.push(reference.to_owned());
+        }
+        let meta = self.meta_dir();
+        if let Ok(dir) = fs::read_dir(&meta) {
+            for entry in dir.flatten() {
+                let name = entry.file_name();
+                let Some(other) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .filter(|h| is_sha256_hex(h) && *h != hex)
+                else {
+                    continue;
+                };
+                if let Some(mut o) = self.load_record(other)?
+                    && o.references.iter().any(|r| r == reference)
+                {
+                    o.references.retain(|r| r != reference);
+                    self.write_record(other, &o)?;
+                }
+            }
+        }
+        self.write_record(&hex, &record)?;
+        Ok(record)
+    }
+
+    fn write_record(&self, hex: &str, record: &ImageRecord) -> Result<(), ImageError> {
+        let meta = self.meta_dir();
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| io_err("encoding an image record")(io::Error::other(e)))?;
+        let tmp = Cleanup::file(meta.join(temp_name(hex)));
+        fs::write(tmp.path(), bytes)
+            .map_err(io_err(format!("writing {}", tmp.path().display())))?;
+        let dest = meta.join(format!("{hex}.json"));
+        fs::rename(tmp.path(), &dest).map_err(io_err(format!("writing {}", dest.display())))?;
+        tmp.disarm();
+        Ok(())
+    }
+
+    /// Finds the linux/amd64 manifest a descriptor of an archive's index points to.
+    fn resolve_local(
+        &self,
+        desc: &Descriptor,
+        depth: u32,
+    ) -> Result<(String, ImageManifest), ImageError> {
+        let hex = descriptor_hex(desc)?;
+        let bytes = read_blob(&self.blobs_dir(), &hex, MAX_DOCUMENT)?;
+        match parse_document(&bytes)? {
+            Document::Manifest(m) => Ok((format!("sha256:{hex}"), *m)),
+            Document::Index(index) if depth == 0 => {
+                let chosen = pick_platform(&index)?;
+                self.resolve_local(chosen, depth + 1)
+            }
+            Document::Index(_) => Err(unsupported("an index nested in an index")),
+        }
+    }
+
+    /// Unpacks the layers of `manifest` (whose blobs are in the store) into
+    /// `rootfs/<hex>` unless it is there already, and records the image under `reference`.
+    fn materialize(
+        &self,
+        hex: &str,
+        manifest: &ImageManifest,
+        reference: &str,
+    ) -> Result<PulledImage, ImageError> {
+        let blobs = self.blobs_dir();
+        let config_hex = descriptor_hex(manifest.config())?;
+        let config_bytes = read_blob(&blobs, &config_hex, MAX_DOCUMENT)?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+            .map_err(|e| unsupported(format!("the image configuration is invalid: {e}")))?;
+        if *config.os() != Os::Linux || *config.architecture() != Arch::Amd64 {
+            return Err(unsupported(format!(
+                "the image is for {}/{}; only linux/amd64 runs here",
+                config.os(),
+                config.architecture()
+            )));
+        }
+        let final_dir = self.rootfs_dir().join(hex);
+        let record = if final_dir.is_dir() {
+            let existing = match self.load_record(hex)? {
+                Some(record) => record,
+                None => record_from(hex, &config, tree_size(&final_dir)?),
+            };
+            self.save_record(existing, reference)?
+        } else {
+            let tmp = Cleanup::dir(self.rootfs_dir().join(temp_name(hex)));
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(tmp.path())
+                .map_err(io_err(format!("creating {}", tmp.path().display())))?;
+            set_mode(tmp.path(), 0o755)?;
+            let mut unpacker = Unpacker::new(tmp.path(), self.limits);
+            for layer in manifest.layers() {
+                let layer_hex = descriptor_hex(layer)?;
+                unpacker.apply_layer(&blobs.join(&layer_hex), layer.media_type().as_ref())?;
+            }
+            let size = tree_size(tmp.path())?;
+            // The record goes first: a tree without a record is never used, a record without
+            // a tree is ignored and rewritten.
+            let record = self.save_record(record_from(hex, &config, size), reference)?;
+            match fs::rename(tmp.path(), &final_dir) {
+                Ok(()) => tmp.disarm(),
+                // Another pull finished the same image first; its tree is as good as ours.
+                Err(_) if final_dir.is_dir() => {}
+                Err(e) => {
+                    return Err(io_err(format!(
+                        "moving the image to {}",
+                        final_dir.display()
+                    ))(e));
+                }
+            }
+            record
+        };
+        Ok(to_pulled(&record, reference.to_owned(), final_dir))
+    }
+}
+
+fn record_from(hex: &str, config: &ImageConfiguration, size_bytes: u64) -> ImageRecord {
+    let c = config.config().as_ref();
+    let env = c
+        .and_then(|c| c.env().as_ref())
+        .map(|env| {
+            env.iter()
+                .filter_map(|e| e.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    ImageRecord {
+        version: RECORD_VERSION,
+        digest: format!("sha256:{hex}"),
+        references: Vec::new(),
+        env,
+        working_dir: c.and_then(|c| non_empty(c.working_dir())),
+        user: c.and_then(|c| non_empty(c.user())),
+        size_bytes,
+    }
+}
+
+fn to_pulled(record: &ImageRecord, reference: String, rootfs: PathBuf) -> PulledImage {
+    PulledImage {
+        reference,
+        digest: record.digest.clone(),
+        rootfs,
+        env: record.env.clone(),
+        working_dir: record.working_dir.clone(),
+        user: record.user.clone(),
+        size_bytes: record.size_bytes,
+    }
+}
+
+/// The name an archive gives an image: containerd's full name when there is one (Docker's
+/// `docker save` writes it), else the OCI ref name, normalized when it is a full reference.
+fn image_name(desc: &Descriptor) -> Option<String> {
+    let annotations = desc.annotations().as_ref()?;
+    let name = annotations
+        .get("io.containerd.image.name")
+        .or_else(|| annotations.get("org.opencontainers.image.ref.name"))?;
+    if name.contains(['/', ':', '@'])
+        && let Ok(parsed) = ImageRef::parse(name)
+    {
+        return Some(parsed.to_string());
+    }
+    Some(name.clone())
+}
+
+fn check_config_type(manifest: &ImageManifest) -> Result<(), ImageError> {
+    let media_type = manifest.config().media_type().to_string();
+    if CONFIG_TYPES.contains(&media_type.as_str()) {
+        Ok(())
+    } else {
+        Err(unsupported(format!(
+            "not a container image (its configuration is {media_type})"
+        )))
+    }
+}
+
+fn check_layer_type(layer: &Descriptor) -> Result<(), ImageError> {
+    let media_type = layer.media_type().to_string();
+    if media_type.contains("zstd") {
+        return Err(zstd_unsupported());
+    }
+    Ok(())
+}
+
+fn zstd_unsupported() -> ImageError {
+    unsupported(
+        "zstd-compressed layers are not supported yet; push the image with gzip layers \
+         (e.g. `docker buildx build --output type=image,compression=gzip`)",
+    )
+}
+
+fn descriptor_hex(desc: &Descriptor) -> Result<String, ImageError> {
+    match desc.as_digest_sha256() {
+        Some(hex) if is_sha256_hex(hex) => Ok(hex.to_owned()),
+        _ => Err(unsupported(format!(
+            "digest {} is not sha256; only sha256 content is supported",
+            desc.digest()
+        ))),
+    }
+}
+
+enum Document {
+    Manifest(Box<ImageManifest>),
+    Index(Box<ImageIndex>),
+}
+
+fn parse_document(bytes: &[u8]) -> Result<Document, ImageError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| unsupported(format!("the manifest is not JSON: {e}")))?;
+    if value.get("schemaVersion").and_then(|v| v.as_u64()) == Some(1) {
+        return Err(unsupported(
+            "Docker schema 1 manifests are obsolete; push the image again with a current client",
+        ));
+    }
+    if value.get("manifests").is_some() {
+        let index = serde_json::from_value(value)
+            .map_err(|e| unsupported(format!("the image index is invalid: {e}")))?;
+        Ok(Document::Index(Box::new(index)))
+    } else {
+        let manifest = serde_json::from_value(value)
+            .map_err(|e| unsupported(format!("the image manifest is invalid: {e}")))?;
+        Ok(Document::Manifest(Box::new(manifest)))
+    }
+}
+
+fn pick_platform(index: &ImageIndex) -> Result<&Descriptor, ImageError> {
+    let amd64 = |d: &&Descriptor| {
+        d.platform()
+            .as_ref()
+            .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
+    };
+    // Prefer the baseline variant: v2/v3 builds need newer CPUs than every host has.
+    let baseline = |d: &&Descriptor| {
+        d.platform()
+            .as_ref()
+            .is_some_and(|p| p.variant().as_deref().is_none_or(|v| v == "v1"))
+    };
+    let candidates: Vec<&Descriptor> = index.manifests().iter().filter(amd64).collect();
+    if let Some(d) = candidates
+        .iter()
+        .copied()
+        .find(baseline)
+        .or(candidates.first().copied())
+    {
+        return Ok(d);
+    }
+    // An index without platforms (as some archives have) holding a single image.
+    if let [only] = index.manifests().as_slice()
+        && only.platform().is_none()
+    {
+        return Ok(only);
+    }
+    let available: Vec<String> = index
+        .manifests()
+        .iter()
+        .filter_map(|d| d.platform().as_ref())
+        .map(|p| format!("{}/{}", p.os(), p.architecture()))
+        .collect();
+    Err(unsupported(format!(
+        "no linux/amd64 image in the index (it has: {})",
+        if available.is_empty() {
+            "no platforms".to_owned()
+        } else {
+            available.join(", ")
+        }
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry protocol (distribution v2)
+
+struct Registry {
+    http: reqwest::Client,
+    base: String,
+    registry: String,
+    repository: String,
+    auth: RegistryAuth,
+    /// The `Authorization` header the registry accepted (a bearer token or basic auth).
+    authorization: Option<String>,
+}
+
+impl Registry {
+    fn new(image: &ImageRef, auth: &RegistryAuth) -> Result<Registry, ImageError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(concat!("devcell/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ImageError::Unreachable {
+                registry: image.registry.clone(),
+                message: format!("cannot build an HTTP client: {e}"),
+            })?;
+        Ok(Registry {
+            http,
+            base: image.base_url(),
+            registry: image.registry.clone(),
+            repository: image.repository.clone(),
+            auth: auth.clone(),
+            authorization: None,
+        })
+    }
+
+    fn what(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    fn unreachable(&self, message: impl Into<String>) -> ImageError {
+        ImageError::Unreachable {
+            registry: self.registry.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// GETs `path` on the registry, answering one authentication challenge, and maps error
+    /// statuses to errors.
+    async fn get(
+        &mut self,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, ImageError> {
+        let url = format!("{}{path}", self.base);
+        let mut challenged = false;
+        loop {
+            let mut request = self.http.get(&url);
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            if let Some(authorization) = &self.authorization {
+                request = request.header(reqwest::header::AUTHORIZATION, authorization);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| self.unreachable(without_url(e)))?;
+            let status = response.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && !challenged {
+                challenged = true;
+                let header = response
+                    .headers()
+                    .get(reqwest::header::WWW_AUTHENTICATE)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                self.authenticate(&header).await?;
+                continue;
+            }
+            return match status.as_u16() {
+                200..=299 => Ok(response),
+                401 | 403 => Err(ImageError::Unauthorized { what: self.what() }),
+                404 => Err(ImageError::NotFound {
+                    what: format!("{}{}", self.what(), path_tail(path)),
+                }),
+                429 => Err(self.unreachable("rate limited (HTTP 429); try again later")),
+                code => Err(self.unreachable(format!("HTTP {code}"))),
+            };
+        }
+    }
+
+    async fn authenticate(&mut self, header: &str) -> Result<(), ImageError> {
+        let unauthorized = || ImageError::Unauthorized { what: self.what() };
+        let Some(challenge) = parse_challenge(header) else {
+            return Err(unauthorized());
+        };
+        match challenge.scheme.as_str() {
+            "basic" => {
+                self.authorization = Some(self.auth.basic_header().ok_or_else(unauthorized)?);
+                Ok(())
+            }
+            "bearer" => {
+                let realm = challenge.params.get("realm").ok_or_else(unauthorized)?;
+                let mut url = url::Url::parse(realm)
+                    .map_err(|e| self.unreachable(format!("invalid token realm {realm:?}: {e}")))?;
+                // Credentials go to the realm only over TLS, unless the registry itself is a
+                // local plain-HTTP one.
+                if url.scheme() != "https" && !self.base.starts_with("http://") {
+                    return Err(self.unreachable(format!("token realm {realm} is not https")));
+                }
+                {
+                    let mut query = url.query_pairs_mut();
+                    if let Some(service) = challenge.params.get("service") {
+                        query.append_pair("service", service);
+                    }
+                    let scope = challenge
+                        .params
+                        .get("scope")
+                        .cloned()
+                        .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+                    query.append_pair("scope", &scope);
+                }
+                let mut request = self.http.get(url);
+                if let Some(basic) = self.auth.basic_header() {
+                    request = request.header(reqwest::header::AUTHORIZATION, basic);
+                }
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| self.unreachable(without_url(e)))?;
+                match response.status().as_u16() {
+                    200..=299 => {}
+                    401 | 403 => return Err(unauthorized()),
+                    code => {
+                        return Err(self.unreachable(format!("token service answered HTTP {code}")));
+                    }
+                }
+                #[derive(Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let token: Token = response.json().await.map_err(|e| {
+                    self.unreachable(format!("invalid token response: {}", without_url(e)))
+                })?;
+                let token = token
+                    .token
+                    .or(token.access_token)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| self.unreachable("the token service returned no token"))?;
+                self.authorization = Some(format!("Bearer {token}"));
+                Ok(())
+            }
+            _ => Err(unauthorized()),
+        }
+    }
+
+    /// Reads a small response body, refusing more than `max` bytes.
+    async fn body_capped(
+        &self,
+        mut response: reqwest::Response,
+        max: u64,
+    ) -> Result<Vec<u8>, ImageError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.unreachable(without_url(e)))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > max {
+                return Err(ImageError::TooLarge {
+                    what: "a manifest".to_owned(),
+                    limit: human_bytes(max),
+                });
+            }
+        }
+        Ok(body)
+    }
+
+    async fn manifest(&mut self, reference: &str) -> Result<Vec<u8>, ImageError> {
+        let path = format!("/v2/{}/manifests/{reference}", self.repository);
+        let response = self.get(&path, Some(ACCEPT_MANIFESTS)).await?;
+        self.body_capped(response, MAX_DOCUMENT).await
+    }
+
+    /// Fetches the manifest for `reference` and, through an index, the linux/amd64 one;
+    /// returns its digest and content, both verified.
+    async fn resolve(
+        &mut self,
+        reference: &Reference,
+    ) -> Result<(String, ImageManifest), ImageError> {
+        let bytes = self.manifest(reference.as_str()).await?;
+        let digest = format!("sha256:{}", sha256_hex(&bytes));
+        if let Reference::Digest(expected) = reference
+            && *expected != digest
+        {
+            return Err(ImageError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        match parse_document(&bytes)? {
+            Document::Manifest(m) => Ok((digest, *m)),
+            Document::Index(index) => {
+                let chosen = pick_platform(&index)?;
+                let hex = descriptor_hex(chosen)?;
+                let expected = format!("sha256:{hex}");
+                let bytes = self.manifest(&expected).await?;
+                let actual = format!("sha256:{}", sha256_hex(&bytes));
+                if actual != expected {
+                    return Err(ImageError::DigestMismatch { expected, actual });
+                }
+                match parse_document(&bytes)? {
+                    Document::Manifest(m) => Ok((expected, *m)),
+                    Document::Index(_) => Err(unsupported("an index nested in an index")),
+                }
+            }
+        }
+    }
+
+    /// Downloads a blob into `blobs/<hex>` unless it is there, streaming through a temporary
+    /// file that is renamed only once the content matches the digest.
+    async fn fetch_blob(
+        &mut self,
+        desc: &Descriptor,
+        blobs: &Path,
+        max: u64,
+    ) -> Result<(), ImageError> {
+        let hex = descriptor_hex(desc)?;
+        let dest = blobs.join(&hex);
+        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let expected = format!("sha256:{hex}");
+        if desc.size() > max {
+            return Err(ImageError::TooLarge {
+                what: format!("blob {expected}"),
+                limit: human_bytes(max),
+            });
+        }
+        let mut response = self
+            .get(&format!("/v2/{}/blobs/{expected}", self.repository), None)
+            .await?;
+        let tmp = Cleanup::file(blobs.join(temp_name(&hex)));
+        let write_err = || io_err(format!("writing {}", tmp.path().display()));
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp.path())
+            .await
+            .map_err(write_err())?;
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.unreachable(without_url(e)))?
+        {
+            received += chunk.len() as u64;
+            if received > desc.size() {
+                return Err(ImageError::DigestMismatch {
+                    expected,
+                    actual: format!("more than the {} bytes announced", desc.size()),
+                });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(write_err())?;
+        }
+        file.sync_all().await.map_err(write_err())?;
+        drop(file);
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != expected {
+            return Err(ImageError::DigestMismatch { expected, actual });
+        }
+        tokio::fs::rename(tmp.path(), &dest)
+            .await
+            .map_err(io_err(format!("writing {}", dest.display())))?;
+        tmp.disarm();
+        Ok(())
+    }
+}
+
+/// reqwest's messages name the URL; the message is enough and shorter.
+fn without_url(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+fn path_tail(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((_, tail)) if tail.starts_with("sha256:") => format!("@{tail}"),
+        Some((_, tail)) => format!(":{tail}"),
+        None => String::new(),
+    }
+}
+
+struct Challenge {
+    /// Lowercase: `bearer` or `basic`.
+    scheme: String,
+    params: HashMap<String, String>,
+}
+
+/// Parses `WWW-Authenticate: Bearer realm="...",service="...",scope="..."` (RFC 7235), where
+/// quoted values may hold commas (`scope="repository:a:pull,push"`).
+fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    if scheme.is_empty() {
+        return None;
+    }
+    let mut params = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek() {
+                if *c == ',' {
+                    break;
+                }
+                value.push(*c);
+                chars.next();
+            }
+            value = value.trim().to_owned();
+        }
+        params.insert(key.trim().to_ascii_lowercase(), value);
+    }
+    Some(Challenge {
+        scheme: scheme.to_ascii_lowercase(),
+        params,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blobs and temporary files
+
+/// Removes a temporary file or directory on drop unless disarmed, so that no error path
+/// leaves half-written content behind.
+struct Cleanup {
+    path: PathBuf,
+    dir: bool,
+    armed: bool,
+}
+
+impl Cleanup {
+    fn file(path: PathBuf) -> Cleanup {
+        Cleanup {
+            path,
+            dir: false,
+            armed: true,
+        }
+    }
+
+    fn dir(path: PathBuf) -> Cleanup {
+        Cleanup {
+            path,
+            dir: true,
+            armed: true,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = if self.dir {
+                fs::remove_dir_all(&self.path)
+            } else {
+                fs::remove_file(&self.path)
+            };
+        }
+    }
+}
+
+/// `.tmp-<pid>-<n>-<what>`: the pid lets a later process remove what a crashed one left.
+fn temp_name(what: &str) -> String {
+    format!(
+        ".tmp-{}-{}-{what}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes temporary files and directories left by processes that no longer run.
+fn clean_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id().to_string();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".tmp-"))
+            .and_then(|n| n.split('-').next())
+        else {
+            continue;
+        };
+        if pid != me && !Path::new("/proc").join(pid).exists() {
+            let path = entry.path();
+            tracing::info!(path = %path.display(), "removing a leftover from an interrupted image pull");
+            let _ = remove_any(&path);
+        }
+    }
+}
+
+/// Copies an archive entry into `blobs/<hex>`, verifying its content against the name.
+fn store_blob(reader: &mut impl Read, blobs: &Path, hex: &str) -> Result<(), ImageError> {
+    let dest = blobs.join(hex);
+    if dest.exists() {
+        return Ok(());
+    }
+    let tmp = Cleanup::file(blobs.join(temp_name(hex)));
+    let write_err = || io_err(format!("writing {}", tmp.path().display()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp.path())
+        .map_err(write_err())?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(io_err("reading the archive"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(write_err())?;
+    }
+    file.sync_all().map_err(write_err())?;
+    drop(file);
+    let actual = hex::encode(hasher.finalize());
+    if actual != hex {
+        return Err(ImageError::DigestMismatch {
+            expected: format!("sha256:{hex}"),
+            actual: format!("sha256:{actual}"),
+        });
+    }
+    fs::rename(tmp.path(), &dest).map_err(io_err(format!("writing {}", dest.display())))?;
+    tmp.disarm();
+    Ok(())
+}
+
+fn read_blob(blobs: &Path, hex: &str, max: u64) -> Result<Vec<u8>, ImageError> {
+    let path = blobs.join(hex);
+    let file = File::open(&path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            ImageError::NotFound {
+                what: format!("blob sha256:{hex}"),
+            }
+        } else {
+            io_err(format!("reading {}", path.display()))(e)
+        }
+    })?;
+    read_capped(file, max, &format!("blob sha256:{hex}"))
+}
+
+fn read_capped(reader: impl Read, max: u64, what: &str) -> Result<Vec<u8>, ImageError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(format!("reading {what}")))?;
+    if bytes.len() as u64 > max {
+        return Err(ImageError::TooLarge {
+            what: what.to_owned(),
+            limit: human_bytes(max),
+        });
+    }
+    Ok(bytes)
+}
+
+fn human_bytes(n: u64) -> String {
+    const GIB: u64 = 1024 * 1024 * 1024;
+    const MIB: u64 = 1024 * 1024;
+    if n >= GIB && n.is_multiple_of(GIB) {
+        format!("{} GiB", n / GIB)
+    } else if n >= MIB && n.is_multiple_of(MIB) {
+        format!("{} MiB", n / MIB)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unpacking layers
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+}
+
+/// Tells the compression from the content: media types lie (Docker has pushed uncompressed
+/// layers as `tar.gzip`), magic numbers do not.
+fn sniff(path: &Path, media_type: &str) -> Result<Compression, ImageError> {
+    let mut magic = [0u8; 4];
+    let mut file = File::open(path).map_err(io_err(format!("reading {}", path.display())))?;
+    let mut filled = 0;
+    while filled < magic.len() {
+        let n = file
+            .read(&mut magic[filled..])
+            .map_err(io_err(format!("reading {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    match &magic[..filled] {
+        [0x1f, 0x8b, ..] => Ok(Compression::Gzip),
+        [0x28, 0xb5, 0x2f, 0xfd] => Err(zstd_unsupported()),
+        _ if media_type.contains("zstd") => Err(zstd_unsupported()),
+        [b'B', b'Z', b'h', ..] => Err(unsupported("bzip2-compressed layers are not supported")),
+        _ => Ok(Compression::None),
+    }
+}
+
+fn open_layer(path: &Path, compression: Compression) -> Result<Box<dyn Read>, ImageError> {
+    let file = File::open(path).map_err(io_err(format!("reading {}", path.display())))?;
+    let reader = BufReader::with_capacity(256 * 1024, file);
+    Ok(match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+    })
+}
+
+/// Walks the raw headers once before unpacking: the tar reader holds GNU long names and PAX
+/// headers in memory whole, so a bomb hidden in one must be refused before it gets there.
+/// Also refuses archives with too many entries or files declaring too many bytes.
+fn prescan(
+    reader: impl Read,
+    limits: Limits,
+    entries_before: u64,
+    what: &str,
+) -> Result<(), ImageError> {
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(io_err(format!("reading {what}")))?
+        .raw(true);
+    let mut count = entries_before;
+    let mut bytes = 0u64;
+    for entry in entries {
+        let entry = entry.map_err(io_err(format!("reading {what}: not a valid tar archive")))?;
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        let extension = matches!(
+            kind,
+            T::GNULongName | T::GNULongLink | T::XHeader | T::XGlobalHeader
+        );
+        // Extension headers belong to the entry after them; they are not counted as one.
+        count += u64::from(!extension);
+        if count > limits.max_entries {
+            return Err(ImageError::TooLarge {
+                what: format!("the number of entries in {what}"),
+                limit: format!("{} entries", limits.max_entries),
+            });
+        }
+        let size = entry.header().entry_size().unwrap_or(0);
+        if extension && size > MAX_HEADER_EXTENSION {
+            return Err(ImageError::HostileArchive {
+                entry: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                reason: format!("a {size}-byte name or extended header"),
+            });
+        }
+        if kind.is_file() || kind == T::Continuous {
+            bytes = bytes.saturating_add(size);
+            if bytes > limits.max_bytes {
+                return Err(ImageError::TooLarge {
+                    what: format!("the unpacked size of {what}"),
+                    limit: human_bytes(limits.max_bytes),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A relative path with only normal components, or why the entry is refused.
+fn clean_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    let mut out = PathBuf::new();
+    for component in Path::new(OsStr::from_bytes(raw)).components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("path has a `..` component"),
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
+        }
+    }
+    Ok(out)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
+    fs::set_permissions(path, Permissions::from_mode(mode))
+        .map_err(io_err(format!("setting the mode of {}", path.display())))
+}
+
+/// Removes a file, symlink or directory tree without following symlinks.
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Bytes of the regular files under `root`, hard links counted once, symlinks not followed.
+fn tree_size(root: &Path) -> Result<u64, ImageError> {
+    let mut total = 0u64;
+    let mut seen = HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = fs::read_dir(&dir).map_err(io_err(format!("reading {}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
+            let meta = entry
+                .metadata()
+                .map_err(io_err(format!("reading {}", entry.path().display())))?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && (meta.nlink() == 1 || seen.insert((meta.dev(), meta.ino())))
+            {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Applies layers, in order, to one root directory.
+struct Unpacker<'a> {
+    root: &'a Path,
+    limits: Limits,
+    bytes: u64,
+    entries: u64,
+}
+
+impl<'a> Unpacker<'a> {
+    fn new(root: &'a Path, limits: Limits) -> Unpacker<'a> {
+        Unpacker {
+            root,
+            limits,
+            bytes: 0,
+            entries: 0,
+        }
+    }
+
+    fn apply_layer(&mut self, blob: &Path, media_type: &str) -> Result<(), ImageError> {
+        let compression = sniff(blob, media_type)?;
+        let what = format!(
+            "layer {}",
+            blob.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
+        let remaining = Limits {
+            max_bytes: self.limits.max_bytes.saturating_sub(self.bytes),
+            max_entries: self.limits.max_entries,
+        };
+        prescan(
+            open_layer(blob, compression)?,
+            remaining,
+            self.entries,
+            &what,
+        )?;
+        let mut archive = tar::Archive::new(open_layer(blob, compression)?);
+        let entries = archive
+            .entries()
+            .map_err(io_err(format!("reading {what}")))?;
+        // Paths this layer wrote: whiteouts only hide what lower layers put there.
+        let mut written = HashSet::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(io_err(format!("reading {what}: not a valid tar archive")))?;
+            self.apply_entry(entry, &mut written)?;
+        }
+        Ok(())
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        mut entry: tar::Entry<'_, R>,
+        written: &mut HashSet<PathBuf>,
+    ) -> Result<(), ImageError> {
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let hostile = |reason: String| ImageError::HostileArchive {
+            entry: name.clone(),
+            reason,
+        };
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(ImageError::TooLarge {
+                what: "the number of entries in the image".to_owned(),
+                limit: format!("{} entries", self.limits.max_entries),
+            });
+        }
+        let rel = clean_path(&raw).map_err(|r| hostile(r.to_owned()))?;
+        let Some(file_name) = rel.file_name().map(|n| n.to_owned()) else {
+            // The root directory itself: it stays 0755 and ours.
+            return Ok(());
+        };
+        let parent_rel = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+
+        if let Some(target) = file_name
+            .as_bytes()
+            .strip_prefix(WHITEOUT_PREFIX.as_bytes())
+        {
+            let Some(parent) = self.walk_parents(&parent_rel, None, &name)? else {
+                return Ok(());
+            };
+            if file_name == OPAQUE_MARKER {
+                clear_lower(&parent, &parent_rel, written)
+                    .map_err(io_err(format!("applying the opaque directory {name}")))?;
+            } else {
+                if target.is_empty() || target == b"." || target == b".." {
+                    return Err(hostile("whiteout of nothing".to_owned()));
+                }
+                let target = OsStr::from_bytes(target);
+                if !written.contains(&parent_rel.join(target)) {
+                    remove_any(&parent.join(target))
+                        .map_err(io_err(format!("applying the whiteout {name}")))?;
+                }
+            }
+            return Ok(());
+        }
+
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        match kind {
+            T::Directory => {
+                let path = self.prepare(&rel, written, true, &name)?;
+                if fs::symlink_metadata(&path).is_err() {
+                    fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&path)
+                        .map_err(io_err(format!("creating {name}")))?;
+                }
+                // Always 0755: later layers must be able to write here, and the sandbox's
+                // user must be able to read what the image's root owned.
+                set_mode(&path, 0o755)?;
+            }
+            T::Regular | T::Continuous | T::GNUSparse => {
+                let path = self.prepare(&rel, written, false, &name)?;
+                // setuid, setgid and sticky bits are dropped: nothing in a workspace may gain
+                // privileges from an image.
+                let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+                let mtime = entry.header().mtime().ok();
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io_err(format!("creating {name}")))?;
+                let remaining = self.limits.max_bytes.saturating_sub(self.bytes);
+                let copied = io::copy(
+                    &mut (&mut entry).take(remaining.saturating_add(1)),
+                    &mut file,
+                )
+                .map_err(io_err(format!("unpacking {name}")))?;
+                if copied > remaining {
+                    return Err(ImageError::TooLarge {
+                        what: "the unpacked image".to_owned(),
+                        limit: human_bytes(self.limits.max_bytes),
+                    });
+                }
+                self.bytes += copied;
+                file.set_permissions(Permissions::from_mode(mode))
+                    .map_err(io_err(format!("setting the mode of {name}")))?;
+                // Kept because tools compare them (Python checks .pyc files against sources).
+                if let Some(time) =
+                    mtime.and_then(|m| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(m)))
+                {
+                    let _ = file.set_modified(time);
+                }
+            }
+            T::Symlink => {
+                // The target is stored as is: it is resolved only inside the sandbox, where
+                // this tree is the root, and never followed while unpacking.
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .ok_or_else(|| hostile("symbolic link without a target".to_owned()))?;
+                let path = self.prepare(&rel, written, false, &name)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(io_err(format!("creating the symbolic link {name}")))?;
+            }
+            T::Link => {
+                let target_raw = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .ok_or_else(|| hostile("hard link without a target".to_owned()))?;
+                let target_rel = clean_path(&target_raw)
+                    .map_err(|r| hostile(format!("hard link target: {r}")))?;
+                if target_rel == rel || target_rel.as_os_str().is_empty() {
+                    return Ok(());
+                }
+                let target_parent = target_rel
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                let target = self
+                    .walk_parents(&target_parent, None, &name)?
+                    .map(|p| p.join(target_rel.file_name().unwrap_or_default()))
+                    .ok_or_else(|| hostile("hard link to a missing file".to_owned()))?;
+                match fs::symlink_metadata(&target) {
+                    Ok(m) if m.is_dir() => {
+                        return Err(hostile("hard link to a directory".to_owned()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return Err(hostile("hard link to a missing file".to_owned())),
+                }
+                let path = self.prepare(&rel, written, false, &name)?;
+                // linkat without AT_SYMLINK_FOLLOW: a link to a symlink links the symlink.
+                fs::hard_link(&target, &path)
+                    .map_err(io_err(format!("creating the hard link {name}")))?;
+            }
+            T::Char | T::Block | T::Fifo => {
+                tracing::debug!(entry = %name, "skipping a device node or fifo: the sandbox is unprivileged");
+            }
+            _ => {
+                tracing::debug!(entry = %name, kind = ?kind, "skipping an archive entry of an unknown kind");
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `rel`'s parent directories (refusing any that is a symlink or not a directory)
+    /// and removes whatever is at `rel`, unless both it and the new entry are directories.
+    fn prepare(
+        &self,
+        rel: &Path,
+        written: &mut HashSet<PathBuf>,
+        is_dir: bool,
+        name: &str,
+    ) -> Result<PathBuf, ImageError> {
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let parent = self
+            .walk_parents(parent_rel, Some(&mut *written), name)?
+            .ok_or_else(|| {
+                io_err(format!("creating the parents of {name}"))(io::ErrorKind::NotFound.into())
+            })?;
+        let path = parent.join(rel.file_name().unwrap_or_default());
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() && is_dir => {}
+            Ok(m) if m.is_dir() => {
+                fs::remove_dir_all(&path).map_err(io_err(format!("replacing {name}")))?;
+            }
+            // A symlink is removed, never written through.
+            Ok(_) => fs::remove_file(&path).map_err(io_err(format!("replacing {name}")))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("unpacking {name}"))(e)),
+        }
+        written.insert(rel.to_path_buf());
+        Ok(path)
+    }
+
+    /// Follows `rel` from the root one component at a time without following symlinks. With
+    /// `create`, missing directories are made (and recorded as written by this layer);
+    /// without, a missing one gives `None`.
+    fn walk_parents(
+        &self,
+        rel: &Path,
+        mut create: Option<&mut HashSet<PathBuf>>,
+        name: &str,
+    ) -> Result<Option<PathBuf>, ImageError> {
+        let mut path = self.root.to_path_buf();
+        let mut walked = PathBuf::new();
+        for part in rel.iter() {
+            path.push(part);
+            walked.push(part);
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(ImageError::HostileArchive {
+                        entry: name.to_owned(),
+                        reason: format!("its parent {} is a symbolic link", walked.display()),
+                    });
+                }
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(ImageError::HostileArchive {
+                        entry: name.to_owned(),
+                        reason: format!("its parent {} is not a directory", walked.display()),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match create.as_deref_mut() {
+                    Some(written) => {
+                        fs::DirBuilder::new()
+                            .mode(0o755)
+                            .create(&path)
+                            .map_err(io_err(format!("creating the parents of {name}")))?;
+                        set_mode(&path, 0o755)?;
+                        written.insert(walked.clone());
+                    }
+                    None => return Ok(None),
+                },
+                Err(e) => return Err(io_err(format!("unpacking {name}"))(e)),
+            }
+        }
+        Ok(Some(path))
+    }
+}
+
+/// Empties `dir` of what lower layers put there, keeping what this layer wrote.
+fn clear_lower(dir: &Path, dir_rel: &Path, written: &HashSet<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let rel = dir_rel.join(entry.file_name());
+        if written.contains(&rel) {
+            // file_type() does not follow symlinks.
+            if entry.file_type()?.is_dir() {
+                clear_lower(&entry.path(), &rel, written)?;
+            }
+        } else {
+            remove_any(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use tar::{EntryType, Header};
+
+    #[test]
+    fn parses_references_by_docker_rules() {
+        let cases: &[(&str, &str, &str, Reference)] = &[
+            (
+                "ubuntu",
+                DOCKER_HUB,
+                "library/ubuntu",
+                Reference::Tag("latest".into()),
+            ),
+            (
+                "ubuntu:22.04",
+                DOCKER_HUB,
+                "library/ubuntu",
+                Reference::Tag("22.04".into()),
+            ),
+            (
+                "docker.io/library/ubuntu",
+                DOCKER_HUB,
+                "library/ubuntu",
+                Reference::Tag("latest".into()),
+            ),
+            (
+                "index.docker.io/ubuntu",
+                DOCKER_HUB,
+                "library/ubuntu",
+                Reference::Tag("latest".into()),
+            ),
+            (
+                "gitpod/workspace-full:2024",
+                DOCKER_HUB,
+                "gitpod/workspace-full",
+                Reference::Tag("2024".into()),
+            ),
+            (
+                "host:5000/a/b:tag",
+                "host:5000",
+                "a/b",
+                Reference::Tag("tag".into()),
+            ),
+            (
+                "host:5000/a/b",
+                "host:5000",
+                "a/b",
+                Reference::Tag("latest".into()),
+            ),
+            (
+                "localhost/x",
+                "localhost",
+                "x",
+                Reference::Tag("latest".into()),
+            ),
+            (
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:v1",
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                "team/app",
+                Reference::Tag("v1".into()),
+            ),
+            (
+                "ubuntu:22.04@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                DOCKER_HUB,
+                "library/ubuntu",
+                Reference::Digest(format!("sha256:{}", "0".repeat(64))),
+            ),
+        ];
+        for (input, registry, repository, reference) in cases {
+            let r = ImageRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(&r.registry, registry, "{input}");
+            assert_eq!(&r.repository, repository, "{input}");
+            assert_eq!(&r.reference, reference, "{input}");
+            // The canonical form parses back to the same reference.
+            assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r, "{input}");
+        }
+        assert_eq!(
+            ImageRef::parse("ubuntu").unwrap().to_string(),
+            "registry-1.docker.io/library/ubuntu:latest"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_references() {
+        for input in [
+            "",
+            "Ubuntu",
+            "https://host/a",
+            "ubuntu:",
+            "ubuntu:-x",
+            "ubuntu@sha256:abc",
+            "ubuntu@md5:0000",
+            "a//b",
+            "host:5000/",
+            "ubu ntu",
+        ] {
+            let err = ImageRef::parse(input).unwrap_err();
+            assert_eq!(err.code(), "bad_reference", "{input}");
+        }
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_registries() {
+        let url = |s: &str| ImageRef::parse(s).unwrap().base_url();
+        assert_eq!(url("localhost:5000/a"), "http://localhost:5000");
+        assert_eq!(url("127.0.0.1:5000/a"), "http://127.0.0.1:5000");
+        assert_eq!(url("[::1]:5000/a"), "http://[::1]:5000");
+        assert_eq!(url("ubuntu"), "https://registry-1.docker.io");
+        assert_eq!(url("127.0.0.1.nip.io/a"), "https://127.0.0.1.nip.io");
+    }
+
+    #[test]
+    fn parses_authentication_challenges() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.params["realm"], "https://auth.docker.io/token");
+        assert_eq!(c.params["service"], "registry.docker.io");
+        assert_eq!(c.params["scope"], "repository:library/ubuntu:pull,push");
+        let c = parse_challenge(r#"Basic realm="basic-realm""#).unwrap();
+        assert_eq!(c.scheme, "basic");
+        assert_eq!(c.params["realm"], "basic-realm");
+        assert!(parse_challenge("").is_none());
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let auth = RegistryAuth::Basic {
+            username: "AWS".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+
+    // --- layers built in memory ---
+
+    /// One tar entry with the name written straight into the header, so tests can build
+    /// entries the tar crate's safe setters refuse (`..`, absolute paths).
+    fn raw_entry(
+        b: &mut tar::Builder<Vec<u8>>,
+        name: &str,
+        kind: EntryType,
+        mode: u32,
+        link: Option<&str>,
+        data: &[u8],
+    ) {
+        let mut h = Header::new_old();
+        {
+            let old = h.as_old_mut();
+            old.name.fill(0);
+            old.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(link) = link {
+                old.linkname.fill(0);
+                old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+        }
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    enum E<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a str),
+        Mode(&'a str, u32),
+        Sym(&'a str, &'a str),
+        Hard(&'a str, &'a str),
+        Kind(&'a str, EntryType),
+    }
+
+    fn layer(entries: &[E<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            match *e {
+                E::Dir(n) => raw_entry(&mut b, n, EntryType::Directory, 0o700, None, b""),
+                E::File(n, d) => {
+                    raw_entry(&mut b, n, EntryType::Regular, 0o644, None, d.as_bytes())
+                }
+                E::Mode(n, m) => raw_entry(&mut b, n, EntryType::Regular, m, None, b"#!/bin/sh\n"),
+                E::Sym(n, t) => raw_entry(&mut b, n, EntryType::Symlink, 0o777, Some(t), b""),
+                E::Hard(n, t) => raw_entry(&mut b, n, EntryType::Link, 0o644, Some(t), b""),
+                E::Kind(n, k) => raw_entry(&mut b, n, k, 0o644, None, b""),
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    struct Fixture {
+        tmp: tempfile::TempDir,
+        n: usize,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let tmp = tempfile::tempdir().unwrap();
+            fs::create_dir(tmp.path().join("root")).unwrap();
+            Fixture { tmp, n: 0 }
+        }
+
+        fn root(&self) -> PathBuf {
+            self.tmp.path().join("root")
+        }
+
+        /// Applies layers to the root with the given limits.
+        fn apply_with(&mut self, limits: Limits, layers: &[Vec<u8>]) -> Result<(), ImageError> {
+            let root = self.root();
+            let mut unpacker = Unpacker::new(&root, limits);
+            for bytes in layers {
+                self.n += 1;
+                let blob = self.tmp.path().join(format!("layer{}", self.n));
+                fs::write(&blob, bytes).unwrap();
+                unpacker.apply_layer(&blob, "application/vnd.oci.image.layer.v1.tar")?;
+            }
+            Ok(())
+        }
+
+        fn apply(&mut self, layers: &[Vec<u8>]) -> Result<(), ImageError> {
+            self.apply_with(
+                Limits {
+                    max_bytes: DEFAULT_LIMIT,
+                    max_entries: MAX_ENTRIES,
+                },
+                layers,
+            )
+        }
+
+        fn exists(&self, rel: &str) -> bool {
+            fs::symlink_metadata(self.root().join(rel)).is_ok()
+        }
+    }
+
+    #[test]
+    fn applies_whiteouts_and_opaque_directories() {
+        let mut f = Fixture::new();
+        let base = layer(&[
+            E::Dir("a/"),
+            E::File("a/keep", "k"),
+            E::File("a/gone", "g"),
+            E::Dir("a/gonedir/"),
+            E::File("a/gonedir/x", "x"),
+            E::Dir("d/"),
+            E::File("d/old", "o"),
+            E::Dir("d/sub/"),
+            E::File("d/sub/old2", "o"),
+            E::Dir("e/"),
+            E::File("e/old", "o"),
+        ]);
+        let top = gzip(&layer(&[
+            E::File("a/.wh.gone", ""),
+            E::File("a/.wh.gonedir", ""),
+            E::File(".wh.nonexistent", ""),
+            E::Dir("d/"),
+            E::File("d/.wh..wh..opq", ""),
+            E::File("d/new", "n"),
+            // Written before the marker in the same layer: OCI says it stays.
+            E::File("e/new", "n"),
+            E::File("e/.wh..wh..opq", ""),
+        ]));
+        f.apply(&[base, top]).unwrap();
+        assert!(f.exists("a/keep"));
+        assert!(!f.exists("a/gone"));
+        assert!(!f.exists("a/gonedir"));
+        assert!(!f.exists("a/.wh.gone"));
+        assert!(f.exists("d/new"));
+        assert!(!f.exists("d/old"));
+        assert!(!f.exists("d/sub"));
+        assert!(!f.exists("d/.wh..wh..opq"));
+        assert!(f.exists("e/new"));
+        assert!(!f.exists("e/old"));
+        // Directories are 0755 whatever the archive says.
+        let mode = fs::metadata(f.root().join("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn later_layers_replace_files_dirs_and_symlinks() {
+        let mut f = Fixture::new();
+        let outside = f.tmp.path().join("outside");
+        fs::write(&outside, "untouched").unwrap();
+        let base = layer(&[
+            E::File("x", "file"),
+            E::Dir("y/"),
+            E::File("y/inner", "i"),
+            E::Sym("link", outside.to_str().unwrap()),
+        ]);
+        let top = layer(&[
+            E::Dir("x/"),
+            E::File("y", "now a file"),
+            E::File("link", "replaced"),
+        ]);
+        f.apply(&[base, top]).unwrap();
+        assert!(f.root().join("x").is_dir());
+        assert_eq!(
+            fs::read_to_string(f.root().join("y")).unwrap(),
+            "now a file"
+        );
+        // The symlink was replaced, not written through.
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "untouched");
+        assert_eq!(
+            fs::read_to_string(f.root().join("link")).unwrap(),
+            "replaced"
+        );
+    }
+
+    #[test]
+    fn refuses_traversal_and_absolute_paths() {
+        for name in ["../evil", "a/../../evil", "/etc/passwd", "./../evil"] {
+            let mut f = Fixture::new();
+            let err = f.apply(&[layer(&[E::File(name, "x")])]).unwrap_err();
+            assert_eq!(err.code(), "hostile_archive", "{name}: {err}");
+            assert!(!f.tmp.path().join("evil").exists());
+        }
+    }
+
+    #[test]
+    fn never_writes_through_a_symlinked_parent() {
+        let mut f = Fixture::new();
+        let outside = f.tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        // In one layer, and across layers.
+        let err = f
+            .apply(&[layer(&[
+                E::Sym("escape", outside.to_str().unwrap()),
+                E::File("escape/pwned", "x"),
+            ])])
+            .unwrap_err();
+        assert_eq!(err.code(), "hostile_archive", "{err}");
+        let mut f2 = Fixture::new();
+        let err = f2
+            .apply(&[
+                layer(&[E::Sym("up", "..")]),
+                layer(&[E::File("up/pwned", "x")]),
+            ])
+            .unwrap_err();
+        assert_eq!(err.code(), "hostile_archive", "{err}");
+        // A whiteout through a symlink does not delete outside either.
+        fs::write(outside.join("victim"), "v").unwrap();
+        let mut f3 = Fixture::new();
+        let err = f3
+            .apply(&[layer(&[
+                E::Sym("s", outside.to_str().unwrap()),
+                E::File("s/.wh.victim", ""),
+            ])])
+            .unwrap_err();
+        assert_eq!(err.code(), "hostile_archive", "{err}");
+        assert!(outside.join("victim").exists());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn hard_links_stay_inside() {
+        let mut f = Fixture::new();
+        f.apply(&[layer(&[E::File("a", "data"), E::Hard("b", "a")])])
+            .unwrap();
+        assert_eq!(fs::read_to_string(f.root().join("b")).unwrap(), "data");
+        for target in ["../outside", "/etc/passwd", "dir/../../x"] {
+            let mut f = Fixture::new();
+            let err = f.apply(&[layer(&[E::Hard("h", target)])]).unwrap_err();
+            assert_eq!(err.code(), "hostile_archive", "{target}: {err}");
+        }
+        // Through a symlinked directory.
+        let mut f = Fixture::new();
+        let err = f
+            .apply(&[layer(&[E::Sym("etc", "/etc"), E::Hard("h", "etc/passwd")])])
+            .unwrap_err();
+        assert_eq!(err.code(), "hostile_archive", "{err}");
+        assert!(!f.exists("h"));
+    }
+
+    #[test]
+    fn skips_devices_and_clears_setuid() {
+        let mut f = Fixture::new();
+        f.apply(&[layer(&[
+            E::Kind("dev/null", EntryType::Char),
+            E::Kind("dev/sda", EntryType::Block),
+            E::Kind("fifo", EntryType::Fifo),
+            E::Mode("bin/su", 0o4755),
+            E::Mode("bin/wall", 0o2755),
+        ])])
+        .unwrap();
+        assert!(!f.exists("dev/null") && !f.exists("dev/sda") && !f.exists("fifo"));
+        for file in ["bin/su", "bin/wall"] {
+            let mode = fs::metadata(f.root().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, 0o755, "{file}");
+        }
+    }
+
+    #[test]
+    fn caps_size_and_entry_count() {
+        // A gzip bomb: 4 MiB of zeros compress to a few KiB.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = Header::new_gnu();
+        h.set_size(4 * 1024 * 1024);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "zeros", io::repeat(0).take(4 * 1024 * 1024))
+            .unwrap();
+        let bomb = gzip(&b.into_inner().unwrap());
+        assert!(bomb.len() < 64 * 1024);
+        let mut f = Fixture::new();
+        let limits = Limits {
+            max_bytes: 1024 * 1024,
+            max_entries: MAX_ENTRIES,
+        };
+        let err = f.apply_with(limits, &[bomb]).unwrap_err();
+        assert_eq!(err.code(), "too_large", "{err}");
+        // The cap is over all layers together.
+        let half = layer(&[E::File("a", &"x".repeat(600))]);
+        let limits = Limits {
+            max_bytes: 1000,
+            max_entries: MAX_ENTRIES,
+        };
+        let mut f = Fixture::new();
+        let err = f.apply_with(
+            limits,
+            &[half.clone(), layer(&[E::File("b", &"x".repeat(600))])],
+        );
+        assert_eq!(err.unwrap_err().code(), "too_large");
+        let many: Vec<E<'_>> = (0..20).map(|_| E::File("f", "")).collect();
+        let limits = Limits {
+            max_bytes: DEFAULT_LIMIT,
+            max_entries: 10,
+        };
+        let err = Fixture::new()
+            .apply_with(limits, &[layer(&many)])
+            .unwrap_err();
+        assert_eq!(err.code(), "too_large");
+    }
+
+    #[test]
+    fn refuses_an_oversized_long_name() {
+        // A GNU long-name header the tar reader would otherwise read into memory whole.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(EntryType::GNULongName);
+        let size = 2 * MAX_HEADER_EXTENSION;
+        h.set_size(size);
+        h.set_cksum();
+        b.append(&h, io::repeat(b'a').take(size)).unwrap();
+        raw_entry(&mut b, "short", EntryType::Regular, 0o644, None, b"");
+        let mut f = Fixture::new();
+        let err = f.apply(&[gzip(&b.into_inner().unwrap())]).unwrap_err();
+        assert_eq!(err.code(), "hostile_archive", "{err}");
+    }
+
+    #[test]
+    fn zstd_layers_are_unsupported_with_a_hint() {
+        let mut f = Fixture::new();
+        let err = f
+            .apply(&[vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]])
+            .unwrap_err();
+        assert_eq!(err.code(), "unsupported");
+        assert!(err.to_string().contains("gzip"), "{err}");
+    }
+
+    #[test]
+    fn picks_linux_amd64_from_an_index() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let index: ImageIndex = serde_json::from_value(serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1, "digest": digest('a'),
+                 "platform": {"os": "linux", "architecture": "arm64"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1, "digest": digest('b'),
+                 "platform": {"os": "linux", "architecture": "amd64", "variant": "v3"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1, "digest": digest('c'),
+                 "platform": {"os": "linux", "architecture": "amd64"}},
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            pick_platform(&index).unwrap().digest().to_string(),
+            digest('c')
+        );
+        let arm_only: ImageIndex = serde_json::from_value(serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1,
+                "digest": digest('a'), "platform": {"os": "linux", "architecture": "arm64"}}]
+        }))
+        .unwrap();
+        let err = pick_platform(&arm_only).unwrap_err();
+        assert_eq!(err.code(), "unsupported");
+        assert!(err.to_string().contains("linux/arm64"), "{err}");
+    }
+}

@@ -58,10 +58,10 @@ impl LocalRuntime {
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
+            "--unshare-net",
         ]);
-        if !spec.network {
-            push(&["--unshare-net"]);
-        }
+        // Always a network namespace of its own: only loopback, unless the organization allows
+        // outbound access, which slirp4netns then adds (see `connect_outbound`).
         // A new session: no terminal of the cell can be reached (TIOCSTI).
         push(&["--new-session"]);
         // The default seccomp filter (see `seccomp`), read by bubblewrap from its standard input.
@@ -209,10 +209,21 @@ impl Runtime for LocalRuntime {
             let mut child = cmd
                 .spawn()
                 .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
+            let outer = child.id();
             // Reap it when it ends while this cell runs; after a restart init does.
             tokio::spawn(async move {
                 let _ = child.wait().await;
             });
+            if spec.network {
+                match outer {
+                    Some(pid) => connect_outbound(&self.exe, pid, &run, cg.as_ref()).await?,
+                    None => {
+                        return Err(RuntimeError::Start(
+                            "the sandbox exited at once; see its sandbox.log".into(),
+                        ));
+                    }
+                }
+            }
             Ok(())
         })
     }
@@ -251,4 +262,85 @@ pub fn sandbox_exec(
         cmd.uid(u);
     }
     cmd.exec()
+}
+
+/// The process inside the sandbox's network namespace: a child of the outer bubblewrap whose
+/// namespace differs from ours.
+async fn sandbox_pid(outer: u32) -> Option<u32> {
+    let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
+    for _ in 0..400 {
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                // Fields after the command name (which may hold spaces) start after the last ')'.
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(outer)
+                    && std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns != ours)
+                {
+                    return Some(pid);
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// Gives the sandbox outbound network access through slirp4netns (user-mode TCP/IP: no bridge,
+/// no firewall rules, no privileges inside). `--disable-host-loopback` keeps the cell and
+/// other local services out of reach; nothing from outside can connect in.
+async fn connect_outbound(
+    launcher: &Path,
+    outer: u32,
+    run: &Path,
+    cg: Option<&Cgroup>,
+) -> Result<(), RuntimeError> {
+    let slirp = which("slirp4netns").ok_or_else(|| {
+        RuntimeError::Start(
+            "outbound network needs slirp4netns: apt-get install -y slirp4netns".into(),
+        )
+    })?;
+    let pid = sandbox_pid(outer)
+        .await
+        .ok_or_else(|| RuntimeError::Start("the sandbox's process did not appear".into()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.join("network.log"))?;
+    // Through the launcher, so slirp4netns joins the workspace's cgroups and ends with it.
+    let mut cmd = tokio::process::Command::new(launcher);
+    cmd.arg("sandbox-exec");
+    for f in cg.map(|c| c.procs_files()).unwrap_or_default() {
+        cmd.arg("--cgroup-procs").arg(f);
+    }
+    cmd.arg("--")
+        .arg(&slirp)
+        .args([
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            "--netns-type=path",
+        ])
+        // Joining by path (not by pid) works for a namespace owned by another user namespace.
+        .arg(format!("/proc/{pid}/ns/net"))
+        .arg("tap0")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RuntimeError::Start(format!("slirp4netns: {e}")))?;
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(())
 }

@@ -663,9 +663,7 @@ impl Cell {
                 memory_bytes: class.spec.memory_bytes,
                 max_processes: class.spec.max_processes,
             },
-            // Outbound access needs a user-mode network stack for the sandbox (not yet there):
-            // until then every sandbox has loopback only, whatever the policy says.
-            network: policy.is_some_and(|_| false),
+            network: policy.is_some_and(|p| p.outbound_network),
         };
         let agent = self.agent(&ws.id);
         // A sandbox left from before (a crashed start) is replaced.

@@ -219,7 +219,7 @@ impl TestCell {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
-        self.dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     /// Polls the workspace until its phase is `want` (or fails the test with its history).
@@ -249,4 +249,22 @@ pub async fn create_ws(cell: &TestCell, token: &str) -> String {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{ws}");
     ws["id"].as_str().unwrap().to_owned()
+}
+
+/// A test that fails midway never reaches `stop`: its sandboxes are killed here instead, so a
+/// failure does not leave workspaces running on the machine.
+impl Drop for TestCell {
+    fn drop(&mut self) {
+        if self.running.is_none() {
+            return;
+        }
+        let h = devcell::runtime::cgroup::Hierarchy::detect();
+        if let Ok(entries) = std::fs::read_dir(self.data_dir().join("workspaces")) {
+            for e in entries.flatten() {
+                if let Some(cg) = h.open(&e.file_name().to_string_lossy()) {
+                    let _ = cg.destroy();
+                }
+            }
+        }
+    }
 }

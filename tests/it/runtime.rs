@@ -235,6 +235,16 @@ async fn a_workspace_starts_runs_its_tasks_executes_commands_and_stops_with_its_
 #[tokio::test]
 async fn a_workspace_sees_nothing_of_the_cell_or_other_workspaces() {
     let c = TestCell::start_with_runtime().await;
+    // Outbound access off: only loopback inside (the other case is its own test).
+    let org = c.org_id().await;
+    let (s, _) = c
+        .owner(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org}/policy"),
+            Some(json!({ "outbound_network": false })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
     let repos = tempfile::tempdir().unwrap();
     let bare = bare_repo(repos.path(), "iso", &[("README.md", "x\n")]);
     let url = format!("file://{}", bare.display());
@@ -873,5 +883,36 @@ async fn private_repositories_clone_with_a_stored_token_that_goes_nowhere_else()
         "the token is sealed at rest"
     );
     server.abort();
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn outbound_network_follows_the_policy_and_never_reaches_the_cell() {
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "net", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let port = c.url.rsplit(':').next().unwrap().to_owned();
+    let probe = format!(
+        "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '; echo; grep -c . /proc/net/route; \
+         python3 -c \"import socket\nfor h in ('10.0.2.2', '127.0.0.1'):\n  s = socket.socket(); s.settimeout(2)\n  try:\n    s.connect((h, {port})); print(h, 'reached')\n  except OSError as e:\n    print(h, 'refused')\""
+    );
+    let out = exec(&c, &id, &probe).await;
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(
+        stdout.starts_with("lo tap0 \n"),
+        "outbound on (the default): a tap device: {out:#}"
+    );
+    let routes: usize = stdout.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert!(routes >= 2, "a default route: {out:#}");
+    assert!(
+        stdout.contains("10.0.2.2 refused") && stdout.contains("127.0.0.1 refused"),
+        "the cell's port is out of reach: {out:#}"
+    );
     c.stop().await;
 }
