@@ -229,6 +229,10 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
         }
     }
 
+    if matches!(c.auth, GitAuth::None) {
+        // Nothing secret was handed to git, so nothing can have leaked into the clone.
+        return Ok(());
+    }
     check_no_credential(c.dest, c.auth, c.run_as).await
 }
 

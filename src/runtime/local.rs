@@ -289,7 +289,7 @@ async fn sandbox_pid(outer: u32) -> Option<u32> {
                 }
             }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     None
 }
