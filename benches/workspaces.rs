@@ -246,47 +246,76 @@ async fn run() {
 
     // Warm the page cache for both paths.
     floor_once(&bare, scratch.path(), 999);
-    let mut floor = Vec::new();
-    let mut to_running = Vec::new();
-    let mut to_terminal = Vec::new();
-    for i in 0..RUNS {
-        floor.push(floor_once(&bare, scratch.path(), i));
-        let t = Instant::now();
-        let w: Value = http
-            .post(format!("{base}/api/v1/workspaces"))
-            .bearer_auth(&token)
-            .json(&json!({ "repos": [{ "url": url }], "start": true }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = w["id"].as_str().unwrap().to_owned();
-        wait_phase(&http, &base, &token, &id, "running").await;
-        to_running.push(t.elapsed());
-        terminal_ready(&http, &base, &token, &id).await;
-        to_terminal.push(t.elapsed());
-        http.post(format!("{base}/api/v1/workspaces/{id}/stop"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        wait_phase(&http, &base, &token, &id, "stopped").await;
+    for outbound in [true, false] {
+        cell.update_policy(
+            &actor,
+            &org,
+            devcell::service::PolicyPatch {
+                outbound_network: Some(outbound),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut floor = Vec::new();
+        let mut to_running = Vec::new();
+        let mut to_terminal = Vec::new();
+        for i in 0..RUNS {
+            floor.push(floor_once(
+                &bare,
+                scratch.path(),
+                i + if outbound { 0 } else { 100 },
+            ));
+            let t = Instant::now();
+            let w: Value = http
+                .post(format!("{base}/api/v1/workspaces"))
+                .bearer_auth(&token)
+                .json(&json!({ "repos": [{ "url": url }], "start": true }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = w["id"].as_str().unwrap().to_owned();
+            wait_phase(&http, &base, &token, &id, "running").await;
+            to_running.push(t.elapsed());
+            terminal_ready(&http, &base, &token, &id).await;
+            to_terminal.push(t.elapsed());
+            http.post(format!("{base}/api/v1/workspaces/{id}/stop"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            wait_phase(&http, &base, &token, &id, "stopped").await;
+        }
+        let (f, r, t) = (median(floor), median(to_running), median(to_terminal));
+        let net = if outbound {
+            "with outbound network (slirp4netns)"
+        } else {
+            "loopback only, as the floor"
+        };
+        println!("start latency, small repository, median of {RUNS}, {net}:");
+        println!("  floor (git clone + bare bwrap spawn): {}", ms(f));
+        println!(
+            "  devcell create → running:             {}  ratio {:.2}",
+            ms(r),
+            r.as_secs_f64() / f.as_secs_f64()
+        );
+        println!(
+            "  devcell create → terminal answers:    {}  ratio {:.2} (target <= 1.50)",
+            ms(t),
+            t.as_secs_f64() / f.as_secs_f64()
+        );
     }
-    let (f, r, t) = (median(floor), median(to_running), median(to_terminal));
-    println!("start latency, small repository, median of {RUNS}:");
-    println!("  floor (git clone + bare bwrap spawn): {}", ms(f));
-    println!(
-        "  devcell create → running:             {}  ratio {:.2}",
-        ms(r),
-        r.as_secs_f64() / f.as_secs_f64()
-    );
-    println!(
-        "  devcell create → terminal answers:    {}  ratio {:.2} (target <= 1.50)",
-        ms(t),
-        t.as_secs_f64() / f.as_secs_f64()
-    );
+    cell.update_policy(
+        &actor,
+        &org,
+        devcell::service::PolicyPatch {
+            outbound_network: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
 
     let n: usize = std::env::var("DEVCELL_BENCH_DENSITY")
         .ok()
