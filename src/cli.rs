@@ -70,6 +70,9 @@ pub enum Command {
     /// Work with workspaces through the API of the cell you logged in to.
     #[command(subcommand)]
     Ws(WsCmd),
+    /// OCI images for workspaces: import archives for offline sites, list the cache.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Internal: the per-workspace agent, run by the cell inside a workspace's sandbox.
     #[command(hide = true)]
     Agent {
@@ -154,6 +157,24 @@ pub enum AdminCmd {
         data: DataArg,
         #[arg(long)]
         user: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Import an OCI image archive (an OCI layout as a tar, e.g. from `skopeo copy ... oci-archive:`
+    /// or `docker save`), so workspaces can use its images without a registry.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// List the images in the cache.
+    List {
+        #[command(flatten)]
+        data: DataArg,
+        #[command(flatten)]
+        out: OutputArg,
     },
 }
 
@@ -340,6 +361,40 @@ pub async fn run(cli: Cli) -> Result<()> {
             let code = crate::client::ws(cmd).await?;
             if code != 0 {
                 std::process::exit(code);
+            }
+            Ok(())
+        }
+        Command::Image(cmd) => {
+            // The cache is plain files with atomic renames: safe while a cell runs.
+            let (data, list) = match &cmd {
+                ImageCmd::Import { data, .. } => (data_dir(data)?, None),
+                ImageCmd::List { data, out } => (data_dir(data)?, Some(out.json)),
+            };
+            let store = crate::content::image::ImageStore::new(data.join("images"));
+            let images = match cmd {
+                ImageCmd::Import { file, .. } => {
+                    store.import_archive(&file).map_err(|e| anyhow!("{e}"))?
+                }
+                ImageCmd::List { .. } => store.list().map_err(|e| anyhow!("{e}"))?,
+            };
+            if list == Some(true) {
+                let rows: Vec<_> = images
+                    .iter()
+                    .map(|i| serde_json::json!({ "reference": i.reference, "digest": i.digest, "size_bytes": i.size_bytes }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let rows: Vec<Vec<String>> = images
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.reference.clone(),
+                            i.digest.clone(),
+                            i.size_bytes.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["REFERENCE", "DIGEST", "BYTES"], &rows);
             }
             Ok(())
         }

@@ -37,6 +37,18 @@ struct Agent {
     terminals: Mutex<std::collections::BTreeMap<String, Arc<terminal::Terminal>>>,
 }
 
+/// bash when the image has it (the host root does), else the POSIX shell.
+pub fn shell() -> &'static str {
+    if ["/bin/bash", "/usr/bin/bash"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+    {
+        "bash"
+    } else {
+        "sh"
+    }
+}
+
 fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
@@ -236,7 +248,7 @@ async fn run_task(a: Arc<Agent>, index: usize) {
             script.push_str(i);
             script.push('\n');
         }
-        script.push_str(&format!("touch '{}'\n", marker.display()));
+        script.push_str(&format!(": > '{}'\n", marker.display()));
     }
     if let Some(c) = &task.command {
         script.push_str(c);
@@ -257,7 +269,7 @@ async fn run_task(a: Arc<Agent>, index: usize) {
     };
     let log2 = log.try_clone();
     set_task(&a, index, TaskState::Running, None).await;
-    let mut cmd = tokio::process::Command::new("bash");
+    let mut cmd = tokio::process::Command::new(shell());
     cmd.arg("-c")
         .arg(&script)
         .current_dir(&a.spec.workdir)

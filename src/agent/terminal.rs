@@ -43,7 +43,7 @@ impl Terminal {
         let (pty, pts) = pty_process::open().map_err(std::io::Error::other)?;
         pty.resize(pty_process::Size::new(rows.max(1), cols.max(1)))
             .map_err(std::io::Error::other)?;
-        let mut child = pty_process::Command::new("bash")
+        let mut child = pty_process::Command::new(super::shell())
             .arg("-l")
             .current_dir(cwd)
             .envs(env.iter().cloned())

@@ -21,6 +21,82 @@ pub const WORKSPACE_MOUNT: &str = "/workspace";
 pub const HOME_MOUNT: &str = "/home/dev";
 pub const RUN_MOUNT: &str = "/run/devcell";
 const AGENT_PATH: &str = "/.devcell/devcell";
+const AGENT_LIBS: &str = "/.devcell/lib";
+
+/// The default image: the host's system directories, read-only. Nothing else of the host
+/// (homes, /root, /var, /srv, the cell's data directory) is visible.
+fn host_root(push: &mut impl FnMut(&[&str])) {
+    for dir in [
+        "usr", "etc", "opt", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+    ] {
+        bind_entry(Path::new("/"), dir, push);
+    }
+}
+
+/// An image's root filesystem, read-only, entry by entry (so that /workspace, /tmp and the
+/// rest can be mounted on the sandbox's own root).
+fn image_root(rootfs: &Path, push: &mut impl FnMut(&[&str])) {
+    const OWN: &[&str] = &[
+        "proc",
+        "dev",
+        "sys",
+        "tmp",
+        "run",
+        "workspace",
+        "home",
+        ".devcell",
+    ];
+    let Ok(entries) = std::fs::read_dir(rootfs) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names.iter().filter(|n| !OWN.contains(&n.as_str())) {
+        bind_entry(rootfs, name, push);
+    }
+}
+
+/// Mounts `base/name` at `/name`: directories and files read-only, symlinks as symlinks.
+fn bind_entry(base: &Path, name: &str, push: &mut impl FnMut(&[&str])) {
+    let src = base.join(name);
+    let dest = format!("/{name}");
+    match std::fs::symlink_metadata(&src) {
+        Ok(m) if m.file_type().is_symlink() => {
+            if let Ok(target) = std::fs::read_link(&src) {
+                push(&["--symlink", &target.to_string_lossy(), &dest]);
+            }
+        }
+        Ok(m) if m.is_dir() || m.is_file() => push(&["--ro-bind", &src.to_string_lossy(), &dest]),
+        _ => {}
+    }
+}
+
+/// The shared libraries this process has loaded (the agent is this binary), including the
+/// dynamic loader, read from /proc/self/maps.
+fn host_libraries() -> Vec<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut libs: Vec<PathBuf> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/') && p.contains(".so"))
+        .map(PathBuf::from)
+        .collect();
+    libs.sort();
+    libs.dedup();
+    libs
+}
+
+/// The file name of the dynamic loader among [`host_libraries`].
+fn loader_name() -> String {
+    host_libraries()
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .find(|n| n.starts_with("ld-linux") || n.starts_with("ld-musl"))
+        .unwrap_or_else(|| "ld-linux-x86-64.so.2".into())
+}
 
 pub struct LocalRuntime {
     hierarchy: Hierarchy,
@@ -66,29 +142,9 @@ impl LocalRuntime {
         push(&["--new-session"]);
         // The default seccomp filter (see `seccomp`), read by bubblewrap from its standard input.
         push(&["--seccomp", "0"]);
-        // The default image: the host's system directories, read-only. Nothing else of the host
-        // (homes, /root, /var, /srv, the cell's data directory) is visible.
-        for dir in [
-            "usr", "etc", "opt", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
-        ] {
-            let host = Path::new("/").join(dir);
-            match std::fs::symlink_metadata(&host) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    if let Ok(target) = std::fs::read_link(&host) {
-                        push(&[
-                            "--symlink",
-                            &target.to_string_lossy(),
-                            &host.to_string_lossy(),
-                        ]);
-                    }
-                }
-                Ok(m) if m.is_dir() => push(&[
-                    "--ro-bind",
-                    &host.to_string_lossy(),
-                    &host.to_string_lossy(),
-                ]),
-                _ => {}
-            }
+        match &spec.root {
+            Some(rootfs) => image_root(rootfs, &mut push),
+            None => host_root(&mut push),
         }
         let d = |sub: &str| spec.dir.join(sub).to_string_lossy().into_owned();
         push(&[
@@ -128,7 +184,29 @@ impl LocalRuntime {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         ]);
         push(&["--chdir", WORKSPACE_MOUNT]);
-        push(&["--", AGENT_PATH, "agent", "--run", RUN_MOUNT]);
+        if spec.root.is_some() {
+            // The image may have another C library, or none: the agent runs with the host's
+            // loader and libraries, mounted privately under /.devcell/lib.
+            for lib in host_libraries() {
+                if let Some(name) = lib.file_name() {
+                    let inside = format!("{AGENT_LIBS}/{}", name.to_string_lossy());
+                    push(&["--ro-bind", &lib.to_string_lossy(), &inside]);
+                }
+            }
+            let loader = format!("{AGENT_LIBS}/{}", loader_name());
+            push(&[
+                "--",
+                &loader,
+                "--library-path",
+                AGENT_LIBS,
+                AGENT_PATH,
+                "agent",
+                "--run",
+                RUN_MOUNT,
+            ]);
+        } else {
+            push(&["--", AGENT_PATH, "agent", "--run", RUN_MOUNT]);
+        }
         a
     }
 }

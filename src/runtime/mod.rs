@@ -24,6 +24,9 @@ pub struct SandboxSpec {
     pub limits: cgroup::Limits,
     /// Outbound network access (organization policy).
     pub network: bool,
+    /// An unpacked OCI image to use as the root filesystem; `None` is the host's own system
+    /// directories, read-only.
+    pub root: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

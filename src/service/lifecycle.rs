@@ -78,6 +78,11 @@ impl Cell {
             .unwrap_or_else(|| "none: workspaces are records only".into())
     }
 
+    /// The cache of OCI images (pulled or imported), shared by all workspaces.
+    pub fn images(&self) -> crate::content::image::ImageStore {
+        crate::content::image::ImageStore::new(self.config().data_dir.join("images"))
+    }
+
     /// The host directory of a workspace's files.
     pub fn workspace_dir(&self, id: &WorkspaceId) -> PathBuf {
         self.config().data_dir.join("workspaces").join(id.as_str())
@@ -615,6 +620,34 @@ impl Cell {
             Some(r) => crate::content::config::load(r).map_err(|e| e.to_string())?,
             None => Default::default(),
         };
+        // The image: the workspace's own choice, else the repository's, else the host's root.
+        let mut env = config.env.clone();
+        let root = match ws.image.clone().or(config.image.clone()) {
+            None => None,
+            Some(r) if r.starts_with("file:") => {
+                return Err(format!(
+                    "{}: building an image from a Dockerfile is not supported; push it to a registry and name it as `image`",
+                    config
+                        .source
+                        .as_deref()
+                        .unwrap_or("the workspace configuration")
+                ));
+            }
+            Some(r) => {
+                let parsed = crate::content::image::ImageRef::parse(&r)
+                    .map_err(|e| format!("image {r}: {e}"))?;
+                let pulled = self
+                    .images()
+                    .pull(&parsed, &crate::content::image::RegistryAuth::Anonymous)
+                    .await
+                    .map_err(|e| format!("image {r}: {e}"))?;
+                let mut merged = pulled.env.clone();
+                merged.retain(|(k, _)| !env.iter().any(|(k2, _)| k2 == k));
+                merged.append(&mut env);
+                env = merged;
+                Some(pulled.rootfs)
+            }
+        };
         let workdir = first_repo
             .as_ref()
             .and_then(|p| p.file_name())
@@ -623,7 +656,7 @@ impl Cell {
         let spec = AgentSpec {
             workspace_id: ws.id.to_string(),
             workdir,
-            env: config.env.clone(),
+            env,
             tasks: config.tasks.clone(),
             ports: config.ports.clone(),
         };
@@ -664,6 +697,7 @@ impl Cell {
                 max_processes: class.spec.max_processes,
             },
             network: policy.is_some_and(|p| p.outbound_network),
+            root,
         };
         let agent = self.agent(&ws.id);
         // A sandbox left from before (a crashed start) is replaced.

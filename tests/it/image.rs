@@ -12,28 +12,28 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const USER: &str = "dev";
 const PASSWORD: &str = "s3cret-pass";
 
-fn sha256(bytes: &[u8]) -> String {
+pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// A registry process, killed when the guard drops.
-struct Registry {
+pub struct Registry {
     child: Child,
     dir: tempfile::TempDir,
-    addr: String,
+    pub addr: String,
 }
 
 impl Registry {
     /// Starts `docker-registry` with filesystem storage in a temporary directory, and with
     /// htpasswd Basic authentication when `auth` is set.
-    async fn start(auth: bool) -> Registry {
+    pub async fn start(auth: bool) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "docker-registry is missing: apt-get install -y docker-registry"
@@ -128,14 +128,14 @@ impl Drop for Registry {
 }
 
 /// Pushes content the way `docker push` does: blobs by monolithic upload, then the manifest.
-struct Pusher {
+pub struct Pusher {
     http: reqwest::Client,
     base: String,
     auth: Option<(&'static str, &'static str)>,
 }
 
 impl Pusher {
-    fn new(registry: &Registry, auth: bool) -> Pusher {
+    pub fn new(registry: &Registry, auth: bool) -> Pusher {
         Pusher {
             http: reqwest::Client::new(),
             base: format!("http://{}", registry.addr),
@@ -150,7 +150,7 @@ impl Pusher {
         }
     }
 
-    async fn blob(&self, repo: &str, bytes: &[u8]) -> String {
+    pub async fn blob(&self, repo: &str, bytes: &[u8]) -> String {
         let digest = sha256(bytes);
         let r = self
             .with_auth(
@@ -179,7 +179,7 @@ impl Pusher {
         digest
     }
 
-    async fn manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+    pub async fn manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
         let r = self
             .with_auth(
                 self.http

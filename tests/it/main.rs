@@ -7,7 +7,7 @@
 mod api;
 pub mod content;
 mod harness;
-mod image;
+pub mod image;
 mod openapi;
 mod roles;
 pub mod runtime;

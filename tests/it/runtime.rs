@@ -916,3 +916,104 @@ async fn outbound_network_follows_the_policy_and_never_reaches_the_cell() {
     );
     c.stop().await;
 }
+
+/// A tiny image built from host files: dash as /bin/sh with its C library, and a marker file.
+fn tiny_image_layer() -> (Vec<u8>, String) {
+    use std::io::Write;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add("bin/sh", &std::fs::read("/usr/bin/dash").unwrap(), 0o755);
+    add(
+        "lib/x86_64-linux-gnu/libc.so.6",
+        &std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap(),
+        0o755,
+    );
+    add(
+        "lib64/ld-linux-x86-64.so.2",
+        &std::fs::read("/lib64/ld-linux-x86-64.so.2").unwrap(),
+        0o755,
+    );
+    add("etc/image-release", b"from-the-image\n", 0o644);
+    let tar = b.into_inner().unwrap();
+    let diff_id = crate::image::sha256(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    (gz.finish().unwrap(), diff_id)
+}
+
+#[tokio::test]
+async fn a_workspace_runs_on_an_oci_image_pulled_from_a_registry() {
+    use crate::image::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Pusher, Registry, sha256};
+    let registry = Registry::start(false).await;
+    let pusher = Pusher::new(&registry, false);
+    let (layer, diff_id) = tiny_image_layer();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Env": ["PATH=/bin", "FROM_IMAGE=yes"] },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] }
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "size": config.len(), "digest": sha256(&config) },
+        "layers": [{ "mediaType": OCI_LAYER_GZIP, "size": layer.len(), "digest": sha256(&layer) }]
+    }))
+    .unwrap();
+    pusher.blob("devcell/tiny", &layer).await;
+    pusher.blob("devcell/tiny", &config).await;
+    pusher
+        .manifest("devcell/tiny", "1", OCI_MANIFEST, &manifest)
+        .await;
+
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(
+        repos.path(),
+        "img",
+        &[(
+            ".gitpod.yml",
+            "tasks:\n  - command: echo task-ran-in-image\n",
+        )],
+    );
+    let image = format!("{}/devcell/tiny:1", registry.addr);
+    let id = create_started(&c, json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "image": image, "start": true })).await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let out = exec(&c, &id, "echo $FROM_IMAGE; read l < /etc/image-release; echo $l; test -e /usr/bin/git && echo host || echo no-host-files").await;
+    assert_eq!(
+        out["stdout"], "yes\nfrom-the-image\nno-host-files\n",
+        "{out:#}"
+    );
+    // The repository's task ran with the image's shell.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, tasks) = c
+            .owner(Method::GET, &format!("/api/v1/workspaces/{id}/tasks"), None)
+            .await;
+        if tasks[0]["state"] == "done" {
+            assert!(
+                tasks[0]["log"]
+                    .as_str()
+                    .unwrap()
+                    .contains("task-ran-in-image"),
+                "{tasks}"
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "{tasks}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A missing image fails the start with the reason.
+    let id2 = create_started(&c, json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "image": format!("{}/devcell/none:1", registry.addr), "start": true })).await;
+    let ws = c.wait_phase(&id2, "failed", START_WITHIN).await;
+    assert!(
+        ws["message"].as_str().unwrap().contains("devcell/none"),
+        "{ws:#}"
+    );
+    c.stop().await;
+}

@@ -406,6 +406,11 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
     assert!(!ok);
     assert!(err.contains("invalid_field"), "{err}");
 
+    let (ok, out, err) = cmd(&["image", "list", "--data", &d]);
+    assert!(ok && out.starts_with("REFERENCE"), "{out} {err}");
+    let (ok, _, err) = cmd(&["image", "import", "/nonexistent.tar", "--data", &d]);
+    assert!(!ok && err.contains("nonexistent"), "{err}");
+
     // A real workspace through the CLI: start, exec (its exit code becomes ours), stop.
     let repos = home.path().join("repos");
     std::fs::create_dir_all(&repos).unwrap();
