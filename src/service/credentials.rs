@@ -132,6 +132,32 @@ impl Cell {
         Ok(())
     }
 
+    /// Basic credentials for an image registry: the token credential `user` stored for the
+    /// registry's host (for ECR: user `AWS` and the password from `aws ecr get-login-password`).
+    pub(crate) fn registry_auth_for(
+        &self,
+        user: &UserId,
+        registry: &str,
+    ) -> Result<crate::content::image::RegistryAuth> {
+        use crate::content::image::RegistryAuth;
+        let host = registry.to_ascii_lowercase();
+        let creds = self.store().read(|tx| tx.git_credentials(user))?;
+        let Some(c) = creds
+            .into_iter()
+            .find(|c| c.host == host && c.kind == "token")
+        else {
+            return Ok(RegistryAuth::Anonymous);
+        };
+        let password = self
+            .sealer()?
+            .open(&c.sealed_secret)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(RegistryAuth::Basic {
+            username: c.username.unwrap_or_default(),
+            password,
+        })
+    }
+
     /// The credential `user` stored for the host of `url`, opened for one clone.
     pub(crate) fn git_auth_for(&self, user: &UserId, url: &RepoUrl) -> Result<GitAuth> {
         let Some(host) = host_of(url) else {

@@ -636,9 +636,12 @@ impl Cell {
             Some(r) => {
                 let parsed = crate::content::image::ImageRef::parse(&r)
                     .map_err(|e| format!("image {r}: {e}"))?;
+                let auth = self
+                    .registry_auth_for(&ws.owner, &parsed.registry)
+                    .map_err(|e| e.to_string())?;
                 let pulled = self
                     .images()
-                    .pull(&parsed, &crate::content::image::RegistryAuth::Anonymous)
+                    .pull(&parsed, &auth)
                     .await
                     .map_err(|e| format!("image {r}: {e}"))?;
                 let mut merged = pulled.env.clone();

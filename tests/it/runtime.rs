@@ -1008,6 +1008,33 @@ async fn a_workspace_runs_on_an_oci_image_pulled_from_a_registry() {
         assert!(Instant::now() < until, "{tasks}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A private registry: unauthorized until the owner stores a credential for its host.
+    let private = Registry::start(true).await;
+    let pusher = Pusher::new(&private, true);
+    pusher.blob("devcell/tiny", &layer).await;
+    pusher.blob("devcell/tiny", &config).await;
+    pusher
+        .manifest("devcell/tiny", "1", OCI_MANIFEST, &manifest)
+        .await;
+    let image = format!("{}/devcell/tiny:1", private.addr);
+    let id3 = create_started(&c, json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "image": image, "start": true })).await;
+    let ws = c.wait_phase(&id3, "failed", START_WITHIN).await;
+    assert!(
+        ws["message"].as_str().unwrap().contains("refused access"),
+        "{ws:#}"
+    );
+    let (s, _) = c
+        .owner(Method::POST, "/api/v1/git-credentials", Some(json!({ "host": private.addr, "username": crate::image::USER, "token": crate::image::PASSWORD })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    c.owner(
+        Method::POST,
+        &format!("/api/v1/workspaces/{id3}/start"),
+        None,
+    )
+    .await;
+    c.wait_phase(&id3, "running", START_WITHIN).await;
+
     // A missing image fails the start with the reason.
     let id2 = create_started(&c, json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "image": format!("{}/devcell/none:1", registry.addr), "start": true })).await;
     let ws = c.wait_phase(&id2, "failed", START_WITHIN).await;
