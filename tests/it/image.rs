@@ -249,11 +249,11 @@ fn gzip_tar(items: &[Item<'_>]) -> (Vec<u8>, String) {
     (gz.finish().unwrap(), diff_id)
 }
 
-struct TestImage {
-    layers: Vec<Vec<u8>>,
-    config: Vec<u8>,
-    manifest: Vec<u8>,
-    digest: String,
+pub struct TestImage {
+    pub layers: Vec<Vec<u8>>,
+    pub config: Vec<u8>,
+    pub manifest: Vec<u8>,
+    pub digest: String,
 }
 
 /// Two layers: a base with a few files, and a top layer that deletes one of them with a
@@ -551,7 +551,7 @@ async fn basic_auth_registry_needs_credentials() {
 }
 
 /// A tar of an OCI image layout holding `images`, with `extra` raw entries appended.
-fn oci_archive(images: &[(&TestImage, Option<&str>)], extra: &[(&str, &[u8])]) -> Vec<u8> {
+pub fn oci_archive(images: &[(&TestImage, Option<&str>)], extra: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |name: &str, data: &[u8]| {
         let mut h = tar::Header::new_old();

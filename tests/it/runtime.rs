@@ -1035,6 +1035,43 @@ async fn a_workspace_runs_on_an_oci_image_pulled_from_a_registry() {
     .await;
     c.wait_phase(&id3, "running", START_WITHIN).await;
 
+    // Offline: an OCI archive imported with the real CLI serves a workspace without any registry.
+    let archive = repos.path().join("offline.tar");
+    let tiny = crate::image::TestImage {
+        layers: vec![layer.clone()],
+        config: config.clone(),
+        manifest: manifest.clone(),
+        digest: sha256(&manifest),
+    };
+    std::fs::write(
+        &archive,
+        crate::image::oci_archive(&[(&tiny, Some("127.0.0.1:9/offline/tiny:1"))], &[]),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_devcell"))
+        .args(["image", "import"])
+        .arg(&archive)
+        .arg("--data")
+        .arg(c.data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:9/offline/tiny:1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let id4 = create_started(&c, json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "image": "127.0.0.1:9/offline/tiny:1", "start": true })).await;
+    c.wait_phase(&id4, "running", START_WITHIN).await;
+    assert_eq!(
+        exec(&c, &id4, "read l < /etc/image-release; echo $l").await["stdout"],
+        "from-the-image\n"
+    );
+
     // A missing image fails the start with the reason.
     let id2 = create_started(&c, json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "image": format!("{}/devcell/none:1", registry.addr), "start": true })).await;
     let ws = c.wait_phase(&id2, "failed", START_WITHIN).await;
