@@ -87,9 +87,15 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
     let socket = run_dir.join(SOCKET);
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)?;
-    for i in 0..agent.spec.tasks.len() {
-        tokio::spawn(run_task(agent.clone(), i));
-    }
+    let starter = agent.clone();
+    tokio::spawn(async move {
+        if starter.spec.wait_for_network {
+            wait_for_network().await;
+        }
+        for i in 0..starter.spec.tasks.len() {
+            tokio::spawn(run_task(starter.clone(), i));
+        }
+    });
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/exec", post(exec))
@@ -101,6 +107,20 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
         .with_state(agent);
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// Waits (at most five seconds) until the outbound interface the cell attaches shows up.
+async fn wait_for_network() {
+    for _ in 0..1000 {
+        if tokio::fs::read_to_string("/proc/net/dev")
+            .await
+            .is_ok_and(|d| d.contains("tap0:"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::warn!("no outbound network after 5 s; starting tasks anyway");
 }
 
 async fn status(State(a): State<Arc<Agent>>) -> Json<Status> {

@@ -23,6 +23,9 @@ pub struct AgentSpec {
     /// Ports the repository's configuration names (for the port list).
     #[serde(default)]
     pub ports: Vec<crate::content::config::Port>,
+    /// Outbound network is being attached (tap0): tasks wait for it, terminals and exec do not.
+    #[serde(default)]
+    pub wait_for_network: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

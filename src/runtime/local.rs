@@ -250,6 +250,7 @@ impl Runtime for LocalRuntime {
 
     fn start<'a>(&'a self, spec: &'a SandboxSpec) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
+            let t = std::time::Instant::now();
             let cg: Option<Cgroup> = match &self.hierarchy {
                 Hierarchy::Unavailable { reason } => {
                     tracing::warn!(workspace = %spec.id, %reason, "class limits are not enforced");
@@ -257,6 +258,7 @@ impl Runtime for LocalRuntime {
                 }
                 h => Some(h.create(spec.id.as_str(), &spec.limits)?),
             };
+            tracing::debug!(workspace = %spec.id, ms = t.elapsed().as_millis() as u64, "cgroups ready");
             let run = spec.dir.join("run");
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -293,14 +295,19 @@ impl Runtime for LocalRuntime {
                 let _ = child.wait().await;
             });
             if spec.network {
-                match outer {
-                    Some(pid) => connect_outbound(&self.exe, pid, &run, cg.as_ref()).await?,
-                    None => {
-                        return Err(RuntimeError::Start(
-                            "the sandbox exited at once; see its sandbox.log".into(),
-                        ));
+                // Set up beside the agent's own start instead of before it: the agent holds its
+                // tasks until the network is there (AgentSpec::wait_for_network).
+                let Some(pid) = outer else {
+                    return Err(RuntimeError::Start(
+                        "the sandbox exited at once; see its sandbox.log".into(),
+                    ));
+                };
+                let (run, cg, id) = (run.clone(), cg.clone(), spec.id.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = connect_outbound(pid, &run, cg.as_ref()).await {
+                        tracing::warn!(workspace = %id, error = %e, "outbound network not set up");
                     }
-                }
+                });
             }
             Ok(())
         })
@@ -344,27 +351,33 @@ pub fn sandbox_exec(
 
 /// The process inside the sandbox's network namespace: a child of the outer bubblewrap whose
 /// namespace differs from ours.
-async fn sandbox_pid(outer: u32) -> Option<u32> {
+async fn sandbox_pid(outer: u32, cg: Option<&Cgroup>) -> Option<u32> {
     let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
-    for _ in 0..400 {
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for e in entries.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                    continue;
-                };
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                    continue;
-                };
-                // Fields after the command name (which may hold spaces) start after the last ')'.
-                let ppid = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                    .and_then(|p| p.parse::<u32>().ok());
-                if ppid == Some(outer)
-                    && std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns != ours)
-                {
-                    return Some(pid);
-                }
+    for _ in 0..2000 {
+        // The workspace's cgroup holds a handful of pids; all of /proc is the fallback.
+        let candidates: Vec<u32> = match cg {
+            Some(c) => c.pids(),
+            None => std::fs::read_dir("/proc")
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        for pid in candidates {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(outer)
+                && std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns != ours)
+            {
+                return Some(pid);
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -375,48 +388,42 @@ async fn sandbox_pid(outer: u32) -> Option<u32> {
 /// Gives the sandbox outbound network access through slirp4netns (user-mode TCP/IP: no bridge,
 /// no firewall rules, no privileges inside). `--disable-host-loopback` keeps the cell and
 /// other local services out of reach; nothing from outside can connect in.
-async fn connect_outbound(
-    launcher: &Path,
-    outer: u32,
-    run: &Path,
-    cg: Option<&Cgroup>,
-) -> Result<(), RuntimeError> {
+async fn connect_outbound(outer: u32, run: &Path, cg: Option<&Cgroup>) -> Result<(), RuntimeError> {
     let slirp = which("slirp4netns").ok_or_else(|| {
         RuntimeError::Start(
             "outbound network needs slirp4netns: apt-get install -y slirp4netns".into(),
         )
     })?;
-    let pid = sandbox_pid(outer)
+    let pid = sandbox_pid(outer, cg)
         .await
         .ok_or_else(|| RuntimeError::Start("the sandbox's process did not appear".into()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(run.join("network.log"))?;
-    // Through the launcher, so slirp4netns joins the workspace's cgroups and ends with it.
-    let mut cmd = tokio::process::Command::new(launcher);
-    cmd.arg("sandbox-exec");
-    for f in cg.map(|c| c.procs_files()).unwrap_or_default() {
-        cmd.arg("--cgroup-procs").arg(f);
-    }
-    cmd.arg("--")
-        .arg(&slirp)
-        .args([
-            "--configure",
-            "--mtu=65520",
-            "--disable-host-loopback",
-            "--netns-type=path",
-        ])
-        // Joining by path (not by pid) works for a namespace owned by another user namespace.
-        .arg(format!("/proc/{pid}/ns/net"))
-        .arg("tap0")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0);
+    let mut cmd = tokio::process::Command::new(&slirp);
+    cmd.args([
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        "--netns-type=path",
+    ])
+    // Joining by path (not by pid) works for a namespace owned by another user namespace.
+    .arg(format!("/proc/{pid}/ns/net"))
+    .arg("tap0")
+    .stdin(std::process::Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log)
+    .process_group(0);
     let mut child = cmd
         .spawn()
         .map_err(|e| RuntimeError::Start(format!("slirp4netns: {e}")))?;
+    // Into the workspace's cgroups, so it ends with the workspace and counts against it.
+    if let (Some(cg), Some(slirp_pid)) = (cg, child.id()) {
+        for f in cg.procs_files() {
+            let _ = std::fs::write(&f, slirp_pid.to_string());
+        }
+    }
     tokio::spawn(async move {
         let _ = child.wait().await;
     });

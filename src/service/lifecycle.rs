@@ -656,12 +656,18 @@ impl Cell {
             .and_then(|p| p.file_name())
             .map(|n| format!("{}/{}", local::WORKSPACE_MOUNT, n.to_string_lossy()))
             .unwrap_or_else(|| local::WORKSPACE_MOUNT.into());
+        let policy_outbound = self
+            .store()
+            .read(|tx| Ok(tx.org(&ws.org)?.map(|o| o.policy.outbound_network)))
+            .map_err(|e| e.to_string())?
+            .unwrap_or(false);
         let spec = AgentSpec {
             workspace_id: ws.id.to_string(),
             workdir,
             env,
             tasks: config.tasks.clone(),
             ports: config.ports.clone(),
+            wait_for_network: policy_outbound,
         };
         let run = dir.join("run");
         std::fs::write(
@@ -707,7 +713,9 @@ impl Cell {
         if agent.status().await.is_ok() {
             agent.shutdown().await;
         }
+        let t = std::time::Instant::now();
         runtime.start(&sandbox).await.map_err(|e| e.to_string())?;
+        let launched = t.elapsed();
         agent.wait_ready(AGENT_READY).await.map_err(|e| {
             let log = std::fs::read_to_string(run.join("sandbox.log")).unwrap_or_default();
             format!(
@@ -727,7 +735,12 @@ impl Cell {
                 Ok(())
             })
             .map_err(internal)?;
-        tracing::info!(workspace = %ws.id, "workspace is running");
+        tracing::info!(
+            workspace = %ws.id,
+            launch_ms = launched.as_millis() as u64,
+            agent_ready_ms = t.elapsed().as_millis() as u64,
+            "workspace is running"
+        );
         Ok(())
     }
 

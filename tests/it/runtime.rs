@@ -890,7 +890,9 @@ async fn private_repositories_clone_with_a_stored_token_that_goes_nowhere_else()
 async fn outbound_network_follows_the_policy_and_never_reaches_the_cell() {
     let c = TestCell::start_with_runtime().await;
     let repos = tempfile::tempdir().unwrap();
-    let bare = bare_repo(repos.path(), "net", &[("README.md", "x\n")]);
+    // Tasks wait for the network: this one records what it saw.
+    let gitpod = "tasks:\n  - command: |\n      cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort | tr '\\n' ' ' > /workspace/seen-by-task\n";
+    let bare = bare_repo(repos.path(), "net", &[(".gitpod.yml", gitpod)]);
     let id = create_started(
         &c,
         json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
@@ -901,6 +903,16 @@ async fn outbound_network_follows_the_policy_and_never_reaches_the_cell() {
     let probe = format!(
         "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '; echo; grep -c . /proc/net/route; \
          python3 -c \"import socket\nfor h in ('10.0.2.2', '127.0.0.1'):\n  s = socket.socket(); s.settimeout(2)\n  try:\n    s.connect((h, {port})); print(h, 'reached')\n  except OSError as e:\n    print(h, 'refused')\""
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while exec(&c, &id, "cat /workspace/seen-by-task 2>/dev/null").await["stdout"] == "" {
+        assert!(Instant::now() < until, "the task never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        exec(&c, &id, "cat /workspace/seen-by-task").await["stdout"],
+        "lo tap0 ",
+        "the task started before the network"
     );
     let out = exec(&c, &id, &probe).await;
     let stdout = out["stdout"].as_str().unwrap();
