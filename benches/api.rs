@@ -143,6 +143,7 @@ async fn api_bench() {
                 class: None,
                 image: None,
                 timeout: None,
+                start: false,
             },
         )
         .unwrap();

@@ -93,13 +93,9 @@ pub(super) async fn create_workspace(
             class: req.class,
             image: req.image,
             timeout: req.timeout_s.map(Duration::from_secs),
+            start: req.start,
         },
     )?;
-    let ws = if req.start {
-        st.cell.start_workspace(&a, &ws.id)?
-    } else {
-        ws
-    };
     Ok((StatusCode::CREATED, Json((&ws).into())))
 }
 

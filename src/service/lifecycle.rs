@@ -129,22 +129,7 @@ impl Cell {
             let org = tx.org(&ws.org)?.ok_or(Error::NotFound {
                 what: "organization",
             })?;
-            let mut running = 0u32;
-            let mut cursor: Option<String> = None;
-            loop {
-                let page = tx.workspaces_of(&ws.owner, cursor.as_deref(), 500)?;
-                running += page
-                    .iter()
-                    .filter(|w| {
-                        w.id != ws.id
-                            && (w.lifecycle.is_active() || w.lifecycle.desired == Desired::Running)
-                    })
-                    .count() as u32;
-                match page.last() {
-                    Some(w) if page.len() == 500 => cursor = Some(w.id.to_string()),
-                    _ => break,
-                }
-            }
+            let running = running_of(tx, &ws.owner, &ws.id)?;
             org.policy.check_can_start(running)?;
             org.policy.check_class(&ws.class)?;
             ws.lifecycle.set_desired(Desired::Running)?;
@@ -724,8 +709,10 @@ impl Cell {
             )
         })?;
         let now = self.now();
+        // No fsync either: after a crash, recovery finds the agent answering and marks the
+        // workspace running again.
         self.store()
-            .write(|tx| -> Result<()> {
+            .write_lazy(|tx| -> Result<()> {
                 if let Some(mut w) = tx.workspace(&ws.id)? {
                     w.lifecycle
                         .transition(Phase::Running, now, Some("ready".into()))?;
@@ -803,6 +790,9 @@ impl Cell {
                     return Ok(());
                 };
                 if alive {
+                    if w.lifecycle.phase == Phase::Creating {
+                        w.lifecycle.transition(Phase::Initializing, now, None)?;
+                    }
                     if w.lifecycle.phase == Phase::Initializing {
                         w.lifecycle.transition(
                             Phase::Running,
@@ -833,6 +823,31 @@ impl Cell {
         }
         Ok(())
     }
+}
+
+/// How many of `owner`'s workspaces (other than `except`) run or are asked to.
+pub(crate) fn running_of(
+    tx: &crate::store::WriteTx,
+    owner: &crate::domain::UserId,
+    except: &WorkspaceId,
+) -> Result<u32> {
+    let mut running = 0u32;
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = tx.workspaces_of(owner, cursor.as_deref(), 500)?;
+        running += page
+            .iter()
+            .filter(|w| {
+                &w.id != except
+                    && (w.lifecycle.is_active() || w.lifecycle.desired == Desired::Running)
+            })
+            .count() as u32;
+        match page.last() {
+            Some(w) if page.len() == 500 => cursor = Some(w.id.to_string()),
+            _ => break,
+        }
+    }
+    Ok(running)
 }
 
 fn needs_attention(w: &Workspace) -> bool {

@@ -22,6 +22,8 @@ pub struct WorkspaceInput {
     pub class: Option<String>,
     pub image: Option<String>,
     pub timeout: Option<Duration>,
+    /// Ask for it to run at once (in the same transaction as its creation).
+    pub start: bool,
 }
 
 #[derive(Default)]
@@ -211,7 +213,14 @@ impl Cell {
             class,
             image,
             timeout,
-            lifecycle: Lifecycle::new(Desired::Stopped, now),
+            lifecycle: Lifecycle::new(
+                if input.start {
+                    Desired::Running
+                } else {
+                    Desired::Stopped
+                },
+                now,
+            ),
             created_at: now,
             last_activity: now,
             sandbox_uid: None,
@@ -220,12 +229,26 @@ impl Cell {
         };
         let mut ws = ws;
         let as_root = running_as_root();
-        self.store().write(|tx| {
+        if input.start && self.inner.runtime.is_none() {
+            return Err(Error::Conflict {
+                code: "no_runtime",
+                message: "this cell has no runtime to run workspaces".into(),
+            });
+        }
+        self.store().write(|tx| -> Result<()> {
+            if input.start {
+                org.policy
+                    .check_can_start(super::lifecycle::running_of(tx, &ws.owner, &ws.id)?)?;
+            }
             if as_root {
                 ws.sandbox_uid = Some(tx.allocate_sandbox_uid()?);
             }
-            tx.put_workspace(&ws)
+            tx.put_workspace(&ws)?;
+            Ok(())
         })?;
+        if input.start {
+            self.wake_reconciler();
+        }
         Ok(ws)
     }
 
