@@ -568,6 +568,7 @@ impl Cell {
         if w.lifecycle.phase != Phase::Creating {
             return Ok(());
         }
+        let phase_start = std::time::Instant::now();
         let dir = self.workspace_dir(&ws.id);
         let ids = ws.sandbox_uid.map(|u| (u, u));
         if let Some(parent) = dir.parent() {
@@ -601,6 +602,7 @@ impl Cell {
             .await
             .map_err(|e| e.to_string())?;
         }
+        tracing::debug!(workspace = %ws.id, ms = phase_start.elapsed().as_millis() as u64, "repositories ready");
         let config = match &first_repo {
             Some(r) => crate::content::config::load(r).map_err(|e| e.to_string())?,
             None => Default::default(),
