@@ -539,6 +539,8 @@ pub struct CellDto {
     pub data_dir: String,
     pub database_bytes: u64,
     pub workspaces: u64,
+    /// Where workspaces run and what enforces their limits.
+    pub runtime: String,
 }
 
 #[derive(Deserialize, ToSchema, Default)]

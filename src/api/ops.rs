@@ -80,5 +80,6 @@ pub(super) async fn cell_facts(
         data_dir: f.data_dir,
         database_bytes: f.database_bytes,
         workspaces: f.workspaces,
+        runtime: f.runtime,
     }))
 }

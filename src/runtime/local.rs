@@ -242,8 +242,10 @@ impl Runtime for LocalRuntime {
     }
 
     fn describe(&self) -> String {
+        // Disk size per class needs project quotas (or a filesystem per workspace), which the
+        // local runtime does not set up yet: say so rather than pretend.
         format!(
-            "bubblewrap sandboxes; limits by {}",
+            "bubblewrap sandboxes with a seccomp filter; memory, CPU and process limits by {}; disk size not limited",
             self.hierarchy.describe()
         )
     }

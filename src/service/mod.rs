@@ -225,6 +225,7 @@ impl Cell {
             data_dir: data_dir.display().to_string(),
             database_bytes: db_bytes,
             workspaces: self.store().workspace_count()?,
+            runtime: self.runtime_description(),
         })
     }
 }
@@ -235,6 +236,8 @@ pub struct CellFacts {
     pub data_dir: String,
     pub database_bytes: u64,
     pub workspaces: u64,
+    /// Where workspaces run and what enforces their limits.
+    pub runtime: String,
 }
 
 /// A new id: time-ordered and strictly increasing within this process, so that listings by

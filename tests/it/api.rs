@@ -719,6 +719,14 @@ async fn metrics_count_requests_by_route_and_show_loops() {
         "{text}"
     );
     assert!(text.contains("devcell_workspaces 1"), "{text}");
+    let (s, facts) = c.owner(Method::GET, "/api/v1/admin/cell", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let runtime = facts["runtime"].as_str().unwrap();
+    assert!(
+        runtime.contains("bubblewrap") && runtime.contains("cgroup v"),
+        "{facts}"
+    );
+    assert_eq!(facts["workspaces"], 1);
     let ready = c.http.get(c.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     c.stop().await;
