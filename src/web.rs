@@ -20,6 +20,31 @@ pub fn router() -> Router<AppState> {
         .route("/logout", post(logout))
         .route("/invite/{secret}", get(invite_form).post(invite_submit))
         .route("/assets/style.css", get(stylesheet))
+        .route(
+            "/assets/dashboard.js",
+            get(|| {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    include_bytes!("../embedded/dashboard.js"),
+                )
+            }),
+        )
+        .route(
+            "/assets/xterm.js",
+            get(|| asset("text/javascript; charset=utf-8", ui::XTERM_JS)),
+        )
+        .route(
+            "/assets/addon-fit.js",
+            get(|| asset("text/javascript; charset=utf-8", ui::XTERM_FIT_JS)),
+        )
+        .route(
+            "/assets/xterm.css",
+            get(|| asset("text/css; charset=utf-8", ui::XTERM_CSS)),
+        )
+        .route("/workspaces/{id}", get(workspace_page))
+        .route("/workspaces/{id}/start", post(start_form))
+        .route("/workspaces/{id}/stop", post(stop_form))
+        .route("/new", get(new_form).post(new_submit))
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -239,6 +264,196 @@ async fn invite_submit(
                     (StatusCode::GONE, Html(ui::login_page(Some(e.to_string())))).into_response()
                 }
             }
+        }
+    }
+}
+
+async fn asset(content_type: &'static str, bytes: &'static [u8]) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        bytes,
+    )
+}
+
+/// The signed-in caller with their CSRF token, or a redirect to the login page.
+fn signed_in(
+    st: &AppState,
+    headers: &HeaderMap,
+) -> Result<(crate::service::Actor, String), Box<Response>> {
+    match crate::api::auth_identify(&st.cell, headers) {
+        Ok(a) => {
+            let csrf = match &a.via {
+                AuthVia::Session { csrf, .. } => csrf.clone(),
+                _ => String::new(),
+            };
+            Ok((a, csrf))
+        }
+        Err(_) => Err(Box::new(Redirect::to("/login").into_response())),
+    }
+}
+
+fn error_page(e: Error) -> Response {
+    let status = match e {
+        Error::NotFound { .. } => StatusCode::NOT_FOUND,
+        Error::Forbidden(_) | Error::Csrf => StatusCode::FORBIDDEN,
+        Error::Invalid(_) | Error::Rule(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Conflict { .. } | Error::Lifecycle(_) => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Html(ui::login_page(Some(e.to_string())))).into_response()
+}
+
+async fn workspace_page(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(id): crate::api::Path<String>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let Ok(id) = crate::domain::WorkspaceId::parse(&id) else {
+        return error_page(Error::NotFound { what: "workspace" });
+    };
+    match st.cell.get_workspace(&actor, &id) {
+        Ok(w) => Html(ui::workspace_page(ui::WorkspaceView {
+            id: w.id.to_string(),
+            name: w.name.clone(),
+            phase: w.lifecycle.phase.as_str().into(),
+            desired: w.lifecycle.desired.as_str().into(),
+            message: (w.lifecycle.phase == crate::domain::Phase::Failed)
+                .then(|| w.lifecycle.history.last().and_then(|c| c.message.clone()))
+                .flatten(),
+            repos: w.repos.iter().map(|r| r.url.as_str().to_owned()).collect(),
+            csrf,
+        }))
+        .into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+async fn start_form(
+    st: State<AppState>,
+    headers: HeaderMap,
+    id: crate::api::Path<String>,
+    form: Form<CsrfForm>,
+) -> Response {
+    change(st, headers, id, form, true).await
+}
+
+async fn stop_form(
+    st: State<AppState>,
+    headers: HeaderMap,
+    id: crate::api::Path<String>,
+    form: Form<CsrfForm>,
+) -> Response {
+    change(st, headers, id, form, false).await
+}
+
+async fn change(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(id): crate::api::Path<String>,
+    Form(f): Form<CsrfForm>,
+    start: bool,
+) -> Response {
+    let (actor, _) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    if let Err(e) = st.cell.check_csrf(&actor, Some(&f.csrf)) {
+        return error_page(e);
+    }
+    let Ok(wsid) = crate::domain::WorkspaceId::parse(&id) else {
+        return error_page(Error::NotFound { what: "workspace" });
+    };
+    let result = if start {
+        st.cell.start_workspace(&actor, &wsid)
+    } else {
+        st.cell.stop_workspace(&actor, &wsid)
+    };
+    match result {
+        Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+fn class_names(st: &AppState, actor: &crate::service::Actor) -> Vec<String> {
+    let orgs = st.cell.list_orgs(actor).unwrap_or_default();
+    orgs.first()
+        .and_then(|(o, _)| st.cell.list_classes(actor, &o.id).ok())
+        .map(|cs| {
+            let mut v: Vec<_> = cs
+                .iter()
+                .map(|c| (c.is_default, c.spec.name.clone()))
+                .collect();
+            v.sort_by_key(|c| std::cmp::Reverse(c.0));
+            v.into_iter().map(|(_, n)| n).collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn new_form(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    match signed_in(&st, &headers) {
+        Ok((actor, csrf)) => {
+            Html(ui::new_workspace_page(csrf, class_names(&st, &actor), None)).into_response()
+        }
+        Err(r) => *r,
+    }
+}
+
+#[derive(Deserialize)]
+struct NewForm {
+    #[serde(rename = "_csrf")]
+    csrf: String,
+    repo: String,
+    #[serde(default)]
+    branch: String,
+    #[serde(default)]
+    class: String,
+}
+
+async fn new_submit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<NewForm>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    if let Err(e) = st.cell.check_csrf(&actor, Some(&f.csrf)) {
+        return error_page(e);
+    }
+    let input = crate::service::WorkspaceInput {
+        org: None,
+        name: None,
+        repos: vec![(f.repo, Some(f.branch).filter(|b| !b.trim().is_empty()))],
+        class: Some(f.class).filter(|c| !c.is_empty()),
+        image: None,
+        timeout: None,
+        start: true,
+    };
+    match st.cell.create_workspace(&actor, input) {
+        Ok(w) => Redirect::to(&format!("/workspaces/{}", w.id)).into_response(),
+        Err(e) => {
+            let status = if matches!(e, Error::Invalid(_) | Error::Rule(_)) {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::CONFLICT
+            };
+            (
+                status,
+                Html(ui::new_workspace_page(
+                    csrf,
+                    class_names(&st, &actor),
+                    Some(e.to_string()),
+                )),
+            )
+                .into_response()
         }
     }
 }

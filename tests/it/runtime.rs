@@ -1093,3 +1093,136 @@ async fn a_workspace_runs_on_an_oci_image_pulled_from_a_registry() {
     );
     c.stop().await;
 }
+
+#[tokio::test]
+async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
+    use reqwest::header;
+    let c = TestCell::start_with_runtime().await;
+    let owner = c.cell().find_user(None).unwrap();
+    let link = c.cell().create_login_link(&owner.id).unwrap();
+    let res = c.http.get(&link).send().await.unwrap();
+    let cookie = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let get = |path: &str| {
+        c.http
+            .get(c.url(path))
+            .header(header::COOKIE, &cookie)
+            .send()
+    };
+
+    let home = get("/").await.unwrap().text().await.unwrap();
+    assert!(
+        home.contains("href=\"/new\"") && home.contains("/assets/dashboard.js"),
+        "{home}"
+    );
+    let csrf = home
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    for (path, kind, needle) in [
+        ("/assets/xterm.js", "text/javascript", "Terminal"),
+        ("/assets/addon-fit.js", "text/javascript", "FitAddon"),
+        ("/assets/xterm.css", "text/css", ".xterm"),
+        ("/assets/dashboard.js", "text/javascript", "WebSocket"),
+    ] {
+        let res = get(path).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        assert!(
+            res.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(kind),
+            "{path}"
+        );
+        assert!(res.text().await.unwrap().contains(needle), "{path}");
+    }
+
+    let form = get("/new").await.unwrap().text().await.unwrap();
+    assert!(
+        form.contains("name=\"repo\"") && form.contains("<option value=\"small\">"),
+        "{form}"
+    );
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "page", &[("README.md", "x\n")]);
+    let url = format!("file://{}", bare.display());
+    // Bad input comes back on the form with the reason.
+    let res = c
+        .http
+        .post(c.url("/new"))
+        .header(header::COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("repo", "ftp://nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.text().await.unwrap().contains("scheme"));
+    // Without the CSRF token nothing is created.
+    let res = c
+        .http
+        .post(c.url("/new"))
+        .header(header::COOKIE, &cookie)
+        .form(&[("_csrf", "forged"), ("repo", url.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = c
+        .http
+        .post(c.url("/new"))
+        .header(header::COOKIE, &cookie)
+        .form(&[
+            ("_csrf", csrf.as_str()),
+            ("repo", url.as_str()),
+            ("class", "small"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let id = location.trim_start_matches("/workspaces/").to_owned();
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let page = get(&location).await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains(&format!("data-workspace=\"{id}\""))
+            && page.contains("id=\"terminal\"")
+            && page.contains("/assets/xterm.js"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("action=\"/workspaces/{id}/stop\"")),
+        "{page}"
+    );
+
+    // Stop from the page, then a member cannot open it.
+    let res = c
+        .http
+        .post(c.url(&format!("/workspaces/{id}/stop")))
+        .header(header::COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    c.wait_phase(&id, "stopped", START_WITHIN).await;
+    let (_, member) = c.add_user("dev@example.com", "member").await;
+    let res = c
+        .http
+        .get(c.url(&location))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    c.stop().await;
+}

@@ -3,6 +3,11 @@
 
 use leptos::prelude::*;
 
+/// xterm.js and its fit addon from npm, bundled at build time (see build.rs).
+pub const XTERM_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xterm.js"));
+pub const XTERM_CSS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xterm.css"));
+pub const XTERM_FIT_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/addon-fit.js"));
+
 /// One workspace as the list shows it.
 #[derive(Clone, Debug)]
 pub struct WorkspaceRow {
@@ -51,12 +56,13 @@ fn Workspaces(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> impl IntoV
                 <input type="hidden" name="_csrf" value=csrf/>
                 <button type="submit">"Sign out"</button>
             </form>
+            <p><a href="/new" class="button">"New workspace"</a></p>
             {empty.then(|| view! { <p class="empty">"No workspaces yet. Create one with " <code>"devcell ws create --repo URL"</code> "."</p> })}
             <table class="workspaces">
                 <thead><tr><th>"Name"</th><th>"Repository"</th><th>"Phase"</th></tr></thead>
                 <tbody>
                     {rows.into_iter().map(|r| view! {
-                        <tr data-id=r.id><td>{r.name}</td><td>{r.repo}</td><td class="phase">{r.phase}</td></tr>
+                        <tr data-id=r.id.clone()><td><a href=format!("/workspaces/{}", r.id)>{r.name}</a></td><td>{r.repo}</td><td class="phase">{r.phase}</td></tr>
                     }).collect_view()}
                 </tbody>
             </table>
@@ -114,9 +120,93 @@ pub fn invite_page(v: InviteView) -> String {
 }
 
 fn page(title: &str, body: String) -> String {
+    page_with(title, body, "")
+}
+
+/// A page whose scripts talk to the API: the session's CSRF token goes in a meta tag.
+fn live_page(title: &str, body: String, csrf: &str, terminal: bool) -> String {
+    let csrf = csrf
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;");
+    let mut head = format!("<meta name=\"csrf-token\" content=\"{csrf}\">");
+    if terminal {
+        head.push_str("<link rel=\"stylesheet\" href=\"/assets/xterm.css\"><script src=\"/assets/xterm.js\"></script><script src=\"/assets/addon-fit.js\"></script>");
+    }
+    head.push_str("<script defer src=\"/assets/dashboard.js\"></script>");
+    page_with(title, body, &head)
+}
+
+fn page_with(title: &str, body: String, head: &str) -> String {
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · devcell</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body>{body}</body></html>"
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · devcell</title><link rel=\"stylesheet\" href=\"/assets/style.css\">{head}</head><body>{body}</body></html>"
     )
+}
+
+/// One workspace, as its page shows it.
+#[derive(Clone, Debug)]
+pub struct WorkspaceView {
+    pub id: String,
+    pub name: String,
+    pub phase: String,
+    pub desired: String,
+    pub message: Option<String>,
+    pub repos: Vec<String>,
+    pub csrf: String,
+}
+
+#[component]
+fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
+    let start = format!("/workspaces/{}/start", v.id);
+    let stop = format!("/workspaces/{}/stop", v.id);
+    let running = v.desired == "running";
+    view! {
+        <Shell title=v.name.clone()>
+            <section data-workspace=v.id.clone()>
+                <p>"Phase: " <strong id="phase">{v.phase}</strong> " " <span id="message" class="error">{v.message}</span></p>
+                <ul class="repos">{v.repos.into_iter().map(|r| view! { <li><code>{r}</code></li> }).collect_view()}</ul>
+                {if running {
+                    view! { <form method="post" action=stop><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Stop"</button></form> }.into_any()
+                } else {
+                    view! { <form method="post" action=start><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Start"</button></form> }.into_any()
+                }}
+                <div id="terminal" class="terminal" aria-label="Terminal"></div>
+            </section>
+        </Shell>
+    }
+}
+
+/// A workspace: phase (live), controls, and its terminal once it runs.
+pub fn workspace_page(v: WorkspaceView) -> String {
+    let (title, csrf) = (v.name.clone(), v.csrf.clone());
+    let body = Owner::new().with(|| view! { <WorkspaceDetail v=v/> }.to_html());
+    live_page(&title, body, &csrf, true)
+}
+
+#[component]
+fn NewWorkspace(csrf: String, classes: Vec<String>, error: Option<String>) -> impl IntoView {
+    view! {
+        <Shell title="New workspace".to_string()>
+            {error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            <form method="post" action="/new" class="card">
+                <input type="hidden" name="_csrf" value=csrf/>
+                <label for="repo">"Repository URL"</label>
+                <input id="repo" name="repo" required placeholder="https://github.com/team/app.git"/>
+                <label for="branch">"Branch (optional)"</label>
+                <input id="branch" name="branch"/>
+                <label for="class">"Class"</label>
+                <select id="class" name="class">{classes.into_iter().map(|c| view! { <option value=c.clone()>{c.clone()}</option> }).collect_view()}</select>
+                <button type="submit">"Create and start"</button>
+            </form>
+        </Shell>
+    }
+}
+
+/// The form that creates (and starts) a workspace.
+pub fn new_workspace_page(csrf: String, classes: Vec<String>, error: Option<String>) -> String {
+    let body = Owner::new()
+        .with(|| view! { <NewWorkspace csrf=csrf classes=classes error=error/> }.to_html());
+    page("New workspace", body)
 }
 
 /// The sign-in page, with an error message after a failed attempt.
@@ -127,9 +217,10 @@ pub fn login_page(error: Option<String>) -> String {
 
 /// The signed-in user's workspaces.
 pub fn workspaces_page(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> String {
+    let token = csrf.clone();
     let body =
         Owner::new().with(|| view! { <Workspaces user=user csrf=csrf rows=rows/> }.to_html());
-    page("Workspaces", body)
+    live_page("Workspaces", body, &token, false)
 }
 
 #[cfg(test)]

@@ -1,0 +1,90 @@
+// devcell dashboard: live workspace phases without reloading, and the workspace terminal
+// (xterm.js over the cell's WebSocket). Plain script, no build step; xterm.js comes from npm.
+(function () {
+  "use strict";
+  var csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+
+  function api(path, options) {
+    options = options || {};
+    options.credentials = "same-origin";
+    options.headers = Object.assign({ "x-csrf-token": csrf, "content-type": "application/json" }, options.headers || {});
+    return fetch(path, options).then(function (r) {
+      if (!r.ok) throw new Error(r.status + " " + path);
+      return r.status === 204 ? null : r.json();
+    });
+  }
+
+  // The list: every row with data-id gets its phase refreshed.
+  function refreshList() {
+    var rows = document.querySelectorAll("tr[data-id]");
+    if (!rows.length) return;
+    api("/api/v1/workspaces?limit=500").then(function (page) {
+      var phases = {};
+      page.items.forEach(function (w) { phases[w.id] = w.phase; });
+      rows.forEach(function (row) {
+        var cell = row.querySelector(".phase");
+        var phase = phases[row.dataset.id];
+        if (cell && phase && cell.textContent !== phase) cell.textContent = phase;
+      });
+    }).catch(function () {});
+  }
+
+  // The workspace page: its phase, then its terminal once it runs.
+  var page = document.querySelector("[data-workspace]");
+  var terminalOpened = false;
+  function refreshWorkspace() {
+    if (!page) return;
+    var id = page.dataset.workspace;
+    api("/api/v1/workspaces/" + id).then(function (w) {
+      var phase = document.getElementById("phase");
+      if (phase && phase.textContent !== w.phase) phase.textContent = w.phase;
+      var message = document.getElementById("message");
+      if (message) message.textContent = w.message || "";
+      if (w.phase === "running" && !terminalOpened) {
+        terminalOpened = true;
+        openTerminal(id);
+      }
+    }).catch(function () {});
+  }
+
+  function openTerminal(id) {
+    var box = document.getElementById("terminal");
+    if (!box || !window.Terminal) return;
+    var term = new window.Terminal({ cursorBlink: true, convertEol: false, fontSize: 14 });
+    var fit = window.FitAddon ? new window.FitAddon.FitAddon() : null;
+    if (fit) term.loadAddon(fit);
+    term.open(box);
+    if (fit) fit.fit();
+    api("/api/v1/workspaces/" + id + "/terminals", { method: "POST", body: JSON.stringify({ cols: term.cols, rows: term.rows }) })
+      .then(function (t) { attach(term, fit, t.attach); })
+      .catch(function (e) { term.write("\r\ncannot open a terminal: " + e.message + "\r\n"); });
+  }
+
+  function attach(term, fit, path) {
+    var proto = location.protocol === "https:" ? "wss://" : "ws://";
+    var ws = new WebSocket(proto + location.host + path);
+    ws.binaryType = "arraybuffer";
+    var first = true;
+    ws.onmessage = function (ev) {
+      if (first) { term.reset(); first = false; }
+      term.write(new Uint8Array(ev.data));
+    };
+    var encoder = new TextEncoder();
+    var input = term.onData(function (d) { if (ws.readyState === 1) ws.send(encoder.encode(d)); });
+    var resize = term.onResize(function (s) {
+      if (ws.readyState === 1) ws.send(JSON.stringify({ type: "resize", cols: s.cols, rows: s.rows }));
+    });
+    ws.onopen = function () { ws.send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows })); };
+    // Reconnect: the shell keeps running and its recent output is replayed.
+    ws.onclose = function () {
+      input.dispose(); resize.dispose();
+      setTimeout(function () { attach(term, fit, path); }, 1000);
+    };
+    if (fit) window.addEventListener("resize", function () { fit.fit(); });
+    document.getElementById("terminal").dataset.state = "attached";
+  }
+
+  refreshList();
+  refreshWorkspace();
+  setInterval(function () { refreshList(); refreshWorkspace(); }, 1000);
+})();
