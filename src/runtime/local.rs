@@ -262,40 +262,36 @@ impl Runtime for LocalRuntime {
             };
             tracing::debug!(workspace = %spec.id, ms = t.elapsed().as_millis() as u64, "cgroups ready");
             let run = spec.dir.join("run");
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(run.join("sandbox.log"))?;
-            let mut cmd = tokio::process::Command::new(&self.exe);
-            cmd.arg("sandbox-exec");
+            let mut argv: Vec<std::ffi::OsString> = vec!["sandbox-exec".into()];
             for f in cg.as_ref().map(|c| c.procs_files()).unwrap_or_default() {
-                cmd.arg("--cgroup-procs").arg(f);
+                argv.push("--cgroup-procs".into());
+                argv.push(f.into());
             }
             if let Some((u, g)) = spec.uid {
-                cmd.arg("--uid")
-                    .arg(u.to_string())
-                    .arg("--gid")
-                    .arg(g.to_string());
+                argv.extend([
+                    "--uid".into(),
+                    u.to_string().into(),
+                    "--gid".into(),
+                    g.to_string().into(),
+                ]);
             }
-            cmd.arg("--").arg(&self.bwrap).args(self.bwrap_args(spec));
+            argv.push("--".into());
+            argv.push(self.bwrap.clone().into());
+            argv.extend(self.bwrap_args(spec).into_iter().map(Into::into));
             let filter = run.join("seccomp.bpf");
             super::seccomp::write_default_filter(&filter)
                 .map_err(|e| RuntimeError::Start(e.to_string()))?;
-            cmd.stdin(std::fs::File::open(&filter)?)
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-            // Its own process group: a signal to the cell (Ctrl-C, SIGTERM) does not reach it.
-            cmd.process_group(0);
-            let mut child = cmd
+            let launch = Launch {
+                exe: self.exe.clone(),
+                argv,
+                filter,
+                log: run.join("sandbox.log"),
+            };
+            let child = launch
                 .spawn()
                 .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
             let outer = child.id();
-            // Reap it when it ends while this cell runs; after a restart init does.
-            tokio::spawn(async move {
-                let _ = child.wait().await;
-            });
+            tokio::spawn(launch.supervise(child, spec.id.clone()));
             if spec.network {
                 // Set up beside the agent's own start instead of before it: the agent holds its
                 // tasks until the network is there (AgentSpec::wait_for_network).
@@ -430,4 +426,59 @@ async fn connect_outbound(outer: u32, run: &Path, cg: Option<&Cgroup>) -> Result
         let _ = child.wait().await;
     });
     Ok(())
+}
+
+/// How to launch one sandbox, kept so that a launch that fails for a transient reason can be
+/// repeated.
+struct Launch {
+    exe: PathBuf,
+    argv: Vec<std::ffi::OsString>,
+    filter: PathBuf,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> std::io::Result<tokio::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(&self.argv)
+            // bubblewrap reads the seccomp filter from its standard input (`--seccomp 0`).
+            .stdin(std::fs::File::open(&self.filter)?)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            // Its own process group: a signal to the cell (Ctrl-C, SIGTERM) does not reach it.
+            .process_group(0);
+        cmd.spawn()
+    }
+
+    /// Reaps the sandbox when it ends while this cell runs (after a restart, init does), and
+    /// relaunches it when bubblewrap failed at once for a known transient reason: setting up
+    /// loopback in a fresh network namespace occasionally fails with ECHILD while many
+    /// namespaces are created at the same time.
+    async fn supervise(self, mut child: tokio::process::Child, id: WorkspaceId) {
+        for attempt in 1..=3 {
+            let started = std::time::Instant::now();
+            let status = child.wait().await;
+            let early = started.elapsed() < std::time::Duration::from_secs(3)
+                && !status.is_ok_and(|s| s.success());
+            let last = std::fs::read_to_string(&self.log)
+                .ok()
+                .and_then(|l| l.lines().last().map(str::to_owned))
+                .unwrap_or_default();
+            if !(early && last.contains("bwrap: loopback")) || attempt == 3 {
+                return;
+            }
+            tracing::warn!(workspace = %id, error = %last, attempt, "sandbox setup failed; launching again");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            match self.spawn() {
+                Ok(c) => child = c,
+                Err(_) => return,
+            }
+        }
+    }
 }
