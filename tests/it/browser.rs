@@ -1,0 +1,248 @@
+//! The dashboard in a real browser: headless Chromium driven through chromedriver. A user logs
+//! in with a one-time link, creates a workspace from a local repository, watches it reach
+//! running without reloading, types in its terminal, opens a forwarded port and stops it.
+//! On failure the screenshot and page HTML are saved under target/browser-artifacts/.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::harness::TestCell;
+use crate::runtime::bare_repo;
+
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_chromedriver() -> Driver {
+    for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is missing: apt-get install -y chromium chromium-driver (bash tests/run.sh installs them)"
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("/usr/bin/chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver { child, port }
+}
+
+async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--window-size=1280,900", format!("--user-data-dir={}", profile.display())
+            ]
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .unwrap()
+}
+
+/// Saves what the browser shows, for a failing test's artifacts.
+async fn save_artifacts(b: &Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(png) = b.screenshot().await {
+        let _ = std::fs::write(dir.join(format!("{name}.png")), png);
+    }
+    if let Ok(html) = b.source().await {
+        let _ = std::fs::write(dir.join(format!("{name}.html")), html);
+    }
+    eprintln!("browser artifacts saved in {}", dir.display());
+}
+
+/// Polls `check` (a JavaScript expression returning a string) until `want` holds.
+async fn wait_for(b: &Client, what: &str, js: &str, want: impl Fn(&str) -> bool) -> String {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = b.execute(js, vec![]).await.unwrap();
+        let text = v.as_str().unwrap_or("").to_owned();
+        if want(&text) {
+            return text;
+        }
+        if Instant::now() > until {
+            save_artifacts(b, "failure").await;
+            panic!("timed out waiting for {what}; last value: {text:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
+    let driver = start_chromedriver();
+    let profile = tempfile::tempdir().unwrap();
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let gitpod = "tasks:\n  - command: python3 server.py 3000\n";
+    let bare = bare_repo(
+        repos.path(),
+        "web",
+        &[
+            (".gitpod.yml", gitpod),
+            ("server.py", include_str!("../fixtures/port_server.py")),
+        ],
+    );
+    let owner = c.cell().find_user(None).unwrap();
+    let link = c.cell().create_login_link(&owner.id).unwrap();
+
+    let b = browser(&driver, profile.path()).await;
+    let result = async {
+        b.goto(&link).await.unwrap();
+        wait_for(&b, "the workspaces page", "return document.title", |t| {
+            t.starts_with("Workspaces")
+        })
+        .await;
+        b.find(Locator::LinkText("New workspace"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.find(Locator::Id("repo"))
+            .await
+            .unwrap()
+            .send_keys(&format!("file://{}", bare.display()))
+            .await
+            .unwrap();
+        b.find(Locator::Css("form.card button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+
+        // The phase changes on the page without a reload.
+        wait_for(&b, "the workspace page", "return location.pathname", |p| {
+            p.starts_with("/workspaces/ws_")
+        })
+        .await;
+        let marker = b
+            .execute("window.__sameDocument = 'yes'; return 'set'", vec![])
+            .await
+            .unwrap();
+        assert_eq!(marker, "set");
+        wait_for(
+            &b,
+            "phase running",
+            "return document.getElementById('phase').textContent",
+            |p| p == "running",
+        )
+        .await;
+        let same = b
+            .execute("return window.__sameDocument || 'reloaded'", vec![])
+            .await
+            .unwrap();
+        assert_eq!(same, "yes", "the page was reloaded");
+
+        // The terminal: type a command, read its output.
+        wait_for(
+            &b,
+            "the terminal",
+            "return document.getElementById('terminal').dataset.state || ''",
+            |s| s == "attached",
+        )
+        .await;
+        wait_for(&b, "a prompt", "return document.querySelector('.xterm-rows') ? document.querySelector('.xterm-rows').textContent : ''", |t| t.contains('$')).await;
+        let input = b
+            .find(Locator::Css(".xterm-helper-textarea"))
+            .await
+            .unwrap();
+        input.send_keys("echo hel''lo-browser\n").await.unwrap();
+        wait_for(
+            &b,
+            "the command's output",
+            "return document.querySelector('.xterm-rows').textContent",
+            |t| t.contains("hello-browser"),
+        )
+        .await;
+        // What a person would see, kept with the test run.
+        save_artifacts(&b, "workspace-terminal").await;
+
+        // A port served inside the workspace, opened through the cell with the session cookie.
+        let id = b
+            .execute("return location.pathname.split('/')[2]", vec![])
+            .await
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let port_page = c.url(&format!("/w/{id}/p/3000/from-browser"));
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            b.goto(&port_page).await.unwrap();
+            let body = b
+                .execute(
+                    "return document.body ? document.body.textContent : ''",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            if body.as_str().unwrap_or("").contains("path=/from-browser") {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the forwarded port never answered: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // Stop it from its page.
+        b.goto(&c.url(&format!("/workspaces/{id}"))).await.unwrap();
+        b.find(Locator::Css("form[action$='/stop'] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(
+            &b,
+            "phase stopped",
+            "return document.getElementById('phase').textContent",
+            |p| p == "stopped",
+        )
+        .await;
+    };
+    // Keep the artifacts of a failure, then fail.
+    let outcome = tokio::time::timeout(Duration::from_secs(180), result).await;
+    if outcome.is_err() {
+        save_artifacts(&b, "timeout").await;
+    }
+    let _ = b.close().await;
+    drop(driver);
+    c.stop().await;
+    assert!(outcome.is_ok(), "the browser test timed out");
+}
