@@ -45,6 +45,11 @@ pub fn router() -> Router<AppState> {
         .route("/workspaces/{id}/start", post(start_form))
         .route("/workspaces/{id}/stop", post(stop_form))
         .route("/new", get(new_form).post(new_submit))
+        .route("/org", get(org_page))
+        .route("/org/invite", post(org_invite))
+        .route("/org/policy", post(org_policy))
+        .route("/org/members/{user}/role", post(org_role))
+        .route("/admin", get(admin_page))
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -456,4 +461,226 @@ async fn new_submit(
                 .into_response()
         }
     }
+}
+
+/// The caller's organization for the settings page: the first one they own.
+fn owned_org(
+    st: &AppState,
+    actor: &crate::service::Actor,
+) -> Result<crate::domain::entities::Org, Error> {
+    st.cell
+        .list_orgs(actor)?
+        .into_iter()
+        .find(|(_, r)| *r == crate::domain::Role::Owner)
+        .map(|(o, _)| o)
+        .ok_or_else(|| Error::Forbidden("only organization owners may open this page".into()))
+}
+
+fn org_view(
+    st: &AppState,
+    actor: &crate::service::Actor,
+    csrf: String,
+    new_invitation: Option<String>,
+    message: Option<String>,
+) -> Result<ui::OrgView, Error> {
+    let org = owned_org(st, actor)?;
+    let policy = st.cell.get_policy(actor, &org.id)?;
+    let members = st
+        .cell
+        .list_members(actor, &org.id)?
+        .into_iter()
+        .map(|(m, u)| (u.id.to_string(), u.email, m.role.as_str().to_owned()))
+        .collect();
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    let classes = st
+        .cell
+        .list_classes(actor, &org.id)?
+        .into_iter()
+        .map(|c| {
+            (
+                c.spec.name.clone(),
+                format!("{:.1} cores", c.spec.cpu_millis as f64 / 1000.0),
+                gib(c.spec.memory_bytes),
+                c.is_default,
+            )
+        })
+        .collect();
+    Ok(ui::OrgView {
+        name: org.name,
+        csrf,
+        members,
+        classes,
+        default_timeout_min: policy.default_timeout.as_secs() / 60,
+        max_timeout_min: policy.max_timeout.as_secs() / 60,
+        users_can_extend: policy.users_can_extend,
+        max_lifetime_h: policy.max_lifetime.as_secs() / 3600,
+        max_running_per_user: policy.max_running_per_user,
+        outbound_network: policy.outbound_network,
+        new_invitation,
+        message,
+    })
+}
+
+async fn org_page(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    match org_view(&st, &actor, csrf, None, None) {
+        Ok(v) => Html(ui::org_page(v)).into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RoleForm {
+    #[serde(rename = "_csrf")]
+    csrf: String,
+    role: String,
+}
+
+async fn org_invite(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<RoleForm>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        let org = owned_org(&st, &actor)?;
+        let role = crate::domain::Role::parse(&f.role)
+            .ok_or_else(|| crate::domain::FieldError::new("role", "owner or member"))?;
+        st.cell.create_invitation(&actor, &org.id, role)
+    });
+    match result.and_then(|inv| org_view(&st, &actor, csrf, Some(inv.url), None)) {
+        Ok(v) => Html(ui::org_page(v)).into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+async fn org_role(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(user): crate::api::Path<String>,
+    Form(f): Form<RoleForm>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        let org = owned_org(&st, &actor)?;
+        let role = crate::domain::Role::parse(&f.role)
+            .ok_or_else(|| crate::domain::FieldError::new("role", "owner or member"))?;
+        let user =
+            crate::domain::UserId::parse(&user).map_err(|_| Error::NotFound { what: "member" })?;
+        st.cell.set_role(&actor, &org.id, &user, role)
+    });
+    match result {
+        Ok(_) => Redirect::to("/org").into_response(),
+        Err(e @ (Error::Conflict { .. } | Error::Invalid(_))) => {
+            match org_view(&st, &actor, csrf, None, Some(e.to_string())) {
+                Ok(v) => (StatusCode::CONFLICT, Html(ui::org_page(v))).into_response(),
+                Err(e) => error_page(e),
+            }
+        }
+        Err(e) => error_page(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PolicyForm {
+    #[serde(rename = "_csrf")]
+    csrf: String,
+    default_timeout_min: u64,
+    max_timeout_min: u64,
+    #[serde(default)]
+    users_can_extend: Option<String>,
+    max_lifetime_h: u64,
+    max_running_per_user: u32,
+    #[serde(default)]
+    outbound_network: Option<String>,
+}
+
+async fn org_policy(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<PolicyForm>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let min = |m: u64| std::time::Duration::from_secs(m.saturating_mul(60));
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        let org = owned_org(&st, &actor)?;
+        st.cell.update_policy(
+            &actor,
+            &org.id,
+            crate::service::PolicyPatch {
+                default_timeout: Some(min(f.default_timeout_min)),
+                max_timeout: Some(min(f.max_timeout_min)),
+                users_can_extend: Some(f.users_can_extend.is_some()),
+                max_lifetime: Some(min(f.max_lifetime_h.saturating_mul(60))),
+                max_running_per_user: Some(f.max_running_per_user),
+                outbound_network: Some(f.outbound_network.is_some()),
+                ..Default::default()
+            },
+        )
+    });
+    match result {
+        Ok(_) => Redirect::to("/org").into_response(),
+        Err(e @ (Error::Invalid(_) | Error::Rule(_))) => {
+            match org_view(&st, &actor, csrf, None, Some(e.to_string())) {
+                Ok(v) => (StatusCode::UNPROCESSABLE_ENTITY, Html(ui::org_page(v))).into_response(),
+                Err(e) => error_page(e),
+            }
+        }
+        Err(e) => error_page(e),
+    }
+}
+
+async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let (actor, _) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let facts = match st.cell.admin_facts(&actor) {
+        Ok(f) => f,
+        Err(e) => return error_page(e),
+    };
+    let when = |t: Option<time::OffsetDateTime>| {
+        t.map(crate::api::dto::rfc3339)
+            .unwrap_or_else(|| "—".into())
+    };
+    let uptime = (st.cell.now() - facts.started_at).whole_seconds().max(0) as u64;
+    let facts_rows = vec![
+        ("Version".to_string(), facts.version.to_string()),
+        (
+            "Uptime".to_string(),
+            humantime::format_duration(std::time::Duration::from_secs(uptime)).to_string(),
+        ),
+        ("Data directory".to_string(), facts.data_dir),
+        (
+            "Database size".to_string(),
+            format!("{:.1} MiB", facts.database_bytes as f64 / 1048576.0),
+        ),
+        ("Workspaces".to_string(), facts.workspaces.to_string()),
+        ("Runtime".to_string(), facts.runtime),
+    ];
+    let loops = st
+        .workers
+        .list()
+        .iter()
+        .map(|w| ui::LoopRow {
+            name: w.name.to_string(),
+            state: w.state.as_str().to_string(),
+            last_run: when(w.last_run),
+            next_run: when(w.next_run),
+            last_error: w.last_error.clone().unwrap_or_default(),
+        })
+        .collect();
+    Html(ui::admin_page(facts_rows, loops)).into_response()
 }

@@ -235,6 +235,80 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
             |p| p == "stopped",
         )
         .await;
+
+        // Owners see the admin page with the loops, and the organization page.
+        b.goto(&c.url("/admin")).await.unwrap();
+        let loops = b.execute("return Array.from(document.querySelectorAll('tr[data-loop]')).map(r => r.dataset.loop).join(',')", vec![]).await.unwrap();
+        assert_eq!(loops, "expiry,reconcile");
+        b.goto(&c.url("/org")).await.unwrap();
+        b.find(Locator::Css("form[action='/org/invite'] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let invitation = wait_for(
+            &b,
+            "an invitation link",
+            "var e = document.getElementById('invitation-link'); return e ? e.textContent : ''",
+            |t| t.contains("/invite/"),
+        )
+        .await;
+
+        // Sign out, join through the invitation as a member: the organization page is refused.
+        b.goto(&c.url("/")).await.unwrap();
+        b.find(Locator::Css("form[action='/logout'] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(&b, "the login page", "return location.pathname", |p| {
+            p == "/login"
+        })
+        .await;
+        b.goto(&invitation).await.unwrap();
+        b.find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys("Dev")
+            .await
+            .unwrap();
+        b.find(Locator::Id("email"))
+            .await
+            .unwrap()
+            .send_keys("dev@example.com")
+            .await
+            .unwrap();
+        b.find(Locator::Id("password"))
+            .await
+            .unwrap()
+            .send_keys("a long enough password")
+            .await
+            .unwrap();
+        b.find(Locator::Css("form.card button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(
+            &b,
+            "the member's workspaces",
+            "return document.title",
+            |t| t.starts_with("Workspaces"),
+        )
+        .await;
+        b.goto(&c.url("/org")).await.unwrap();
+        wait_for(&b, "a refusal", "return document.body.textContent", |t| {
+            t.contains("only organization owners")
+        })
+        .await;
+        b.goto(&c.url("/admin")).await.unwrap();
+        wait_for(&b, "a refusal", "return document.body.textContent", |t| {
+            t.contains("only cell administrators")
+        })
+        .await;
     };
     // Keep the artifacts of a failure, then fail.
     let outcome = tokio::time::timeout(Duration::from_secs(180), result).await;

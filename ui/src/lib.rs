@@ -56,6 +56,7 @@ fn Workspaces(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> impl IntoV
                 <input type="hidden" name="_csrf" value=csrf/>
                 <button type="submit">"Sign out"</button>
             </form>
+            <nav><a href="/org">"Organization"</a> " · " <a href="/admin">"Admin"</a></nav>
             <p><a href="/new" class="button">"New workspace"</a></p>
             {empty.then(|| view! { <p class="empty">"No workspaces yet. Create one with " <code>"devcell ws create --repo URL"</code> "."</p> })}
             <table class="workspaces">
@@ -221,6 +222,120 @@ pub fn workspaces_page(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> S
     let body =
         Owner::new().with(|| view! { <Workspaces user=user csrf=csrf rows=rows/> }.to_html());
     live_page("Workspaces", body, &token, false)
+}
+
+/// An organization's settings as its owners see them.
+#[derive(Clone, Debug, Default)]
+pub struct OrgView {
+    pub name: String,
+    pub csrf: String,
+    /// (user id, email, role)
+    pub members: Vec<(String, String, String)>,
+    /// (name, cpu, memory, is default)
+    pub classes: Vec<(String, String, String, bool)>,
+    pub default_timeout_min: u64,
+    pub max_timeout_min: u64,
+    pub users_can_extend: bool,
+    pub max_lifetime_h: u64,
+    pub max_running_per_user: u32,
+    pub outbound_network: bool,
+    /// A fresh invitation link to show once.
+    pub new_invitation: Option<String>,
+    pub message: Option<String>,
+}
+
+#[component]
+fn OrgSettings(v: OrgView) -> impl IntoView {
+    let csrf = v.csrf.clone();
+    view! {
+        <Shell title=v.name.clone()>
+            <nav><a href="/">"Workspaces"</a> " · " <a href="/admin">"Admin"</a></nav>
+            {v.message.map(|m| view! { <p class="error" role="alert">{m}</p> })}
+            <h2>"Members"</h2>
+            <table class="members"><thead><tr><th>"Email"</th><th>"Role"</th></tr></thead><tbody>
+                {v.members.into_iter().map(|(id, email, role)| {
+                    let action = format!("/org/members/{id}/role");
+                    let other = if role == "owner" { "member" } else { "owner" };
+                    let label = format!("Make {other}");
+                    let csrf = csrf.clone();
+                    view! { <tr><td>{email}</td><td>{role}" "
+                        <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=csrf/><input type="hidden" name="role" value=other/><button type="submit">{label}</button></form>
+                    </td></tr> }
+                }).collect_view()}
+            </tbody></table>
+            <form method="post" action="/org/invite" class="inline">
+                <input type="hidden" name="_csrf" value=csrf.clone()/>
+                <label for="invite-role">"Invite as "</label>
+                <select id="invite-role" name="role"><option value="member">"member"</option><option value="owner">"owner"</option></select>
+                <button type="submit">"Create invitation link"</button>
+            </form>
+            {v.new_invitation.map(|l| view! { <p class="invite">"Send this one-time link: " <code id="invitation-link">{l}</code></p> })}
+            <h2>"Workspace classes"</h2>
+            <table><thead><tr><th>"Class"</th><th>"CPU"</th><th>"Memory"</th><th></th></tr></thead><tbody>
+                {v.classes.into_iter().map(|(n, cpu, mem, d)| view! { <tr><td>{n}</td><td>{cpu}</td><td>{mem}</td><td>{d.then_some("default")}</td></tr> }).collect_view()}
+            </tbody></table>
+            <h2>"Policy"</h2>
+            <form method="post" action="/org/policy" class="card policy">
+                <input type="hidden" name="_csrf" value=csrf.clone()/>
+                <label for="default_timeout_min">"Inactivity timeout (minutes)"</label>
+                <input id="default_timeout_min" name="default_timeout_min" type="number" min="1" value=v.default_timeout_min.to_string()/>
+                <small>"A workspace with no terminal input, port traffic or commands for this long is stopped."</small>
+                <label for="max_timeout_min">"Longest timeout members may choose (minutes)"</label>
+                <input id="max_timeout_min" name="max_timeout_min" type="number" min="1" value=v.max_timeout_min.to_string()/>
+                <small>"Members can extend their own timeout up to this."</small>
+                <label><input name="users_can_extend" type="checkbox" checked=v.users_can_extend/>" Members may change their timeout"</label>
+                <small>"Unchecked locks every workspace to the default timeout."</small>
+                <label for="max_lifetime_h">"Maximum lifetime (hours)"</label>
+                <input id="max_lifetime_h" name="max_lifetime_h" type="number" min="1" value=v.max_lifetime_h.to_string()/>
+                <small>"A workspace is stopped after running this long, active or not."</small>
+                <label for="max_running_per_user">"Running workspaces per member"</label>
+                <input id="max_running_per_user" name="max_running_per_user" type="number" min="1" value=v.max_running_per_user.to_string()/>
+                <small>"Starting one more is refused with a clear message."</small>
+                <label><input name="outbound_network" type="checkbox" checked=v.outbound_network/>" Outbound network access"</label>
+                <small>"Off: workspaces reach nothing outside themselves."</small>
+                <button type="submit">"Save policy"</button>
+            </form>
+        </Shell>
+    }
+}
+
+/// The organization page (owners only; the server checks).
+pub fn org_page(v: OrgView) -> String {
+    let title = v.name.clone();
+    let body = Owner::new().with(|| view! { <OrgSettings v=v/> }.to_html());
+    page(&title, body)
+}
+
+/// One background loop on the admin page.
+#[derive(Clone, Debug)]
+pub struct LoopRow {
+    pub name: String,
+    pub state: String,
+    pub last_run: String,
+    pub next_run: String,
+    pub last_error: String,
+}
+
+#[component]
+fn Admin(facts: Vec<(String, String)>, loops: Vec<LoopRow>) -> impl IntoView {
+    view! {
+        <Shell title="Admin".to_string()>
+            <nav><a href="/">"Workspaces"</a> " · " <a href="/org">"Organization"</a></nav>
+            <h2>"Cell"</h2>
+            <dl class="facts">{facts.into_iter().map(|(k, v)| view! { <dt>{k}</dt><dd>{v}</dd> }).collect_view()}</dl>
+            <h2>"Loops"</h2>
+            <table class="loops"><thead><tr><th>"Loop"</th><th>"State"</th><th>"Last run"</th><th>"Next run"</th><th>"Last error"</th></tr></thead><tbody>
+                {loops.into_iter().map(|l| { let key = l.name.clone(); view! { <tr data-loop=key><td>{l.name}</td><td>{l.state}</td><td>{l.last_run}</td><td>{l.next_run}</td><td>{l.last_error}</td></tr> } }).collect_view()}
+            </tbody></table>
+            <p class="muted">"Backups, TLS, updates, usage, telemetry and audit get their sections here as they arrive."</p>
+        </Shell>
+    }
+}
+
+/// The admin page (cell administrators only; the server checks).
+pub fn admin_page(facts: Vec<(String, String)>, loops: Vec<LoopRow>) -> String {
+    let body = Owner::new().with(|| view! { <Admin facts=facts loops=loops/> }.to_html());
+    page("Admin", body)
 }
 
 #[cfg(test)]
