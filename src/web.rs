@@ -46,6 +46,11 @@ pub fn router() -> Router<AppState> {
         .route("/workspaces/{id}/stop", post(stop_form))
         .route("/new", get(new_form).post(new_submit))
         .route("/org", get(org_page))
+        .route(
+            "/workspaces/{id}/delete",
+            get(confirm_delete).post(delete_submit),
+        )
+        .route("/logout-all", post(logout_all))
         .route("/org/invite", post(org_invite))
         .route("/org/policy", post(org_policy))
         .route("/org/members/{user}/role", post(org_role))
@@ -82,6 +87,14 @@ async fn home(State(st): State<AppState>, headers: HeaderMap) -> Response {
                         .map(|r| r.url.as_str().to_owned())
                         .unwrap_or_default(),
                     phase: w.lifecycle.phase.as_str().into(),
+                    class: st.cell.class_name(&w.class),
+                    last_activity: short_time(w.last_activity),
+                    stops_at: st
+                        .cell
+                        .stop_deadline(w)
+                        .map(short_time)
+                        .unwrap_or_else(|| "—".into()),
+                    wanted_running: w.lifecycle.desired == crate::domain::Desired::Running,
                 })
                 .collect();
             Html(ui::workspaces_page(actor.user.email.clone(), csrf, rows)).into_response()
@@ -683,4 +696,87 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
         })
         .collect();
     Html(ui::admin_page(facts_rows, loops)).into_response()
+}
+
+/// `2026-11-29 14:03 UTC`: precise enough for a table.
+fn short_time(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    t.format(&f).unwrap_or_default()
+}
+
+async fn confirm_delete(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(id): crate::api::Path<String>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let Ok(wsid) = crate::domain::WorkspaceId::parse(&id) else {
+        return error_page(Error::NotFound { what: "workspace" });
+    };
+    match st.cell.get_workspace(&actor, &wsid) {
+        Ok(w) => {
+            let git = w
+                .git
+                .iter()
+                .map(|g| ui::GitView {
+                    dir: g.dir.clone(),
+                    branch: g.branch.clone().unwrap_or_default(),
+                    uncommitted: g.uncommitted.clone(),
+                    untracked: g.untracked.clone(),
+                    unpushed: g.unpushed.clone(),
+                })
+                .collect();
+            Html(ui::confirm_delete_page(
+                w.id.to_string(),
+                w.name.clone(),
+                csrf,
+                w.lifecycle.is_active(),
+                git,
+            ))
+            .into_response()
+        }
+        Err(e) => error_page(e),
+    }
+}
+
+async fn delete_submit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(id): crate::api::Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let (actor, _) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        let wsid = crate::domain::WorkspaceId::parse(&id)
+            .map_err(|_| Error::NotFound { what: "workspace" })?;
+        st.cell.delete_workspace(&actor, &wsid)
+    });
+    match result {
+        Ok(()) => Redirect::to("/").into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+async fn logout_all(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Ok(actor) = crate::api::auth_identify(&st.cell, &headers) {
+        if st.cell.check_csrf(&actor, Some(&f.csrf)).is_err() {
+            return error_page(Error::Csrf);
+        }
+        let _ = st.cell.logout_everywhere(&actor);
+    }
+    (
+        [(header::SET_COOKIE, session_cookie(&st.cell, None))],
+        Redirect::to("/login"),
+    )
+        .into_response()
 }

@@ -78,6 +78,36 @@ impl Cell {
             .unwrap_or_else(|| "none: workspaces are records only".into())
     }
 
+    /// When the inactivity timeout or the maximum lifetime will stop a running workspace.
+    pub fn stop_deadline(&self, ws: &Workspace) -> Option<OffsetDateTime> {
+        if ws.lifecycle.phase != Phase::Running {
+            return None;
+        }
+        let policy = self.store().read(|tx| tx.org(&ws.org)).ok()??.policy;
+        let started = ws
+            .lifecycle
+            .history
+            .iter()
+            .rev()
+            .find(|c| c.phase == Phase::Running)
+            .map(|c| c.at)?;
+        Some(
+            policy
+                .stop_deadline(ws.last_activity, started, ws.timeout)
+                .0,
+        )
+    }
+
+    /// A class's name for display ("?" when it is gone).
+    pub fn class_name(&self, id: &crate::domain::ClassId) -> String {
+        self.store()
+            .read(|tx| tx.class(id))
+            .ok()
+            .flatten()
+            .map(|c| c.spec.name)
+            .unwrap_or_else(|| "?".into())
+    }
+
     /// The cache of OCI images (pulled or imported), shared by all workspaces.
     pub fn images(&self) -> crate::content::image::ImageStore {
         crate::content::image::ImageStore::new(self.config().data_dir.join("images"))

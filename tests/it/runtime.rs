@@ -1204,6 +1204,23 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         "{page}"
     );
 
+    // The list shows class, activity, when it stops, and the actions.
+    let list = get("/").await.unwrap().text().await.unwrap();
+    assert!(
+        list.contains(&format!("action=\"/workspaces/{id}/stop\""))
+            && list.contains(">small<")
+            && list.contains(" UTC<"),
+        "{list}"
+    );
+    // Leave work behind, so the delete confirmation has something to say.
+    let (s, _) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/exec"),
+            Some(json!({ "command": ["sh", "-c", "echo more >> README.md"] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
     // Stop from the page, then a member cannot open it.
     let res = c
         .http
@@ -1224,5 +1241,30 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let confirm = get(&format!("/workspaces/{id}/delete"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        confirm.contains("Uncommitted changes: ") && confirm.contains("README.md</p>"),
+        "{confirm}"
+    );
+    let res = c
+        .http
+        .post(c.url(&format!("/workspaces/{id}/delete")))
+        .header(header::COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        c.owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
     c.stop().await;
 }

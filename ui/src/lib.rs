@@ -15,6 +15,12 @@ pub struct WorkspaceRow {
     pub name: String,
     pub repo: String,
     pub phase: String,
+    pub class: String,
+    pub last_activity: String,
+    /// When the timeout or lifetime will stop it (running workspaces).
+    pub stops_at: String,
+    /// Its owner asked for it to run.
+    pub wanted_running: bool,
 }
 
 #[component]
@@ -49,21 +55,42 @@ fn Login(error: Option<String>) -> impl IntoView {
 #[component]
 fn Workspaces(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> impl IntoView {
     let empty = rows.is_empty();
+    let csrf_rows = csrf.clone();
     view! {
         <Shell title="Workspaces".to_string()>
             <p class="who">"Signed in as " {user}</p>
-            <form method="post" action="/logout">
-                <input type="hidden" name="_csrf" value=csrf/>
+            <form method="post" action="/logout" class="inline">
+                <input type="hidden" name="_csrf" value=csrf.clone()/>
                 <button type="submit">"Sign out"</button>
+            </form>
+            " "
+            <form method="post" action="/logout-all" class="inline">
+                <input type="hidden" name="_csrf" value=csrf/>
+                <button type="submit">"Sign out everywhere"</button>
             </form>
             <nav><a href="/org">"Organization"</a> " · " <a href="/admin">"Admin"</a></nav>
             <p><a href="/new" class="button">"New workspace"</a></p>
             {empty.then(|| view! { <p class="empty">"No workspaces yet. Create one with " <code>"devcell ws create --repo URL"</code> "."</p> })}
             <table class="workspaces">
-                <thead><tr><th>"Name"</th><th>"Repository"</th><th>"Phase"</th></tr></thead>
+                <thead><tr><th>"Name"</th><th>"Repository"</th><th>"Class"</th><th>"Phase"</th><th>"Last activity"</th><th>"Stops at"</th><th>"Actions"</th></tr></thead>
                 <tbody>
-                    {rows.into_iter().map(|r| view! {
-                        <tr data-id=r.id.clone()><td><a href=format!("/workspaces/{}", r.id)>{r.name}</a></td><td>{r.repo}</td><td class="phase">{r.phase}</td></tr>
+                    {rows.into_iter().map(|r| {
+                        let (verb, label) = if r.wanted_running { ("stop", "Stop") } else { ("start", "Start") };
+                        let action = format!("/workspaces/{}/{verb}", r.id);
+                        let delete = format!("/workspaces/{}/delete", r.id);
+                        let open = format!("/workspaces/{}", r.id);
+                        let token = csrf_rows.clone();
+                        view! {
+                            <tr data-id=r.id.clone()>
+                                <td><a href=open.clone()>{r.name}</a></td><td><code>{r.repo}</code></td><td>{r.class}</td>
+                                <td class="phase">{r.phase}</td><td>{r.last_activity}</td><td>{r.stops_at}</td>
+                                <td class="actions">
+                                    <a href=open>"Open"</a>
+                                    <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=token/><button type="submit">{label}</button></form>
+                                    <a href=delete>"Delete"</a>
+                                </td>
+                            </tr>
+                        }
                     }).collect_view()}
                 </tbody>
             </table>
@@ -336,6 +363,72 @@ fn Admin(facts: Vec<(String, String)>, loops: Vec<LoopRow>) -> impl IntoView {
 pub fn admin_page(facts: Vec<(String, String)>, loops: Vec<LoopRow>) -> String {
     let body = Owner::new().with(|| view! { <Admin facts=facts loops=loops/> }.to_html());
     page("Admin", body)
+}
+
+/// Git state of one repository, as recorded at the last stop.
+#[derive(Clone, Debug, Default)]
+pub struct GitView {
+    pub dir: String,
+    pub branch: String,
+    pub uncommitted: Vec<String>,
+    pub untracked: Vec<String>,
+    pub unpushed: Vec<String>,
+}
+
+fn git_list(git: Vec<GitView>) -> impl IntoView {
+    git.into_iter()
+        .map(|g| {
+            let clean = g.uncommitted.is_empty() && g.untracked.is_empty() && g.unpushed.is_empty();
+            let key = g.dir.clone();
+            view! {
+                <div class="git" data-dir=key>
+                    <h3><code>{g.dir}</code>" " {g.branch}</h3>
+                    {clean.then(|| view! { <p>"Everything is committed and pushed."</p> })}
+                    {(!g.uncommitted.is_empty()).then(|| view! { <p class="warn">"Uncommitted changes: " {g.uncommitted.join(", ")}</p> })}
+                    {(!g.untracked.is_empty()).then(|| view! { <p class="warn">"Untracked files: " {g.untracked.join(", ")}</p> })}
+                    {(!g.unpushed.is_empty()).then(|| view! { <p class="warn">"Unpushed commits: " {g.unpushed.join("; ")}</p> })}
+                </div>
+            }
+        })
+        .collect_view()
+}
+
+#[component]
+fn ConfirmDelete(
+    id: String,
+    name: String,
+    csrf: String,
+    running: bool,
+    git: Vec<GitView>,
+) -> impl IntoView {
+    let action = format!("/workspaces/{id}/delete");
+    let known = !git.is_empty();
+    view! {
+        <Shell title=format!("Delete {name}?")>
+            {running.then(|| view! { <p class="warn">"It is running: stop it first to record what its repositories hold, or delete it anyway."</p> })}
+            {(!known && !running).then(|| view! { <p>"No git state was recorded for it."</p> })}
+            {git_list(git)}
+            <form method="post" action=action>
+                <input type="hidden" name="_csrf" value=csrf/>
+                <button type="submit" class="danger">"Delete it and its files"</button>
+                " " <a href="/">"Keep it"</a>
+            </form>
+        </Shell>
+    }
+}
+
+/// The confirmation before a delete, naming unpushed and uncommitted work.
+pub fn confirm_delete_page(
+    id: String,
+    name: String,
+    csrf: String,
+    running: bool,
+    git: Vec<GitView>,
+) -> String {
+    let body = Owner::new().with(|| {
+        view! { <ConfirmDelete id=id name=name csrf=csrf running=running git=git/> }.to_html()
+    });
+    page("Delete workspace", body)
 }
 
 #[cfg(test)]
