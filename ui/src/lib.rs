@@ -445,6 +445,10 @@ mod tests {
                 name: "<app>".into(),
                 repo: "https://x/y".into(),
                 phase: "stopped".into(),
+                class: "small".into(),
+                last_activity: "2026-11-29 10:00 UTC".into(),
+                stops_at: "—".into(),
+                wanted_running: false,
             }],
         );
         assert!(html.contains("&lt;app&gt;"), "{html}");
