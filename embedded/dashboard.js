@@ -47,6 +47,23 @@
     }).catch(function () {});
   }
 
+  // Task states and logs stream in while the page is open.
+  function refreshTasks() {
+    if (!page || !document.querySelector("[data-task-log]")) return;
+    api("/api/v1/workspaces/" + page.dataset.workspace + "/tasks").then(function (tasks) {
+      tasks.forEach(function (t) {
+        var log = document.querySelector('[data-task-log="' + t.index + '"]');
+        var state = document.querySelector('[data-task-state="' + t.index + '"]');
+        if (log && log.textContent !== t.log) {
+          var atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+          log.textContent = t.log;
+          if (atEnd) log.scrollTop = log.scrollHeight;
+        }
+        if (state && t.state !== "unknown") state.textContent = t.state;
+      });
+    }).catch(function () {});
+  }
+
   function openTerminal(id) {
     var box = document.getElementById("terminal");
     if (!box || !window.Terminal) return;
@@ -86,5 +103,5 @@
 
   refreshList();
   refreshWorkspace();
-  setInterval(function () { refreshList(); refreshWorkspace(); }, 1000);
+  setInterval(function () { refreshList(); refreshWorkspace(); refreshTasks(); }, 1000);
 })();

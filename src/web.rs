@@ -51,6 +51,8 @@ pub fn router() -> Router<AppState> {
             get(confirm_delete).post(delete_submit),
         )
         .route("/logout-all", post(logout_all))
+        .route("/workspaces/{id}/ports/{port}", post(share_port_form))
+        .route("/workspaces/{id}/timeout", post(timeout_form))
         .route("/org/invite", post(org_invite))
         .route("/org/policy", post(org_policy))
         .route("/org/members/{user}/role", post(org_role))
@@ -336,21 +338,63 @@ async fn workspace_page(
     let Ok(id) = crate::domain::WorkspaceId::parse(&id) else {
         return error_page(Error::NotFound { what: "workspace" });
     };
-    match st.cell.get_workspace(&actor, &id) {
-        Ok(w) => Html(ui::workspace_page(ui::WorkspaceView {
-            id: w.id.to_string(),
-            name: w.name.clone(),
-            phase: w.lifecycle.phase.as_str().into(),
-            desired: w.lifecycle.desired.as_str().into(),
-            message: (w.lifecycle.phase == crate::domain::Phase::Failed)
-                .then(|| w.lifecycle.history.last().and_then(|c| c.message.clone()))
-                .flatten(),
-            repos: w.repos.iter().map(|r| r.url.as_str().to_owned()).collect(),
-            csrf,
-        }))
-        .into_response(),
-        Err(e) => error_page(e),
-    }
+    let w = match st.cell.get_workspace(&actor, &id) {
+        Ok(w) => w,
+        Err(e) => return error_page(e),
+    };
+    let tasks = st.cell.tasks(&actor, &id).await.unwrap_or_default();
+    let ports = st.cell.ports(&actor, &id).await.unwrap_or_default();
+    Html(ui::workspace_page(ui::WorkspaceView {
+        id: w.id.to_string(),
+        name: w.name.clone(),
+        phase: w.lifecycle.phase.as_str().into(),
+        desired: w.lifecycle.desired.as_str().into(),
+        message: (w.lifecycle.phase == crate::domain::Phase::Failed)
+            .then(|| w.lifecycle.history.last().and_then(|c| c.message.clone()))
+            .flatten(),
+        repos: w.repos.iter().map(|r| r.url.as_str().to_owned()).collect(),
+        csrf,
+        history: w
+            .lifecycle
+            .history
+            .iter()
+            .map(|c| {
+                (
+                    c.phase.as_str().to_owned(),
+                    short_time(c.at),
+                    c.message.clone().unwrap_or_default(),
+                )
+            })
+            .collect(),
+        tasks: tasks
+            .into_iter()
+            .map(|t| (t.index, t.name, t.state, t.log))
+            .collect(),
+        ports: ports
+            .into_iter()
+            .map(|p| {
+                (
+                    p.port,
+                    p.listening,
+                    p.visibility.as_str().to_owned(),
+                    p.path,
+                )
+            })
+            .collect(),
+        git: w
+            .git
+            .iter()
+            .map(|g| ui::GitView {
+                dir: g.dir.clone(),
+                branch: g.branch.clone().unwrap_or_default(),
+                uncommitted: g.uncommitted.clone(),
+                untracked: g.untracked.clone(),
+                unpushed: g.unpushed.clone(),
+            })
+            .collect(),
+        timeout_min: w.timeout.as_secs() / 60,
+    }))
+    .into_response()
 }
 
 async fn start_form(
@@ -779,4 +823,69 @@ async fn logout_all(
         Redirect::to("/login"),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct ShareForm {
+    #[serde(rename = "_csrf")]
+    csrf: String,
+    visibility: String,
+}
+
+async fn share_port_form(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path((id, port)): crate::api::Path<(String, u16)>,
+    Form(f): Form<ShareForm>,
+) -> Response {
+    let (actor, _) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        let wsid = crate::domain::WorkspaceId::parse(&id)
+            .map_err(|_| Error::NotFound { what: "workspace" })?;
+        let v = crate::domain::entities::Visibility::parse(&f.visibility).ok_or_else(|| {
+            crate::domain::FieldError::new("visibility", "private, org or public")
+        })?;
+        st.cell.share_port(&actor, &wsid, port, v)
+    });
+    match result {
+        Ok(()) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct TimeoutForm {
+    #[serde(rename = "_csrf")]
+    csrf: String,
+    timeout_min: u64,
+}
+
+async fn timeout_form(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(id): crate::api::Path<String>,
+    Form(f): Form<TimeoutForm>,
+) -> Response {
+    let (actor, _) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        let wsid = crate::domain::WorkspaceId::parse(&id)
+            .map_err(|_| Error::NotFound { what: "workspace" })?;
+        let patch = crate::service::WorkspacePatch {
+            timeout: Some(std::time::Duration::from_secs(
+                f.timeout_min.saturating_mul(60),
+            )),
+            ..Default::default()
+        };
+        st.cell.update_workspace(&actor, &wsid, patch)
+    });
+    match result {
+        Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
+        Err(e) => error_page(e),
+    }
 }

@@ -1204,6 +1204,39 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         "{page}"
     );
 
+    // The workspace page: timeline, tasks, ports with sharing, timeout, git.
+    for section in ["Timeline", "Tasks", "Ports", "Timeout", "Git"] {
+        assert!(
+            page.contains(&format!("<h2>{section}</h2>")),
+            "{section}: {page}"
+        );
+    }
+    let res = c
+        .http
+        .post(c.url(&format!("/workspaces/{id}/ports/3000")))
+        .header(header::COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("visibility", "org")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, ports) = c
+        .owner(Method::GET, &format!("/api/v1/workspaces/{id}/ports"), None)
+        .await;
+    assert_eq!(ports[0]["visibility"], "org", "{ports}");
+    let res = c
+        .http
+        .post(c.url(&format!("/workspaces/{id}/timeout")))
+        .header(header::COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("timeout_min", "120")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, w) = c
+        .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+        .await;
+    assert_eq!(w["timeout_s"], 7200);
     // The list shows class, activity, when it stops, and the actions.
     let list = get("/").await.unwrap().text().await.unwrap();
     assert!(

@@ -181,6 +181,14 @@ pub struct WorkspaceView {
     pub message: Option<String>,
     pub repos: Vec<String>,
     pub csrf: String,
+    /// (phase, time, message) oldest first.
+    pub history: Vec<(String, String, String)>,
+    /// (index, name, state, log tail)
+    pub tasks: Vec<(usize, String, String, String)>,
+    /// (port, listening, visibility, url)
+    pub ports: Vec<(u16, bool, String, String)>,
+    pub git: Vec<GitView>,
+    pub timeout_min: u64,
 }
 
 #[component]
@@ -199,6 +207,38 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                     view! { <form method="post" action=start><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Start"</button></form> }.into_any()
                 }}
                 <div id="terminal" class="terminal" aria-label="Terminal"></div>
+                <h2>"Tasks"</h2>
+                {v.tasks.is_empty().then(|| view! { <p class="muted">"No tasks in the repository's configuration."</p> })}
+                {v.tasks.into_iter().map(|(i, name, state, log)| view! {
+                    <details open=true><summary>{name}" — " <span data-task-state=i.to_string()>{state}</span></summary><pre class="log" data-task-log=i.to_string()>{log}</pre></details>
+                }).collect_view()}
+                <h2>"Ports"</h2>
+                {v.ports.is_empty().then(|| view! { <p class="muted">"Nothing listens yet."</p> })}
+                <table class="ports"><tbody>
+                {v.ports.into_iter().map(|(port, listening, visibility, url)| {
+                    let action = format!("/workspaces/{}/ports/{port}", v.id);
+                    let token = v.csrf.clone();
+                    view! { <tr data-port=port.to_string()><td><a href=url>{port.to_string()}</a></td><td>{if listening { "listening" } else { "not listening" }}</td>
+                        <td><form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=token/>
+                            <label>"Visible to " <select name="visibility">
+                                <option value="private" selected=visibility == "private">"only me"</option>
+                                <option value="org" selected=visibility == "org">"my organization"</option>
+                                <option value="public" selected=visibility == "public">"anyone with the link"</option>
+                            </select></label><button type="submit">"Share"</button></form></td></tr> }
+                }).collect_view()}
+                </tbody></table>
+                <h2>"Timeout"</h2>
+                <form method="post" action=format!("/workspaces/{}/timeout", v.id) class="inline">
+                    <input type="hidden" name="_csrf" value=v.csrf.clone()/>
+                    <label for="timeout_min">"Stop after inactivity of (minutes) "</label>
+                    <input id="timeout_min" name="timeout_min" type="number" min="1" value=v.timeout_min.to_string()/>
+                    <button type="submit">"Set"</button>
+                </form>
+                <h2>"Git"</h2>
+                {v.git.is_empty().then(|| view! { <p class="muted">"Recorded when the workspace stops."</p> })}
+                {git_list(v.git)}
+                <h2>"Timeline"</h2>
+                <ol class="timeline">{v.history.into_iter().map(|(p, at, m)| view! { <li><strong>{p}</strong>" " {at}" " <span class="muted">{m}</span></li> }).collect_view()}</ol>
             </section>
         </Shell>
     }
