@@ -165,7 +165,11 @@ async fn api_bench() {
                             url: RepoUrl::parse("https://git.example.com/team/app.git").unwrap(),
                             branch: Some("main".into()),
                         }],
-                        lifecycle: Lifecycle::new(Desired::Stopped, now),
+                        lifecycle: Lifecycle::restore(
+                            Desired::Stopped,
+                            devcell::domain::Phase::Stopped,
+                            vec![],
+                        ),
                         ..template.clone()
                     };
                     tx.put_workspace(&ws)?;
@@ -307,6 +311,50 @@ fn startup_bench() {
     );
 }
 
+/// Server-side rendering of the workspaces page with 1,000 workspaces, against serializing
+/// the same rows as JSON (what the API answers) in the same run.
+fn ssr_bench() {
+    let rows: Vec<ui::WorkspaceRow> = (0..1000)
+        .map(|i| ui::WorkspaceRow {
+            id: format!("ws_01jd{i:022}"),
+            name: format!("workspace-{i}"),
+            repo: "https://git.example.com/team/app.git".into(),
+            phase: if i % 3 == 0 { "running" } else { "stopped" }.into(),
+            class: "small".into(),
+            last_activity: "2026-11-29 10:00 UTC".into(),
+            stops_at: "2026-11-29 10:30 UTC".into(),
+            wanted_running: i % 3 == 0,
+        })
+        .collect();
+    let json_rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({ "id": r.id, "name": r.name, "repo": r.repo, "phase": r.phase, "class": r.class, "last_activity": r.last_activity, "stops_at": r.stops_at }))
+        .collect();
+    let mut html_times = Vec::new();
+    let mut json_times = Vec::new();
+    let mut size = 0;
+    for _ in 0..30 {
+        let t = Instant::now();
+        let html = ui::workspaces_page("owner@example.com".into(), "token".into(), rows.clone());
+        html_times.push(t.elapsed());
+        size = html.len();
+        let t = Instant::now();
+        let json = serde_json::to_string(&json_rows).unwrap();
+        json_times.push(t.elapsed());
+        assert!(!json.is_empty());
+    }
+    html_times.sort();
+    json_times.sort();
+    let (h, j) = (html_times[15], json_times[15]);
+    println!(
+        "workspaces page with 1,000 rows, server-side rendered: median {} ({} KB of HTML); JSON of the same rows {}; ratio {:.1}",
+        ms(h),
+        size / 1024,
+        ms(j),
+        h.as_secs_f64() / j.as_secs_f64()
+    );
+}
+
 fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if std::env::args().any(|a| a == "--list") {
@@ -316,6 +364,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    ssr_bench();
     rt.block_on(api_bench());
     startup_bench();
 }

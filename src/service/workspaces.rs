@@ -228,6 +228,11 @@ impl Cell {
             ports: Vec::new(),
         };
         let mut ws = ws;
+        if !input.start {
+            // Nothing to run yet: recorded as stopped at once, so no reconciler pass is needed.
+            ws.lifecycle
+                .transition(Phase::Stopped, now, Some("created".into()))?;
+        }
         let as_root = running_as_root();
         if input.start && self.inner.runtime.is_none() {
             return Err(Error::Conflict {

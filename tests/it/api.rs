@@ -164,9 +164,13 @@ async fn workspaces_are_created_listed_in_pages_updated_and_deleted() {
     assert_eq!(ws["repos"].as_array().unwrap().len(), 3);
     assert_eq!(ws["repos"][0]["branch"], "main");
     assert_eq!(ws["timeout_s"], 3600);
-    assert_eq!(ws["phase"], "pending");
+    assert_eq!(
+        ws["phase"], "stopped",
+        "created without start: stopped at once"
+    );
     assert_eq!(ws["desired"], "stopped");
     assert_eq!(ws["history"][0]["phase"], "pending");
+    assert_eq!(ws["history"][1]["phase"], "stopped");
     let id = ws["id"].as_str().unwrap().to_owned();
 
     for _ in 0..6 {

@@ -393,7 +393,7 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
     let (ok, out, _) = cmd(&["ws", "list"]);
     assert!(ok);
     assert!(out.starts_with("ID"), "a table with headers: {out}");
-    assert!(out.contains(&id) && out.contains("pending"), "{out}");
+    assert!(out.contains(&id) && out.contains("stopped"), "{out}");
 
     let (ok, out, _) = cmd(&["ws", "get", &id, "--json"]);
     assert!(ok);
