@@ -476,6 +476,10 @@ struct NewForm {
     branch: String,
     #[serde(default)]
     class: String,
+    #[serde(default)]
+    more: String,
+    #[serde(default)]
+    image: String,
 }
 
 async fn new_submit(
@@ -493,9 +497,20 @@ async fn new_submit(
     let input = crate::service::WorkspaceInput {
         org: None,
         name: None,
-        repos: vec![(f.repo, Some(f.branch).filter(|b| !b.trim().is_empty()))],
+        repos: std::iter::once((f.repo, Some(f.branch).filter(|b| !b.trim().is_empty())))
+            .chain(
+                f.more
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| match l.rsplit_once('#') {
+                        Some((url, branch)) => (url.to_owned(), Some(branch.to_owned())),
+                        None => (l.to_owned(), None),
+                    }),
+            )
+            .collect(),
         class: Some(f.class).filter(|c| !c.is_empty()),
-        image: None,
+        image: Some(f.image).filter(|i| !i.trim().is_empty()),
         timeout: None,
         start: true,
     };

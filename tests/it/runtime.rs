@@ -1155,6 +1155,8 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
     let repos = tempfile::tempdir().unwrap();
     let bare = bare_repo(repos.path(), "page", &[("README.md", "x\n")]);
     let url = format!("file://{}", bare.display());
+    let extra_repo = bare_repo(repos.path(), "extra", &[("EXTRA.md", "x\n")]);
+    let extra = format!("file://{}#main", extra_repo.display());
     // Bad input comes back on the form with the reason.
     let res = c
         .http
@@ -1183,7 +1185,9 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         .form(&[
             ("_csrf", csrf.as_str()),
             ("repo", url.as_str()),
+            ("more", extra.as_str()),
             ("class", "small"),
+            ("image", ""),
         ])
         .send()
         .await
@@ -1192,6 +1196,11 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
     let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
     let id = location.trim_start_matches("/workspaces/").to_owned();
     c.wait_phase(&id, "running", START_WITHIN).await;
+    let (_, w) = c
+        .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+        .await;
+    assert_eq!(w["repos"].as_array().unwrap().len(), 2, "{w}");
+    assert_eq!(w["repos"][1]["branch"], "main");
     let page = get(&location).await.unwrap().text().await.unwrap();
     assert!(
         page.contains(&format!("data-workspace=\"{id}\""))

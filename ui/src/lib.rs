@@ -262,8 +262,12 @@ fn NewWorkspace(csrf: String, classes: Vec<String>, error: Option<String>) -> im
                 <input id="repo" name="repo" required placeholder="https://github.com/team/app.git"/>
                 <label for="branch">"Branch (optional)"</label>
                 <input id="branch" name="branch"/>
+                <label for="more">"More repositories (optional, one URL per line, `#branch` after a URL)"</label>
+                <textarea id="more" name="more" rows="2"></textarea>
                 <label for="class">"Class"</label>
                 <select id="class" name="class">{classes.into_iter().map(|c| view! { <option value=c.clone()>{c.clone()}</option> }).collect_view()}</select>
+                <label for="image">"Image (optional; default: the repository's, else the host's tools)"</label>
+                <input id="image" name="image" placeholder="registry.example.com/team/dev:latest"/>
                 <button type="submit">"Create and start"</button>
             </form>
         </Shell>
