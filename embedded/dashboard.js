@@ -64,17 +64,58 @@
     }).catch(function () {});
   }
 
+  // Terminals: one tab each; a page load attaches to the shells that already run.
   function openTerminal(id) {
     var box = document.getElementById("terminal");
     if (!box || !window.Terminal) return;
-    var term = new window.Terminal({ cursorBlink: true, convertEol: false, fontSize: 14 });
+    var add = document.getElementById("new-terminal");
+    if (add) add.onclick = function () { createTerminal(id); };
+    api("/api/v1/workspaces/" + id + "/terminals").then(function (list) {
+      var alive = list.filter(function (t) { return t.alive; });
+      if (!alive.length) return createTerminal(id);
+      alive.forEach(function (t, i) { addTab(t, i === 0); });
+    }).catch(function () { createTerminal(id); });
+  }
+
+  function createTerminal(id) {
+    return api("/api/v1/workspaces/" + id + "/terminals", { method: "POST", body: JSON.stringify({ cols: 100, rows: 30 }) })
+      .then(function (t) { addTab(t, true); })
+      .catch(function (e) { document.getElementById("terminal").textContent = "cannot open a terminal: " + e.message; });
+  }
+
+  function select(tid) {
+    document.querySelectorAll(".term-pane").forEach(function (p) { p.hidden = p.dataset.tid !== tid; });
+    document.querySelectorAll("#terminal-tabs button[data-tid]").forEach(function (b) {
+      b.setAttribute("aria-selected", b.dataset.tid === tid ? "true" : "false");
+    });
+    var pane = document.querySelector('.term-pane[data-tid="' + tid + '"]');
+    if (pane && pane.fit) { pane.fit.fit(); pane.term.focus(); }
+  }
+
+  function addTab(t, selected) {
+    var box = document.getElementById("terminal");
+    var tabs = document.getElementById("terminal-tabs");
+    var pane = document.createElement("div");
+    pane.className = "term-pane";
+    pane.dataset.tid = t.id;
+    box.appendChild(pane);
+    if (tabs) {
+      var b = document.createElement("button");
+      b.type = "button";
+      b.dataset.tid = t.id;
+      b.setAttribute("role", "tab");
+      b.textContent = "Terminal " + t.id.replace(/^t/, "");
+      b.onclick = function () { select(t.id); };
+      tabs.insertBefore(b, document.getElementById("new-terminal"));
+    }
+    var term = new window.Terminal({ cursorBlink: true, fontSize: 14 });
     var fit = window.FitAddon ? new window.FitAddon.FitAddon() : null;
     if (fit) term.loadAddon(fit);
-    term.open(box);
-    if (fit) fit.fit();
-    api("/api/v1/workspaces/" + id + "/terminals", { method: "POST", body: JSON.stringify({ cols: term.cols, rows: term.rows }) })
-      .then(function (t) { attach(term, fit, t.attach); })
-      .catch(function (e) { term.write("\r\ncannot open a terminal: " + e.message + "\r\n"); });
+    term.open(pane);
+    pane.term = term;
+    pane.fit = fit;
+    attach(term, fit, t.attach);
+    if (selected || !tabs) select(t.id); else pane.hidden = true;
   }
 
   function attach(term, fit, path) {
@@ -91,14 +132,17 @@
     var resize = term.onResize(function (s) {
       if (ws.readyState === 1) ws.send(JSON.stringify({ type: "resize", cols: s.cols, rows: s.rows }));
     });
-    ws.onopen = function () { ws.send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows })); };
+    ws.onopen = function () {
+      if (fit) fit.fit();
+      ws.send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
+      document.getElementById("terminal").dataset.state = "attached";
+    };
     // Reconnect: the shell keeps running and its recent output is replayed.
     ws.onclose = function () {
       input.dispose(); resize.dispose();
       setTimeout(function () { attach(term, fit, path); }, 1000);
     };
     if (fit) window.addEventListener("resize", function () { fit.fit(); });
-    document.getElementById("terminal").dataset.state = "attached";
   }
 
   refreshList();

@@ -191,6 +191,26 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
         // What a person would see, kept with the test run.
         save_artifacts(&b, "workspace-terminal").await;
 
+        // A second terminal in its own tab; a reload attaches to both instead of opening more.
+        b.find(Locator::Id("new-terminal"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let tabs =
+            "return String(document.querySelectorAll('#terminal-tabs button[data-tid]').length)";
+        wait_for(&b, "two terminal tabs", tabs, |n| n == "2").await;
+        b.refresh().await.unwrap();
+        wait_for(&b, "two terminal tabs after a reload", tabs, |n| n == "2").await;
+        wait_for(
+            &b,
+            "the first terminal's scrollback",
+            "return document.querySelector('.xterm-rows').textContent",
+            |t| t.contains("hello-browser"),
+        )
+        .await;
+
         // A port served inside the workspace, opened through the cell with the session cookie.
         let id = b
             .execute("return location.pathname.split('/')[2]", vec![])

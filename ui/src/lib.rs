@@ -206,6 +206,7 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                 } else {
                     view! { <form method="post" action=start><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Start"</button></form> }.into_any()
                 }}
+                <div id="terminal-tabs" class="tabs" role="tablist"><button type="button" id="new-terminal">"+ New terminal"</button></div>
                 <div id="terminal" class="terminal" aria-label="Terminal"></div>
                 <h2>"Tasks"</h2>
                 {v.tasks.is_empty().then(|| view! { <p class="muted">"No tasks in the repository's configuration."</p> })}
