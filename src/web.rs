@@ -381,17 +381,7 @@ async fn workspace_page(
                 )
             })
             .collect(),
-        git: w
-            .git
-            .iter()
-            .map(|g| ui::GitView {
-                dir: g.dir.clone(),
-                branch: g.branch.clone().unwrap_or_default(),
-                uncommitted: g.uncommitted.clone(),
-                untracked: g.untracked.clone(),
-                unpushed: g.unpushed.clone(),
-            })
-            .collect(),
+        git: git_views(&w.git),
         timeout_min: w.timeout.as_secs() / 60,
     }))
     .into_response()
@@ -622,8 +612,7 @@ async fn org_invite(
     };
     let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
         let org = owned_org(&st, &actor)?;
-        let role = crate::domain::Role::parse(&f.role)
-            .ok_or_else(|| crate::domain::FieldError::new("role", "owner or member"))?;
+        let role = parse_role(&f.role)?;
         st.cell.create_invitation(&actor, &org.id, role)
     });
     match result.and_then(|inv| org_view(&st, &actor, csrf, Some(inv.url), None)) {
@@ -644,8 +633,7 @@ async fn org_role(
     };
     let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
         let org = owned_org(&st, &actor)?;
-        let role = crate::domain::Role::parse(&f.role)
-            .ok_or_else(|| crate::domain::FieldError::new("role", "owner or member"))?;
+        let role = parse_role(&f.role)?;
         let user =
             crate::domain::UserId::parse(&user).map_err(|_| Error::NotFound { what: "member" })?;
         st.cell.set_role(&actor, &org.id, &user, role)
@@ -777,17 +765,7 @@ async fn confirm_delete(
     };
     match st.cell.get_workspace(&actor, &wsid) {
         Ok(w) => {
-            let git = w
-                .git
-                .iter()
-                .map(|g| ui::GitView {
-                    dir: g.dir.clone(),
-                    branch: g.branch.clone().unwrap_or_default(),
-                    uncommitted: g.uncommitted.clone(),
-                    untracked: g.untracked.clone(),
-                    unpushed: g.unpushed.clone(),
-                })
-                .collect();
+            let git = git_views(&w.git);
             Html(ui::confirm_delete_page(
                 w.id.to_string(),
                 w.name.clone(),
@@ -812,8 +790,7 @@ async fn delete_submit(
         Err(r) => return *r,
     };
     let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
-        let wsid = crate::domain::WorkspaceId::parse(&id)
-            .map_err(|_| Error::NotFound { what: "workspace" })?;
+        let wsid = workspace_id(&id)?;
         st.cell.delete_workspace(&actor, &wsid)
     });
     match result {
@@ -858,8 +835,7 @@ async fn share_port_form(
         Err(r) => return *r,
     };
     let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
-        let wsid = crate::domain::WorkspaceId::parse(&id)
-            .map_err(|_| Error::NotFound { what: "workspace" })?;
+        let wsid = workspace_id(&id)?;
         let v = crate::domain::entities::Visibility::parse(&f.visibility).ok_or_else(|| {
             crate::domain::FieldError::new("visibility", "private, org or public")
         })?;
@@ -889,8 +865,7 @@ async fn timeout_form(
         Err(r) => return *r,
     };
     let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
-        let wsid = crate::domain::WorkspaceId::parse(&id)
-            .map_err(|_| Error::NotFound { what: "workspace" })?;
+        let wsid = workspace_id(&id)?;
         let patch = crate::service::WorkspacePatch {
             timeout: Some(std::time::Duration::from_secs(
                 f.timeout_min.saturating_mul(60),
@@ -903,4 +878,27 @@ async fn timeout_form(
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
         Err(e) => error_page(e),
     }
+}
+
+/// The page form of a workspace id: an unknown one is simply not found.
+fn workspace_id(id: &str) -> Result<crate::domain::WorkspaceId, Error> {
+    crate::domain::WorkspaceId::parse(id).map_err(|_| Error::NotFound { what: "workspace" })
+}
+
+fn parse_role(role: &str) -> Result<crate::domain::Role, Error> {
+    crate::domain::Role::parse(role)
+        .ok_or_else(|| crate::domain::FieldError::new("role", "owner or member").into())
+}
+
+/// Recorded git state as the pages show it.
+fn git_views(git: &[crate::domain::entities::GitState]) -> Vec<ui::GitView> {
+    git.iter()
+        .map(|g| ui::GitView {
+            dir: g.dir.clone(),
+            branch: g.branch.clone().unwrap_or_default(),
+            uncommitted: g.uncommitted.clone(),
+            untracked: g.untracked.clone(),
+            unpushed: g.unpushed.clone(),
+        })
+        .collect()
 }

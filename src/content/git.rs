@@ -718,6 +718,19 @@ pub struct RepoStatus {
     pub unpushed: Vec<String>,
 }
 
+impl From<RepoStatus> for crate::domain::entities::GitState {
+    fn from(s: RepoStatus) -> Self {
+        crate::domain::entities::GitState {
+            dir: s.dir,
+            branch: s.branch,
+            head: s.head,
+            uncommitted: s.uncommitted,
+            untracked: s.untracked,
+            unpushed: s.unpushed,
+        }
+    }
+}
+
 impl RepoStatus {
     pub fn is_clean(&self) -> bool {
         self.uncommitted.is_empty() && self.untracked.is_empty() && self.unpushed.is_empty()

@@ -14,7 +14,7 @@ use super::{Actor, Cell, Error, Result};
 use crate::agent::client::AgentClient;
 use crate::agent::protocol::{AgentSpec, ExecRequest, ExecResponse, SPEC, TaskState};
 use crate::content::git;
-use crate::domain::entities::{GitState, PortShare, Visibility, Workspace};
+use crate::domain::entities::{PortShare, Visibility, Workspace};
 use crate::domain::{Desired, Phase, WorkspaceId};
 use crate::runtime::cgroup::Limits;
 use crate::runtime::{SandboxSpec, local};
@@ -774,14 +774,7 @@ impl Cell {
                 continue;
             }
             match git::status(&dir, ids).await {
-                Ok(s) => states.push(GitState {
-                    dir: s.dir,
-                    branch: s.branch,
-                    head: s.head,
-                    uncommitted: s.uncommitted,
-                    untracked: s.untracked,
-                    unpushed: s.unpushed,
-                }),
+                Ok(s) => states.push(s.into()),
                 Err(e) => tracing::warn!(workspace = %ws.id, error = %e, "git status failed"),
             }
         }
