@@ -380,6 +380,11 @@ async fn run() {
 
 fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     if std::env::args().any(|a| a == "--list") {
         return;
     }

@@ -61,7 +61,7 @@ impl Agent {
 
 /// Runs the agent until it is killed. `run_dir` holds the spec, the socket and the task logs.
 pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
-    let spec: AgentSpec = serde_json::from_slice(&std::fs::read(run_dir.join(SPEC))?)?;
+    let spec = wait_for_spec(&run_dir.join(SPEC)).await?;
     let logs = run_dir.join(LOGS);
     std::fs::create_dir_all(&logs)?;
     let tasks = spec
@@ -107,6 +107,27 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
         .with_state(agent);
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// The cell starts the sandbox while it clones the repositories and writes the spec (whole,
+/// by a rename) when they are in; until then the agent does not answer. Gives up after a day
+/// (a cell that crashed meanwhile replaces the sandbox anyway).
+async fn wait_for_spec(path: &Path) -> anyhow::Result<AgentSpec> {
+    let until = std::time::Instant::now() + Duration::from_secs(24 * 3600);
+    loop {
+        match std::fs::read(path) {
+            Ok(bytes) => return Ok(serde_json::from_slice(&bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                anyhow::ensure!(
+                    std::time::Instant::now() < until,
+                    "no spec at {} after a day",
+                    path.display()
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Waits (at most five seconds) until the outbound interface the cell attaches shows up.

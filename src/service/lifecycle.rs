@@ -609,6 +609,49 @@ impl Cell {
         }
         local::prepare_dirs(&dir, ids)
             .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
+        let run = dir.join("run");
+        // The agent waits for its spec, written once the repositories are in: a spec left from
+        // an earlier start must not be taken for this one.
+        let _ = std::fs::remove_file(run.join(SPEC));
+        let (class, policy) = self
+            .store()
+            .read(|tx| Ok((tx.class(&ws.class)?, tx.org(&ws.org)?.map(|o| o.policy))))
+            .map_err(|e| e.to_string())?;
+        let class = class.ok_or("the workspace's class no longer exists; pick another class")?;
+        let outbound = policy.is_some_and(|p| p.outbound_network);
+        let sandbox = |root: Option<PathBuf>| SandboxSpec {
+            id: ws.id.clone(),
+            dir: dir.clone(),
+            uid: ids,
+            limits: Limits {
+                cpu_millis: class.spec.cpu_millis,
+                memory_bytes: class.spec.memory_bytes,
+                max_processes: class.spec.max_processes,
+            },
+            network: outbound,
+            root,
+        };
+        // A sandbox left from before (a crashed start) is replaced.
+        let agent = self.agent(&ws.id);
+        if agent.status().await.is_ok() {
+            agent.shutdown().await;
+        }
+        runtime.stop(&ws.id).await.map_err(|e| e.to_string())?;
+
+        // The sandbox starts while the repositories are cloned: its agent waits for the spec.
+        // Without an image of the workspace's own, the host's root is a guess that the
+        // repository's configuration may overturn (then the sandbox starts again).
+        let mut image = match &ws.image {
+            Some(r) => Some(self.pull_image(ws, r, "the workspace").await?),
+            None => None,
+        };
+        let t = std::time::Instant::now();
+        runtime
+            .start(&sandbox(image.as_ref().map(|i| i.rootfs.clone())))
+            .await
+            .map_err(|e| e.to_string())?;
+        let launched = t.elapsed();
+
         let files = dir.join("workspace");
         let mut first_repo: Option<PathBuf> = None;
         for repo in &ws.repos {
@@ -637,64 +680,43 @@ impl Cell {
             Some(r) => crate::content::config::load(r).map_err(|e| e.to_string())?,
             None => Default::default(),
         };
-        // The image: the workspace's own choice, else the repository's, else the host's root.
-        let mut env = config.env.clone();
-        let root = match ws.image.clone().or(config.image.clone()) {
-            None => None,
-            Some(r) if r.starts_with("file:") => {
-                return Err(format!(
-                    "{}: building an image from a Dockerfile is not supported; push it to a registry and name it as `image`",
-                    config
-                        .source
-                        .as_deref()
-                        .unwrap_or("the workspace configuration")
-                ));
-            }
-            Some(r) => {
-                let parsed = crate::content::image::ImageRef::parse(&r)
-                    .map_err(|e| format!("image {r}: {e}"))?;
-                let auth = self
-                    .registry_auth_for(&ws.owner, &parsed.registry)
-                    .map_err(|e| e.to_string())?;
-                let pulled = self
-                    .images()
-                    .pull(&parsed, &auth)
-                    .await
-                    .map_err(|e| format!("image {r}: {e}"))?;
+        if let (None, Some(r)) = (&image, &config.image) {
+            let source = config
+                .source
+                .clone()
+                .unwrap_or_else(|| "the workspace configuration".into());
+            let pulled = self.pull_image(ws, r, &source).await?;
+            runtime.stop(&ws.id).await.map_err(|e| e.to_string())?;
+            runtime
+                .start(&sandbox(Some(pulled.rootfs.clone())))
+                .await
+                .map_err(|e| e.to_string())?;
+            image = Some(pulled);
+        }
+        // The image's environment, under the repository's.
+        let env = match &image {
+            Some(pulled) => {
                 let mut merged = pulled.env.clone();
-                merged.retain(|(k, _)| !env.iter().any(|(k2, _)| k2 == k));
-                merged.append(&mut env);
-                env = merged;
-                Some(pulled.rootfs)
+                merged.retain(|(k, _)| !config.env.iter().any(|(k2, _)| k2 == k));
+                merged.extend(config.env.iter().cloned());
+                merged
             }
+            None => config.env.clone(),
         };
         let workdir = first_repo
             .as_ref()
             .and_then(|p| p.file_name())
             .map(|n| format!("{}/{}", local::WORKSPACE_MOUNT, n.to_string_lossy()))
             .unwrap_or_else(|| local::WORKSPACE_MOUNT.into());
-        let policy_outbound = self
-            .store()
-            .read(|tx| Ok(tx.org(&ws.org)?.map(|o| o.policy.outbound_network)))
-            .map_err(|e| e.to_string())?
-            .unwrap_or(false);
         let spec = AgentSpec {
             workspace_id: ws.id.to_string(),
             workdir,
             env,
             tasks: config.tasks.clone(),
             ports: config.ports.clone(),
-            wait_for_network: policy_outbound,
+            wait_for_network: outbound,
         };
-        let run = dir.join("run");
-        std::fs::write(
-            run.join(SPEC),
-            serde_json::to_vec_pretty(&spec).unwrap_or_default(),
-        )
-        .map_err(|e| e.to_string())?;
-        if let Some((u, g)) = ids {
-            let _ = std::os::unix::fs::chown(run.join(SPEC), Some(u), Some(g));
-        }
+        write_spec(&run, &spec, ids).map_err(|e| format!("cannot write the agent's spec: {e}"))?;
 
         let w = self
             .set_phase(
@@ -708,31 +730,6 @@ impl Cell {
             // The owner asked to stop meanwhile; the next reconciliation takes over.
             return Ok(());
         }
-        let (class, policy) = self
-            .store()
-            .read(|tx| Ok((tx.class(&ws.class)?, tx.org(&ws.org)?.map(|o| o.policy))))
-            .map_err(|e| e.to_string())?;
-        let class = class.ok_or("the workspace's class no longer exists; pick another class")?;
-        let sandbox = SandboxSpec {
-            id: ws.id.clone(),
-            dir: dir.clone(),
-            uid: ids,
-            limits: Limits {
-                cpu_millis: class.spec.cpu_millis,
-                memory_bytes: class.spec.memory_bytes,
-                max_processes: class.spec.max_processes,
-            },
-            network: policy.is_some_and(|p| p.outbound_network),
-            root,
-        };
-        let agent = self.agent(&ws.id);
-        // A sandbox left from before (a crashed start) is replaced.
-        if agent.status().await.is_ok() {
-            agent.shutdown().await;
-        }
-        let t = std::time::Instant::now();
-        runtime.start(&sandbox).await.map_err(|e| e.to_string())?;
-        let launched = t.elapsed();
         agent.wait_ready(AGENT_READY).await.map_err(|e| {
             let log = std::fs::read_to_string(run.join("sandbox.log")).unwrap_or_default();
             format!(
@@ -761,6 +758,29 @@ impl Cell {
             "workspace is running"
         );
         Ok(())
+    }
+
+    /// Pulls (or finds cached) the image `reference` named by `source` for the workspace.
+    async fn pull_image(
+        &self,
+        ws: &Workspace,
+        reference: &str,
+        source: &str,
+    ) -> std::result::Result<crate::content::image::PulledImage, String> {
+        if reference.starts_with("file:") {
+            return Err(format!(
+                "{source}: building an image from a Dockerfile is not supported; push it to a registry and name it as `image`"
+            ));
+        }
+        let parsed = crate::content::image::ImageRef::parse(reference)
+            .map_err(|e| format!("image {reference}: {e}"))?;
+        let auth = self
+            .registry_auth_for(&ws.owner, &parsed.registry)
+            .map_err(|e| e.to_string())?;
+        self.images()
+            .pull(&parsed, &auth)
+            .await
+            .map_err(|e| format!("image {reference}: {e}"))
     }
 
     /// stopping → stopped: records each repository's git state, then ends the sandbox.
@@ -886,4 +906,22 @@ fn needs_attention(w: &Workspace) -> bool {
             | (_, Phase::Stopping)
             | (Desired::Deleted, _)
     )
+}
+
+/// Writes the agent's spec whole (a temporary file renamed into place): the agent, already
+/// running, takes the first spec it sees.
+fn write_spec(
+    run: &std::path::Path,
+    spec: &AgentSpec,
+    ids: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    let tmp = run.join(format!("{SPEC}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?,
+    )?;
+    if let Some((u, g)) = ids {
+        std::os::unix::fs::chown(&tmp, Some(u), Some(g))?;
+    }
+    std::fs::rename(&tmp, run.join(SPEC))
 }

@@ -1020,6 +1020,35 @@ async fn a_workspace_runs_on_an_oci_image_pulled_from_a_registry() {
         assert!(Instant::now() < until, "{tasks}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The image named by the repository's own configuration: the sandbox started on the host's
+    // root while cloning is replaced by one on the image.
+    let named = bare_repo(
+        repos.path(),
+        "named",
+        &[(
+            ".gitpod.yml",
+            &format!("image: {}/devcell/tiny:1\n", registry.addr),
+        )],
+    );
+    let id2 = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", named.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id2, "running", START_WITHIN).await;
+    let out = exec(&c, &id2, "echo $FROM_IMAGE; read l < /etc/image-release; echo $l; test -f /workspace/named/.gitpod.yml && echo cloned; pwd").await;
+    assert_eq!(
+        out["stdout"], "yes\nfrom-the-image\ncloned\n/workspace/named\n",
+        "{out:#}"
+    );
+    c.owner(
+        Method::POST,
+        &format!("/api/v1/workspaces/{id2}/stop"),
+        None,
+    )
+    .await;
+    c.wait_phase(&id2, "stopped", START_WITHIN).await;
+
     // A private registry: unauthorized until the owner stores a credential for its host.
     let private = Registry::start(true).await;
     let pusher = Pusher::new(&private, true);
