@@ -208,7 +208,7 @@ impl AgentClient {
             match self.status().await {
                 Ok(s) => return Ok(s),
                 Err(e) if tokio::time::Instant::now() >= until => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         }
     }

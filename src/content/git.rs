@@ -183,11 +183,9 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
             })?;
         cmd.env("GIT_CONFIG_GLOBAL", global);
     }
+    // A whole clone, not a partial one: inside the workspace git has no credential and maybe
+    // no network to fetch missing objects later, and a backup must hold the full history.
     cmd.args(["clone", "--no-hardlinks"]);
-    if !local {
-        // Blobs are fetched when checked out; history stays complete for `git log`.
-        cmd.arg("--filter=blob:none");
-    }
     match (&c.repo.branch, commit) {
         (_, Some(_)) => {
             cmd.arg("--no-checkout");
@@ -402,6 +400,9 @@ impl AuthEnv {
                 );
             }
         }
+        if let Some((uid, gid)) = owner {
+            ssh = format!("{} {ssh}", as_named_user(private, uid, gid)?);
+        }
         vars.push(("GIT_SSH_COMMAND".into(), ssh));
         Ok(AuthEnv { vars })
     }
@@ -411,6 +412,29 @@ impl AuthEnv {
             cmd.env(k, v);
         }
     }
+}
+
+/// OpenSSH refuses to run as a uid without an account ("No user exists for uid"), and a
+/// workspace's uid has none on the host. This prefix runs ssh under bubblewrap in a user
+/// namespace that maps the uid to itself and shows an account for it in its own /etc/passwd;
+/// nothing else changes (same root, same network).
+fn as_named_user(private: &PrivateDir, uid: u32, gid: u32) -> io::Result<String> {
+    let home = private.path.to_string_lossy();
+    let passwd = private.write_secret(
+        "passwd",
+        &format!("root:x:0:0:root:/root:/bin/sh\ndev:x:{uid}:{gid}:dev:{home}:/bin/sh\n"),
+        Some((uid, gid)),
+    )?;
+    let group = private.write_secret(
+        "group",
+        &format!("root:x:0:\ndev:x:{gid}:\n"),
+        Some((uid, gid)),
+    )?;
+    Ok(format!(
+        "bwrap --dev-bind / / --ro-bind {} /etc/passwd --ro-bind {} /etc/group --unshare-user --uid {uid} --gid {gid} --",
+        shell_quote(&passwd.to_string_lossy()),
+        shell_quote(&group.to_string_lossy())
+    ))
 }
 
 /// `scheme://host[:port]` of an http(s) URL, the form git's `http.<url>.*` settings match.

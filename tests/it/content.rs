@@ -1,5 +1,6 @@
 //! Cloning and status against real git: bare repositories in temporary directories, served
-//! over file:// and over HTTP by `git http-backend` behind Basic authentication.
+//! over file://, over HTTP by `git http-backend` behind Basic authentication and over SSH by a
+//! real OpenSSH server.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -74,8 +75,6 @@ impl Fixture {
                 bare.to_str().unwrap(),
             ],
         );
-        // Let the HTTP server honour --filter=blob:none, so partial clones are exercised.
-        run_git(&bare, &["config", "uploadpack.allowFilter", "true"]);
         run_git(
             tmp.path(),
             &[
@@ -421,7 +420,7 @@ async fn clone_over_http_with_a_token() {
     let status = git::status(&dest, None).await.unwrap();
     assert!(status.is_clean(), "{status:?}");
 
-    // A commit id over HTTP: a partial clone, then a checkout that fetches blobs lazily.
+    // A commit id over HTTP: a clone, then a checkout of that commit.
     let repo = RepoSpec::new(&url, Some(&f.first)).unwrap();
     let dest = f.dest("http-commit");
     clone(&repo, &dest, &auth).await.unwrap();
@@ -481,4 +480,190 @@ async fn unreachable_host_is_reported() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), "repo_unreachable", "{e}");
+}
+
+/// A real OpenSSH server on a free loopback port that lets in the current user with one key.
+struct SshServer {
+    port: u16,
+    user: String,
+    /// The private key it accepts, as `ssh-keygen` wrote it.
+    key: String,
+    _child: tokio::process::Child,
+}
+
+fn keygen(path: &Path) -> String {
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen is not installed; install it with `apt-get install openssh-client`")
+        .success();
+    assert!(ok, "ssh-keygen failed");
+    std::fs::read_to_string(path).unwrap()
+}
+
+impl SshServer {
+    async fn start(dir: &Path) -> SshServer {
+        let sshd = Path::new("/usr/sbin/sshd");
+        assert!(
+            sshd.exists(),
+            "sshd is not installed; install it with `apt-get install openssh-server`"
+        );
+        keygen(&dir.join("host_key"));
+        let key = keygen(&dir.join("user_key"));
+        std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).unwrap();
+        // Privilege separation needs its empty directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let user = String::from_utf8(
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_owned();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PermitRootLogin prohibit-password\nAllowUsers {user}\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let child = tokio::process::Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < until,
+                "sshd did not listen: {}",
+                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        SshServer {
+            port,
+            user,
+            key,
+            _child: child,
+        }
+    }
+
+    fn url(&self, path: &Path) -> String {
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            path.display()
+        )
+    }
+}
+
+#[tokio::test]
+async fn clone_over_ssh_with_a_key() {
+    let f = Fixture::new();
+    let keys = tempfile::tempdir().unwrap();
+    let server = SshServer::start(keys.path()).await;
+    let url = server.url(&f.bare);
+    let auth = GitAuth::SshKey {
+        private_key: server.key.clone(),
+    };
+    let repo = RepoSpec::new(&url, Some("feature")).unwrap();
+    let dest = f.dest("ssh");
+    clone(&repo, &dest, &auth).await.unwrap();
+    assert!(dest.join("feature.txt").is_file());
+    assert_eq!(
+        run_git(&dest, &["rev-parse", "HEAD"]),
+        f.feature_head,
+        "the branch's head is checked out"
+    );
+    // The key is used for the clone and kept nowhere in the workspace's files or git config.
+    let body = server
+        .key
+        .lines()
+        .nth(1)
+        .expect("a key has a body line")
+        .to_owned();
+    let leaks = files_containing(&dest, body.as_bytes());
+    assert!(leaks.is_empty(), "the key is in {leaks:?}");
+    let config = std::fs::read_to_string(dest.join(".git/config")).unwrap();
+    assert!(!config.contains("sshCommand"), "{config}");
+    assert!(
+        config.contains(&url),
+        "the remote stays the ssh URL: {config}"
+    );
+
+    // As a workspace's own uid, one with no account on the host (as the cell runs clones).
+    if std::fs::metadata(f.tmp.path()).unwrap().uid() == 0 {
+        use std::os::unix::fs::PermissionsExt as _;
+        let uid = 200_077;
+        let parent = f.tmp.path().join("as-uid");
+        std::fs::create_dir_all(&parent).unwrap();
+        std::os::unix::fs::chown(&parent, Some(uid), Some(uid)).unwrap();
+        std::fs::set_permissions(f.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dest = parent.join("ssh");
+        git::clone(Clone {
+            repo: &repo,
+            dest: &dest,
+            auth: &auth,
+            run_as: Some((uid, uid)),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::metadata(dest.join("feature.txt")).unwrap().uid(),
+            uid
+        );
+    }
+
+    // A key the server does not know is an authentication failure that names no key.
+    let stranger = keygen(&keys.path().join("stranger"));
+    let e = clone(
+        &RepoSpec::new(&url, None).unwrap(),
+        &f.dest("ssh-stranger"),
+        &GitAuth::SshKey {
+            private_key: stranger.clone(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "repo_auth_failed", "{e}");
+    assert!(!e.to_string().contains(stranger.lines().nth(1).unwrap()));
+    // And no key at all is refused the same way (no prompt, no hang).
+    let e = clone(
+        &RepoSpec::new(&url, None).unwrap(),
+        &f.dest("ssh-none"),
+        &GitAuth::None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "repo_auth_failed", "{e}");
+
+    // The clone is whole: with the server gone, other branches and old files are all there.
+    drop(server);
+    run_git(&dest, &["checkout", "--quiet", "main"]);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("src/main.txt")).unwrap(),
+        "main\n"
+    );
+    run_git(&dest, &["show", &format!("{}:README.md", f.first)]);
 }
