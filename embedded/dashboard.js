@@ -40,6 +40,13 @@
       if (phase && phase.textContent !== w.phase) phase.textContent = w.phase;
       var message = document.getElementById("message");
       if (message) message.textContent = w.message || "";
+      var warning = document.getElementById("stop-warning");
+      if (warning) {
+        warning.textContent = w.stop_warning || "";
+        warning.hidden = !w.stop_warning;
+      }
+      var stops = document.getElementById("stops-at");
+      if (stops) stops.textContent = w.stops_at ? new Date(w.stops_at).toLocaleTimeString() + (w.stop_reason === "max_lifetime" ? " (maximum lifetime)" : " (if idle)") : "—";
       if (w.phase === "running" && !terminalOpened) {
         terminalOpened = true;
         openTerminal(id);

@@ -182,6 +182,9 @@ pub struct WorkersConfig {
     /// How often expired sessions, links and invitations are purged.
     #[serde(with = "humantime_serde")]
     pub expiry_interval: Duration,
+    /// How often running workspaces are checked against their timeouts.
+    #[serde(with = "humantime_serde")]
+    pub timeouts_interval: Duration,
     /// How long loops get to finish on shutdown; at most 9 s, below the 10 s stop deadline.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -191,6 +194,7 @@ impl Default for WorkersConfig {
     fn default() -> Self {
         WorkersConfig {
             expiry_interval: Duration::from_secs(60),
+            timeouts_interval: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(8),
         }
     }
@@ -404,6 +408,10 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
         ("auth.login_link_ttl", config.auth.login_link_ttl),
         ("auth.invitation_ttl", config.auth.invitation_ttl),
         ("workers.expiry_interval", config.workers.expiry_interval),
+        (
+            "workers.timeouts_interval",
+            config.workers.timeouts_interval,
+        ),
         ("workers.shutdown_grace", config.workers.shutdown_grace),
     ];
     for (key, duration) in durations {

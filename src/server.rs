@@ -20,7 +20,7 @@ use crate::metrics::{HttpLabels, Metrics};
 use crate::runtime::{LocalRuntime, Runtime};
 use crate::service::{Cell, Clock, SystemClock};
 use crate::store::Store;
-use crate::workers::{ExpiryWorker, ReconcileWorker, Supervisor};
+use crate::workers::{ExpiryWorker, ReconcileWorker, Supervisor, TimeoutWorker};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "devcell.redb";
@@ -191,6 +191,10 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         interval: config.workers.expiry_interval,
     });
     supervisor.spawn(ReconcileWorker::new(cell.clone()));
+    supervisor.spawn(TimeoutWorker::new(
+        cell.clone(),
+        config.workers.timeouts_interval,
+    ));
 
     let (shutdown, stop_rx) = watch::channel(false);
     let admin = crate::admin::serve(cell.clone(), &data, stop_rx.clone()).map_err(|source| {

@@ -93,8 +93,8 @@ async fn home(State(st): State<AppState>, headers: HeaderMap) -> Response {
                     last_activity: short_time(w.last_activity),
                     stops_at: st
                         .cell
-                        .stop_deadline(w)
-                        .map(short_time)
+                        .stop_plan(w)
+                        .map(|p| short_time(p.at))
                         .unwrap_or_else(|| "—".into()),
                     wanted_running: w.lifecycle.desired == crate::domain::Desired::Running,
                 })
@@ -344,6 +344,7 @@ async fn workspace_page(
     };
     let tasks = st.cell.tasks(&actor, &id).await.unwrap_or_default();
     let ports = st.cell.ports(&actor, &id).await.unwrap_or_default();
+    let plan = st.cell.stop_plan(&w);
     Html(ui::workspace_page(ui::WorkspaceView {
         id: w.id.to_string(),
         name: w.name.clone(),
@@ -383,6 +384,17 @@ async fn workspace_page(
             .collect(),
         git: git_views(&w.git),
         timeout_min: w.timeout.as_secs() / 60,
+        stops_at: plan
+            .as_ref()
+            .map(|p| {
+                let why = match p.reason {
+                    crate::domain::StopReason::Inactivity => "if idle",
+                    crate::domain::StopReason::MaxLifetime => "maximum lifetime",
+                };
+                format!("{} ({why})", short_time(p.at))
+            })
+            .unwrap_or_else(|| "—".into()),
+        stop_warning: plan.and_then(|p| p.warning),
     }))
     .into_response()
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::protocol::{
-    AgentError, ExecRequest, ExecResponse, NewTerminal, SOCKET, Status, TerminalInfo,
+    AgentError, ExecRequest, ExecResponse, NewTerminal, Notice, SOCKET, Status, TerminalInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +112,13 @@ impl AgentClient {
                 Duration::from_secs(2),
             )
             .await;
+    }
+
+    /// Shows `text` in every live terminal; returns how many.
+    pub async fn notice(&self, text: &str) -> Result<usize, ClientError> {
+        let n = Notice { text: text.into() };
+        self.call(Method::POST, "/v1/notice", Some(&n), Duration::from_secs(5))
+            .await
     }
 
     pub async fn terminals(&self) -> Result<Vec<TerminalInfo>, ClientError> {

@@ -100,6 +100,7 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
         .route("/v1/status", get(status))
         .route("/v1/exec", post(exec))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/notice", post(notice))
         .route("/v1/terminals", get(list_terminals).post(create_terminal))
         .route("/v1/ports", get(list_ports))
         .route("/v1/ports/{port}/tunnel", get(tunnel))
@@ -337,6 +338,16 @@ async fn set_task(a: &Agent, index: usize, state: TaskState, exit_code: Option<i
         t.state = state;
         t.exit_code = exit_code;
     }
+}
+
+/// Shows a message from the cell (such as "stops in 5 minutes") in every live terminal.
+async fn notice(State(a): State<Arc<Agent>>, Json(n): Json<Notice>) -> Json<usize> {
+    let terms = a.terminals.lock().await;
+    let live: Vec<_> = terms.values().filter(|t| t.alive()).collect();
+    for t in &live {
+        t.notice(&n.text);
+    }
+    Json(live.len())
 }
 
 async fn list_terminals(State(a): State<Arc<Agent>>) -> Json<Vec<TerminalInfo>> {

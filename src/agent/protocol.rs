@@ -55,6 +55,12 @@ pub struct Status {
     pub tasks: Vec<TaskStatus>,
 }
 
+/// A message from the cell for the people in the workspace's terminals.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Notice {
+    pub text: String,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct ExecRequest {
     /// Program and arguments; run without a shell.

@@ -86,6 +86,12 @@ impl Terminal {
         }
     }
 
+    /// Shows a message from the cell in the terminal (not as input to its program).
+    pub fn notice(&self, text: &str) {
+        let line = text.replace(['\r', '\n'], " ");
+        self.output(format!("\r\n\x1b[1;33m[devcell] {line}\x1b[0m\r\n").as_bytes());
+    }
+
     pub fn alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }

@@ -379,6 +379,27 @@ pub struct WorkspaceDto {
     pub git: Vec<GitStateDto>,
     pub created_at: String,
     pub last_activity: String,
+    /// While running: when the inactivity timeout or the maximum lifetime stops it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stops_at: Option<String>,
+    /// `inactivity` or `max_lifetime`, with `stops_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// Within five minutes of `stops_at`: the warning for its user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_warning: Option<String>,
+}
+
+impl WorkspaceDto {
+    /// Adds when and why the workspace will stop by itself.
+    pub fn with_plan(mut self, plan: Option<crate::service::StopPlan>) -> Self {
+        if let Some(p) = plan {
+            self.stops_at = Some(rfc3339(p.at));
+            self.stop_reason = Some(p.reason.as_str().into());
+            self.stop_warning = p.warning;
+        }
+        self
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -445,6 +466,9 @@ impl From<&Workspace> for WorkspaceDto {
                 .collect(),
             created_at: rfc3339(w.created_at),
             last_activity: rfc3339(w.last_activity),
+            stops_at: None,
+            stop_reason: None,
+            stop_warning: None,
         }
     }
 }

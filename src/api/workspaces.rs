@@ -17,6 +17,11 @@ fn ws_id(s: &str) -> Result<WorkspaceId, ApiError> {
     WorkspaceId::parse(s).map_err(|_| ApiError::not_found("workspace"))
 }
 
+/// A workspace as the API shows it, with when it stops by itself.
+fn dto(st: &AppState, ws: &crate::domain::entities::Workspace) -> WorkspaceDto {
+    WorkspaceDto::from(ws).with_plan(st.cell.stop_plan(ws))
+}
+
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route(
@@ -65,7 +70,7 @@ pub(super) async fn list_workspaces(
         q.limit.unwrap_or(100),
     )?;
     Ok(Json(WorkspaceList {
-        items: page.items.iter().map(Into::into).collect(),
+        items: page.items.iter().map(|w| dto(&st, w)).collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -96,7 +101,7 @@ pub(super) async fn create_workspace(
             start: req.start,
         },
     )?;
-    Ok((StatusCode::CREATED, Json((&ws).into())))
+    Ok((StatusCode::CREATED, Json(dto(&st, &ws))))
 }
 
 /// One workspace with its phase history.
@@ -107,7 +112,7 @@ pub(super) async fn get_workspace(
     Auth(a): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkspaceDto>> {
-    Ok(Json((&st.cell.get_workspace(&a, &ws_id(&id)?)?).into()))
+    Ok(Json(dto(&st, &st.cell.get_workspace(&a, &ws_id(&id)?)?)))
 }
 
 /// Change a workspace's name, class, image or timeout (its owner).
@@ -127,9 +132,10 @@ pub(super) async fn update_workspace(
             .map(|i| if i.trim().is_empty() { None } else { Some(i) }),
         timeout: req.timeout_s.map(Duration::from_secs),
     };
-    Ok(Json(
-        (&st.cell.update_workspace(&a, &ws_id(&id)?, patch)?).into(),
-    ))
+    Ok(Json(dto(
+        &st,
+        &st.cell.update_workspace(&a, &ws_id(&id)?, patch)?,
+    )))
 }
 
 /// Delete a workspace (its owner, or an owner of its organization).
@@ -153,7 +159,7 @@ pub(super) async fn start_workspace(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<WorkspaceDto>)> {
     let ws = st.cell.start_workspace(&a, &ws_id(&id)?)?;
-    Ok((StatusCode::ACCEPTED, Json((&ws).into())))
+    Ok((StatusCode::ACCEPTED, Json(dto(&st, &ws))))
 }
 
 /// Stop a workspace; its git state is recorded before the sandbox ends.
@@ -165,7 +171,7 @@ pub(super) async fn stop_workspace(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<WorkspaceDto>)> {
     let ws = st.cell.stop_workspace(&a, &ws_id(&id)?)?;
-    Ok((StatusCode::ACCEPTED, Json((&ws).into())))
+    Ok((StatusCode::ACCEPTED, Json(dto(&st, &ws))))
 }
 
 /// Run a command in a running workspace; answers its exit code and output.

@@ -158,6 +158,14 @@ pub const OPTIONS: &[OptionDoc] = &[
         description: "How often expired sessions, login links and invitations are purged.",
     },
     OptionDoc {
+        key: "workers.timeouts_interval",
+        env: "DEVCELL_WORKERS__TIMEOUTS_INTERVAL",
+        ty: "duration",
+        default: DefaultDoc::Value("15s"),
+        secret: false,
+        description: "How often running workspaces are checked against their inactivity timeout and maximum lifetime (and warned 5 minutes before).",
+    },
+    OptionDoc {
         key: "workers.shutdown_grace",
         env: "DEVCELL_WORKERS__SHUTDOWN_GRACE",
         ty: "duration, at most 9s",

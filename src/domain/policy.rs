@@ -26,6 +26,8 @@ pub const MIN_TIMEOUT: Duration = MINUTE;
 /// Longest lifetime an organization may allow; beyond it workspaces stop being
 /// disposable and become pets that never get the latest image.
 pub const MAX_LIFETIME_LIMIT: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// How long before a timeout stops a workspace its user is warned.
+pub const STOP_WARNING: Duration = Duration::from_secs(5 * 60);
 /// Shortest dormancy period, so a workspace stopped overnight is not deleted.
 pub const MIN_DORMANCY: Duration = DAY;
 
@@ -318,6 +320,24 @@ impl Policy {
     ) -> Option<StopReason> {
         let (deadline, reason) = self.stop_deadline(last_activity, started_at, timeout);
         (deadline <= now).then_some(reason)
+    }
+
+    /// Whether the user should be warned at `now` that the workspace will stop: within
+    /// [`STOP_WARNING`] (or half the timeout, when that is shorter) of the deadline.
+    pub fn stop_warning(
+        &self,
+        now: OffsetDateTime,
+        last_activity: OffsetDateTime,
+        started_at: OffsetDateTime,
+        timeout: Duration,
+    ) -> Option<(OffsetDateTime, StopReason)> {
+        let (deadline, reason) = self.stop_deadline(last_activity, started_at, timeout);
+        let lead = STOP_WARNING.min(timeout / 2);
+        let warn_from = time::Duration::try_from(lead)
+            .ok()
+            .and_then(|l| deadline.checked_sub(l))
+            .unwrap_or(deadline);
+        (warn_from <= now && now < deadline).then_some((deadline, reason))
     }
 
     /// Whether a workspace stopped since `stopped_since` is due for deletion at `now`.
@@ -793,6 +813,35 @@ mod tests {
             p.should_stop(T0 + time::Duration::days(10_000), T0, T0, Duration::MAX),
             None
         );
+    }
+
+    #[test]
+    fn warning_comes_five_minutes_before_the_deadline_and_ends_at_it() {
+        let p = Policy::default();
+        let timeout = Duration::from_secs(30 * 60);
+        let at = |min: i64| T0 + time::Duration::minutes(min);
+        assert_eq!(p.stop_warning(at(24), T0, T0, timeout), None);
+        assert_eq!(
+            p.stop_warning(at(25), T0, T0, timeout),
+            Some((at(30), StopReason::Inactivity))
+        );
+        assert_eq!(
+            p.stop_warning(at(29), T0, T0, timeout),
+            Some((at(30), StopReason::Inactivity))
+        );
+        assert_eq!(p.stop_warning(at(30), T0, T0, timeout), None);
+        // Activity moves the deadline, and with it the warning.
+        assert_eq!(p.stop_warning(at(29), at(10), T0, timeout), None);
+        // Near the end of the lifetime the warning names the lifetime.
+        let started = T0 - time::Duration::hours(36) + time::Duration::minutes(2);
+        assert_eq!(
+            p.stop_warning(T0, T0, started, timeout),
+            Some((at(2), StopReason::MaxLifetime))
+        );
+        // A short timeout is warned about half way, not from its start.
+        let short = Duration::from_secs(4 * 60);
+        assert_eq!(p.stop_warning(at(1), T0, T0, short), None);
+        assert!(p.stop_warning(at(2), T0, T0, short).is_some());
     }
 
     #[test]

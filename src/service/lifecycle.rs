@@ -5,6 +5,7 @@
 //! Users only change the desired state; the reconciler (a worker) does the work, one
 //! workspace at a time per id, and records every phase change with its time and message.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::agent::client::AgentClient;
 use crate::agent::protocol::{AgentSpec, ExecRequest, ExecResponse, SPEC, TaskState};
 use crate::content::git;
 use crate::domain::entities::{PortShare, Visibility, Workspace};
+use crate::domain::policy::{Policy, StopReason};
 use crate::domain::{Desired, Phase, WorkspaceId};
 use crate::runtime::cgroup::Limits;
 use crate::runtime::{SandboxSpec, local};
@@ -78,24 +80,14 @@ impl Cell {
             .unwrap_or_else(|| "none: workspaces are records only".into())
     }
 
-    /// When the inactivity timeout or the maximum lifetime will stop a running workspace.
-    pub fn stop_deadline(&self, ws: &Workspace) -> Option<OffsetDateTime> {
-        if ws.lifecycle.phase != Phase::Running {
+    /// When the inactivity timeout or the maximum lifetime will stop a running workspace, and
+    /// the warning its user should see now, if any.
+    pub fn stop_plan(&self, ws: &Workspace) -> Option<StopPlan> {
+        if ws.lifecycle.phase != Phase::Running || ws.lifecycle.desired != Desired::Running {
             return None;
         }
         let policy = self.store().read(|tx| tx.org(&ws.org)).ok()??.policy;
-        let started = ws
-            .lifecycle
-            .history
-            .iter()
-            .rev()
-            .find(|c| c.phase == Phase::Running)
-            .map(|c| c.at)?;
-        Some(
-            policy
-                .stop_deadline(ws.last_activity, started, ws.timeout)
-                .0,
-        )
+        stop_plan(&policy, ws, self.now())
     }
 
     /// A class's name for display ("?" when it is gone).
@@ -463,6 +455,78 @@ impl Cell {
             }
             Ok(n)
         })
+    }
+
+    /// One pass of the timeout rules at one `now`: running workspaces past their inactivity
+    /// timeout or maximum lifetime are asked to stop (the history says why), and those within
+    /// the warning window are returned so their users can be told. Activity the agents saw is
+    /// recorded first, so nobody is stopped for activity that was not yet written.
+    pub async fn enforce_timeouts(&self) -> Result<TimeoutPass> {
+        self.flush_activity().await?;
+        let now = self.now();
+        let mut pass = TimeoutPass::default();
+        let running: Vec<Workspace> = self
+            .active_workspaces()?
+            .into_iter()
+            .filter(|w| {
+                w.lifecycle.phase == Phase::Running && w.lifecycle.desired == Desired::Running
+            })
+            .collect();
+        let mut policies: HashMap<crate::domain::OrgId, Option<Policy>> = HashMap::new();
+        for ws in running {
+            let policy = match policies.get(&ws.org) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self.store().read(|tx| tx.org(&ws.org))?.map(|o| o.policy);
+                    policies.insert(ws.org.clone(), p.clone());
+                    p
+                }
+            };
+            let (Some(policy), Some(started)) = (policy, started_at(&ws)) else {
+                continue;
+            };
+            if let Some(reason) = policy.should_stop(now, ws.last_activity, started, ws.timeout) {
+                let message = timeout_message(reason, &ws, &policy);
+                let stopped = self.store().write(|tx| -> Result<bool> {
+                    let Some(mut w) = tx.workspace(&ws.id)? else {
+                        return Ok(false);
+                    };
+                    // Activity may have come in since the read above.
+                    let again = policy.should_stop(now, w.last_activity, started, w.timeout);
+                    if w.lifecycle.phase != Phase::Running
+                        || w.lifecycle.desired != Desired::Running
+                        || again.is_none()
+                    {
+                        return Ok(false);
+                    }
+                    w.lifecycle.set_desired(Desired::Stopped)?;
+                    w.lifecycle
+                        .transition(Phase::Stopping, now, Some(message.clone()))?;
+                    tx.put_workspace(&w)?;
+                    Ok(true)
+                })?;
+                if stopped {
+                    tracing::info!(workspace = %ws.id, %reason, "stopping: {message}");
+                    pass.stopped.push((ws.id.clone(), reason));
+                }
+            } else if let Some(plan) = stop_plan(&policy, &ws, now)
+                && let Some(text) = plan.warning
+            {
+                pass.warnings.push((ws.id.clone(), plan.at, text));
+            }
+        }
+        if !pass.stopped.is_empty() {
+            self.wake_reconciler();
+        }
+        Ok(pass)
+    }
+
+    /// Shows `text` in the workspace's live terminals; returns how many saw it.
+    pub async fn notify_terminals(&self, id: &WorkspaceId, text: &str) -> Result<usize> {
+        self.agent(id)
+            .notice(text)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))
     }
 
     /// Workspaces whose desired state and phase disagree, or that are running.
@@ -906,6 +970,78 @@ fn needs_attention(w: &Workspace) -> bool {
             | (_, Phase::Stopping)
             | (Desired::Deleted, _)
     )
+}
+
+/// What one pass of the timeout rules did.
+#[derive(Debug, Default)]
+pub struct TimeoutPass {
+    pub stopped: Vec<(WorkspaceId, StopReason)>,
+    /// Workspaces within the warning window: id, deadline, the text for their users.
+    pub warnings: Vec<(WorkspaceId, OffsetDateTime, String)>,
+}
+
+/// When and why a running workspace will stop, as its user sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StopPlan {
+    pub at: OffsetDateTime,
+    pub reason: StopReason,
+    /// Set within the warning window before `at`: what to tell the user.
+    pub warning: Option<String>,
+}
+
+/// When the workspace last became running (the start its lifetime counts from).
+fn started_at(ws: &Workspace) -> Option<OffsetDateTime> {
+    ws.lifecycle
+        .history
+        .iter()
+        .rev()
+        .find(|c| c.phase == Phase::Running)
+        .map(|c| c.at)
+}
+
+fn stop_plan(policy: &Policy, ws: &Workspace, now: OffsetDateTime) -> Option<StopPlan> {
+    let started = started_at(ws)?;
+    let (at, reason) = policy.stop_deadline(ws.last_activity, started, ws.timeout);
+    let warning = policy
+        .stop_warning(now, ws.last_activity, started, ws.timeout)
+        .map(|_| warning_text(at, reason, now));
+    Some(StopPlan {
+        at,
+        reason,
+        warning,
+    })
+}
+
+fn warning_text(at: OffsetDateTime, reason: StopReason, now: OffsetDateTime) -> String {
+    let minutes = ((at - now).whole_seconds() + 59) / 60;
+    let when = format!(
+        "in {minutes} minute{} (at {:02}:{:02} UTC)",
+        if minutes == 1 { "" } else { "s" },
+        at.hour(),
+        at.minute()
+    );
+    match reason {
+        StopReason::Inactivity => format!(
+            "This workspace stops {when} because it has been idle. Type anything, or extend its timeout, to keep it running."
+        ),
+        StopReason::MaxLifetime => format!(
+            "This workspace reaches its maximum lifetime and stops {when}. Commit and push your work; its files are kept."
+        ),
+    }
+}
+
+/// The history message of a stop made by a timeout.
+fn timeout_message(reason: StopReason, ws: &Workspace, policy: &Policy) -> String {
+    match reason {
+        StopReason::Inactivity => format!(
+            "stopped by the inactivity timeout: no activity for {}",
+            humantime::format_duration(ws.timeout)
+        ),
+        StopReason::MaxLifetime => format!(
+            "stopped at the maximum lifetime of {}",
+            humantime::format_duration(policy.max_lifetime)
+        ),
+    }
 }
 
 /// Writes the agent's spec whole (a temporary file renamed into place): the agent, already

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 pub use auth::{Credentials, LoginOutcome, NewToken};
 pub use credentials::NewCredential;
-pub use lifecycle::{ExecInput, PortView, TaskView};
+pub use lifecycle::{ExecInput, PortView, StopPlan, TaskView, TimeoutPass};
 pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};
 pub use workspaces::{WorkspaceInput, WorkspacePage, WorkspacePatch};
 

@@ -4,6 +4,7 @@
 
 mod expiry;
 mod reconcile;
+mod timeouts;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 
 pub use expiry::ExpiryWorker;
 pub use reconcile::ReconcileWorker;
+pub use timeouts::TimeoutWorker;
 
 use crate::metrics::{Metrics, WorkerLabels};
 

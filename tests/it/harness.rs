@@ -71,6 +71,15 @@ impl TestCell {
         Self::start_in(dir, |_| {}, None, Some(local_runtime())).await
     }
 
+    /// Like [`TestCell::restart`], with a configuration change and a clock of the test's own.
+    pub async fn restart_with(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+        clock: Option<Arc<ManualClock>>,
+    ) -> TestCell {
+        Self::start_in(dir, tweak, clock, Some(local_runtime())).await
+    }
+
     pub async fn start_full(
         tweak: impl FnOnce(&mut Config),
         clock: Option<Arc<ManualClock>>,
@@ -165,6 +174,29 @@ impl TestCell {
     }
 
     /// The owner's first organization.
+    /// A dashboard page as the owner sees it (signed in through a one-time link).
+    pub async fn owner_page(&self, path: &str) -> String {
+        let owner = self.cell().find_user(None).unwrap();
+        let link = self.cell().create_login_link(&owner.id).unwrap();
+        let res = self.http.get(&link).send().await.unwrap();
+        let cookie = res.headers()[reqwest::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let res = self
+            .http
+            .get(self.url(path))
+            .header(reqwest::header::COOKIE, cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::OK, "{path}");
+        res.text().await.unwrap()
+    }
+
     pub async fn org_id(&self) -> String {
         let (s, orgs) = self.owner(Method::GET, "/api/v1/orgs", None).await;
         assert_eq!(s, StatusCode::OK, "{orgs}");

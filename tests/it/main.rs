@@ -9,6 +9,7 @@ mod browser;
 pub mod content;
 mod harness;
 pub mod image;
+mod lifecycle;
 mod openapi;
 mod roles;
 pub mod runtime;

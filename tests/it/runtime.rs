@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::harness::TestCell;
 
-const START_WITHIN: Duration = Duration::from_secs(60);
+pub const START_WITHIN: Duration = Duration::from_secs(60);
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
@@ -62,7 +62,7 @@ pub fn bare_repo(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     bare
 }
 
-async fn create_started(c: &TestCell, body: Value) -> String {
+pub async fn create_started(c: &TestCell, body: Value) -> String {
     let (s, ws) = c
         .owner(Method::POST, "/api/v1/workspaces", Some(body))
         .await;
@@ -70,7 +70,7 @@ async fn create_started(c: &TestCell, body: Value) -> String {
     ws["id"].as_str().unwrap().to_owned()
 }
 
-async fn exec(c: &TestCell, id: &str, cmd: &str) -> Value {
+pub async fn exec(c: &TestCell, id: &str, cmd: &str) -> Value {
     let (s, out) = c
         .owner(
             Method::POST,
@@ -479,10 +479,10 @@ async fn workspaces_keep_running_through_a_cell_restart() {
     c.stop().await;
 }
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn attach(c: &TestCell, path: &str, token: &str) -> Ws {
+pub async fn attach(c: &TestCell, path: &str, token: &str) -> Ws {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("{}{path}", c.url.replace("http://", "ws://"))
         .into_client_request()
@@ -493,7 +493,7 @@ async fn attach(c: &TestCell, path: &str, token: &str) -> Ws {
 }
 
 /// Reads terminal output until `needle` shows up (or fails after 10 s with what came).
-async fn read_until(ws: &mut Ws, needle: &str) -> String {
+pub async fn read_until(ws: &mut Ws, needle: &str) -> String {
     use futures::StreamExt;
     let mut seen = String::new();
     let until = Instant::now() + Duration::from_secs(10);

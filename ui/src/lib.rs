@@ -189,6 +189,10 @@ pub struct WorkspaceView {
     pub ports: Vec<(u16, bool, String, String)>,
     pub git: Vec<GitView>,
     pub timeout_min: u64,
+    /// When the workspace stops by itself ("—" when it does not run), and why.
+    pub stops_at: String,
+    /// The warning shown shortly before a timeout stops the workspace.
+    pub stop_warning: Option<String>,
 }
 
 #[component]
@@ -200,6 +204,8 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
         <Shell title=v.name.clone()>
             <section data-workspace=v.id.clone()>
                 <p>"Phase: " <strong id="phase">{v.phase}</strong> " " <span id="message" class="error">{v.message}</span></p>
+                <p class="warning" id="stop-warning" role="status" hidden=v.stop_warning.is_none()>{v.stop_warning.clone()}</p>
+                <p>"Stops at: " <span id="stops-at">{v.stops_at.clone()}</span></p>
                 <ul class="repos">{v.repos.into_iter().map(|r| view! { <li><code>{r}</code></li> }).collect_view()}</ul>
                 {if running {
                     view! { <form method="post" action=stop><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Stop"</button></form> }.into_any()

@@ -1,0 +1,217 @@
+//! The lifecycle loops with real workspaces: inactivity timeouts and the maximum lifetime,
+//! with warnings in the API and in the terminals. Time moves by a manual clock, never by
+//! sleeping.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devcell::service::ManualClock;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::harness::TestCell;
+use crate::runtime::{START_WITHIN, attach, bare_repo, create_started, exec, read_until};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn fast_loops(c: &mut devcell::config::Config) {
+    c.workers.timeouts_interval = Duration::from_millis(100);
+}
+
+async fn get(c: &TestCell, id: &str) -> Value {
+    let (s, w) = c
+        .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{w}");
+    w
+}
+
+/// Polls the workspace until `check` holds (or fails with the record after 20 s).
+async fn wait_for(c: &TestCell, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let w = get(c, id).await;
+        if check(&w) {
+            return w;
+        }
+        assert!(Instant::now() < until, "never {what}: {w:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn stop_message(w: &Value) -> String {
+    w["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|c| c["phase"] == "stopping")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running() {
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let c = TestCell::start_full(
+        fast_loops,
+        Some(clock.clone()),
+        Some(crate::harness::local_runtime()),
+    )
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "idle", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let w = get(&c, &id).await;
+    assert_eq!(w["stop_reason"], "inactivity", "{w:#}");
+    let stops_at = OffsetDateTime::parse(
+        w["stops_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let expected = devcell::service::Clock::now(clock.as_ref()) + time::Duration::minutes(30);
+    assert!(
+        (stops_at - expected).abs() <= time::Duration::seconds(2),
+        "{stops_at} vs {expected}"
+    );
+    assert!(w.get("stop_warning").is_none(), "{w:#}");
+
+    // A terminal is open when the warning comes.
+    let (s, t) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/terminals"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let mut term = attach(&c, t["attach"].as_str().unwrap(), &c.owner_token.clone()).await;
+
+    clock.advance(26 * MINUTE);
+    let w = wait_for(&c, &id, "warned", |w| w.get("stop_warning").is_some()).await;
+    let warning = w["stop_warning"].as_str().unwrap();
+    assert!(
+        warning.contains("stops in 4 minutes") && warning.contains("idle"),
+        "{warning}"
+    );
+    read_until(&mut term, "[devcell] This workspace stops in 4 minutes").await;
+    // The dashboard page says it too.
+    let page = c.owner_page(&format!("/workspaces/{id}")).await;
+    assert!(page.contains("This workspace stops in 4 minutes"), "{page}");
+
+    // Activity (an exec) moves the deadline: no stop at the old one, and no warning.
+    exec(&c, &id, "true").await;
+    clock.advance(5 * MINUTE);
+    let w = wait_for(&c, &id, "unwarned", |w| w.get("stop_warning").is_none()).await;
+    assert_eq!(w["phase"], "running", "{w:#}");
+
+    // Idle past the new deadline: stopped, and the history says why.
+    clock.advance(31 * MINUTE);
+    let w = c.wait_phase(&id, "stopped", START_WITHIN).await;
+    assert_eq!(w["desired"], "stopped");
+    assert_eq!(
+        stop_message(&w),
+        "stopped by the inactivity timeout: no activity for 30m",
+        "{w:#}"
+    );
+    assert!(w.get("stops_at").is_none(), "{w:#}");
+
+    // The loop is on the admin loops table.
+    let (s, loops) = c.owner(Method::GET, "/api/v1/admin/workers", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        loops.to_string().contains("timeouts"),
+        "no timeouts loop in {loops}"
+    );
+}
+
+#[tokio::test]
+async fn the_maximum_lifetime_stops_even_a_busy_workspace() {
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let c = TestCell::start_full(
+        fast_loops,
+        Some(clock.clone()),
+        Some(crate::harness::local_runtime()),
+    )
+    .await;
+    let (_, orgs) = c.owner(Method::GET, "/api/v1/orgs", None).await;
+    let org = orgs[0]["id"].as_str().unwrap().to_owned();
+    let (s, p) = c
+        .owner(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org}/policy"),
+            Some(json!({ "max_lifetime_s": 3600, "max_timeout_s": 3600 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "busy", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    // Busy every 20 minutes: the inactivity timeout never comes, the lifetime does.
+    for _ in 0..2 {
+        clock.advance(20 * MINUTE);
+        exec(&c, &id, "true").await;
+    }
+    clock.advance(16 * MINUTE);
+    let w = wait_for(&c, &id, "warned about the lifetime", |w| {
+        w.get("stop_warning").is_some()
+    })
+    .await;
+    assert_eq!(w["stop_reason"], "max_lifetime", "{w:#}");
+    assert!(
+        w["stop_warning"]
+            .as_str()
+            .unwrap()
+            .contains("maximum lifetime"),
+        "{w:#}"
+    );
+    exec(&c, &id, "true").await;
+    clock.advance(5 * MINUTE);
+    let w = c.wait_phase(&id, "stopped", START_WITHIN).await;
+    assert_eq!(
+        stop_message(&w),
+        "stopped at the maximum lifetime of 1h",
+        "{w:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_cell_that_was_down_past_a_deadline_stops_the_workspace_when_it_starts() {
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let c = TestCell::start_full(
+        fast_loops,
+        Some(clock.clone()),
+        Some(crate::harness::local_runtime()),
+    )
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "down", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let dir = c.stop_keep_data().await;
+    // Two hours pass while the cell is down; the workspace kept running meanwhile.
+    clock.advance(120 * MINUTE);
+    let c = TestCell::restart_with(dir, fast_loops, Some(clock.clone())).await;
+    let w = c.wait_phase(&id, "stopped", START_WITHIN).await;
+    assert_eq!(
+        stop_message(&w),
+        "stopped by the inactivity timeout: no activity for 30m",
+        "{w:#}"
+    );
+}
