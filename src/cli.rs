@@ -70,6 +70,9 @@ pub enum Command {
     /// Work with workspaces through the API of the cell you logged in to.
     #[command(subcommand)]
     Ws(WsCmd),
+    /// Workspace backups.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// OCI images for workspaces: import archives for offline sites, list the cache.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -157,6 +160,17 @@ pub enum AdminCmd {
         data: DataArg,
         #[arg(long)]
         user: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Print the password of the cell's backup repository, for the stock `restic` CLI
+    /// (`RESTIC_PASSWORD=... restic -r DATA/backups snapshots`). Whoever can read the data
+    /// directory can run it; keep the printed key as safe as the backups.
+    Key {
+        #[command(flatten)]
+        data: DataArg,
     },
 }
 
@@ -362,6 +376,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             if code != 0 {
                 std::process::exit(code);
             }
+            Ok(())
+        }
+        Command::Backup(BackupCmd::Key { data }) => {
+            let data = data_dir(&data)?;
+            if !data.join(crate::service::secrets::KEY_FILE).exists() {
+                bail!(
+                    "no cell key in {}; pass the cell's data directory with --data",
+                    data.display()
+                );
+            }
+            let sealer = crate::service::secrets::Sealer::load_or_create(&data)
+                .map_err(|e| anyhow!("{e}"))?;
+            println!("{}", sealer.backup_password());
             Ok(())
         }
         Command::Image(cmd) => {

@@ -44,6 +44,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub workers: WorkersConfig,
+    pub backup: BackupConfig,
 }
 
 impl Default for Config {
@@ -54,6 +55,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             workers: WorkersConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -198,6 +200,53 @@ impl Default for WorkersConfig {
             shutdown_grace: Duration::from_secs(8),
         }
     }
+}
+
+/// `[backup]`: snapshots of workspace files, where they are stored and when local copies go.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Running workspaces are snapshotted this often (stopping always snapshots).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Local files of a stopped workspace whose backup is verified are removed after this long.
+    #[serde(with = "humantime_serde")]
+    pub release_after: Duration,
+    /// How often retention, purging, pruning, dormancy and file release run.
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+    /// `[backup.s3]`: store backups in S3 (or an S3-compatible store) instead of the data directory.
+    pub s3: S3Config,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            interval: Duration::from_secs(3600),
+            release_after: Duration::from_secs(24 * 3600),
+            cleanup_interval: Duration::from_secs(3600),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// `[backup.s3]`: credentials come from the standard AWS chain (environment, profile, instance role).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Set to use S3; unset keeps backups under the data directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A custom endpoint (MinIO, moto, other S3-compatible stores); path-style addressing.
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_url")]
+    pub endpoint: Option<Url>,
+    /// Cost-attribution tags for every object, as `key=value,key=value`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<String>,
 }
 
 /// A secret value. Debug output and serialisation print `********`, so logging or printing the
@@ -413,6 +462,9 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
             config.workers.timeouts_interval,
         ),
         ("workers.shutdown_grace", config.workers.shutdown_grace),
+        ("backup.interval", config.backup.interval),
+        ("backup.release_after", config.backup.release_after),
+        ("backup.cleanup_interval", config.backup.cleanup_interval),
     ];
     for (key, duration) in durations {
         check(

@@ -388,6 +388,37 @@ pub struct WorkspaceDto {
     /// Within five minutes of `stops_at`: the warning for its user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_warning: Option<String>,
+    /// Snapshots of its files in the backup store, newest first.
+    pub backups: Vec<SnapshotDto>,
+    pub backup: BackupStatusDto,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SnapshotDto {
+    /// The restic snapshot id.
+    pub id: String,
+    pub taken_at: String,
+    /// `stop`, `interval` or `manual`.
+    pub trigger: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// New data the snapshot added to the store, after deduplication.
+    pub added_bytes: u64,
+    /// Always `verified`: a snapshot is listed only once it was read back from the store.
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BackupStatusDto {
+    /// `ok`, or `pending` when a snapshot is owed and not yet taken (the files stay on local disk).
+    pub state: String,
+    /// Why the last attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<String>,
+    /// The local files were removed after a verified backup; the next start restores them.
+    pub files_released: bool,
 }
 
 impl WorkspaceDto {
@@ -469,6 +500,30 @@ impl From<&Workspace> for WorkspaceDto {
             stops_at: None,
             stop_reason: None,
             stop_warning: None,
+            backups: w
+                .snapshots
+                .iter()
+                .rev()
+                .map(|x| SnapshotDto {
+                    id: x.id.clone(),
+                    taken_at: rfc3339(x.taken_at),
+                    trigger: x.trigger.clone(),
+                    files: x.files,
+                    bytes: x.bytes,
+                    added_bytes: x.added_bytes,
+                    status: "verified".into(),
+                })
+                .collect(),
+            backup: BackupStatusDto {
+                state: if w.backup.pending.is_some() {
+                    "pending".into()
+                } else {
+                    "ok".into()
+                },
+                last_error: w.backup.last_error.clone(),
+                next_attempt: w.backup.next_attempt.map(rfc3339),
+                files_released: w.backup.released,
+            },
         }
     }
 }

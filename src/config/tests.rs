@@ -504,6 +504,11 @@ fn fully_populated() -> Config {
     config.server.workspace_domain = Some("ws.example.com".to_string());
     config.auth.owner_email = Some("o@example.com".to_string());
     config.auth.owner_password = Some(Secret::new("pw"));
+    config.backup.s3.bucket = Some("backups".to_string());
+    config.backup.s3.prefix = "cell-1".to_string();
+    config.backup.s3.region = Some("eu-west-1".to_string());
+    config.backup.s3.endpoint = Some(Url::parse("http://127.0.0.1:9000/").unwrap());
+    config.backup.s3.tags = Some("team=platform,cost-center=42".to_string());
     config
 }
 

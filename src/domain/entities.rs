@@ -68,6 +68,38 @@ pub struct Workspace {
     pub git: Vec<GitState>,
     /// Ports shared beyond the owner; every other port is private.
     pub ports: Vec<PortShare>,
+    /// Snapshots of its files in the backup store, oldest first.
+    pub snapshots: Vec<Snapshot>,
+    pub backup: BackupState,
+}
+
+/// One snapshot of a workspace's files in the backup store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The restic snapshot id (64 hex digits).
+    pub id: String,
+    pub taken_at: OffsetDateTime,
+    /// What made it: `stop`, `interval` or `manual`.
+    pub trigger: String,
+    pub files: u64,
+    /// Total size of the files it holds.
+    pub bytes: u64,
+    /// New data it added to the store, after deduplication.
+    pub added_bytes: u64,
+}
+
+/// A workspace's backup bookkeeping.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct BackupState {
+    /// A snapshot is owed (set before one is tried, cleared by a verified one): its trigger.
+    pub pending: Option<String>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    /// When the loop tries again (exponential backoff).
+    pub next_attempt: Option<OffsetDateTime>,
+    /// The local files were removed after a verified backup; the next start restores them.
+    pub released: bool,
 }
 
 /// Who may reach a port of a workspace through the cell.

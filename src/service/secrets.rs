@@ -22,6 +22,8 @@ pub enum SecretError {
 #[derive(Clone)]
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
+    /// SHA-256 of the key and a fixed label: the password of the cell's backup repository.
+    backup_password: String,
 }
 
 impl Sealer {
@@ -56,9 +58,26 @@ impl Sealer {
             }
             Err(e) => return Err(err(e.to_string())),
         };
+        let backup_password = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(&key);
+            h.update(b"devcell backup repository password v1");
+            h.finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
         Ok(Sealer {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            backup_password,
         })
+    }
+
+    /// The password of the cell's backup repository (restic format), derived from the key: what
+    /// `devcell backup key` prints so that stock `restic` can open the backups.
+    pub fn backup_password(&self) -> &str {
+        &self.backup_password
     }
 
     /// `nonce || ciphertext`, base64.

@@ -226,6 +226,8 @@ impl Cell {
             sandbox_uid: None,
             git: Vec::new(),
             ports: Vec::new(),
+            snapshots: Vec::new(),
+            backup: Default::default(),
         };
         let mut ws = ws;
         if !input.start {

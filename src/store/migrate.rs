@@ -134,6 +134,8 @@ fn v1_to_v2(tx: &WriteTransaction) -> Result<()> {
             sandbox_uid: None,
             git: Vec::new(),
             ports: Vec::new(),
+            snapshots: Vec::new(),
+            backup: Default::default(),
         };
         rewritten.push((k.value().to_owned(), encode(WorkspaceRecord::VERSION, &new)));
     }

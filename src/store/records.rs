@@ -9,8 +9,8 @@ use time::OffsetDateTime;
 
 use super::{Def, StoreError};
 use crate::domain::entities::{
-    ApiToken, Class, GitState, Invitation, LoginLink, Membership, Org, PortShare, Session, User,
-    Visibility, Workspace,
+    ApiToken, BackupState, Class, GitState, Invitation, LoginLink, Membership, Org, PortShare,
+    Session, Snapshot, User, Visibility, Workspace,
 };
 use crate::domain::{
     ClassId, ClassSpec, Desired, InvitationId, Lifecycle, OrgId, Phase, PhaseChange, Policy,
@@ -310,6 +310,31 @@ pub struct WorkspaceRecord {
     /// Added without a version bump: absent in older records, which read as empty.
     #[serde(default)]
     pub ports: Vec<PortRecord>,
+    /// Added without a version bump: absent in older records, which read as empty.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotRecord>,
+    /// Added without a version bump: absent in older records, which read as "nothing owed".
+    #[serde(default)]
+    pub backup: BackupRecord,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub taken_at: i64,
+    pub trigger: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub added_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Default)]
+pub struct BackupRecord {
+    pub pending: Option<String>,
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    pub next_attempt: Option<i64>,
+    pub released: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -386,6 +411,25 @@ impl From<&Workspace> for WorkspaceRecord {
                     unpushed: g.unpushed.clone(),
                 })
                 .collect(),
+            snapshots: w
+                .snapshots
+                .iter()
+                .map(|x| SnapshotRecord {
+                    id: x.id.clone(),
+                    taken_at: ms(x.taken_at),
+                    trigger: x.trigger.clone(),
+                    files: x.files,
+                    bytes: x.bytes,
+                    added_bytes: x.added_bytes,
+                })
+                .collect(),
+            backup: BackupRecord {
+                pending: w.backup.pending.clone(),
+                last_error: w.backup.last_error.clone(),
+                attempts: w.backup.attempts,
+                next_attempt: w.backup.next_attempt.map(ms),
+                released: w.backup.released,
+            },
         }
     }
 }
@@ -453,6 +497,27 @@ impl TryFrom<WorkspaceRecord> for Workspace {
                     unpushed: g.unpushed,
                 })
                 .collect(),
+            snapshots: r
+                .snapshots
+                .into_iter()
+                .map(|x| {
+                    Ok(Snapshot {
+                        id: x.id,
+                        taken_at: from_ms(x.taken_at)?,
+                        trigger: x.trigger,
+                        files: x.files,
+                        bytes: x.bytes,
+                        added_bytes: x.added_bytes,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+            backup: BackupState {
+                pending: r.backup.pending,
+                last_error: r.backup.last_error,
+                attempts: r.backup.attempts,
+                next_attempt: r.backup.next_attempt.map(from_ms).transpose()?,
+                released: r.backup.released,
+            },
         })
     }
 }
