@@ -215,6 +215,9 @@ pub struct BackupConfig {
     /// How often retention, purging, pruning, dormancy and file release run.
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
+    /// How often the backup loop looks for owed snapshots (retries) and interval snapshots.
+    #[serde(with = "humantime_serde")]
+    pub loop_interval: Duration,
     /// `[backup.s3]`: store backups in S3 (or an S3-compatible store) instead of the data directory.
     pub s3: S3Config,
 }
@@ -225,6 +228,7 @@ impl Default for BackupConfig {
             interval: Duration::from_secs(3600),
             release_after: Duration::from_secs(24 * 3600),
             cleanup_interval: Duration::from_secs(3600),
+            loop_interval: Duration::from_secs(10),
             s3: S3Config::default(),
         }
     }
@@ -465,6 +469,7 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
         ("backup.interval", config.backup.interval),
         ("backup.release_after", config.backup.release_after),
         ("backup.cleanup_interval", config.backup.cleanup_interval),
+        ("backup.loop_interval", config.backup.loop_interval),
     ];
     for (key, duration) in durations {
         check(

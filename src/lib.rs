@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod config;

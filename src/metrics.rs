@@ -29,6 +29,9 @@ pub struct Metrics {
     /// 1 while the loop is backing off after errors.
     pub worker_failing: Family<WorkerLabels, Gauge>,
     pub workspaces: Gauge,
+    pub backups: Counter,
+    pub backup_failures: Counter,
+    pub backup_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -66,8 +69,29 @@ impl Default for Metrics {
             "Workspace records in the cell",
             workspaces.clone(),
         );
+        let backups = Counter::default();
+        registry.register(
+            "backups",
+            "Workspace snapshots written and verified",
+            backups.clone(),
+        );
+        let backup_failures = Counter::default();
+        registry.register(
+            "backup_failures",
+            "Workspace snapshots that failed (retried with backoff)",
+            backup_failures.clone(),
+        );
+        let backup_bytes = Counter::default();
+        registry.register(
+            "backup_added_bytes",
+            "New data the snapshots added to the backup store, after deduplication",
+            backup_bytes.clone(),
+        );
         Metrics {
             registry,
+            backups,
+            backup_failures,
+            backup_bytes,
             http_requests,
             worker_runs,
             worker_errors,

@@ -20,7 +20,9 @@ use crate::metrics::{HttpLabels, Metrics};
 use crate::runtime::{LocalRuntime, Runtime};
 use crate::service::{Cell, Clock, SystemClock};
 use crate::store::Store;
-use crate::workers::{ExpiryWorker, ReconcileWorker, Supervisor, TimeoutWorker};
+use crate::workers::{
+    BackupWorker, CleanupWorker, ExpiryWorker, ReconcileWorker, Supervisor, TimeoutWorker,
+};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "devcell.redb";
@@ -191,6 +193,14 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         interval: config.workers.expiry_interval,
     });
     supervisor.spawn(ReconcileWorker::new(cell.clone()));
+    supervisor.spawn(BackupWorker {
+        cell: cell.clone(),
+        interval: config.backup.loop_interval,
+    });
+    supervisor.spawn(CleanupWorker {
+        cell: cell.clone(),
+        interval: config.backup.cleanup_interval,
+    });
     supervisor.spawn(TimeoutWorker::new(
         cell.clone(),
         config.workers.timeouts_interval,

@@ -26,17 +26,18 @@ command -v slirp4netns >/dev/null || need+=(slirp4netns)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v restic >/dev/null || need+=(restic)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
-# Python tools the tests call: a real OpenAPI validator.
+# Python tools the tests call: a real OpenAPI validator, and moto as the S3 endpoint.
 venv="$cache/venv"
-if ! "$venv/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
-  echo "installing openapi-spec-validator into $venv"
+if ! "$venv/bin/python" -c 'import openapi_spec_validator, moto, boto3, flask' 2>/dev/null; then
+  echo "installing openapi-spec-validator and moto[server] into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7' 'moto[server]>=5'
 fi
 export DEVCELL_TEST_VENV="$venv"
 

@@ -408,6 +408,20 @@ pub struct SnapshotDto {
     pub status: String,
 }
 
+impl From<&crate::domain::entities::Snapshot> for SnapshotDto {
+    fn from(x: &crate::domain::entities::Snapshot) -> Self {
+        SnapshotDto {
+            id: x.id.clone(),
+            taken_at: rfc3339(x.taken_at),
+            trigger: x.trigger.clone(),
+            files: x.files,
+            bytes: x.bytes,
+            added_bytes: x.added_bytes,
+            status: "verified".into(),
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct BackupStatusDto {
     /// `ok`, or `pending` when a snapshot is owed and not yet taken (the files stay on local disk).
@@ -500,20 +514,7 @@ impl From<&Workspace> for WorkspaceDto {
             stops_at: None,
             stop_reason: None,
             stop_warning: None,
-            backups: w
-                .snapshots
-                .iter()
-                .rev()
-                .map(|x| SnapshotDto {
-                    id: x.id.clone(),
-                    taken_at: rfc3339(x.taken_at),
-                    trigger: x.trigger.clone(),
-                    files: x.files,
-                    bytes: x.bytes,
-                    added_bytes: x.added_bytes,
-                    status: "verified".into(),
-                })
-                .collect(),
+            backups: w.snapshots.iter().rev().map(Into::into).collect(),
             backup: BackupStatusDto {
                 state: if w.backup.pending.is_some() {
                     "pending".into()

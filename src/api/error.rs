@@ -87,6 +87,9 @@ impl From<Error> for ApiError {
                 e.retry_after_s = Some(retry_after_s);
                 e
             }
+            Error::Unavailable { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backup_unavailable", msg)
+            }
             Error::Store(StoreError::Locked { .. }) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
             }

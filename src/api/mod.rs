@@ -126,6 +126,7 @@ impl utoipa::Modify for Security {
         workspaces::update_workspace, workspaces::delete_workspace,
         workspaces::start_workspace, workspaces::stop_workspace, workspaces::exec, workspaces::tasks,
         workspaces::ports, workspaces::share_port,
+        workspaces::backup_now, workspaces::restore_backup, workspaces::backup_archive,
         credentials::list_git_credentials, credentials::create_git_credential, credentials::delete_git_credential,
         terminals::list_terminals, terminals::create_terminal, terminals::attach_terminal,
         ops::workers, ops::cell_facts,

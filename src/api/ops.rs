@@ -44,6 +44,16 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     if let Ok(n) = st.cell.store().workspace_count() {
         st.metrics.workspaces.set(n as i64);
     }
+    // The cell counts; the exported counters catch up to it.
+    let b = st.cell.backup_stats();
+    for (counter, now) in [
+        (&st.metrics.backups, &b.taken),
+        (&st.metrics.backup_failures, &b.failed),
+        (&st.metrics.backup_bytes, &b.bytes_added),
+    ] {
+        let now = now.load(Ordering::Relaxed);
+        counter.inc_by(now.saturating_sub(counter.get()));
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -49,6 +49,79 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/v1/workspaces/{id}/ports/{port}",
             axum::routing::put(share_port),
         )
+        .route(
+            "/api/v1/workspaces/{id}/backups",
+            axum::routing::post(backup_now),
+        )
+        .route(
+            "/api/v1/workspaces/{id}/backups/{snapshot}/restore",
+            axum::routing::post(restore_backup),
+        )
+        .route(
+            "/api/v1/workspaces/{id}/backups/{snapshot}/archive",
+            get(backup_archive),
+        )
+}
+
+/// Snapshot the workspace's files now (its owner); listed in the workspace's `backups`.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/backups", tag = "backups", params(("id" = String, Path)),
+    responses((status = 201, body = SnapshotDto), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn backup_now(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<SnapshotDto>)> {
+    let s = st.cell.backup_now(&a, &ws_id(&id)?).await?;
+    Ok((StatusCode::CREATED, Json((&s).into())))
+}
+
+/// Replace a stopped workspace's files with a snapshot's (its owner). The current files are
+/// snapshotted first, so the restore can be undone.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/backups/{snapshot}/restore", tag = "backups",
+    params(("id" = String, Path), ("snapshot" = String, Path, description = "a snapshot id, or its first 8 or more hex digits")),
+    responses((status = 200, body = WorkspaceDto), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn restore_backup(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path((id, snapshot)): Path<(String, String)>,
+) -> ApiResult<Json<WorkspaceDto>> {
+    let ws = st.cell.restore_backup(&a, &ws_id(&id)?, &snapshot).await?;
+    Ok(Json(dto(&st, &ws)))
+}
+
+/// Download a snapshot of the workspace's files as a tar archive (its owner).
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/backups/{snapshot}/archive", tag = "backups",
+    params(("id" = String, Path), ("snapshot" = String, Path)),
+    responses((status = 200, content_type = "application/x-tar", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn backup_archive(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path((id, snapshot)): Path<(String, String)>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let (path, name) = st.cell.backup_archive(&a, &ws_id(&id)?, &snapshot).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::from(crate::service::Error::Internal(e.to_string())))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    // Unlinked now: the open handle keeps the data until the download ends.
+    drop(path);
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_owned(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// The caller's workspaces, newest first, a page at a time (or an organization's, for its owners).

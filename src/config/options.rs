@@ -198,6 +198,14 @@ pub const OPTIONS: &[OptionDoc] = &[
         description: "How often snapshot retention, purging, pruning, dormancy and file release run.",
     },
     OptionDoc {
+        key: "backup.loop_interval",
+        env: "DEVCELL_BACKUP__LOOP_INTERVAL",
+        ty: "duration",
+        default: DefaultDoc::Value("10s"),
+        secret: false,
+        description: "How often the backup loop retries owed snapshots (with exponential backoff per workspace) and takes interval snapshots.",
+    },
+    OptionDoc {
         key: "backup.s3.bucket",
         env: "DEVCELL_BACKUP__S3__BUCKET",
         ty: "string",

@@ -340,6 +340,20 @@ impl Policy {
         (warn_from <= now && now < deadline).then_some((deadline, reason))
     }
 
+    /// Which of a workspace's snapshots (taken at `times`, oldest first) retention lets go
+    /// at `now`: all but the newest `backup_keep_last` and those within `backup_keep_within`.
+    /// Returns their indices.
+    pub fn snapshots_to_forget(&self, times: &[OffsetDateTime], now: OffsetDateTime) -> Vec<usize> {
+        let keep_last = self.backup_keep_last.max(1) as usize;
+        let cutoff = time::Duration::try_from(self.backup_keep_within)
+            .ok()
+            .and_then(|d| now.checked_sub(d));
+        let newest_kept = times.len().saturating_sub(keep_last);
+        (0..newest_kept)
+            .filter(|&i| cutoff.is_some_and(|c| times[i] < c))
+            .collect()
+    }
+
     /// Whether a workspace stopped since `stopped_since` is due for deletion at `now`.
     pub fn dormant(&self, stopped_since: OffsetDateTime, now: OffsetDateTime) -> bool {
         self.dormancy.is_some_and(|d| add(stopped_since, d) <= now)
@@ -813,6 +827,25 @@ mod tests {
             p.should_stop(T0 + time::Duration::days(10_000), T0, T0, Duration::MAX),
             None
         );
+    }
+
+    #[test]
+    fn retention_keeps_the_last_n_and_everything_within_the_period() {
+        let p = Policy {
+            backup_keep_last: 2,
+            backup_keep_within: Duration::from_secs(3 * 24 * 3600),
+            ..Policy::default()
+        };
+        let day = |d: i64| T0 + time::Duration::days(d);
+        let now = day(10);
+        // Days 1..=9: days 7, 8, 9 are within three days; the last two are 8 and 9.
+        let times: Vec<_> = (1..=9).map(day).collect();
+        assert_eq!(p.snapshots_to_forget(&times, now), vec![0, 1, 2, 3, 4, 5]);
+        // Old ones only: the last two stay however old.
+        let old = vec![day(-30), day(-20), day(-10)];
+        assert_eq!(p.snapshots_to_forget(&old, now), vec![0]);
+        assert!(p.snapshots_to_forget(&old[..2], now).is_empty());
+        assert!(p.snapshots_to_forget(&[], now).is_empty());
     }
 
     #[test]

@@ -627,6 +627,11 @@ impl Cell {
                     &[Desired::Stopped],
                 )?;
             }
+            (Desired::Deleted, Phase::Pending | Phase::Stopped | Phase::Failed)
+                if ws.backup.pending.is_some() =>
+            {
+                // Its files go only once a snapshot holds them (kept for the grace period).
+            }
             (Desired::Deleted, Phase::Pending | Phase::Stopped | Phase::Failed) => {
                 self.remove_files(&ws.id)?;
                 let now = self.now();
@@ -671,6 +676,8 @@ impl Cell {
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
                 .map_err(|e| e.to_string())?;
         }
+        // Files released after a verified backup come back before anything runs.
+        self.restore_released(ws).await?;
         local::prepare_dirs(&dir, ids)
             .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
         let run = dir.join("run");
@@ -867,6 +874,20 @@ impl Cell {
             .stop(&ws.id)
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
+        // The files are snapshotted before the phase says stopped; if that fails they stay on
+        // this host, the snapshot stays owed, and the backup loop tries again.
+        let message = if ws.backup.released {
+            "stopped".to_owned()
+        } else {
+            self.owe_backup(&ws.id, "stop")?;
+            match self.snapshot_workspace(ws, "stop").await {
+                Ok(s) => format!(
+                    "stopped; files backed up (snapshot {})",
+                    super::backups::short(&s.id)
+                ),
+                Err(e) => format!("stopped — backup pending: {e}"),
+            }
+        };
         let now = self.now();
         self.store().write(|tx| -> Result<()> {
             if let Some(mut w) = tx.workspace(&ws.id)? {
@@ -877,7 +898,7 @@ impl Cell {
                     w.lifecycle.transition(Phase::Stopping, now, None)?;
                 }
                 w.lifecycle
-                    .transition(Phase::Stopped, now, Some("stopped".into()))?;
+                    .transition(Phase::Stopped, now, Some(message.clone()))?;
                 tx.put_workspace(&w)?;
             }
             Ok(())
@@ -960,16 +981,24 @@ pub(crate) fn running_of(
 }
 
 fn needs_attention(w: &Workspace) -> bool {
-    matches!(
-        (w.lifecycle.desired, w.lifecycle.phase),
-        (Desired::Running, Phase::Pending)
-            | (
-                Desired::Stopped,
-                Phase::Pending | Phase::Creating | Phase::Initializing | Phase::Running
-            )
-            | (_, Phase::Stopping)
-            | (Desired::Deleted, _)
-    )
+    // A deleted workspace waits for the backup loop to take its owed snapshot.
+    let waiting_for_backup = w.lifecycle.desired == Desired::Deleted
+        && w.backup.pending.is_some()
+        && matches!(
+            w.lifecycle.phase,
+            Phase::Pending | Phase::Stopped | Phase::Failed
+        );
+    !waiting_for_backup
+        && matches!(
+            (w.lifecycle.desired, w.lifecycle.phase),
+            (Desired::Running, Phase::Pending)
+                | (
+                    Desired::Stopped,
+                    Phase::Pending | Phase::Creating | Phase::Initializing | Phase::Running
+                )
+                | (_, Phase::Stopping)
+                | (Desired::Deleted, _)
+        )
 }
 
 /// What one pass of the timeout rules did.

@@ -3,6 +3,7 @@
 //! functions; no business rule lives in a handler or a page.
 
 mod auth;
+mod backups;
 mod credentials;
 mod lifecycle;
 mod orgs;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use time::OffsetDateTime;
 
 pub use auth::{Credentials, LoginOutcome, NewToken};
+pub use backups::{BackupStats, CleanupPass, retry_after};
 pub use credentials::NewCredential;
 pub use lifecycle::{ExecInput, PortView, StopPlan, TaskView, TimeoutPass};
 pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};
@@ -84,6 +86,9 @@ pub enum Error {
     RateLimited { retry_after_s: u64 },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
+    /// The backup store could not do what was asked (unreachable, failing); nothing was lost.
+    #[error("{message}")]
+    Unavailable { message: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -128,6 +133,9 @@ struct Inner {
     sealer: Option<secrets::Sealer>,
     /// Wakes the reconciler when a desired state changes.
     wake: tokio::sync::Notify,
+    /// Where workspace files are backed up; `None` when the store could not be set up.
+    backups: Option<Arc<crate::backup::BackupStore>>,
+    backup_stats: backups::BackupStats,
     /// Workspaces whose activity the agents reported but the store has not seen yet.
     activity:
         std::sync::Mutex<std::collections::HashMap<crate::domain::WorkspaceId, OffsetDateTime>>,
@@ -148,6 +156,16 @@ impl Cell {
         let limiter = auth::LoginLimiter::new(config.auth.login_attempts_per_minute);
         let config_dir = config.data_dir.clone();
         let started_at = clock.now();
+        let sealer = match secrets::Sealer::load_or_create(&config_dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "stored secrets are unavailable");
+                None
+            }
+        };
+        let backups = sealer
+            .as_ref()
+            .and_then(|s| open_backup_store(&config, &config_dir, s.backup_password()));
         Cell {
             inner: Arc::new(Inner {
                 store,
@@ -157,17 +175,21 @@ impl Cell {
                 auth_cache: auth::AuthCache::default(),
                 started_at,
                 runtime,
-                sealer: match secrets::Sealer::load_or_create(&config_dir) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        tracing::error!(error = %e, "stored secrets are unavailable");
-                        None
-                    }
-                },
+                backups,
+                backup_stats: Default::default(),
+                sealer,
                 wake: tokio::sync::Notify::new(),
                 activity: Default::default(),
             }),
         }
+    }
+
+    /// Replaces the backup store (tests point it at a store of their own).
+    pub fn with_backup_store(mut self, store: Arc<crate::backup::BackupStore>) -> Cell {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.backups = Some(store);
+        }
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -248,4 +270,27 @@ pub(crate) fn new_ulid() -> ulid::Ulid {
     g.get_or_insert_with(ulid::Generator::new)
         .generate()
         .unwrap_or_else(|_| ulid::Ulid::new())
+}
+
+/// The backup store the configuration names: S3 when a bucket is set, else `DATA/backups`.
+fn open_backup_store(
+    config: &Config,
+    data: &std::path::Path,
+    password: &str,
+) -> Option<Arc<crate::backup::BackupStore>> {
+    let cache = data.join("backup-cache");
+    let store = if config.backup.s3.bucket.is_some() {
+        crate::backup::s3::S3Backend::from_config(&config.backup.s3)
+            .map(|b| crate::backup::BackupStore::with_backend(Arc::new(b), password, &cache))
+    } else {
+        crate::backup::BackupStore::local(&backups::local_store_dir(data), password, &cache)
+            .map_err(|e| e.to_string())
+    };
+    match store {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::error!(error = %e, "workspace backups are unavailable");
+            None
+        }
+    }
 }

@@ -363,8 +363,8 @@ impl Cell {
         let mut ws = self.get_workspace(actor, id)?;
         let now = self.now();
         ws.lifecycle.set_desired(Desired::Deleted)?;
-        if ws.lifecycle.is_active() {
-            // The reconciler stops it first, then removes it.
+        if ws.lifecycle.is_active() || ws.backup.pending.is_some() {
+            // The reconciler stops it first (or waits for its owed backup), then removes it.
             self.store().write(|tx| tx.put_workspace(&ws))?;
             self.wake_reconciler();
             return Ok(());

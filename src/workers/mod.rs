@@ -2,6 +2,7 @@
 //! runs it on its interval, records its status (last run, next run, last error, error count),
 //! backs off exponentially on errors, and stops every loop within a deadline on shutdown.
 
+mod backups;
 mod expiry;
 mod reconcile;
 mod timeouts;
@@ -16,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use backups::{BackupWorker, CleanupWorker};
 pub use expiry::ExpiryWorker;
 pub use reconcile::ReconcileWorker;
 pub use timeouts::TimeoutWorker;

@@ -259,7 +259,7 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
         // Owners see the admin page with the loops, and the organization page.
         b.goto(&c.url("/admin")).await.unwrap();
         let loops = b.execute("return Array.from(document.querySelectorAll('tr[data-loop]')).map(r => r.dataset.loop).join(',')", vec![]).await.unwrap();
-        assert_eq!(loops, "expiry,reconcile,timeouts");
+        assert_eq!(loops, "backups,cleanup,expiry,reconcile,timeouts");
         b.goto(&c.url("/org")).await.unwrap();
         b.find(Locator::Css("form[action='/org/invite'] button"))
             .await

@@ -19,6 +19,9 @@ enum Access {
     Admin,
     /// Owners only, and only while the workspace runs (the owner gets `not_running` here).
     OwnerRunning,
+    /// Owners only, about backups: the fixture's workspace never ran, so the owner gets
+    /// `no_files` (nothing to snapshot) or `not_found` (no such snapshot).
+    OwnerBackups,
 }
 
 struct Fixture {
@@ -116,6 +119,9 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
         ("post", "/api/v1/workspaces/{id}/exec") => {
             (OwnerRunning, Some(json!({ "command": ["true"] })))
         }
+        ("post", "/api/v1/workspaces/{id}/backups")
+        | ("post", "/api/v1/workspaces/{id}/backups/{snapshot}/restore")
+        | ("get", "/api/v1/workspaces/{id}/backups/{snapshot}/archive") => (OwnerBackups, None),
         ("get", "/api/v1/admin/workers") | ("get", "/api/v1/admin/cell") => (Admin, None),
         _ => return None,
     };
@@ -247,7 +253,7 @@ async fn every_route_checks_the_callers_role() {
             .await;
         assert!(s.as_u16() < 500, "{m} {path} as member: {s} {b}");
         match access {
-            Access::Owner | Access::Admin | Access::OwnerRunning => {
+            Access::Owner | Access::Admin | Access::OwnerRunning | Access::OwnerBackups => {
                 assert!(
                     s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
                     "{m} {path} as member got {s}: {b}"
@@ -277,6 +283,17 @@ async fn every_route_checks_the_callers_role() {
                 (s, b["code"].as_str()),
                 (StatusCode::CONFLICT, Some("not_running")),
                 "{m} {path} as owner"
+            );
+            continue;
+        }
+        if *access == Access::OwnerBackups {
+            assert!(
+                matches!(
+                    (s, b["code"].as_str()),
+                    (StatusCode::CONFLICT, Some("no_files"))
+                        | (StatusCode::NOT_FOUND, Some("not_found"))
+                ),
+                "{m} {path} as owner got {s}: {b}"
             );
             continue;
         }

@@ -1,0 +1,313 @@
+//! Workspace backups: one repository in restic's format per cell, written through rustic_core,
+//! so the stock `restic` CLI opens it with the key `devcell backup key` prints. Deduplicated
+//! across all workspaces, compressed (repository version 2) and encrypted.
+//!
+//! Each snapshot holds one workspace directory as `<workspace id>/workspace/...` (and
+//! `<workspace id>/home/...` when the policy backs up homes), tagged with the workspace and
+//! organization ids. The agent's run directory is never included.
+//!
+//! rustic_core is blocking and takes no locks of its own: every operation here runs on the
+//! caller's thread (use `spawn_blocking`) and holds the store's mutex, so a prune never runs
+//! beside a backup.
+
+pub mod s3;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustic_core::{
+    BackupOptions, ConfigOptions, Credentials, KeyOptions, LocalDestination, LsOptions, OpenStatus,
+    PathList, PruneOptions, Repository, RepositoryBackends, RepositoryOptions, RestoreOptions,
+    SnapshotOptions, WriteBackend, repofile::SnapshotFile,
+};
+use time::OffsetDateTime;
+
+/// The host name recorded in every snapshot (the cell, not the machine, owns them).
+const HOST: &str = "devcell";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("backup store {location}: {message}")]
+    Store { location: String, message: String },
+    #[error("no snapshot {0} of this workspace")]
+    NoSnapshot(String),
+    #[error("the snapshot {id} failed verification: {reason}")]
+    Unverified { id: String, reason: String },
+}
+
+/// A snapshot just written and read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub id: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub added_bytes: u64,
+}
+
+/// A snapshot as listed from the store.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub id: String,
+    pub time: OffsetDateTime,
+    pub workspace: Option<String>,
+}
+
+/// What to snapshot.
+pub struct Source<'a> {
+    /// The workspace's host directory (holding `workspace/`, `home/` and `run/`).
+    pub dir: &'a Path,
+    pub workspace: &'a str,
+    pub org: &'a str,
+    pub include_home: bool,
+    /// `stop`, `interval` or `manual`; recorded as the snapshot's label.
+    pub trigger: &'a str,
+}
+
+pub struct BackupStore {
+    backend: Arc<dyn WriteBackend>,
+    password: String,
+    cache: PathBuf,
+    /// The master key after the first open, so later opens skip the key derivation.
+    key: Mutex<Option<rustic_core::repofile::MasterKey>>,
+    /// One operation at a time.
+    lock: Mutex<()>,
+}
+
+impl BackupStore {
+    /// A repository in a local directory (created on first use).
+    pub fn local(dir: &Path, password: &str, cache: &Path) -> Result<BackupStore, BackupError> {
+        let location = dir.display().to_string();
+        let backend = rustic_backend::LocalBackend::new(&location, [])
+            .map_err(|e| store_error(&location, e))?;
+        Ok(Self::with_backend(Arc::new(backend), password, cache))
+    }
+
+    pub fn with_backend(
+        backend: Arc<dyn WriteBackend>,
+        password: &str,
+        cache: &Path,
+    ) -> BackupStore {
+        BackupStore {
+            backend,
+            password: password.to_owned(),
+            cache: cache.to_owned(),
+            key: Mutex::new(None),
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> BackupError {
+        store_error(&self.location(), e)
+    }
+
+    /// Opens the repository, creating it the first time.
+    fn open(&self) -> Result<Repository<OpenStatus>, BackupError> {
+        let options = RepositoryOptions::default().cache_dir(self.cache.clone());
+        let backends = RepositoryBackends::new(self.backend.clone(), None);
+        let repo = Repository::new(&options, &backends).map_err(|e| self.err(e))?;
+        let known = self.key.lock().ok().and_then(|k| k.clone());
+        let repo = match known {
+            Some(key) => repo
+                .open(&Credentials::Masterkey(key))
+                .map_err(|e| self.err(e))?,
+            None => {
+                let creds = Credentials::password(&self.password);
+                let exists = repo.config_id().map_err(|e| self.err(e))?.is_some();
+                if exists {
+                    repo.open(&creds).map_err(|e| self.err(e))?
+                } else {
+                    let key = KeyOptions::default()
+                        .hostname(HOST.to_string())
+                        .username("devcell".to_string());
+                    repo.init(&creds, &key, &ConfigOptions::default())
+                        .map_err(|e| self.err(e))?
+                }
+            }
+        };
+        if let Ok(mut k) = self.key.lock() {
+            *k = Some(repo.key());
+        }
+        Ok(repo)
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a snapshot of the workspace's files, then reads it back: its tree must list as
+    /// many files as were written.
+    pub fn snapshot(&self, src: &Source<'_>) -> Result<Taken, BackupError> {
+        let _g = self.guard();
+        let result = self.snapshot_locked(src);
+        if result.is_err() {
+            // The store may have been replaced or recreated meanwhile: open it afresh next time.
+            if let Ok(mut k) = self.key.lock() {
+                *k = None;
+            }
+        }
+        result
+    }
+
+    fn snapshot_locked(&self, src: &Source<'_>) -> Result<Taken, BackupError> {
+        let repo = self.open()?.to_indexed_ids().map_err(|e| self.err(e))?;
+        let dir = src.dir.to_string_lossy();
+        let mut globs = vec![format!("!{dir}/run")];
+        if !src.include_home {
+            globs.push(format!("!{dir}/home"));
+        }
+        let mut opts = BackupOptions::default().as_path(PathBuf::from(src.workspace));
+        opts.excludes.globs = globs;
+        let snap = SnapshotOptions::default()
+            .host(HOST.to_string())
+            .label(src.trigger.to_string())
+            .command(format!("devcell backup ({})", src.trigger))
+            .add_tags(&format!("{},{}", src.workspace, src.org))
+            .and_then(|o| o.to_snapshot())
+            .map_err(|e| self.err(e))?;
+        let sources = PathList::from_string(&dir)
+            .map_err(|e| self.err(e))?
+            .sanitize()
+            .map_err(|e| self.err(e))?;
+        let written = repo
+            .backup(&opts, &sources, snap)
+            .map_err(|e| self.err(e))?;
+        let summary = written.summary.clone().unwrap_or_default();
+        let id = written.id.to_hex().as_str().to_owned();
+
+        // Verify: the snapshot file and every tree under it come back from the store.
+        let repo = repo.drop_index().to_indexed().map_err(|e| self.err(e))?;
+        let unverified = |reason: String| BackupError::Unverified {
+            id: id.clone(),
+            reason,
+        };
+        let stored = repo
+            .get_snapshots(&[id.as_str()])
+            .map_err(|e| unverified(e.to_string()))?;
+        let stored = stored
+            .first()
+            .ok_or_else(|| unverified("not in the store".into()))?;
+        let root = repo
+            .node_from_snapshot_and_path(stored, src.workspace)
+            .map_err(|e| unverified(e.to_string()))?;
+        let mut files = 0u64;
+        for item in repo
+            .ls(&root, &LsOptions::default())
+            .map_err(|e| unverified(e.to_string()))?
+        {
+            let (_, node) = item.map_err(|e| unverified(e.to_string()))?;
+            if node.is_file() {
+                files += 1;
+            }
+        }
+        if files != summary.total_files_processed {
+            return Err(unverified(format!(
+                "{files} files listed, {} written",
+                summary.total_files_processed
+            )));
+        }
+        Ok(Taken {
+            id,
+            files,
+            bytes: summary.total_bytes_processed,
+            added_bytes: summary.data_added,
+        })
+    }
+
+    /// Restores a snapshot of `workspace` into `dir` (its `workspace/` and `home/` land in
+    /// `dir/workspace` and `dir/home`), with the files' numeric owners.
+    pub fn restore(&self, id: &str, workspace: &str, dir: &Path) -> Result<(), BackupError> {
+        let _g = self.guard();
+        let repo = self.open()?.to_indexed().map_err(|e| self.err(e))?;
+        let snap = self.find(&repo, id, workspace)?;
+        let node = repo
+            .node_from_snapshot_and_path(&snap, workspace)
+            .map_err(|e| self.err(e))?;
+        let ls = repo
+            .ls(&node, &LsOptions::default())
+            .map_err(|e| self.err(e))?;
+        std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+        let dest = LocalDestination::new(&format!("{}/", dir.display()), true, false)
+            .map_err(|e| self.err(e))?;
+        let opts = RestoreOptions::default().numeric_id(true).delete(true);
+        let plan = repo
+            .prepare_restore(&opts, ls.clone(), &dest, false)
+            .map_err(|e| self.err(e))?;
+        repo.restore(plan, &opts, ls, &dest)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn find(
+        &self,
+        repo: &Repository<impl rustic_core::Open>,
+        id: &str,
+        workspace: &str,
+    ) -> Result<SnapshotFile, BackupError> {
+        let valid = id.len() >= 8 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid {
+            return Err(BackupError::NoSnapshot(id.into()));
+        }
+        let found = repo
+            .get_snapshots(&[id])
+            .map_err(|_| BackupError::NoSnapshot(id.into()))?;
+        found
+            .into_iter()
+            .find(|s| s.tags.contains(workspace))
+            .ok_or_else(|| BackupError::NoSnapshot(id.into()))
+    }
+
+    /// Every snapshot in the store.
+    pub fn list(&self) -> Result<Vec<Listed>, BackupError> {
+        let _g = self.guard();
+        let repo = self.open()?;
+        let snaps = repo.get_all_snapshots().map_err(|e| self.err(e))?;
+        Ok(snaps
+            .into_iter()
+            .map(|s| Listed {
+                id: s.id.to_hex().as_str().to_owned(),
+                time: OffsetDateTime::from_unix_timestamp(s.time.timestamp().as_second())
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                workspace: s
+                    .tags
+                    .iter()
+                    .find(|t| t.starts_with("ws_"))
+                    .map(|t| t.to_string()),
+            })
+            .collect())
+    }
+
+    /// Removes snapshots (by full id); their data goes at the next [`BackupStore::prune`].
+    pub fn forget(&self, ids: &[String]) -> Result<usize, BackupError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let _g = self.guard();
+        let repo = self.open()?;
+        let snaps = repo.get_snapshots(ids).map_err(|e| self.err(e))?;
+        let ids: Vec<_> = snaps.iter().map(|s| s.id).collect();
+        repo.delete_snapshots(&ids).map_err(|e| self.err(e))?;
+        Ok(ids.len())
+    }
+
+    /// Deletes data no snapshot references any more; returns the packs removed or repacked.
+    pub fn prune(&self) -> Result<u64, BackupError> {
+        let _g = self.guard();
+        let repo = self.open()?;
+        let opts = PruneOptions::default().instant_delete(true);
+        let plan = repo.prune_plan(&opts).map_err(|e| self.err(e))?;
+        let changed = plan.stats.packs_to_delete.remove + plan.stats.packs.repack;
+        repo.prune(&opts, plan).map_err(|e| self.err(e))?;
+        Ok(changed)
+    }
+}
+
+fn store_error(location: &str, e: impl std::fmt::Display) -> BackupError {
+    BackupError::Store {
+        location: location.to_owned(),
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,59 @@
+//! The backup loops: one takes owed and interval snapshots, the other applies retention,
+//! prunes the store and releases the local files of stopped workspaces.
+
+use std::time::Duration;
+
+use super::{BoxFuture, Outcome, Worker};
+use crate::service::Cell;
+
+pub struct BackupWorker {
+    pub cell: Cell,
+    pub interval: Duration,
+}
+
+impl Worker for BackupWorker {
+    fn name(&self) -> &'static str {
+        "backups"
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn run(&mut self) -> BoxFuture<'_, Result<Outcome, String>> {
+        Box::pin(async move {
+            let (ok, failed) = self.cell.run_backups().await.map_err(|e| e.to_string())?;
+            if failed > 0 {
+                // Each workspace backs off on its own; the loop reports the failure.
+                return Err(format!(
+                    "{failed} backups failed (retried with backoff); {ok} taken"
+                ));
+            }
+            Ok(Outcome {
+                note: format!("{ok} snapshots taken"),
+                more: false,
+            })
+        })
+    }
+}
+
+pub struct CleanupWorker {
+    pub cell: Cell,
+    pub interval: Duration,
+}
+
+impl Worker for CleanupWorker {
+    fn name(&self) -> &'static str {
+        "cleanup"
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn run(&mut self) -> BoxFuture<'_, Result<Outcome, String>> {
+        Box::pin(async move {
+            let pass = self.cell.clean_up().await.map_err(|e| e.to_string())?;
+            Ok(Outcome {
+                note: pass.to_string(),
+                more: false,
+            })
+        })
+    }
+}

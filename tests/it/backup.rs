@@ -1,0 +1,575 @@
+//! Backups: the store in restic's format read by Debian's stock `restic`, snapshots at stop,
+//! files released and restored on start, restore and download through the API, and a failing
+//! store that loses nothing.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devcell::backup::{BackupStore, Source};
+use devcell::service::ManualClock;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::harness::TestCell;
+use crate::runtime::{START_WITHIN, bare_repo, create_started, exec};
+
+/// Runs the stock restic CLI on a repository; fails the test with the install command when it
+/// is missing.
+pub fn restic(repo: &Path, password: &str, args: &[&str]) -> String {
+    let out = Command::new("restic")
+        .arg("-r")
+        .arg(repo)
+        .args(args)
+        .env("RESTIC_PASSWORD", password)
+        .env("RESTIC_CACHE_DIR", repo.with_extension("restic-cache"))
+        .output()
+        .expect(
+            "restic is not installed: apt-get install -y restic (bash tests/run.sh installs it)",
+        );
+    assert!(
+        out.status.success(),
+        "restic {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn write(path: &Path, content: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+#[test]
+fn the_store_is_a_restic_repository_that_stock_restic_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws_01backuptest");
+    write(&ws.join("workspace/app/README.md"), b"# first\n");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    write(&ws.join("workspace/app/data/big.bin"), &big);
+    write(&ws.join("home/.bashrc"), b"alias ll='ls -l'\n");
+    write(&ws.join("run/spec.json"), b"{}");
+    let repo = tmp.path().join("repo");
+    let store = BackupStore::local(&repo, "pw-1", &tmp.path().join("cache")).unwrap();
+    let source = |include_home| Source {
+        dir: &ws,
+        workspace: "ws_01backuptest",
+        org: "org_01test",
+        include_home,
+        trigger: "stop",
+    };
+    let first = store.snapshot(&source(false)).unwrap();
+    assert_eq!(first.files, 2, "{first:?}");
+    assert_eq!(first.bytes, big.len() as u64 + 8);
+
+    // Stock restic lists it with our tags and restores it; the run directory and (by policy)
+    // the home directory are not in it.
+    let listed: Value =
+        serde_json::from_str(&restic(&repo, "pw-1", &["snapshots", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["paths"], json!(["ws_01backuptest"]));
+    let tags = listed[0]["tags"].to_string();
+    assert!(
+        tags.contains("ws_01backuptest") && tags.contains("org_01test"),
+        "{tags}"
+    );
+    let out = tmp.path().join("restic-out");
+    restic(
+        &repo,
+        "pw-1",
+        &["restore", "latest", "--target", out.to_str().unwrap()],
+    );
+    let root = out.join("ws_01backuptest");
+    assert_eq!(
+        std::fs::read(root.join("workspace/app/data/big.bin")).unwrap(),
+        big
+    );
+    assert!(!root.join("run").exists() && !root.join("home").exists());
+    restic(&repo, "pw-1", &["check", "--read-data"]);
+
+    // A change is an incremental snapshot: the big file is not stored again.
+    write(&ws.join("workspace/app/README.md"), b"# second\n");
+    let second = store.snapshot(&source(true)).unwrap();
+    assert_eq!(second.files, 3);
+    assert!(second.added_bytes < 100_000, "{second:?}");
+
+    // Our restore of the first snapshot brings back its content exactly.
+    let back = tmp.path().join("restored");
+    store.restore(&first.id, "ws_01backuptest", &back).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(back.join("workspace/app/README.md")).unwrap(),
+        "# first\n"
+    );
+    assert!(matches!(
+        store.restore("0123456789abcdef", "ws_01backuptest", &back),
+        Err(devcell::backup::BackupError::NoSnapshot(_))
+    ));
+    // Another workspace's id does not reach this one's snapshots.
+    assert!(store.restore(&first.id, "ws_other", &back).is_err());
+
+    // Forget + prune: restic sees one snapshot left and a consistent repository.
+    assert_eq!(store.forget(std::slice::from_ref(&first.id)).unwrap(), 1);
+    store.prune().unwrap();
+    let listed: Value =
+        serde_json::from_str(&restic(&repo, "pw-1", &["snapshots", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["id"], second.id);
+    restic(&repo, "pw-1", &["check"]);
+    // The wrong password opens nothing.
+    let wrong = BackupStore::local(&repo, "wrong", &tmp.path().join("cache2")).unwrap();
+    assert!(wrong.list().is_err());
+}
+
+fn fast_backups(c: &mut devcell::config::Config) {
+    c.backup.loop_interval = Duration::from_millis(100);
+    c.backup.cleanup_interval = Duration::from_millis(100);
+    c.backup.release_after = Duration::from_secs(60);
+    c.workers.timeouts_interval = Duration::from_secs(3600);
+}
+
+async fn get(c: &TestCell, id: &str) -> Value {
+    let (s, w) = c
+        .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{w}");
+    w
+}
+
+async fn wait_for(c: &TestCell, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = get(c, id).await;
+        if check(&w) {
+            return w;
+        }
+        assert!(Instant::now() < until, "never {what}: {w:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stop(c: &TestCell, id: &str) -> Value {
+    c.owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
+        .await;
+    c.wait_phase(id, "stopped", START_WITHIN).await
+}
+
+async fn start(c: &TestCell, id: &str) {
+    let (s, w) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/start"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{w}");
+    c.wait_phase(id, "running", START_WITHIN).await;
+}
+
+#[tokio::test]
+async fn stopping_backs_up_released_files_come_back_on_start_and_snapshots_restore_and_download() {
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let c = TestCell::start_full(
+        fast_backups,
+        Some(clock.clone()),
+        Some(crate::harness::local_runtime()),
+    )
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "keep", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    exec(&c, &id, "echo v1 > notes.txt").await;
+
+    // Stop: the snapshot is taken before the phase says stopped.
+    let w = stop(&c, &id).await;
+    assert_eq!(w["backup"]["state"], "ok", "{w:#}");
+    let backups = w["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{w:#}");
+    assert_eq!(backups[0]["trigger"], "stop");
+    assert_eq!(backups[0]["status"], "verified");
+    let first = backups[0]["id"].as_str().unwrap().to_owned();
+    let last = w["history"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("files backed up"),
+        "{last}"
+    );
+
+    // The operator's view: `devcell backup key` and stock restic.
+    let out = Command::new(env!("CARGO_BIN_EXE_devcell"))
+        .args(["backup", "key", "--data"])
+        .arg(c.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let repo = c.data_dir().join("backups");
+    let listed = restic(&repo, &key, &["snapshots", "--json", "--tag", &id]);
+    assert!(listed.contains(&first), "{listed}");
+    let target = repos.path().join("restic-restore");
+    restic(
+        &repo,
+        &key,
+        &["restore", &first, "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join(&id).join("workspace/keep/notes.txt")).unwrap(),
+        "v1\n"
+    );
+
+    // After the release delay the local files go; the record says so.
+    let files = c.data_dir().join("workspaces").join(&id).join("workspace");
+    assert!(files.join("keep/notes.txt").exists());
+    clock.advance(Duration::from_secs(61));
+    wait_for(&c, &id, "released", |w| {
+        w["backup"]["files_released"] == true
+    })
+    .await;
+    assert!(!files.exists(), "local files are still there");
+
+    // Starting again restores them before anything runs.
+    start(&c, &id).await;
+    let out = exec(&c, &id, "cat notes.txt; git status --porcelain").await;
+    assert_eq!(out["stdout"], "v1\n?? notes.txt\n", "{out:#}");
+    exec(&c, &id, "echo v2 > notes.txt").await;
+    let w = stop(&c, &id).await;
+    assert_eq!(w["backups"].as_array().unwrap().len(), 2, "{w:#}");
+
+    // Download the first snapshot as a tar archive.
+    let res = c
+        .http
+        .get(c.url(&format!("/api/v1/workspaces/{id}/backups/{first}/archive")))
+        .bearer_auth(&c.owner_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/x-tar");
+    let bytes = res.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut found = None;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().ends_with("workspace/keep/notes.txt") {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut s).unwrap();
+            found = Some(s);
+        }
+    }
+    assert_eq!(found.as_deref(), Some("v1\n"));
+
+    // Restore the first snapshot into the stopped workspace: the current files are saved first.
+    let (s, w) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/backups/{}/restore", &first[..8]),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{w}");
+    let triggers: Vec<&str> = w["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(triggers, ["before-restore", "stop", "stop"], "{w:#}");
+    assert_eq!(
+        std::fs::read_to_string(files.join("keep/notes.txt")).unwrap(),
+        "v1\n"
+    );
+    // Unknown snapshots and running workspaces are refused with stable codes.
+    let (s, e) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/backups/deadbeefdeadbeef/restore"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    start(&c, &id).await;
+    let (s, e) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/backups/{first}/restore"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (StatusCode::CONFLICT, Some("workspace_not_stopped"))
+    );
+    // A manual snapshot of the running workspace.
+    let (s, snap) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/backups"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{snap}");
+    assert_eq!(snap["trigger"], "manual");
+
+    // /metrics counts them.
+    let metrics = c
+        .http
+        .get(c.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("devcell_backups_total 4"), "{metrics}");
+    assert!(
+        metrics.contains("devcell_backup_failures_total 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_store_keeps_the_files_and_the_backup_pending_until_it_works() {
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let c = TestCell::start_full(
+        fast_backups,
+        Some(clock.clone()),
+        Some(crate::harness::local_runtime()),
+    )
+    .await;
+    // The store's directory is a plain file: every write fails.
+    let store_dir = c.data_dir().join("backups");
+    std::fs::write(&store_dir, "not a directory").unwrap();
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "fragile", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    exec(&c, &id, "echo precious > work.txt").await;
+    let w = stop(&c, &id).await;
+    assert_eq!(w["backup"]["state"], "pending", "{w:#}");
+    assert!(w["backup"]["last_error"].as_str().is_some(), "{w:#}");
+    let last = w["history"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("stopped — backup pending: "),
+        "{last}"
+    );
+    let files = c.data_dir().join("workspaces").join(&id).join("workspace");
+    assert_eq!(
+        std::fs::read_to_string(files.join("fragile/work.txt")).unwrap(),
+        "precious\n"
+    );
+
+    // Nothing releases or deletes the files while the backup is owed.
+    let (s, _) = c
+        .owner(Method::DELETE, &format!("/api/v1/workspaces/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    clock.advance(Duration::from_secs(3 * 3600));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(files.join("fragile/work.txt").exists());
+    let w = get(&c, &id).await;
+    assert_eq!(w["backup"]["state"], "pending", "{w:#}");
+    assert!(w["backup"]["next_attempt"].is_string(), "{w:#}");
+
+    // The store comes back: the next retry snapshots the files, then the deletion proceeds.
+    std::fs::remove_file(&store_dir).unwrap();
+    clock.advance(Duration::from_secs(3600));
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, _) = c
+            .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+            .await;
+        if s == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(Instant::now() < until, "the workspace was never deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let key = c.cell().backup_store().unwrap();
+    let listed = key.list().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.workspace.as_deref() == Some(id.as_str())),
+        "the deleted workspace's files are in the store"
+    );
+}
+
+/// moto's S3 server on a free loopback port (from the test virtualenv that tests/run.sh makes).
+struct Moto {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Moto {
+    fn start(port: u16) -> Moto {
+        let venv =
+            std::env::var("DEVCELL_TEST_VENV").unwrap_or_else(|_| "/var/cache/devcell/venv".into());
+        let exe = Path::new(&venv).join("bin/moto_server");
+        assert!(
+            exe.exists(),
+            "moto is missing: {venv}/bin/pip install 'moto[server]' (bash tests/run.sh installs it)"
+        );
+        let child = Command::new(exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "moto_server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Moto { port, child }
+    }
+
+    async fn create_bucket(&self, name: &str) {
+        let res = reqwest::Client::new()
+            .put(format!("http://127.0.0.1:{}/{name}", self.port))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{res:?}");
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+// The standard AWS credential chain reads the process environment; nothing else here does.
+#[allow(unsafe_code)]
+async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
+    // SAFETY: no other test reads or writes these variables; moto accepts any credentials.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let moto = Moto::start(port);
+    moto.create_bucket("cell-backups").await;
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let c = TestCell::start_full(
+        |c| {
+            fast_backups(c);
+            c.backup.s3.bucket = Some("cell-backups".into());
+            c.backup.s3.prefix = "cell-1".into();
+            c.backup.s3.region = Some("us-east-1".into());
+            c.backup.s3.endpoint = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
+            c.backup.s3.tags = Some("team=platform,cost-center=42".into());
+        },
+        Some(clock.clone()),
+        Some(crate::harness::local_runtime()),
+    )
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "cloud", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    exec(&c, &id, "echo in-s3 > s3.txt").await;
+    let w = stop(&c, &id).await;
+    assert_eq!(w["backup"]["state"], "ok", "{w:#}");
+    let first = w["backups"][0]["id"].as_str().unwrap().to_owned();
+
+    // Stock restic reads the S3 repository the cell wrote.
+    let out = Command::new(env!("CARGO_BIN_EXE_devcell"))
+        .args(["backup", "key", "--data"])
+        .arg(c.data_dir())
+        .output()
+        .unwrap();
+    let password = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let repo = format!("s3:http://127.0.0.1:{port}/cell-backups/cell-1");
+    let listed = restic(Path::new(&repo), &password, &["snapshots", "--json"]);
+    assert!(listed.contains(&first), "{listed}");
+    // Every object carries the cost-attribution tags (read with boto3, from moto's own venv).
+    let venv =
+        std::env::var("DEVCELL_TEST_VENV").unwrap_or_else(|_| "/var/cache/devcell/venv".into());
+    let script = format!(
+        "import boto3\n\
+         s = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1')\n\
+         keys = [o['Key'] for o in s.list_objects_v2(Bucket='cell-backups', Prefix='cell-1/')['Contents']]\n\
+         print(len(keys), all(sorted(t['Key'] + '=' + t['Value'] for t in s.get_object_tagging(Bucket='cell-backups', Key=k)['TagSet']) == ['cost-center=42', 'team=platform'] for k in keys))\n"
+    );
+    let out = Command::new(Path::new(&venv).join("bin/python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        text.ends_with("True") && !text.starts_with("0 "),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The store goes away: the next stop keeps the files and owes the backup.
+    start(&c, &id).await;
+    exec(&c, &id, "echo while-s3-was-down > s3.txt").await;
+    moto.stop();
+    let w = stop(&c, &id).await;
+    assert_eq!(w["backup"]["state"], "pending", "{w:#}");
+    let files = c.data_dir().join("workspaces").join(&id).join("workspace");
+    assert_eq!(
+        std::fs::read_to_string(files.join("cloud/s3.txt")).unwrap(),
+        "while-s3-was-down\n"
+    );
+    // Past the release delay nothing is released while the backup is owed.
+    clock.advance(Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(files.join("cloud/s3.txt").exists());
+
+    // The store comes back (a fresh, empty moto: the worst case); the retry completes.
+    let moto = Moto::start(port);
+    moto.create_bucket("cell-backups").await;
+    clock.advance(Duration::from_secs(3600));
+    let w = wait_for(&c, &id, "backed up after the store came back", |w| {
+        w["backup"]["state"] == "ok"
+    })
+    .await;
+    let newest = w["backups"][0]["id"].as_str().unwrap().to_owned();
+    let target = repos.path().join("from-s3");
+    restic(
+        Path::new(&repo),
+        &password,
+        &["restore", &newest, "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join(&id).join("workspace/cloud/s3.txt")).unwrap(),
+        "while-s3-was-down\n"
+    );
+    drop(moto);
+}
