@@ -288,12 +288,7 @@ impl Cell {
                 message: "stop the workspace before restoring a backup into it".into(),
             });
         }
-        let snap = ws
-            .snapshots
-            .iter()
-            .find(|s| s.id == snapshot || (snapshot.len() >= 8 && s.id.starts_with(snapshot)))
-            .ok_or(Error::NotFound { what: "snapshot" })?
-            .clone();
+        let snap = find_snapshot(&ws, snapshot)?;
         if !ws.backup.released {
             self.snapshot_workspace(&ws, "before-restore")
                 .await
@@ -326,12 +321,7 @@ impl Cell {
         snapshot: &str,
     ) -> Result<(tempfile::TempPath, String)> {
         let ws = self.owned(actor, id)?;
-        let snap = ws
-            .snapshots
-            .iter()
-            .find(|s| s.id == snapshot || (snapshot.len() >= 8 && s.id.starts_with(snapshot)))
-            .ok_or(Error::NotFound { what: "snapshot" })?
-            .clone();
+        let snap = find_snapshot(&ws, snapshot)?;
         let store = self.backup_store().ok_or(Error::Unavailable {
             message: "no backup store is configured".into(),
         })?;
@@ -451,6 +441,15 @@ impl Cell {
         }
         Ok(ws)
     }
+}
+
+/// One of the workspace's snapshots, by its id or its first 8 or more hex digits.
+fn find_snapshot(ws: &Workspace, snapshot: &str) -> Result<Snapshot> {
+    ws.snapshots
+        .iter()
+        .find(|s| s.id == snapshot || (snapshot.len() >= 8 && s.id.starts_with(snapshot)))
+        .cloned()
+        .ok_or(Error::NotFound { what: "snapshot" })
 }
 
 fn remove_dir(dir: &Path) -> Result<()> {

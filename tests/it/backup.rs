@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::harness::TestCell;
-use crate::runtime::{START_WITHIN, bare_repo, create_started, exec};
+use crate::runtime::{START_WITHIN, exec, running_workspace};
 
 /// Runs the stock restic CLI on a repository; fails the test with the install command when it
 /// is missing.
@@ -129,26 +129,6 @@ fn fast_backups(c: &mut devcell::config::Config) {
     c.workers.timeouts_interval = Duration::from_secs(3600);
 }
 
-async fn get(c: &TestCell, id: &str) -> Value {
-    let (s, w) = c
-        .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{w}");
-    w
-}
-
-async fn wait_for(c: &TestCell, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let w = get(c, id).await;
-        if check(&w) {
-            return w;
-        }
-        assert!(Instant::now() < until, "never {what}: {w:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn stop(c: &TestCell, id: &str) -> Value {
     c.owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
         .await;
@@ -177,13 +157,7 @@ async fn stopping_backs_up_released_files_come_back_on_start_and_snapshots_resto
     )
     .await;
     let repos = tempfile::tempdir().unwrap();
-    let bare = bare_repo(repos.path(), "keep", &[("README.md", "x\n")]);
-    let id = create_started(
-        &c,
-        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
-    )
-    .await;
-    c.wait_phase(&id, "running", START_WITHIN).await;
+    let id = running_workspace(&c, repos.path(), "keep").await;
     exec(&c, &id, "echo v1 > notes.txt").await;
 
     // Stop: the snapshot is taken before the phase says stopped.
@@ -229,10 +203,8 @@ async fn stopping_backs_up_released_files_come_back_on_start_and_snapshots_resto
     let files = c.data_dir().join("workspaces").join(&id).join("workspace");
     assert!(files.join("keep/notes.txt").exists());
     clock.advance(Duration::from_secs(61));
-    wait_for(&c, &id, "released", |w| {
-        w["backup"]["files_released"] == true
-    })
-    .await;
+    c.wait_for(&id, "released", |w| w["backup"]["files_released"] == true)
+        .await;
     assert!(!files.exists(), "local files are still there");
 
     // Starting again restores them before anything runs.
@@ -351,13 +323,7 @@ async fn a_failing_store_keeps_the_files_and_the_backup_pending_until_it_works()
     let store_dir = c.data_dir().join("backups");
     std::fs::write(&store_dir, "not a directory").unwrap();
     let repos = tempfile::tempdir().unwrap();
-    let bare = bare_repo(repos.path(), "fragile", &[("README.md", "x\n")]);
-    let id = create_started(
-        &c,
-        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
-    )
-    .await;
-    c.wait_phase(&id, "running", START_WITHIN).await;
+    let id = running_workspace(&c, repos.path(), "fragile").await;
     exec(&c, &id, "echo precious > work.txt").await;
     let w = stop(&c, &id).await;
     assert_eq!(w["backup"]["state"], "pending", "{w:#}");
@@ -384,7 +350,7 @@ async fn a_failing_store_keeps_the_files_and_the_backup_pending_until_it_works()
     clock.advance(Duration::from_secs(3 * 3600));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(files.join("fragile/work.txt").exists());
-    let w = get(&c, &id).await;
+    let w = c.workspace(&id).await;
     assert_eq!(w["backup"]["state"], "pending", "{w:#}");
     assert!(w["backup"]["next_attempt"].is_string(), "{w:#}");
 
@@ -433,12 +399,17 @@ impl Moto {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        let mut moto = Moto { port, child };
         let until = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < until, "moto_server did not listen");
+            assert!(
+                moto.child.try_wait().unwrap().is_none(),
+                "moto_server exited (port {port} taken?)"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Moto { port, child }
+        moto
     }
 
     async fn create_bucket(&self, name: &str) {
@@ -450,9 +421,44 @@ impl Moto {
         assert!(res.status().is_success(), "{res:?}");
     }
 
-    fn stop(mut self) {
+    /// Kills the server and keeps its port: connections are accepted and dropped at once, as
+    /// an unreachable store would, and no other test can take the port meanwhile.
+    fn stop(mut self) -> Outage {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Outage {
+            port: self.port,
+            stop,
+            thread,
+        }
+    }
+}
+
+/// The port of a stopped moto, held until the store comes back.
+struct Outage {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Outage {
+    /// A fresh (empty) moto on the same port.
+    fn end(self) -> Moto {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap();
+        Moto::start(self.port)
     }
 }
 
@@ -494,13 +500,7 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
     )
     .await;
     let repos = tempfile::tempdir().unwrap();
-    let bare = bare_repo(repos.path(), "cloud", &[("README.md", "x\n")]);
-    let id = create_started(
-        &c,
-        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
-    )
-    .await;
-    c.wait_phase(&id, "running", START_WITHIN).await;
+    let id = running_workspace(&c, repos.path(), "cloud").await;
     exec(&c, &id, "echo in-s3 > s3.txt").await;
     let w = stop(&c, &id).await;
     assert_eq!(w["backup"]["state"], "ok", "{w:#}");
@@ -539,7 +539,7 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
     // The store goes away: the next stop keeps the files and owes the backup.
     start(&c, &id).await;
     exec(&c, &id, "echo while-s3-was-down > s3.txt").await;
-    moto.stop();
+    let outage = moto.stop();
     let w = stop(&c, &id).await;
     assert_eq!(w["backup"]["state"], "pending", "{w:#}");
     let files = c.data_dir().join("workspaces").join(&id).join("workspace");
@@ -553,13 +553,14 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
     assert!(files.join("cloud/s3.txt").exists());
 
     // The store comes back (a fresh, empty moto: the worst case); the retry completes.
-    let moto = Moto::start(port);
+    let moto = outage.end();
     moto.create_bucket("cell-backups").await;
     clock.advance(Duration::from_secs(3600));
-    let w = wait_for(&c, &id, "backed up after the store came back", |w| {
-        w["backup"]["state"] == "ok"
-    })
-    .await;
+    let w = c
+        .wait_for(&id, "backed up after the store came back", |w| {
+            w["backup"]["state"] == "ok"
+        })
+        .await;
     let newest = w["backups"][0]["id"].as_str().unwrap().to_owned();
     let target = repos.path().join("from-s3");
     restic(

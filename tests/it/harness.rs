@@ -254,6 +254,28 @@ impl TestCell {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
+    /// The workspace as the owner sees it through the API.
+    pub async fn workspace(&self, id: &str) -> Value {
+        let (s, w) = self
+            .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{w}");
+        w
+    }
+
+    /// Polls the workspace until `check` holds (or fails with its record after 30 s).
+    pub async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let w = self.workspace(id).await;
+            if check(&w) {
+                return w;
+            }
+            assert!(std::time::Instant::now() < until, "never {what}: {w:#}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls the workspace until its phase is `want` (or fails the test with its history).
     pub async fn wait_phase(&self, id: &str, want: &str, within: std::time::Duration) -> Value {
         let until = std::time::Instant::now() + within;

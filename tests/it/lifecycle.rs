@@ -3,7 +3,7 @@
 //! sleeping.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use devcell::service::ManualClock;
 use reqwest::{Method, StatusCode};
@@ -11,33 +11,12 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::harness::TestCell;
-use crate::runtime::{START_WITHIN, attach, bare_repo, create_started, exec, read_until};
+use crate::runtime::{START_WITHIN, attach, exec, read_until, running_workspace};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn fast_loops(c: &mut devcell::config::Config) {
     c.workers.timeouts_interval = Duration::from_millis(100);
-}
-
-async fn get(c: &TestCell, id: &str) -> Value {
-    let (s, w) = c
-        .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{w}");
-    w
-}
-
-/// Polls the workspace until `check` holds (or fails with the record after 20 s).
-async fn wait_for(c: &TestCell, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let w = get(c, id).await;
-        if check(&w) {
-            return w;
-        }
-        assert!(Instant::now() < until, "never {what}: {w:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn stop_message(w: &Value) -> String {
@@ -62,14 +41,8 @@ async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running
     )
     .await;
     let repos = tempfile::tempdir().unwrap();
-    let bare = bare_repo(repos.path(), "idle", &[("README.md", "x\n")]);
-    let id = create_started(
-        &c,
-        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
-    )
-    .await;
-    c.wait_phase(&id, "running", START_WITHIN).await;
-    let w = get(&c, &id).await;
+    let id = running_workspace(&c, repos.path(), "idle").await;
+    let w = c.workspace(&id).await;
     assert_eq!(w["stop_reason"], "inactivity", "{w:#}");
     let stops_at = OffsetDateTime::parse(
         w["stops_at"].as_str().unwrap(),
@@ -95,7 +68,9 @@ async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running
     let mut term = attach(&c, t["attach"].as_str().unwrap(), &c.owner_token.clone()).await;
 
     clock.advance(26 * MINUTE);
-    let w = wait_for(&c, &id, "warned", |w| w.get("stop_warning").is_some()).await;
+    let w = c
+        .wait_for(&id, "warned", |w| w.get("stop_warning").is_some())
+        .await;
     let warning = w["stop_warning"].as_str().unwrap();
     assert!(
         warning.contains("stops in 4 minutes") && warning.contains("idle"),
@@ -109,7 +84,9 @@ async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running
     // Activity (an exec) moves the deadline: no stop at the old one, and no warning.
     exec(&c, &id, "true").await;
     clock.advance(5 * MINUTE);
-    let w = wait_for(&c, &id, "unwarned", |w| w.get("stop_warning").is_none()).await;
+    let w = c
+        .wait_for(&id, "unwarned", |w| w.get("stop_warning").is_none())
+        .await;
     assert_eq!(w["phase"], "running", "{w:#}");
 
     // Idle past the new deadline: stopped, and the history says why.
@@ -152,23 +129,18 @@ async fn the_maximum_lifetime_stops_even_a_busy_workspace() {
         .await;
     assert_eq!(s, StatusCode::OK, "{p}");
     let repos = tempfile::tempdir().unwrap();
-    let bare = bare_repo(repos.path(), "busy", &[("README.md", "x\n")]);
-    let id = create_started(
-        &c,
-        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
-    )
-    .await;
-    c.wait_phase(&id, "running", START_WITHIN).await;
+    let id = running_workspace(&c, repos.path(), "busy").await;
     // Busy every 20 minutes: the inactivity timeout never comes, the lifetime does.
     for _ in 0..2 {
         clock.advance(20 * MINUTE);
         exec(&c, &id, "true").await;
     }
     clock.advance(16 * MINUTE);
-    let w = wait_for(&c, &id, "warned about the lifetime", |w| {
-        w.get("stop_warning").is_some()
-    })
-    .await;
+    let w = c
+        .wait_for(&id, "warned about the lifetime", |w| {
+            w.get("stop_warning").is_some()
+        })
+        .await;
     assert_eq!(w["stop_reason"], "max_lifetime", "{w:#}");
     assert!(
         w["stop_warning"]
@@ -197,13 +169,7 @@ async fn a_cell_that_was_down_past_a_deadline_stops_the_workspace_when_it_starts
     )
     .await;
     let repos = tempfile::tempdir().unwrap();
-    let bare = bare_repo(repos.path(), "down", &[("README.md", "x\n")]);
-    let id = create_started(
-        &c,
-        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
-    )
-    .await;
-    c.wait_phase(&id, "running", START_WITHIN).await;
+    let id = running_workspace(&c, repos.path(), "down").await;
     let dir = c.stop_keep_data().await;
     // Two hours pass while the cell is down; the workspace kept running meanwhile.
     clock.advance(120 * MINUTE);

@@ -70,6 +70,18 @@ pub async fn create_started(c: &TestCell, body: Value) -> String {
     ws["id"].as_str().unwrap().to_owned()
 }
 
+/// A workspace on a one-file repository `name` under `repos`, started and running.
+pub async fn running_workspace(c: &TestCell, repos: &Path, name: &str) -> String {
+    let bare = bare_repo(repos, name, &[("README.md", "x\n")]);
+    let id = create_started(
+        c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    id
+}
+
 pub async fn exec(c: &TestCell, id: &str, cmd: &str) -> Value {
     let (s, out) = c
         .owner(
