@@ -73,6 +73,20 @@ pub struct Workspace {
     pub backup: BackupState,
 }
 
+/// What is kept of a deleted workspace: when and why it went, what its repositories held, and
+/// whether its snapshots (kept for the organization's grace period) are purged yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeletedWorkspace {
+    pub id: WorkspaceId,
+    pub org: OrgId,
+    pub owner: UserId,
+    pub name: String,
+    pub deleted_at: OffsetDateTime,
+    pub reason: String,
+    pub git: Vec<GitState>,
+    pub snapshots_purged: bool,
+}
+
 /// One snapshot of a workspace's files in the backup store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {

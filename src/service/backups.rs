@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{Actor, Cell, Error, Result};
 use crate::backup::{BackupStore, Source};
 use crate::domain::entities::{Snapshot, Workspace};
-use crate::domain::{Phase, WorkspaceId};
+use crate::domain::{Desired, Phase, WorkspaceId};
 use crate::store::Reader;
 
 /// First retry of a failed backup after this long; doubled per failure up to [`RETRY_MAX`].
@@ -32,14 +32,16 @@ pub struct CleanupPass {
     pub forgotten: usize,
     pub pruned: u64,
     pub released: usize,
+    pub dormant: usize,
+    pub purged_workspaces: usize,
 }
 
 impl std::fmt::Display for CleanupPass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} snapshots forgotten, {} packs pruned, files of {} workspaces released",
-            self.forgotten, self.pruned, self.released
+            "{} snapshots forgotten ({} of deleted workspaces), {} packs pruned, files of {} workspaces released, {} dormant workspaces deleted",
+            self.forgotten, self.purged_workspaces, self.pruned, self.released, self.dormant
         )
     }
 }
@@ -412,12 +414,63 @@ impl Cell {
                     Ok(())
                 })?;
             }
+            if let Some(period) = policy.dormancy
+                && w.lifecycle.phase == Phase::Stopped
+                && w.lifecycle.desired == Desired::Stopped
+                && w.backup.pending.is_none()
+                && policy.dormant(w.lifecycle.since(), now)
+            {
+                self.delete_dormant(&w, period, now)?;
+                pass.dormant += 1;
+                continue;
+            }
             if w.lifecycle.phase == Phase::Stopped
                 && w.lifecycle.since() + release_after <= now
                 && self.release_files(&w)?
             {
                 pass.released += 1;
             }
+        }
+        // Snapshots of deleted workspaces go after their organization's grace period.
+        let deleted = self.store().read(|tx| tx.deleted_workspaces())?;
+        let due: Vec<_> = deleted
+            .into_iter()
+            .filter(|d| !d.snapshots_purged)
+            .filter(|d| {
+                let grace = self
+                    .store()
+                    .read(|tx| tx.org(&d.org))
+                    .ok()
+                    .flatten()
+                    .map(|o| o.policy.deleted_backup_grace)
+                    .unwrap_or_else(|| crate::domain::Policy::default().deleted_backup_grace);
+                time::Duration::try_from(grace).is_ok_and(|g| d.deleted_at + g <= now)
+            })
+            .collect();
+        if let (false, Some(store)) = (due.is_empty(), self.backup_store()) {
+            let ids: Vec<String> = due.iter().map(|d| d.id.to_string()).collect();
+            let n = tokio::task::spawn_blocking(move || -> std::result::Result<usize, String> {
+                let gone: Vec<String> = store
+                    .list()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|s| s.workspace.as_ref().is_some_and(|w| ids.contains(w)))
+                    .map(|s| s.id)
+                    .collect();
+                store.forget(&gone).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|message| Error::Unavailable { message })?;
+            pass.forgotten += n;
+            self.store().write(|tx| -> Result<()> {
+                for mut d in due.clone() {
+                    d.snapshots_purged = true;
+                    tx.put_deleted(&d)?;
+                }
+                Ok(())
+            })?;
+            pass.purged_workspaces += due.len();
         }
         if pass.forgotten > 0
             && let Some(store) = store
@@ -430,6 +483,31 @@ impl Cell {
                 })?;
         }
         Ok(pass)
+    }
+
+    /// Deletes a workspace stopped for longer than its organization's dormancy period; its git
+    /// state stays in the tombstone and its snapshots for the grace period.
+    fn delete_dormant(
+        &self,
+        w: &Workspace,
+        period: std::time::Duration,
+        now: time::OffsetDateTime,
+    ) -> Result<()> {
+        let reason = format!(
+            "dormant: stopped for more than {}",
+            humantime::format_duration(period)
+        );
+        tracing::info!(workspace = %w.id, git = ?w.git, "{reason}; deleting");
+        self.remove_files(&w.id)?;
+        self.store().write(|tx| -> Result<()> {
+            if let Some(mut x) = tx.workspace(&w.id)? {
+                x.lifecycle.set_desired(crate::domain::Desired::Deleted)?;
+                x.lifecycle
+                    .transition(Phase::Deleted, now, Some(reason.clone()))?;
+                tx.purge_workspace(&x, now, &reason)?;
+            }
+            Ok(())
+        })
     }
 
     fn owned(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {

@@ -639,7 +639,7 @@ impl Cell {
                     if let Some(mut w) = tx.workspace(&ws.id)? {
                         w.lifecycle
                             .transition(Phase::Deleted, now, Some("deleted".into()))?;
-                        tx.purge_workspace(&w)?;
+                        tx.purge_workspace(&w, now, "deleted")?;
                     }
                     Ok(())
                 })?;

@@ -374,7 +374,8 @@ impl Cell {
             ws.lifecycle
                 .transition(Phase::Deleted, now, Some("deleted by its owner".into()))?;
         }
-        self.store().write(|tx| tx.purge_workspace(&ws))?;
+        self.store()
+            .write(|tx| tx.purge_workspace(&ws, now, "deleted by its owner"))?;
         tracing::info!(workspace = %ws.id, by = %actor.user.email, "deleted workspace");
         Ok(())
     }

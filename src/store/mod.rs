@@ -61,6 +61,10 @@ pub(crate) const LOGIN_LINKS: Def = TableDefinition::new("login_links");
 /// Key `user/credential-id`.
 pub(crate) const GIT_CREDENTIALS: Def = TableDefinition::new("git_credentials");
 
+/// Key: workspace id. Tombstones of deleted workspaces (added without a schema bump: a missing
+/// table reads as empty).
+pub(crate) const DELETED: Def = TableDefinition::new("deleted_workspaces");
+
 /// Every table, for copies and for creating a fresh database.
 pub(crate) const ALL_TABLES: &[Def] = &[
     META,
@@ -80,6 +84,7 @@ pub(crate) const ALL_TABLES: &[Def] = &[
     INVITATION_BY_ORG,
     LOGIN_LINKS,
     GIT_CREDENTIALS,
+    DELETED,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -481,6 +486,12 @@ pub trait Reader {
             .map(TryInto::try_into)
             .transpose()
     }
+    fn deleted_workspaces(&self) -> Result<Vec<crate::domain::entities::DeletedWorkspace>> {
+        self.scan::<records::DeletedRecord>("", usize::MAX)?
+            .into_iter()
+            .map(|(_, r)| r.try_into())
+            .collect()
+    }
     fn git_credentials(&self, user: &UserId) -> Result<Vec<GitCredential>> {
         self.scan::<records::GitCredentialRecord>(&format!("{user}/"), usize::MAX)?
             .into_iter()
@@ -647,6 +658,10 @@ impl WriteTx {
         Ok(next)
     }
 
+    pub fn put_deleted(&self, d: &crate::domain::entities::DeletedWorkspace) -> Result<()> {
+        self.put(d.id.as_str(), &records::DeletedRecord::from(d))
+    }
+
     pub fn put_git_credential(&self, c: &GitCredential) -> Result<()> {
         self.put(
             &format!("{}/{}", c.user, c.id),
@@ -682,8 +697,24 @@ impl WriteTx {
         self.put_index(WS_BY_OWNER, &format!("{}/{}", w.owner, w.id), "")?;
         self.put_index(WS_BY_ORG, &format!("{}/{}", w.org, w.id), "")
     }
-    /// Removes the record entirely (after the lifecycle has reached `deleted`).
-    pub fn purge_workspace(&self, w: &Workspace) -> Result<()> {
+    /// Removes the record (after the lifecycle has reached `deleted`), leaving a tombstone with
+    /// when and why, and the repositories' last git state.
+    pub fn purge_workspace(
+        &self,
+        w: &Workspace,
+        at: time::OffsetDateTime,
+        reason: &str,
+    ) -> Result<()> {
+        self.put_deleted(&crate::domain::entities::DeletedWorkspace {
+            id: w.id.clone(),
+            org: w.org.clone(),
+            owner: w.owner.clone(),
+            name: w.name.clone(),
+            deleted_at: at,
+            reason: reason.to_owned(),
+            git: w.git.clone(),
+            snapshots_purged: w.snapshots.is_empty(),
+        })?;
         self.del(WS_BY_OWNER, &format!("{}/{}", w.owner, w.id))?;
         self.del(WS_BY_ORG, &format!("{}/{}", w.org, w.id))?;
         self.del(WORKSPACES, w.id.as_str())?;

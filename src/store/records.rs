@@ -399,18 +399,7 @@ impl From<&Workspace> for WorkspaceRecord {
                     visibility: p.visibility.as_str().into(),
                 })
                 .collect(),
-            git: w
-                .git
-                .iter()
-                .map(|g| GitRecord {
-                    dir: g.dir.clone(),
-                    branch: g.branch.clone(),
-                    head: g.head.clone(),
-                    uncommitted: g.uncommitted.clone(),
-                    untracked: g.untracked.clone(),
-                    unpushed: g.unpushed.clone(),
-                })
-                .collect(),
+            git: w.git.iter().map(GitRecord::from).collect(),
             snapshots: w
                 .snapshots
                 .iter()
@@ -485,18 +474,7 @@ impl TryFrom<WorkspaceRecord> for Workspace {
                     })
                 })
                 .collect(),
-            git: r
-                .git
-                .into_iter()
-                .map(|g| GitState {
-                    dir: g.dir,
-                    branch: g.branch,
-                    head: g.head,
-                    uncommitted: g.uncommitted,
-                    untracked: g.untracked,
-                    unpushed: g.unpushed,
-                })
-                .collect(),
+            git: r.git.into_iter().map(GitState::from).collect(),
             snapshots: r
                 .snapshots
                 .into_iter()
@@ -718,5 +696,79 @@ impl TryFrom<GitCredentialRecord> for crate::domain::entities::GitCredential {
             sealed_secret: r.sealed_secret,
             created_at: from_ms(r.created_at)?,
         })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct DeletedRecord {
+    pub id: String,
+    pub org: String,
+    pub owner: String,
+    pub name: String,
+    pub deleted_at: i64,
+    pub reason: String,
+    pub git: Vec<GitRecord>,
+    pub snapshots_purged: bool,
+}
+
+impl Record for DeletedRecord {
+    const TABLE: Def = super::DELETED;
+    const VERSION: u16 = 1;
+}
+
+impl From<&crate::domain::entities::DeletedWorkspace> for DeletedRecord {
+    fn from(d: &crate::domain::entities::DeletedWorkspace) -> Self {
+        DeletedRecord {
+            id: d.id.to_string(),
+            org: d.org.to_string(),
+            owner: d.owner.to_string(),
+            name: d.name.clone(),
+            deleted_at: ms(d.deleted_at),
+            reason: d.reason.clone(),
+            git: d.git.iter().map(GitRecord::from).collect(),
+            snapshots_purged: d.snapshots_purged,
+        }
+    }
+}
+
+impl TryFrom<DeletedRecord> for crate::domain::entities::DeletedWorkspace {
+    type Error = StoreError;
+    fn try_from(r: DeletedRecord) -> Result<Self, StoreError> {
+        Ok(crate::domain::entities::DeletedWorkspace {
+            id: id(WorkspaceId::parse, &r.id)?,
+            org: id(OrgId::parse, &r.org)?,
+            owner: id(UserId::parse, &r.owner)?,
+            name: r.name,
+            deleted_at: from_ms(r.deleted_at)?,
+            reason: r.reason,
+            git: r.git.into_iter().map(GitState::from).collect(),
+            snapshots_purged: r.snapshots_purged,
+        })
+    }
+}
+
+impl From<&GitState> for GitRecord {
+    fn from(g: &GitState) -> Self {
+        GitRecord {
+            dir: g.dir.clone(),
+            branch: g.branch.clone(),
+            head: g.head.clone(),
+            uncommitted: g.uncommitted.clone(),
+            untracked: g.untracked.clone(),
+            unpushed: g.unpushed.clone(),
+        }
+    }
+}
+
+impl From<GitRecord> for GitState {
+    fn from(g: GitRecord) -> Self {
+        GitState {
+            dir: g.dir,
+            branch: g.branch,
+            head: g.head,
+            uncommitted: g.uncommitted,
+            untracked: g.untracked,
+            unpushed: g.unpushed,
+        }
     }
 }

@@ -574,3 +574,94 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
     );
     drop(moto);
 }
+
+#[tokio::test]
+async fn deleted_workspaces_keep_their_snapshots_for_the_grace_period_and_dormant_ones_go() {
+    use devcell::store::Reader;
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let c = TestCell::start_full(
+        fast_backups,
+        Some(clock.clone()),
+        Some(crate::harness::local_runtime()),
+    )
+    .await;
+    let org = c.org_id().await;
+    let (s, p) = c
+        .owner(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org}/policy"),
+            Some(json!({ "dormancy_s": 86400 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    let repos = tempfile::tempdir().unwrap();
+    let store = c.cell().backup_store().unwrap();
+    let snapshots_of = |id: &str| {
+        store
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.workspace.as_deref() == Some(id))
+            .count()
+    };
+
+    // Deleted by its owner: the snapshot stays for the grace period (7 days by default).
+    let deleted = running_workspace(&c, repos.path(), "gone").await;
+    stop(&c, &deleted).await;
+    let (s, _) = c
+        .owner(
+            Method::DELETE,
+            &format!("/api/v1/workspaces/{deleted}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(snapshots_of(&deleted), 1);
+
+    // Stopped and left alone: deleted as dormant after a day, its git state kept.
+    let dormant = running_workspace(&c, repos.path(), "idle").await;
+    exec(&c, &dormant, "echo wip > wip.txt").await;
+    stop(&c, &dormant).await;
+    clock.advance(Duration::from_secs(25 * 3600));
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, _) = c
+            .owner(Method::GET, &format!("/api/v1/workspaces/{dormant}"), None)
+            .await;
+        if s == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the dormant workspace was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tombstones = c.cell().store().read(|tx| tx.deleted_workspaces()).unwrap();
+    let t = tombstones
+        .iter()
+        .find(|t| t.id.as_str() == dormant)
+        .expect("a tombstone for the dormant workspace");
+    assert_eq!(t.reason, "dormant: stopped for more than 1day");
+    assert_eq!(t.git[0].untracked, ["wip.txt"], "{t:?}");
+    assert!(!c.data_dir().join("workspaces").join(&dormant).exists());
+    assert_eq!(snapshots_of(&dormant), 1, "kept for the grace period");
+
+    // Past the grace period the deleted workspace's snapshots go; the dormant one's later.
+    clock.advance(Duration::from_secs(6 * 24 * 3600));
+    let until = Instant::now() + Duration::from_secs(30);
+    while snapshots_of(&deleted) > 0 {
+        assert!(Instant::now() < until, "the snapshots were never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(snapshots_of(&dormant), 1);
+    clock.advance(Duration::from_secs(2 * 24 * 3600));
+    let until = Instant::now() + Duration::from_secs(30);
+    while snapshots_of(&dormant) > 0 {
+        assert!(
+            Instant::now() < until,
+            "the dormant workspace's snapshots stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

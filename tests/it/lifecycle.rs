@@ -67,7 +67,8 @@ async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running
     assert_eq!(s, StatusCode::CREATED, "{t}");
     let mut term = attach(&c, t["attach"].as_str().unwrap(), &c.owner_token.clone()).await;
 
-    clock.advance(26 * MINUTE);
+    // Half a minute past 26: the agent saw its start a moment after the clock read it.
+    clock.advance(26 * MINUTE + Duration::from_secs(30));
     let w = c
         .wait_for(&id, "warned", |w| w.get("stop_warning").is_some())
         .await;
