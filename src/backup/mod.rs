@@ -61,6 +61,8 @@ pub struct Source<'a> {
     pub include_home: bool,
     /// `stop`, `interval` or `manual`; recorded as the snapshot's label.
     pub trigger: &'a str,
+    /// The workspace's newest verified snapshot: an unchanged tree needs no second walk.
+    pub verified_parent: Option<&'a str>,
 }
 
 pub struct BackupStore {
@@ -178,8 +180,9 @@ impl BackupStore {
         let summary = written.summary.clone().unwrap_or_default();
         let id = written.id.to_hex().as_str().to_owned();
 
-        // Verify: the snapshot file and every tree under it come back from the store.
-        let repo = repo.drop_index().to_indexed().map_err(|e| self.err(e))?;
+        // Verify: the snapshot file comes back from the store, and so do the index and every
+        // tree under it — unless its tree is the very tree of the last verified snapshot (trees
+        // are addressed by content, so nothing under it changed).
         let unverified = |reason: String| BackupError::Unverified {
             id: id.clone(),
             reason,
@@ -190,6 +193,21 @@ impl BackupStore {
         let stored = stored
             .first()
             .ok_or_else(|| unverified("not in the store".into()))?;
+        if let Some(previous) = src.verified_parent
+            && let Ok(p) = repo.get_snapshots(&[previous])
+            && p.first().is_some_and(|p| p.tree == stored.tree)
+        {
+            return Ok(Taken {
+                id,
+                files: summary.total_files_processed,
+                bytes: summary.total_bytes_processed,
+                added_bytes: summary.data_added,
+            });
+        }
+        let repo = repo
+            .drop_index()
+            .to_indexed_ids()
+            .map_err(|e| self.err(e))?;
         let root = repo
             .node_from_snapshot_and_path(stored, src.workspace)
             .map_err(|e| unverified(e.to_string()))?;

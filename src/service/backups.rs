@@ -81,6 +81,7 @@ impl Cell {
         let dir = self.workspace_dir(&ws.id);
         let (workspace, org, trigger_s) =
             (ws.id.to_string(), ws.org.to_string(), trigger.to_owned());
+        let parent = ws.snapshots.last().map(|s| s.id.clone());
         let result = tokio::task::spawn_blocking(move || {
             if !dir.join("workspace").is_dir() {
                 return Err(format!(
@@ -95,6 +96,7 @@ impl Cell {
                     org: &org,
                     include_home,
                     trigger: &trigger_s,
+                    verified_parent: parent.as_deref(),
                 })
                 .map_err(|e| e.to_string())
         })

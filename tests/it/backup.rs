@@ -59,6 +59,7 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
         org: "org_01test",
         include_home,
         trigger: "stop",
+        verified_parent: None,
     };
     let first = store.snapshot(&source(false)).unwrap();
     assert_eq!(first.files, 2, "{first:?}");
@@ -94,6 +95,15 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
     let second = store.snapshot(&source(true)).unwrap();
     assert_eq!(second.files, 3);
     assert!(second.added_bytes < 100_000, "{second:?}");
+    // Unchanged since a verified snapshot: nothing added, same count, no second tree walk.
+    let third = store
+        .snapshot(&Source {
+            verified_parent: Some(&second.id),
+            ..source(true)
+        })
+        .unwrap();
+    assert_eq!((third.files, third.added_bytes), (3, 0), "{third:?}");
+    assert_ne!(third.id, second.id);
 
     // Our restore of the first snapshot brings back its content exactly.
     let back = tmp.path().join("restored");
@@ -114,8 +124,8 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
     store.prune().unwrap();
     let listed: Value =
         serde_json::from_str(&restic(&repo, "pw-1", &["snapshots", "--json"])).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 1);
-    assert_eq!(listed[0]["id"], second.id);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(listed.to_string().contains(&second.id), "{listed}");
     restic(&repo, "pw-1", &["check"]);
     // The wrong password opens nothing.
     let wrong = BackupStore::local(&repo, "wrong", &tmp.path().join("cache2")).unwrap();
