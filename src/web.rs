@@ -53,6 +53,10 @@ pub fn router() -> Router<AppState> {
         .route("/logout-all", post(logout_all))
         .route("/workspaces/{id}/ports/{port}", post(share_port_form))
         .route("/workspaces/{id}/timeout", post(timeout_form))
+        .route(
+            "/workspaces/{id}/backups/{snapshot}/restore",
+            post(restore_form),
+        )
         .route("/org/invite", post(org_invite))
         .route("/org/policy", post(org_policy))
         .route("/org/members/{user}/role", post(org_role))
@@ -395,6 +399,28 @@ async fn workspace_page(
             })
             .unwrap_or_else(|| "—".into()),
         stop_warning: plan.and_then(|p| p.warning),
+        backups: w
+            .snapshots
+            .iter()
+            .rev()
+            .map(|b| ui::BackupView {
+                id: b.id.clone(),
+                taken_at: short_time(b.taken_at),
+                trigger: b.trigger.clone(),
+                files: b.files,
+                size: human_bytes(b.bytes),
+            })
+            .collect(),
+        backup_state: match (&w.backup.pending, &w.backup.last_error) {
+            (Some(_), Some(e)) => format!("Backup pending (retrying): {e}"),
+            (Some(_), None) => "Backup pending".into(),
+            _ if w.backup.released => "Files are in the backup only; starting restores them".into(),
+            _ => "Backed up".into(),
+        },
+        can_restore: matches!(
+            w.lifecycle.phase,
+            crate::domain::Phase::Stopped | crate::domain::Phase::Failed
+        ),
     }))
     .into_response()
 }
@@ -889,6 +915,46 @@ async fn timeout_form(
     match result {
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
         Err(e) => error_page(e),
+    }
+}
+
+async fn restore_form(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path((id, snapshot)): crate::api::Path<(String, String)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let (actor, _) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = match st
+        .cell
+        .check_csrf(&actor, Some(&f.csrf))
+        .and_then(|_| workspace_id(&id))
+    {
+        Ok(wsid) => st.cell.restore_backup(&actor, &wsid, &snapshot).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 

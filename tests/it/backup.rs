@@ -187,6 +187,15 @@ async fn stopping_backs_up_released_files_come_back_on_start_and_snapshots_resto
         "{last}"
     );
 
+    // The workspace page lists it, with a download link and a restore button (stopped).
+    let page = c.owner_page(&format!("/workspaces/{id}")).await;
+    assert!(
+        page.contains(&format!("/api/v1/workspaces/{id}/backups/{first}/archive"))
+            && page.contains(&format!("/workspaces/{id}/backups/{first}/restore")),
+        "{page}"
+    );
+    assert!(page.contains("Backed up"), "{page}");
+
     // The operator's view: `devcell backup key` and stock restic.
     let out = Command::new(env!("CARGO_BIN_EXE_devcell"))
         .args(["backup", "key", "--data"])

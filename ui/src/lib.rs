@@ -193,6 +193,21 @@ pub struct WorkspaceView {
     pub stops_at: String,
     /// The warning shown shortly before a timeout stops the workspace.
     pub stop_warning: Option<String>,
+    /// Snapshots, newest first.
+    pub backups: Vec<BackupView>,
+    /// "backed up", or "backup pending: <reason>".
+    pub backup_state: String,
+    /// Restoring needs a stopped workspace.
+    pub can_restore: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupView {
+    pub id: String,
+    pub taken_at: String,
+    pub trigger: String,
+    pub files: u64,
+    pub size: String,
 }
 
 #[component]
@@ -241,6 +256,20 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                     <input id="timeout_min" name="timeout_min" type="number" min="1" value=v.timeout_min.to_string()/>
                     <button type="submit">"Set"</button>
                 </form>
+                <h2>"Backups"</h2>
+                <p id="backup-state">{v.backup_state}</p>
+                {v.backups.is_empty().then(|| view! { <p class="muted">"Taken when the workspace stops, and every so often while it runs."</p> })}
+                <table class="backups"><tbody>
+                {v.backups.into_iter().map(|b| {
+                    let download = format!("/api/v1/workspaces/{}/backups/{}/archive", v.id, b.id);
+                    let restore = format!("/workspaces/{}/backups/{}/restore", v.id, b.id);
+                    let token = v.csrf.clone();
+                    let short = b.id.chars().take(8).collect::<String>();
+                    view! { <tr data-snapshot=b.id.clone()><td><code>{short}</code></td><td>{b.taken_at}</td><td>{b.trigger}</td><td>{b.files.to_string()}" files, "{b.size}</td>
+                        <td><a href=download download="">"Download"</a></td>
+                        <td>{v.can_restore.then(|| view! { <form method="post" action=restore class="inline"><input type="hidden" name="_csrf" value=token/><button type="submit">"Restore"</button></form> })}</td></tr> }
+                }).collect_view()}
+                </tbody></table>
                 <h2>"Git"</h2>
                 {v.git.is_empty().then(|| view! { <p class="muted">"Recorded when the workspace stops."</p> })}
                 {git_list(v.git)}
