@@ -931,18 +931,15 @@ impl Cell {
                         )?;
                     }
                 } else {
+                    // The reconciler finishes the stop as any other: git state, then the
+                    // snapshot (resumed, if the cell died in the middle of one), then stopped.
                     if w.lifecycle.phase != Phase::Stopping {
                         w.lifecycle.transition(
                             Phase::Stopping,
                             now,
-                            Some("the sandbox was gone after a restart".into()),
+                            Some("the sandbox was gone after a restart; files are kept".into()),
                         )?;
                     }
-                    w.lifecycle.transition(
-                        Phase::Stopped,
-                        now,
-                        Some("stopped; files are kept".into()),
-                    )?;
                     if w.lifecycle.desired == Desired::Running {
                         w.lifecycle.set_desired(Desired::Stopped)?;
                     }

@@ -473,7 +473,7 @@ async fn workspaces_keep_running_through_a_cell_restart() {
         "{after:#}"
     );
 
-    // If the sandbox is gone (host reboot), the workspace is marked stopped and files are kept.
+    // If the sandbox is gone (host reboot), the workspace is stopped and files are kept.
     exec(&c, &id, "echo kept > /workspace/keep/file.txt").await;
     let dir = c.stop_keep_data().await;
     let rt = crate::harness::local_runtime();
@@ -483,6 +483,9 @@ async fn workspaces_keep_running_through_a_cell_restart() {
     let c = TestCell::restart(dir).await;
     let ws = c.wait_phase(&id, "stopped", START_WITHIN).await;
     assert_eq!(ws["desired"], "stopped", "{ws:#}");
+    // ... and its files are backed up on the way, as at any stop.
+    assert_eq!(ws["backup"]["state"], "ok", "{ws:#}");
+    assert_eq!(ws["backups"].as_array().unwrap().len(), 1, "{ws:#}");
     let file = c
         .cell()
         .workspace_dir(&devcell::domain::WorkspaceId::parse(&id).unwrap())

@@ -129,6 +129,125 @@ fn get(url: &str, token: Option<&str>) -> (u16, Value) {
     )
 }
 
+/// A JSON POST with a bearer token, by curl; answers (status, body).
+fn post(url: &str, token: &str, body: &Value) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(body.to_string())
+        .arg(url)
+        .output()
+        .expect("curl is needed: apt-get install -y curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// Polls a workspace through the API until `check` holds.
+fn wait_workspace(
+    url: &str,
+    token: &str,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, w) = get(&format!("{url}/api/v1/workspaces/{id}"), Some(token));
+        if check(&w) {
+            return w;
+        }
+        assert!(Instant::now() < until, "never {what}: {w:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_cell_killed_in_the_middle_of_a_backup_resumes_it_after_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    // Workspace uids must traverse to their files.
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let data = home.path().join("data");
+    let up = || {
+        let mut c = devcell(home.path());
+        c.args([
+            "up",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        spawn(c)
+    };
+    let mut p = up();
+    let (ok, token, err) = run({
+        let mut c = devcell(home.path());
+        c.args(["admin", "token", "--data", data.to_str().unwrap()]);
+        c
+    });
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    let repos = tempfile::tempdir().unwrap();
+    let bare = crate::runtime::bare_repo(repos.path(), "big", &[("README.md", "x\n")]);
+    let (s, w) = post(
+        &format!("{}/api/v1/workspaces", p.url),
+        &token,
+        &serde_json::json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    );
+    assert_eq!(s, 201, "{w}");
+    let id = w["id"].as_str().unwrap().to_owned();
+    wait_workspace(&p.url, &token, &id, "running", |w| w["phase"] == "running");
+    // Enough incompressible data that the backup at stop takes a while.
+    let (s, out) = post(
+        &format!("{}/api/v1/workspaces/{id}/exec", p.url),
+        &token,
+        &serde_json::json!({ "command": ["sh", "-c", "head -c 300000000 /dev/urandom > big.bin && echo done"], "timeout_s": 120 }),
+    );
+    assert_eq!((s, out["stdout"].as_str()), (200, Some("done\n")), "{out}");
+
+    post(
+        &format!("{}/api/v1/workspaces/{id}/stop", p.url),
+        &token,
+        &Value::Null,
+    );
+    wait_workspace(&p.url, &token, &id, "stopping", |w| {
+        w["phase"] == "stopping"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+
+    // Killed mid-backup: the database says the snapshot is owed and the phase never said stopped.
+    {
+        use devcell::store::Reader;
+        let store = devcell::store::Store::open(&data.join(devcell::server::DB_FILE)).unwrap();
+        let wsid = devcell::domain::WorkspaceId::parse(&id).unwrap();
+        let w = store.read(|tx| tx.workspace(&wsid)).unwrap().unwrap();
+        assert_eq!(w.lifecycle.phase, devcell::domain::Phase::Stopping);
+        assert_eq!(w.backup.pending.as_deref(), Some("stop"));
+        assert!(w.snapshots.is_empty());
+    }
+
+    // The restarted cell finishes the stop, snapshot first.
+    let mut p = up();
+    let w = wait_workspace(&p.url, &token, &id, "stopped and backed up", |w| {
+        w["phase"] == "stopped"
+    });
+    assert_eq!(w["backup"]["state"], "ok", "{w:#}");
+    let backups = w["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{w:#}");
+    assert!(
+        backups[0]["bytes"].as_u64().unwrap() >= 300_000_000,
+        "{w:#}"
+    );
+    sigterm_and_wait(&mut p);
+}
+
 #[test]
 fn up_prints_a_login_link_stops_on_sigterm_and_restarts_on_the_same_data() {
     let home = tempfile::tempdir().unwrap();
