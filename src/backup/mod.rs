@@ -161,7 +161,10 @@ impl BackupStore {
         if !src.include_home {
             globs.push(format!("!{dir}/home"));
         }
-        let mut opts = BackupOptions::default().as_path(PathBuf::from(src.workspace));
+        // No size scan first: it only feeds progress estimates, and walks every file once more.
+        let mut opts = BackupOptions::default()
+            .as_path(PathBuf::from(src.workspace))
+            .no_scan(true);
         opts.excludes.globs = globs;
         let snap = SnapshotOptions::default()
             .host(HOST.to_string())
