@@ -59,6 +59,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/org/invite", post(org_invite))
         .route("/org/policy", post(org_policy))
+        .route("/org/classes", post(org_class_new))
+        .route("/org/classes/{id}", post(org_class_edit))
         .route("/org/members/{user}/role", post(org_role))
         .route("/admin", get(admin_page))
 }
@@ -388,6 +390,14 @@ async fn workspace_page(
             .collect(),
         git: git_views(&w.git),
         timeout_min: w.timeout.as_secs() / 60,
+        timeout_limits: {
+            let p = st.cell.timeout_policy(&w);
+            (
+                p.default_timeout.as_secs() / 60,
+                p.max_timeout.as_secs() / 60,
+                p.users_can_extend,
+            )
+        },
         stops_at: plan
             .as_ref()
             .map(|p| {
@@ -591,18 +601,19 @@ fn org_view(
         .into_iter()
         .map(|(m, u)| (u.id.to_string(), u.email, m.role.as_str().to_owned()))
         .collect();
-    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    let gib = |b: u64| format!("{}", b as f64 / (1u64 << 30) as f64);
     let classes = st
         .cell
         .list_classes(actor, &org.id)?
         .into_iter()
-        .map(|c| {
-            (
-                c.spec.name.clone(),
-                format!("{:.1} cores", c.spec.cpu_millis as f64 / 1000.0),
-                gib(c.spec.memory_bytes),
-                c.is_default,
-            )
+        .map(|c| ui::ClassView {
+            id: c.id.to_string(),
+            name: c.spec.name.clone(),
+            cpu_cores: format!("{}", c.spec.cpu_millis as f64 / 1000.0),
+            memory_gib: gib(c.spec.memory_bytes),
+            disk_gib: gib(c.spec.disk_bytes),
+            max_processes: c.spec.max_processes,
+            is_default: c.is_default,
         })
         .collect();
     Ok(ui::OrgView {
@@ -731,6 +742,87 @@ async fn org_policy(
     match result {
         Ok(_) => Redirect::to("/org").into_response(),
         Err(e @ (Error::Invalid(_) | Error::Rule(_))) => {
+            match org_view(&st, &actor, csrf, None, Some(e.to_string())) {
+                Ok(v) => (StatusCode::UNPROCESSABLE_ENTITY, Html(ui::org_page(v))).into_response(),
+                Err(e) => error_page(e),
+            }
+        }
+        Err(e) => error_page(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ClassForm {
+    #[serde(rename = "_csrf")]
+    csrf: String,
+    name: String,
+    cpu_cores: String,
+    memory_gib: String,
+    disk_gib: String,
+    max_processes: String,
+    is_default: Option<String>,
+}
+
+async fn org_class_new(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<ClassForm>,
+) -> Response {
+    save_class(st, headers, None, f)
+}
+
+async fn org_class_edit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(id): crate::api::Path<String>,
+    Form(f): Form<ClassForm>,
+) -> Response {
+    save_class(st, headers, Some(id), f)
+}
+
+/// Adds a class (no id) or changes one; bad numbers come back on the page naming the field.
+fn save_class(st: AppState, headers: HeaderMap, id: Option<String>, f: ClassForm) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let number = |field: &str, text: &str, scale: f64| -> Result<u64, Error> {
+        text.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| (v * scale).round() as u64)
+            .ok_or_else(|| crate::domain::FieldError::new(field, "must be a number").into())
+    };
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        let gib = (1u64 << 30) as f64;
+        let input = crate::service::ClassInput {
+            spec: crate::domain::ClassSpec {
+                name: f.name.trim().to_owned(),
+                cpu_millis: u32::try_from(number("cpu_millis", &f.cpu_cores, 1000.0)?)
+                    .unwrap_or(u32::MAX),
+                memory_bytes: number("memory_bytes", &f.memory_gib, gib)?,
+                disk_bytes: number("disk_bytes", &f.disk_gib, gib)?,
+                max_processes: u32::try_from(number("max_processes", &f.max_processes, 1.0)?)
+                    .unwrap_or(u32::MAX),
+            },
+            is_default: f.is_default.is_some(),
+        };
+        match &id {
+            Some(id) => {
+                let cid = crate::domain::ClassId::parse(id)
+                    .map_err(|_| Error::NotFound { what: "class" })?;
+                st.cell.update_class(&actor, &cid, input).map(|_| ())
+            }
+            None => {
+                let org = owned_org(&st, &actor)?;
+                st.cell.create_class(&actor, &org.id, input).map(|_| ())
+            }
+        }
+    });
+    match result {
+        Ok(()) => Redirect::to("/org").into_response(),
+        Err(e @ (Error::Invalid(_) | Error::Rule(_) | Error::Conflict { .. })) => {
             match org_view(&st, &actor, csrf, None, Some(e.to_string())) {
                 Ok(v) => (StatusCode::UNPROCESSABLE_ENTITY, Html(ui::org_page(v))).into_response(),
                 Err(e) => error_page(e),

@@ -90,6 +90,17 @@ impl Cell {
         stop_plan(&policy, ws, self.now())
     }
 
+    /// The policy that bounds a workspace's timeout (the default policy if its organization is
+    /// gone), for pages that show the limits to members too.
+    pub fn timeout_policy(&self, ws: &Workspace) -> Policy {
+        self.store()
+            .read(|tx| tx.org(&ws.org))
+            .ok()
+            .flatten()
+            .map(|o| o.policy)
+            .unwrap_or_default()
+    }
+
     /// A class's name for display ("?" when it is gone).
     pub fn class_name(&self, id: &crate::domain::ClassId) -> String {
         self.store()

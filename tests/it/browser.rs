@@ -275,6 +275,63 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
         )
         .await;
 
+        // Add a class in the table's last row, then change it in its own row.
+        let new_name = b
+            .find(Locator::Css("tr[data-class='new'] input[name='name']"))
+            .await
+            .unwrap();
+        new_name.send_keys("gpu-ish").await.unwrap();
+        let memory = b
+            .find(Locator::Css(
+                "tr[data-class='new'] input[name='memory_gib']",
+            ))
+            .await
+            .unwrap();
+        memory.clear().await.unwrap();
+        memory.send_keys("8").await.unwrap();
+        b.find(Locator::Css("tr[data-class='new'] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let row = "Array.from(document.querySelectorAll('tr[data-class]')).find(r => r.querySelector('input[name=name]').value === 'gpu-ish' && r.dataset.class !== 'new')";
+        wait_for(
+            &b,
+            "the new class",
+            &format!(
+                "var r = {row}; return r ? r.querySelector('input[name=memory_gib]').value : ''"
+            ),
+            |v| v == "8",
+        )
+        .await;
+        b.execute(
+            &format!("var r = {row}; r.querySelector('input[name=memory_gib]').value = '12'; r.querySelector('button').click(); return true"),
+            vec![],
+        )
+        .await
+        .unwrap();
+        wait_for(
+            &b,
+            "the changed class",
+            &format!(
+                "var r = {row}; return r ? r.querySelector('input[name=memory_gib]').value : ''"
+            ),
+            |v| v == "12",
+        )
+        .await;
+        let (_, classes) = c
+            .owner(
+                reqwest::Method::GET,
+                &format!("/api/v1/orgs/{}/classes", c.org_id().await),
+                None,
+            )
+            .await;
+        assert!(
+            classes.to_string().contains("\"memory_bytes\":12884901888"),
+            "{classes}"
+        );
+
         // Sign out, join through the invitation as a member: the organization page is refused.
         b.goto(&c.url("/")).await.unwrap();
         b.find(Locator::Css("form[action='/logout'] button"))

@@ -81,6 +81,11 @@ async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running
     // The dashboard page says it too.
     let page = c.owner_page(&format!("/workspaces/{id}")).await;
     assert!(page.contains("This workspace stops in 4 minutes"), "{page}");
+    // ... with the organization's timeout limits beside the timeout form.
+    assert!(
+        page.contains("Organization default 30 minutes; at most 480 minutes."),
+        "{page}"
+    );
 
     // Activity (an exec) moves the deadline: no stop at the old one, and no warning.
     exec(&c, &id, "true").await;

@@ -189,6 +189,8 @@ pub struct WorkspaceView {
     pub ports: Vec<(u16, bool, String, String)>,
     pub git: Vec<GitView>,
     pub timeout_min: u64,
+    /// The organization's bounds: (default, maximum) in minutes, and whether users may change it.
+    pub timeout_limits: (u64, u64, bool),
     /// When the workspace stops by itself ("—" when it does not run), and why.
     pub stops_at: String,
     /// The warning shown shortly before a timeout stops the workspace.
@@ -253,9 +255,14 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                 <form method="post" action=format!("/workspaces/{}/timeout", v.id) class="inline">
                     <input type="hidden" name="_csrf" value=v.csrf.clone()/>
                     <label for="timeout_min">"Stop after inactivity of (minutes) "</label>
-                    <input id="timeout_min" name="timeout_min" type="number" min="1" value=v.timeout_min.to_string()/>
-                    <button type="submit">"Set"</button>
+                    <input id="timeout_min" name="timeout_min" type="number" min="1" max=v.timeout_limits.1.to_string() value=v.timeout_min.to_string() disabled=!v.timeout_limits.2 aria-describedby="timeout-limits"/>
+                    <button type="submit" disabled=!v.timeout_limits.2>"Set"</button>
                 </form>
+                <p id="timeout-limits" class="muted">{if v.timeout_limits.2 {
+                    format!("Organization default {} minutes; at most {} minutes.", v.timeout_limits.0, v.timeout_limits.1)
+                } else {
+                    format!("An owner fixed the timeout at {} minutes.", v.timeout_limits.0)
+                }}</p>
                 <h2>"Backups"</h2>
                 <p id="backup-state">{v.backup_state}</p>
                 {v.backups.is_empty().then(|| view! { <p class="muted">"Taken when the workspace stops, and every so often while it runs."</p> })}
@@ -332,14 +339,37 @@ pub fn workspaces_page(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> S
 }
 
 /// An organization's settings as its owners see them.
+/// A workspace class as the organization page edits it.
+#[derive(Clone, Debug, Default)]
+pub struct ClassView {
+    pub id: String,
+    pub name: String,
+    pub cpu_cores: String,
+    pub memory_gib: String,
+    pub disk_gib: String,
+    pub max_processes: u32,
+    pub is_default: bool,
+}
+
+/// The cells of one class row; the inputs belong to the form `form` (a row cannot hold a form).
+fn class_fields(c: ClassView, form: String) -> impl IntoView {
+    view! {
+        <td><input form=form.clone() name="name" value=c.name aria-label="Name" required size="10"/></td>
+        <td><input form=form.clone() name="cpu_cores" value=c.cpu_cores aria-label="CPU cores" inputmode="decimal" size="4"/></td>
+        <td><input form=form.clone() name="memory_gib" value=c.memory_gib aria-label="Memory (GiB)" inputmode="decimal" size="4"/></td>
+        <td><input form=form.clone() name="disk_gib" value=c.disk_gib aria-label="Disk (GiB)" inputmode="decimal" size="5"/></td>
+        <td><input form=form.clone() name="max_processes" value=c.max_processes.to_string() aria-label="Processes" inputmode="numeric" size="5"/></td>
+        <td><label><input form=form type="checkbox" name="is_default" checked=c.is_default/>" default"</label></td>
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct OrgView {
     pub name: String,
     pub csrf: String,
     /// (user id, email, role)
     pub members: Vec<(String, String, String)>,
-    /// (name, cpu, memory, is default)
-    pub classes: Vec<(String, String, String, bool)>,
+    pub classes: Vec<ClassView>,
     pub default_timeout_min: u64,
     pub max_timeout_min: u64,
     pub users_can_extend: bool,
@@ -378,8 +408,21 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
             </form>
             {v.new_invitation.map(|l| view! { <p class="invite">"Send this one-time link: " <code id="invitation-link">{l}</code></p> })}
             <h2>"Workspace classes"</h2>
-            <table><thead><tr><th>"Class"</th><th>"CPU"</th><th>"Memory"</th><th></th></tr></thead><tbody>
-                {v.classes.into_iter().map(|(n, cpu, mem, d)| view! { <tr><td>{n}</td><td>{cpu}</td><td>{mem}</td><td>{d.then_some("default")}</td></tr> }).collect_view()}
+            <table class="classes"><thead><tr><th>"Class"</th><th>"CPU cores"</th><th>"Memory (GiB)"</th><th>"Disk (GiB)"</th><th>"Processes"</th><th></th><th></th></tr></thead><tbody>
+                {v.classes.into_iter().map(|c| {
+                    let form = format!("class-{}", c.id);
+                    let action = format!("/org/classes/{}", c.id);
+                    let token = v.csrf.clone();
+                    let row = c.id.clone();
+                    view! { <tr data-class=row>
+                        <td hidden><form id=form.clone() method="post" action=action><input type="hidden" name="_csrf" value=token/></form></td>
+                        {class_fields(c, form.clone())}
+                        <td><button type="submit" form=form>"Save"</button></td></tr> }
+                }).collect_view()}
+                <tr data-class="new">
+                    <td hidden><form id="class-new" method="post" action="/org/classes"><input type="hidden" name="_csrf" value=v.csrf.clone()/></form></td>
+                    {class_fields(ClassView { cpu_cores: "2".into(), memory_gib: "4".into(), disk_gib: "20".into(), max_processes: 1024, ..Default::default() }, "class-new".into())}
+                    <td><button type="submit" form="class-new">"Add class"</button></td></tr>
             </tbody></table>
             <h2>"Policy"</h2>
             <form method="post" action="/org/policy" class="card policy">
