@@ -322,14 +322,23 @@ fn signed_in(
 }
 
 fn error_page(e: Error) -> Response {
-    let status = match e {
-        Error::NotFound { .. } => StatusCode::NOT_FOUND,
-        Error::Forbidden(_) | Error::Csrf => StatusCode::FORBIDDEN,
-        Error::Invalid(_) | Error::Rule(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        Error::Conflict { .. } | Error::Lifecycle(_) => StatusCode::CONFLICT,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
+    let (status, title) = match e {
+        Error::NotFound { .. } => (StatusCode::NOT_FOUND, "Not found"),
+        Error::Forbidden(_) | Error::Csrf => (StatusCode::FORBIDDEN, "Not allowed"),
+        Error::Invalid(_) | Error::Rule(_) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "That did not work")
+        }
+        Error::Conflict { .. } | Error::Lifecycle(_) => (StatusCode::CONFLICT, "Not now"),
+        Error::Unauthenticated | Error::BadCredentials | Error::BadLink => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Html(ui::login_page(Some(e.to_string()))),
+            )
+                .into_response();
+        }
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "Something went wrong"),
     };
-    (status, Html(ui::login_page(Some(e.to_string())))).into_response()
+    (status, Html(ui::error_page(title, e.to_string()))).into_response()
 }
 
 async fn workspace_page(

@@ -574,7 +574,8 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
     // The store comes back (a fresh, empty moto: the worst case); the retry completes.
     let moto = outage.end();
     moto.create_bucket("cell-backups").await;
-    clock.advance(Duration::from_secs(3600));
+    // Past the longest backoff (an attempt may have failed just before the bucket existed).
+    clock.advance(Duration::from_secs(2 * 3600));
     let w = c
         .wait_for(&id, "backed up after the store came back", |w| {
             w["backup"]["state"] == "ok"

@@ -176,6 +176,13 @@ impl TestCell {
     /// The owner's first organization.
     /// A dashboard page as the owner sees it (signed in through a one-time link).
     pub async fn owner_page(&self, path: &str) -> String {
+        let (status, page) = self.owner_page_status(path).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{path}: {page}");
+        page
+    }
+
+    /// Like [`TestCell::owner_page`], with the status, for pages that answer with an error.
+    pub async fn owner_page_status(&self, path: &str) -> (reqwest::StatusCode, String) {
         let owner = self.cell().find_user(None).unwrap();
         let link = self.cell().create_login_link(&owner.id).unwrap();
         let res = self.http.get(&link).send().await.unwrap();
@@ -193,8 +200,7 @@ impl TestCell {
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), reqwest::StatusCode::OK, "{path}");
-        res.text().await.unwrap()
+        (res.status(), res.text().await.unwrap())
     }
 
     pub async fn org_id(&self) -> String {

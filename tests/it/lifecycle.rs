@@ -81,6 +81,15 @@ async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running
     // The dashboard page says it too.
     let page = c.owner_page(&format!("/workspaces/{id}")).await;
     assert!(page.contains("This workspace stops in 4 minutes"), "{page}");
+    // A page that cannot be shown says why in the dashboard's frame, with a way back.
+    let (status, missing) = c
+        .owner_page_status("/workspaces/ws_01m8k0qsnrqgw9zvxtksky62tw")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        missing.contains("workspace not found") && missing.contains("Back to your workspaces"),
+        "{missing}"
+    );
     // ... with the organization's timeout limits beside the timeout form.
     assert!(
         page.contains("Organization default 30 minutes; at most 480 minutes."),

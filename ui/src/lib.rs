@@ -325,6 +325,21 @@ pub fn new_workspace_page(csrf: String, classes: Vec<String>, error: Option<Stri
 }
 
 /// The sign-in page, with an error message after a failed attempt.
+/// A page that says what went wrong, in the same frame as every other page, with a way back.
+pub fn error_page(title: &str, message: String) -> String {
+    let title = title.to_owned();
+    let body = Owner::new().with(|| {
+        view! {
+            <Shell title=title.clone()>
+                <p class="error" role="alert">{message}</p>
+                <p><a href="/">"Back to your workspaces"</a></p>
+            </Shell>
+        }
+        .to_html()
+    });
+    page(&title, body)
+}
+
 pub fn login_page(error: Option<String>) -> String {
     let body = Owner::new().with(|| view! { <Login error=error/> }.to_html());
     page("Sign in", body)
