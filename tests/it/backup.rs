@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use devcell::backup::{BackupStore, Source};
-use devcell::service::ManualClock;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
 use crate::harness::TestCell;
 use crate::runtime::{START_WITHIN, exec, running_workspace};
@@ -159,13 +157,7 @@ async fn start(c: &TestCell, id: &str) {
 
 #[tokio::test]
 async fn stopping_backs_up_released_files_come_back_on_start_and_snapshots_restore_and_download() {
-    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let c = TestCell::start_full(
-        fast_backups,
-        Some(clock.clone()),
-        Some(crate::harness::local_runtime()),
-    )
-    .await;
+    let (c, clock) = TestCell::with_clock(fast_backups).await;
     let repos = tempfile::tempdir().unwrap();
     let id = running_workspace(&c, repos.path(), "keep").await;
     exec(&c, &id, "echo v1 > notes.txt").await;
@@ -331,13 +323,7 @@ async fn stopping_backs_up_released_files_come_back_on_start_and_snapshots_resto
 
 #[tokio::test]
 async fn a_failing_store_keeps_the_files_and_the_backup_pending_until_it_works() {
-    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let c = TestCell::start_full(
-        fast_backups,
-        Some(clock.clone()),
-        Some(crate::harness::local_runtime()),
-    )
-    .await;
+    let (c, clock) = TestCell::with_clock(fast_backups).await;
     // The store's directory is a plain file: every write fails.
     let store_dir = c.data_dir().join("backups");
     std::fs::write(&store_dir, "not a directory").unwrap();
@@ -504,19 +490,14 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
         .port();
     let moto = Moto::start(port);
     moto.create_bucket("cell-backups").await;
-    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let c = TestCell::start_full(
-        |c| {
-            fast_backups(c);
-            c.backup.s3.bucket = Some("cell-backups".into());
-            c.backup.s3.prefix = "cell-1".into();
-            c.backup.s3.region = Some("us-east-1".into());
-            c.backup.s3.endpoint = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
-            c.backup.s3.tags = Some("team=platform,cost-center=42".into());
-        },
-        Some(clock.clone()),
-        Some(crate::harness::local_runtime()),
-    )
+    let (c, clock) = TestCell::with_clock(|c| {
+        fast_backups(c);
+        c.backup.s3.bucket = Some("cell-backups".into());
+        c.backup.s3.prefix = "cell-1".into();
+        c.backup.s3.region = Some("us-east-1".into());
+        c.backup.s3.endpoint = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
+        c.backup.s3.tags = Some("team=platform,cost-center=42".into());
+    })
     .await;
     let repos = tempfile::tempdir().unwrap();
     let id = running_workspace(&c, repos.path(), "cloud").await;
@@ -598,13 +579,7 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
 #[tokio::test]
 async fn deleted_workspaces_keep_their_snapshots_for_the_grace_period_and_dormant_ones_go() {
     use devcell::store::Reader;
-    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let c = TestCell::start_full(
-        fast_backups,
-        Some(clock.clone()),
-        Some(crate::harness::local_runtime()),
-    )
-    .await;
+    let (c, clock) = TestCell::with_clock(fast_backups).await;
     let org = c.org_id().await;
     let (s, p) = c
         .owner(

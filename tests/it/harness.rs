@@ -66,6 +66,13 @@ impl TestCell {
         Self::start_full(|_| {}, None, Some(local_runtime())).await
     }
 
+    /// A cell with the real runtime on a manual clock (set to now), and the clock.
+    pub async fn with_clock(tweak: impl FnOnce(&mut Config)) -> (TestCell, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+        let c = Self::start_full(tweak, Some(clock.clone()), Some(local_runtime())).await;
+        (c, clock)
+    }
+
     /// Starts a cell again on a data directory kept by [`TestCell::stop_keep_data`].
     pub async fn restart(dir: tempfile::TempDir) -> TestCell {
         Self::start_in(dir, |_| {}, None, Some(local_runtime())).await

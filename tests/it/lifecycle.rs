@@ -2,10 +2,8 @@
 //! with warnings in the API and in the terminals. Time moves by a manual clock, never by
 //! sleeping.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use devcell::service::ManualClock;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -33,13 +31,7 @@ fn stop_message(w: &Value) -> String {
 
 #[tokio::test]
 async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running() {
-    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let c = TestCell::start_full(
-        fast_loops,
-        Some(clock.clone()),
-        Some(crate::harness::local_runtime()),
-    )
-    .await;
+    let (c, clock) = TestCell::with_clock(fast_loops).await;
     let repos = tempfile::tempdir().unwrap();
     let id = running_workspace(&c, repos.path(), "idle").await;
     let w = c.workspace(&id).await;
@@ -126,13 +118,7 @@ async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running
 
 #[tokio::test]
 async fn the_maximum_lifetime_stops_even_a_busy_workspace() {
-    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let c = TestCell::start_full(
-        fast_loops,
-        Some(clock.clone()),
-        Some(crate::harness::local_runtime()),
-    )
-    .await;
+    let (c, clock) = TestCell::with_clock(fast_loops).await;
     let (_, orgs) = c.owner(Method::GET, "/api/v1/orgs", None).await;
     let org = orgs[0]["id"].as_str().unwrap().to_owned();
     let (s, p) = c
@@ -176,13 +162,7 @@ async fn the_maximum_lifetime_stops_even_a_busy_workspace() {
 
 #[tokio::test]
 async fn a_cell_that_was_down_past_a_deadline_stops_the_workspace_when_it_starts() {
-    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let c = TestCell::start_full(
-        fast_loops,
-        Some(clock.clone()),
-        Some(crate::harness::local_runtime()),
-    )
-    .await;
+    let (c, clock) = TestCell::with_clock(fast_loops).await;
     let repos = tempfile::tempdir().unwrap();
     let id = running_workspace(&c, repos.path(), "down").await;
     let dir = c.stop_keep_data().await;
