@@ -51,17 +51,28 @@ fn start_chromedriver() -> Driver {
 }
 
 async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+    browser_with(driver, profile, &["--window-size=1280,900"]).await
+}
+
+/// A headless Chromium with `extra` flags (window size, colour scheme).
+async fn browser_with(driver: &Driver, profile: &std::path::Path, extra: &[&str]) -> Client {
+    let mut args = vec![
+        "--headless=new".to_owned(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-dev-shm-usage".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        format!("--user-data-dir={}", profile.display()),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--window-size=1280,900", format!("--user-data-dir={}", profile.display())
-            ]
-        }),
+        json!({ "binary": "/usr/bin/chromium", "args": args }),
     );
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
@@ -391,6 +402,101 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
     let outcome = tokio::time::timeout(Duration::from_secs(180), result).await;
     if outcome.is_err() {
         save_artifacts(&b, "timeout").await;
+    }
+    let _ = b.close().await;
+    drop(driver);
+    c.stop().await;
+    assert!(outcome.is_ok(), "the browser test timed out");
+}
+
+/// The review a phone user in dark mode would do: every page fits a 390-pixel-wide screen
+/// without sideways scrolling, follows the dark colour scheme, and keyboard focus is visible.
+/// Screenshots of each page are kept under target/browser-artifacts/ for people to look at.
+#[tokio::test]
+async fn pages_fit_a_phone_follow_the_dark_scheme_and_show_keyboard_focus() {
+    let driver = start_chromedriver();
+    let profile = tempfile::tempdir().unwrap();
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let id = crate::runtime::running_workspace(&c, repos.path(), "phone").await;
+    let owner = c.cell().find_user(None).unwrap();
+    let link = c.cell().create_login_link(&owner.id).unwrap();
+    let b = browser_with(
+        &driver,
+        profile.path(),
+        &[
+            "--window-size=390,844",
+            "--blink-settings=preferredColorScheme=0",
+        ],
+    )
+    .await;
+    let result = async {
+        b.goto(&link).await.unwrap();
+        wait_for(&b, "the workspaces page", "return document.title", |t| {
+            t.starts_with("Workspaces")
+        })
+        .await;
+        let dark = b
+            .execute(
+                "return matchMedia('(prefers-color-scheme: dark)').matches",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(dark, json!(true), "the browser is not in dark mode");
+        for (name, path) in [
+            ("workspaces", "/".to_owned()),
+            ("workspace", format!("/workspaces/{id}")),
+            ("new", "/new".to_owned()),
+            ("org", "/org".to_owned()),
+            ("admin", "/admin".to_owned()),
+        ] {
+            b.goto(&c.url(&path)).await.unwrap();
+            wait_for(&b, "the page", "return document.readyState", |s| {
+                s == "complete"
+            })
+            .await;
+            let facts = b
+                .execute(
+                    "return [document.documentElement.scrollWidth, window.innerWidth, getComputedStyle(document.body).backgroundColor]",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            save_artifacts(&b, &format!("phone-dark-{name}")).await;
+            let (scroll, width) = (facts[0].as_u64().unwrap(), facts[1].as_u64().unwrap());
+            assert!(
+                scroll <= width,
+                "{path} scrolls sideways on a phone: {scroll} px of content in {width} px"
+            );
+            assert_eq!(facts[2], "rgb(21, 23, 26)", "{path} is not dark");
+        }
+        // Keyboard: the first Tab on the new-workspace page lands on a control with a visible
+        // focus ring.
+        b.goto(&c.url("/new")).await.unwrap();
+        b.find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .send_keys("\u{E004}")
+            .await
+            .unwrap();
+        let focus = b
+            .execute(
+                "var e = document.activeElement; return [e.tagName, getComputedStyle(e).outlineStyle]",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_ne!(focus[0], "BODY", "Tab focused nothing");
+        assert_ne!(
+            focus[1], "none",
+            "the focused {} shows no focus ring",
+            focus[0]
+        );
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(120), result).await;
+    if outcome.is_err() {
+        save_artifacts(&b, "phone-timeout").await;
     }
     let _ = b.close().await;
     drop(driver);
