@@ -493,7 +493,7 @@ async fn change(
 fn class_names(st: &AppState, actor: &crate::service::Actor) -> Vec<String> {
     let orgs = st.cell.list_orgs(actor).unwrap_or_default();
     orgs.first()
-        .and_then(|(o, _)| st.cell.list_classes(actor, &o.id).ok())
+        .and_then(|(o, _)| st.cell.usable_classes(actor, &o.id).ok())
         .map(|cs| {
             let mut v: Vec<_> = cs
                 .iter()

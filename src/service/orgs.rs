@@ -286,6 +286,22 @@ impl Cell {
     }
 
     /// Classes of an organization: owners see all, members only the allowed ones.
+    /// The classes a new workspace may use: those the policy allows, owners included.
+    pub fn usable_classes(&self, actor: &Actor, org: &OrgId) -> Result<Vec<Class>> {
+        let policy = self
+            .store()
+            .read(|tx| tx.org(org))?
+            .ok_or(Error::NotFound {
+                what: "organization",
+            })?
+            .policy;
+        Ok(self
+            .list_classes(actor, org)?
+            .into_iter()
+            .filter(|c| policy.check_class(&c.id).is_ok())
+            .collect())
+    }
+
     pub fn list_classes(&self, actor: &Actor, org: &OrgId) -> Result<Vec<Class>> {
         let m = self.membership(actor, org)?;
         let (classes, policy) = self

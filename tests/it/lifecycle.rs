@@ -82,6 +82,28 @@ async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running
         missing.contains("workspace not found") && missing.contains("Back to your workspaces"),
         "{missing}"
     );
+    // The new-workspace form offers only the classes the policy allows, to owners too.
+    let org = c.org_id().await;
+    let (_, classes) = c
+        .owner(Method::GET, &format!("/api/v1/orgs/{org}/classes"), None)
+        .await;
+    let first = classes[0]["id"].as_str().unwrap().to_owned();
+    let first_name = classes[0]["name"].as_str().unwrap().to_owned();
+    let other_name = classes[1]["name"].as_str().unwrap().to_owned();
+    let (s, p) = c
+        .owner(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org}/policy"),
+            Some(json!({ "allowed_classes": [first] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    let new = c.owner_page("/new").await;
+    assert!(
+        new.contains(&format!("<option value=\"{first_name}\">"))
+            && !new.contains(&format!("<option value=\"{other_name}\">")),
+        "{new}"
+    );
     // ... with the organization's timeout limits beside the timeout form.
     assert!(
         page.contains("Organization default 30 minutes; at most 480 minutes."),
