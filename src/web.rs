@@ -507,9 +507,12 @@ fn class_names(st: &AppState, actor: &crate::service::Actor) -> Vec<String> {
 
 async fn new_form(State(st): State<AppState>, headers: HeaderMap) -> Response {
     match signed_in(&st, &headers) {
-        Ok((actor, csrf)) => {
-            Html(ui::new_workspace_page(csrf, class_names(&st, &actor), None)).into_response()
-        }
+        Ok((actor, csrf)) => Html(ui::new_workspace_page(ui::NewWorkspaceView {
+            csrf,
+            classes: class_names(&st, &actor),
+            ..Default::default()
+        }))
+        .into_response(),
         Err(r) => *r,
     }
 }
@@ -541,6 +544,16 @@ async fn new_submit(
     if let Err(e) = st.cell.check_csrf(&actor, Some(&f.csrf)) {
         return error_page(e);
     }
+    let mut view = ui::NewWorkspaceView {
+        csrf: csrf.clone(),
+        classes: Vec::new(),
+        repo: f.repo.clone(),
+        branch: f.branch.clone(),
+        more: f.more.clone(),
+        class: f.class.clone(),
+        image: f.image.clone(),
+        error: None,
+    };
     let input = crate::service::WorkspaceInput {
         org: None,
         name: None,
@@ -569,15 +582,19 @@ async fn new_submit(
             } else {
                 StatusCode::CONFLICT
             };
-            (
-                status,
-                Html(ui::new_workspace_page(
-                    csrf,
-                    class_names(&st, &actor),
-                    Some(e.to_string()),
-                )),
-            )
-                .into_response()
+            // The field the error is about, in the form's terms.
+            let field = match &e {
+                Error::Invalid(f) if f.field == "repos[0].url" => "repo",
+                Error::Invalid(f) if f.field == "repos[0].branch" => "branch",
+                Error::Invalid(f) if f.field.starts_with("repos") => "more",
+                Error::Invalid(f) if f.field == "class" => "class",
+                Error::Invalid(f) if f.field == "image" => "image",
+                Error::Rule(crate::domain::RuleError::ClassNotAllowed { .. }) => "class",
+                _ => "",
+            };
+            view.classes = class_names(&st, &actor);
+            view.error = Some((field.to_owned(), e.to_string()));
+            (status, Html(ui::new_workspace_page(view))).into_response()
         }
     }
 }

@@ -417,13 +417,29 @@ impl Moto {
         moto
     }
 
+    /// Creates the bucket with a signed request, as the cell's SDK will see it (boto3 from the
+    /// same virtualenv), and waits until it answers.
     async fn create_bucket(&self, name: &str) {
-        let res = reqwest::Client::new()
-            .put(format!("http://127.0.0.1:{}/{name}", self.port))
-            .send()
-            .await
+        let venv =
+            std::env::var("DEVCELL_TEST_VENV").unwrap_or_else(|_| "/var/cache/devcell/venv".into());
+        let script = format!(
+            "import boto3, time\n\
+             s = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             s.create_bucket(Bucket='{name}')\n\
+             s.head_bucket(Bucket='{name}')\n\
+             print('ok')\n",
+            self.port
+        );
+        let out = Command::new(Path::new(&venv).join("bin/python"))
+            .args(["-c", &script])
+            .output()
             .unwrap();
-        assert!(res.status().is_success(), "{res:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "ok",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Kills the server and keeps its port: connections are accepted and dropped at once, as

@@ -1211,7 +1211,20 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(res.text().await.unwrap().contains("scheme"));
+    let page = res.text().await.unwrap();
+    // The error sits under the repository field, which keeps what was typed.
+    let (before, after) = page
+        .split_once("id=\"repo-error\"")
+        .expect("an error by the field");
+    assert!(
+        after.contains("scheme") && before.contains("value=\"ftp://nope\""),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("role=\"alert\"").count(),
+        1,
+        "the error shows once, by its field: {page}"
+    );
     // Without the CSRF token nothing is created.
     let res = c
         .http

@@ -294,23 +294,61 @@ pub fn workspace_page(v: WorkspaceView) -> String {
     live_page(&title, body, &csrf, true)
 }
 
+/// What the new-workspace form shows: the values entered so far and, after a refused
+/// submission, the error beside the field it is about (`field` one of repo, branch, more,
+/// class, image; anything else goes above the form).
+#[derive(Clone, Debug, Default)]
+pub struct NewWorkspaceView {
+    pub csrf: String,
+    pub classes: Vec<String>,
+    pub repo: String,
+    pub branch: String,
+    pub more: String,
+    pub class: String,
+    pub image: String,
+    pub error: Option<(String, String)>,
+}
+
 #[component]
-fn NewWorkspace(csrf: String, classes: Vec<String>, error: Option<String>) -> impl IntoView {
+fn NewWorkspace(v: NewWorkspaceView) -> impl IntoView {
+    let message = |field: &str| {
+        v.error
+            .as_ref()
+            .filter(|(f, _)| f == field)
+            .map(|(_, m)| (field.to_owned(), m.clone()))
+    };
+    let [repo_e, branch_e, more_e, class_e, image_e] =
+        ["repo", "branch", "more", "class", "image"].map(message);
+    let at = |e: Option<(String, String)>| {
+        e.map(|(f, m)| view! { <p class="error" role="alert" id=format!("{f}-error")>{m}</p> })
+    };
+    let fields = ["repo", "branch", "more", "class", "image"];
+    let general = v
+        .error
+        .as_ref()
+        .filter(|(f, _)| !fields.contains(&f.as_str()))
+        .map(|(_, m)| view! { <p class="error" role="alert">{m.clone()}</p> });
+    let chosen = v.class.clone();
     view! {
         <Shell title="New workspace".to_string()>
-            {error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            {general}
             <form method="post" action="/new" class="card">
-                <input type="hidden" name="_csrf" value=csrf/>
+                <input type="hidden" name="_csrf" value=v.csrf.clone()/>
                 <label for="repo">"Repository URL"</label>
-                <input id="repo" name="repo" required placeholder="https://github.com/team/app.git"/>
+                <input id="repo" name="repo" required placeholder="https://github.com/team/app.git" value=v.repo.clone()/>
+                {at(repo_e)}
                 <label for="branch">"Branch (optional)"</label>
-                <input id="branch" name="branch"/>
+                <input id="branch" name="branch" value=v.branch.clone()/>
+                {at(branch_e)}
                 <label for="more">"More repositories (optional, one URL per line, `#branch` after a URL)"</label>
-                <textarea id="more" name="more" rows="2"></textarea>
+                <textarea id="more" name="more" rows="2">{v.more.clone()}</textarea>
+                {at(more_e)}
                 <label for="class">"Class"</label>
-                <select id="class" name="class">{classes.into_iter().map(|c| view! { <option value=c.clone()>{c.clone()}</option> }).collect_view()}</select>
+                <select id="class" name="class">{v.classes.iter().map(|c| view! { <option value=c.clone() selected=*c == chosen>{c.clone()}</option> }).collect_view()}</select>
+                {at(class_e)}
                 <label for="image">"Image (optional; default: the repository's, else the host's tools)"</label>
-                <input id="image" name="image" placeholder="registry.example.com/team/dev:latest"/>
+                <input id="image" name="image" placeholder="registry.example.com/team/dev:latest" value=v.image.clone()/>
+                {at(image_e)}
                 <button type="submit">"Create and start"</button>
             </form>
         </Shell>
@@ -318,9 +356,8 @@ fn NewWorkspace(csrf: String, classes: Vec<String>, error: Option<String>) -> im
 }
 
 /// The form that creates (and starts) a workspace.
-pub fn new_workspace_page(csrf: String, classes: Vec<String>, error: Option<String>) -> String {
-    let body = Owner::new()
-        .with(|| view! { <NewWorkspace csrf=csrf classes=classes error=error/> }.to_html());
+pub fn new_workspace_page(v: NewWorkspaceView) -> String {
+    let body = Owner::new().with(|| view! { <NewWorkspace v=v/> }.to_html());
     page("New workspace", body)
 }
 
