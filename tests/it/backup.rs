@@ -21,8 +21,8 @@ pub fn restic(repo: &Path, password: &str, args: &[&str]) -> String {
         .arg("-r")
         .arg(repo)
         .args(args)
+        .arg("--no-cache")
         .env("RESTIC_PASSWORD", password)
-        .env("RESTIC_CACHE_DIR", repo.with_extension("restic-cache"))
         .output()
         .expect(
             "restic is not installed: apt-get install -y restic (bash tests/run.sh installs it)",
