@@ -713,16 +713,14 @@ async fn org_role(
             crate::domain::UserId::parse(&user).map_err(|_| Error::NotFound { what: "member" })?;
         st.cell.set_role(&actor, &org.id, &user, role)
     });
-    match result {
-        Ok(_) => Redirect::to("/org").into_response(),
-        Err(e @ (Error::Conflict { .. } | Error::Invalid(_))) => {
-            match org_view(&st, &actor, csrf, None, Some(e.to_string())) {
-                Ok(v) => (StatusCode::CONFLICT, Html(ui::org_page(v))).into_response(),
-                Err(e) => error_page(e),
-            }
-        }
-        Err(e) => error_page(e),
-    }
+    back_to_org(
+        &st,
+        &actor,
+        csrf,
+        result.map(|_| ()),
+        StatusCode::CONFLICT,
+        |e| matches!(e, Error::Conflict { .. } | Error::Invalid(_)),
+    )
 }
 
 #[derive(Deserialize)]
@@ -765,16 +763,14 @@ async fn org_policy(
             },
         )
     });
-    match result {
-        Ok(_) => Redirect::to("/org").into_response(),
-        Err(e @ (Error::Invalid(_) | Error::Rule(_))) => {
-            match org_view(&st, &actor, csrf, None, Some(e.to_string())) {
-                Ok(v) => (StatusCode::UNPROCESSABLE_ENTITY, Html(ui::org_page(v))).into_response(),
-                Err(e) => error_page(e),
-            }
-        }
-        Err(e) => error_page(e),
-    }
+    back_to_org(
+        &st,
+        &actor,
+        csrf,
+        result.map(|_| ()),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        |e| matches!(e, Error::Invalid(_) | Error::Rule(_)),
+    )
 }
 
 #[derive(Deserialize)]
@@ -846,16 +842,19 @@ fn save_class(st: AppState, headers: HeaderMap, id: Option<String>, f: ClassForm
             }
         }
     });
-    match result {
-        Ok(()) => Redirect::to("/org").into_response(),
-        Err(e @ (Error::Invalid(_) | Error::Rule(_) | Error::Conflict { .. })) => {
-            match org_view(&st, &actor, csrf, None, Some(e.to_string())) {
-                Ok(v) => (StatusCode::UNPROCESSABLE_ENTITY, Html(ui::org_page(v))).into_response(),
-                Err(e) => error_page(e),
-            }
-        }
-        Err(e) => error_page(e),
-    }
+    back_to_org(
+        &st,
+        &actor,
+        csrf,
+        result.map(|_| ()),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        |e| {
+            matches!(
+                e,
+                Error::Invalid(_) | Error::Rule(_) | Error::Conflict { .. }
+            )
+        },
+    )
 }
 
 async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response {
@@ -1073,6 +1072,26 @@ fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// After an organization form: back to the page; for refused input, the page again with the
+/// message and `status`; any other failure, an error page.
+fn back_to_org(
+    st: &AppState,
+    actor: &crate::service::Actor,
+    csrf: String,
+    result: Result<(), Error>,
+    status: StatusCode,
+    refused: impl Fn(&Error) -> bool,
+) -> Response {
+    match result {
+        Ok(()) => Redirect::to("/org").into_response(),
+        Err(e) if refused(&e) => match org_view(st, actor, csrf, None, Some(e.to_string())) {
+            Ok(v) => (status, Html(ui::org_page(v))).into_response(),
+            Err(e) => error_page(e),
+        },
+        Err(e) => error_page(e),
     }
 }
 

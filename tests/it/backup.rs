@@ -362,17 +362,7 @@ async fn a_failing_store_keeps_the_files_and_the_backup_pending_until_it_works()
     // The store comes back: the next retry snapshots the files, then the deletion proceeds.
     std::fs::remove_file(&store_dir).unwrap();
     clock.advance(Duration::from_secs(3600));
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, _) = c
-            .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
-            .await;
-        if s == StatusCode::NOT_FOUND {
-            break;
-        }
-        assert!(Instant::now() < until, "the workspace was never deleted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.wait_gone(&id).await;
     let key = c.cell().backup_store().unwrap();
     let listed = key.list().unwrap();
     assert!(
@@ -634,20 +624,7 @@ async fn deleted_workspaces_keep_their_snapshots_for_the_grace_period_and_dorman
     exec(&c, &dormant, "echo wip > wip.txt").await;
     stop(&c, &dormant).await;
     clock.advance(Duration::from_secs(25 * 3600));
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, _) = c
-            .owner(Method::GET, &format!("/api/v1/workspaces/{dormant}"), None)
-            .await;
-        if s == StatusCode::NOT_FOUND {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the dormant workspace was never deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.wait_gone(&dormant).await;
     let tombstones = c.cell().store().read(|tx| tx.deleted_workspaces()).unwrap();
     let t = tombstones
         .iter()

@@ -276,6 +276,24 @@ impl TestCell {
         w
     }
 
+    /// Polls until the workspace is deleted (its record answers 404), or fails after 30 s.
+    pub async fn wait_gone(&self, id: &str) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (s, w) = self
+                .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+                .await;
+            if s == StatusCode::NOT_FOUND {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{id} was never deleted: {w:#}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls the workspace until `check` holds (or fails with its record after 30 s).
     pub async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
