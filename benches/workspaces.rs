@@ -244,6 +244,7 @@ async fn run() {
     let http = reqwest::Client::new();
     let url = format!("file://{}", bare.display());
 
+    println!("runtime: {}", runtime.describe());
     // Warm the page cache for both paths.
     floor_once(&bare, scratch.path(), 999);
     for outbound in [true, false] {
@@ -376,6 +377,7 @@ async fn run() {
             .await;
     }
     running.stop().await;
+    devcell::runtime::disk::unmount_all_under(scratch.path());
 }
 
 fn main() {

@@ -27,6 +27,8 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v restic >/dev/null || need+=(restic)
+[ -x /usr/sbin/mkfs.ext4 ] && [ -x /usr/sbin/resize2fs ] || need+=(e2fsprogs)
+command -v losetup >/dev/null || need+=(mount)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

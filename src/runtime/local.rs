@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use super::cgroup::{Cgroup, Hierarchy};
+use super::disk::{Disks, Files};
 use super::{Runtime, RuntimeError, SandboxSpec};
 use crate::domain::WorkspaceId;
 use crate::workers::BoxFuture;
@@ -100,6 +101,7 @@ fn loader_name() -> String {
 
 pub struct LocalRuntime {
     hierarchy: Hierarchy,
+    disks: Disks,
     /// The executable to run as the agent and launcher (this binary).
     exe: PathBuf,
     bwrap: PathBuf,
@@ -113,6 +115,7 @@ impl LocalRuntime {
         let exe = std::env::current_exe()?;
         Ok(LocalRuntime {
             hierarchy: Hierarchy::detect(),
+            disks: Disks::detect(),
             exe,
             bwrap,
         })
@@ -121,6 +124,12 @@ impl LocalRuntime {
     /// Uses `exe` as the agent binary (tests run from a test harness, not from `devcell`).
     pub fn with_exe(mut self, exe: PathBuf) -> LocalRuntime {
         self.exe = exe;
+        self
+    }
+
+    /// Without disk-size limits (tests of other limits on hosts where they are not wanted).
+    pub fn without_disk_limits(mut self, reason: &str) -> LocalRuntime {
+        self.disks = Disks::off(reason);
         self
     }
 
@@ -211,7 +220,7 @@ impl LocalRuntime {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)
@@ -242,12 +251,19 @@ impl Runtime for LocalRuntime {
     }
 
     fn describe(&self) -> String {
-        // Disk size per class needs project quotas (or a filesystem per workspace), which the
-        // local runtime does not set up yet: say so rather than pretend.
         format!(
-            "bubblewrap sandboxes with a seccomp filter; memory, CPU and process limits by {}; disk size not limited",
-            self.hierarchy.describe()
+            "bubblewrap sandboxes with a seccomp filter; memory, CPU and process limits by {}; {}",
+            self.hierarchy.describe(),
+            self.disks.describe()
         )
+    }
+
+    fn attach_files(&self, files: &Files, create: bool) -> Result<(), RuntimeError> {
+        Ok(self.disks.attach(files, create)?)
+    }
+
+    fn detach_files(&self, files: &Files, delete: bool) -> Result<(), RuntimeError> {
+        Ok(self.disks.detach(files, delete)?)
     }
 
     fn start<'a>(&'a self, spec: &'a SandboxSpec) -> BoxFuture<'a, Result<(), RuntimeError>> {

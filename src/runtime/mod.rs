@@ -3,6 +3,7 @@
 //! backend can be added behind the same trait.
 
 pub mod cgroup;
+pub mod disk;
 pub mod local;
 pub mod seccomp;
 
@@ -36,6 +37,8 @@ pub enum RuntimeError {
     #[error("cannot apply the class limits: {0}")]
     Limits(#[from] cgroup::CgroupError),
     #[error("{0}")]
+    Disk(#[from] disk::DiskError),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -47,4 +50,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn start<'a>(&'a self, spec: &'a SandboxSpec) -> BoxFuture<'a, Result<(), RuntimeError>>;
     /// Ends every process of the workspace and releases its limits.
     fn stop<'a>(&'a self, id: &'a WorkspaceId) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    /// Gives a workspace's files a disk of the class's size where this runtime limits disk
+    /// size: mounts it, or with `create` makes it first. Blocks for a few milliseconds.
+    fn attach_files(&self, _files: &disk::Files, _create: bool) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    /// Unmounts the disk of a workspace's files; with `delete` it goes, with every file on it.
+    fn detach_files(&self, _files: &disk::Files, _delete: bool) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 }

@@ -78,11 +78,14 @@ impl Cell {
             .ok()
             .flatten()
             .is_some_and(|o| o.policy.backup_home);
+        // Never a snapshot of an empty mount point: the disk is mounted first.
+        let attached = self.attach_files(ws, false);
         let dir = self.workspace_dir(&ws.id);
         let (workspace, org, trigger_s) =
             (ws.id.to_string(), ws.org.to_string(), trigger.to_owned());
         let parent = ws.snapshots.last().map(|s| s.id.clone());
         let result = tokio::task::spawn_blocking(move || {
+            attached?;
             if !dir.join("workspace").is_dir() {
                 return Err(format!(
                     "the files are not on this host ({})",
@@ -246,6 +249,7 @@ impl Cell {
         snapshot: &str,
     ) -> std::result::Result<(), String> {
         let store = self.backup_store().ok_or("no backup store is configured")?;
+        self.attach_files(ws, true)?;
         let dir = self.workspace_dir(&ws.id);
         let (workspace, snapshot) = (ws.id.to_string(), snapshot.to_owned());
         tokio::task::spawn_blocking(move || {
@@ -376,6 +380,8 @@ impl Cell {
         for sub in ["workspace", "home"] {
             remove_dir(&dir.join(sub))?;
         }
+        // Its disk is mounted again when the files come back.
+        self.detach_files(&ws.id)?;
         Ok(true)
     }
 

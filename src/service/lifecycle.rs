@@ -19,7 +19,7 @@ use crate::domain::entities::{PortShare, Visibility, Workspace};
 use crate::domain::policy::{Policy, StopReason};
 use crate::domain::{Desired, Phase, WorkspaceId};
 use crate::runtime::cgroup::Limits;
-use crate::runtime::{SandboxSpec, local};
+use crate::runtime::{SandboxSpec, disk, local};
 use crate::store::Reader;
 
 /// What a caller asks to run inside a workspace.
@@ -125,7 +125,57 @@ impl Cell {
         AgentClient::new(&self.workspace_dir(id).join("run"))
     }
 
+    /// A workspace's files and the disk they may take (`bytes` 0: as it is).
+    fn files(&self, id: &WorkspaceId, bytes: u64) -> disk::Files {
+        disk::Files {
+            dir: self.workspace_dir(id),
+            image: self
+                .config()
+                .data_dir
+                .join("disks")
+                .join(format!("{id}.ext4")),
+            bytes,
+        }
+    }
+
+    /// Mounts the disk of the workspace's files if it has one and the runtime limits disk
+    /// size; with `create`, makes it first at the class's size. Everything that reads or writes
+    /// a workspace's files calls this first: after a host restart nothing is mounted.
+    pub(crate) fn attach_files(
+        &self,
+        ws: &Workspace,
+        create: bool,
+    ) -> std::result::Result<(), String> {
+        let Some(runtime) = &self.inner.runtime else {
+            return Ok(());
+        };
+        let bytes = self
+            .store()
+            .read(|tx| tx.class(&ws.class))
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.spec.disk_bytes);
+        runtime
+            .attach_files(&self.files(&ws.id, bytes), create)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Unmounts the disk of a workspace's files (they are released to the backup).
+    pub(crate) fn detach_files(&self, id: &WorkspaceId) -> Result<()> {
+        if let Some(runtime) = &self.inner.runtime {
+            runtime
+                .detach_files(&self.files(id, 0), false)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn remove_files(&self, id: &WorkspaceId) -> Result<()> {
+        if let Some(runtime) = &self.inner.runtime {
+            runtime
+                .detach_files(&self.files(id, 0), true)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        }
         let dir = self.workspace_dir(id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -687,6 +737,8 @@ impl Cell {
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
                 .map_err(|e| e.to_string())?;
         }
+        // The disk comes first: everything below writes onto it.
+        self.attach_files(ws, true)?;
         // Files released after a verified backup come back before anything runs.
         self.restore_released(ws).await?;
         local::prepare_dirs(&dir, ids)
@@ -867,6 +919,9 @@ impl Cell {
 
     /// stopping → stopped: records each repository's git state, then ends the sandbox.
     async fn take_down(&self, ws: &Workspace, runtime: &dyn crate::runtime::Runtime) -> Result<()> {
+        if let Err(e) = self.attach_files(ws, false) {
+            tracing::error!(workspace = %ws.id, error = %e, "the workspace's disk is not mounted");
+        }
         let files = self.workspace_dir(&ws.id).join("workspace");
         let ids = ws.sandbox_uid.map(|u| (u, u));
         let mut states = Vec::new();
@@ -920,6 +975,16 @@ impl Cell {
     /// After the cell (re)starts: workspaces whose sandbox still answers are running again;
     /// the others (host rebooted, sandbox gone) are marked stopped with their files kept.
     pub async fn recover(&self) -> Result<()> {
+        // After a host restart no disk is mounted: every workspace whose files are on this
+        // host gets its disk back before anything reads them (task logs, git state, backups).
+        for ws in self.store().read(|tx| tx.all_workspaces())? {
+            if ws.lifecycle.phase == Phase::Deleted || ws.backup.released {
+                continue;
+            }
+            if let Err(e) = self.attach_files(&ws, false) {
+                tracing::error!(workspace = %ws.id, error = %e, "the workspace's disk is not mounted");
+            }
+        }
         for ws in self.active_workspaces()? {
             if !ws.lifecycle.is_active() {
                 continue;

@@ -340,16 +340,27 @@ pub async fn create_ws(cell: &TestCell, token: &str) -> String {
 /// failure does not leave workspaces running on the machine.
 impl Drop for TestCell {
     fn drop(&mut self) {
-        if self.running.is_none() {
-            return;
-        }
-        let h = devcell::runtime::cgroup::Hierarchy::detect();
-        if let Ok(entries) = std::fs::read_dir(self.data_dir().join("workspaces")) {
-            for e in entries.flatten() {
-                if let Some(cg) = h.open(&e.file_name().to_string_lossy()) {
-                    let _ = cg.destroy();
+        if self.running.is_some() {
+            let h = devcell::runtime::cgroup::Hierarchy::detect();
+            if let Ok(entries) = std::fs::read_dir(self.data_dir().join("workspaces")) {
+                for e in entries.flatten() {
+                    if let Some(cg) = h.open(&e.file_name().to_string_lossy()) {
+                        let _ = cg.destroy();
+                    }
                 }
             }
         }
+        // Workspaces' disks are mounted under the data directory; they go before it does.
+        devcell::runtime::disk::unmount_all_under(self.dir.path());
+    }
+}
+
+/// Unmounts every workspace disk under a directory when dropped: declared after the
+/// directory's `TempDir`, it runs before the directory is removed.
+pub struct Unmounts(pub std::path::PathBuf);
+
+impl Drop for Unmounts {
+    fn drop(&mut self) {
+        devcell::runtime::disk::unmount_all_under(&self.0);
     }
 }

@@ -1367,3 +1367,182 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
     );
     c.stop().await;
 }
+
+/// Bytes the host really spends on a file (sparse files take less than their length).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[tokio::test]
+async fn the_class_disk_size_holds_and_the_disk_follows_the_files() {
+    let (c, clock) = TestCell::with_clock(|c| {
+        c.backup.loop_interval = Duration::from_millis(100);
+        c.backup.cleanup_interval = Duration::from_millis(100);
+        c.backup.release_after = Duration::from_secs(60);
+        c.workers.timeouts_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let (s, facts) = c.owner(Method::GET, "/api/v1/admin/cell", None).await;
+    assert_eq!(s, StatusCode::OK, "{facts}");
+    assert!(
+        facts["runtime"]
+            .as_str()
+            .unwrap()
+            .contains("disk size by an ext4 image per workspace"),
+        "{facts}"
+    );
+    let org = c.org_id().await;
+    let (s, cls) = c
+        .owner(Method::POST, &format!("/api/v1/orgs/{org}/classes"), Some(json!({ "name": "small-disk", "cpu_millis": 1000, "memory_bytes": 1u64 << 30, "disk_bytes": 256u64 << 20, "max_processes": 256 })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{cls}");
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "disk", &[("README.md", "x\n")]);
+    let id = create_started(&c, json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "class": "small-disk", "start": true })).await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let other = running_workspace(&c, repos.path(), "roomy").await;
+    let dir = c.data_dir().join("workspaces").join(&id);
+    let image = c.data_dir().join("disks").join(format!("{id}.ext4"));
+    assert!(devcell::runtime::disk::is_mount_point(&dir));
+
+    // The workspace sees a disk of its class's size, shared by /workspace and home.
+    let out = exec(
+        &c,
+        &id,
+        "df -B1 --output=size /workspace | tail -1; df -B1 --output=size ~ | tail -1",
+    )
+    .await;
+    let sizes: Vec<u64> = out["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(
+        sizes.len() == 2 && sizes[0] == sizes[1] && sizes[0] > 200 << 20 && sizes[0] <= 256 << 20,
+        "{out:#}"
+    );
+
+    // Writing past it fails inside the workspace; the workspace keeps working.
+    let out = exec(
+        &c,
+        &id,
+        "head -c 400000000 /dev/zero > big; echo rc=$?; stat -c %s big",
+    )
+    .await;
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(
+        out["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{out:#}"
+    );
+    let written: u64 = stdout.lines().last().unwrap().trim().parse().unwrap();
+    assert!(stdout.contains("rc=1") && written <= 256 << 20, "{out:#}");
+    let out = exec(&c, &id, "echo more > ~/note.txt; echo rc=$?").await;
+    assert!(
+        out["stdout"].as_str().unwrap().contains("rc=1"),
+        "home shares the disk: {out:#}"
+    );
+    assert_eq!(exec(&c, &id, "echo alive").await["stdout"], "alive\n");
+    // Another workspace is untouched by it.
+    let out = exec(
+        &c,
+        &other,
+        "head -c 50000000 /dev/zero > ok.bin && echo wrote",
+    )
+    .await;
+    assert_eq!(out["stdout"], "wrote\n", "{out:#}");
+
+    // Deleting gives the space back, in the workspace and on the host (the image is sparse).
+    let out = exec(
+        &c,
+        &id,
+        "rm big && sync && head -c 10000000 /dev/zero > fine.bin && echo wrote",
+    )
+    .await;
+    assert_eq!(out["stdout"], "wrote\n", "{out:#}");
+    let mut host = allocated(&image);
+    let until = Instant::now() + Duration::from_secs(10);
+    while host > 100 << 20 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        host = allocated(&image);
+    }
+    assert!(
+        host < 100 << 20,
+        "the image holds {host} bytes of the host's disk after the file went"
+    );
+
+    // Stopped, backed up, released: the disk is unmounted and the files live in the backup.
+    exec(&c, &id, "echo keep > notes.txt").await;
+    c.owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
+        .await;
+    let w = c.wait_phase(&id, "stopped", START_WITHIN).await;
+    assert_eq!(w["backup"]["state"], "ok", "{w:#}");
+    // The snapshot is of the disk's files, not of an empty mount point.
+    assert!(
+        w["backups"][0]["bytes"].as_u64().unwrap() >= 10_000_000,
+        "{w:#}"
+    );
+    clock.advance(Duration::from_secs(61));
+    c.wait_for(&id, "released", |w| w["backup"]["files_released"] == true)
+        .await;
+    assert!(!devcell::runtime::disk::is_mount_point(&dir));
+    assert!(image.exists());
+
+    // A larger class grows the disk at the next start; the files come back onto it.
+    let (s, body) = c
+        .owner(Method::PUT, &format!("/api/v1/classes/{}", cls["id"].as_str().unwrap()), Some(json!({ "name": "small-disk", "cpu_millis": 1000, "memory_bytes": 1u64 << 30, "disk_bytes": 512u64 << 20, "max_processes": 256 })))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/start"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let out = exec(
+        &c,
+        &id,
+        "cat notes.txt; df -B1 --output=size /workspace | tail -1",
+    )
+    .await;
+    let stdout = out["stdout"].as_str().unwrap();
+    let size: u64 = stdout.lines().last().unwrap().trim().parse().unwrap();
+    assert!(
+        stdout.starts_with("keep\n") && size > 450 << 20 && size <= 512 << 20,
+        "{out:#}"
+    );
+    for w in [&id, &other] {
+        c.owner(Method::POST, &format!("/api/v1/workspaces/{w}/stop"), None)
+            .await;
+        c.wait_phase(w, "stopped", START_WITHIN).await;
+    }
+
+    // A host restart unmounts everything; the restarted cell mounts the disks of workspaces
+    // whose files are here before anything reads them.
+    let data = c.stop_keep_data().await;
+    devcell::runtime::disk::unmount_all_under(data.path());
+    assert!(!devcell::runtime::disk::is_mount_point(&dir));
+    let c = TestCell::restart(data).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while !devcell::runtime::disk::is_mount_point(&dir) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dir.join("workspace/disk/notes.txt").exists());
+
+    // Deleting the workspace deletes its disk.
+    let (s, body) = c
+        .owner(Method::DELETE, &format!("/api/v1/workspaces/{id}"), None)
+        .await;
+    assert!(s.is_success(), "{body}");
+    c.wait_gone(&id).await;
+    assert!(!image.exists());
+    assert!(!devcell::runtime::disk::is_mount_point(&dir) && !dir.exists());
+    c.stop().await;
+}

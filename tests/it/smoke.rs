@@ -170,6 +170,7 @@ fn wait_workspace(
 fn a_cell_killed_in_the_middle_of_a_backup_resumes_it_after_restart() {
     use std::os::unix::fs::PermissionsExt;
     let home = tempfile::tempdir().unwrap();
+    let _unmounts = crate::harness::Unmounts(home.path().to_owned());
     // Workspace uids must traverse to their files.
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let data = home.path().join("data");
