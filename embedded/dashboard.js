@@ -14,17 +14,27 @@
     });
   }
 
-  // The list: every row with data-id gets its phase refreshed.
-  function refreshList() {
-    var rows = document.querySelectorAll("tr[data-id]");
-    if (!rows.length) return;
-    api("/api/v1/workspaces?limit=500").then(function (page) {
-      var phases = {};
-      page.items.forEach(function (w) { phases[w.id] = w.phase; });
-      rows.forEach(function (row) {
-        var cell = row.querySelector(".phase");
-        var phase = phases[row.dataset.id];
-        if (cell && phase && cell.textContent !== phase) cell.textContent = phase;
+  // Live regions: every element with data-live is re-rendered by the server and swapped in
+  // when it changed (rows added or gone, Start becoming Stop, new tasks and ports, the
+  // timeline), so the page never needs a reload and no markup is written twice. A region the
+  // user is working in (focus inside) is left alone; one with data-sig is swapped only when
+  // its signature changes (task logs stream on their own, below).
+  function refreshLive() {
+    var regions = document.querySelectorAll("[data-live]");
+    if (!regions.length) return;
+    fetch(location.pathname + location.search, { credentials: "same-origin" }).then(function (r) {
+      return r.ok ? r.text() : null;
+    }).then(function (html) {
+      if (!html) return;
+      var fresh = new DOMParser().parseFromString(html, "text/html");
+      regions.forEach(function (mine) {
+        var next = fresh.querySelector('[data-live="' + mine.dataset.live + '"]');
+        if (!next || mine.contains(document.activeElement)) return;
+        var changed = mine.dataset.sig !== undefined ? mine.dataset.sig !== next.dataset.sig : mine.innerHTML !== next.innerHTML;
+        if (changed) {
+          mine.innerHTML = next.innerHTML;
+          if (next.dataset.sig !== undefined) mine.dataset.sig = next.dataset.sig;
+        }
       });
     }).catch(function () {});
   }
@@ -32,6 +42,7 @@
   // The workspace page: its phase, then its terminal once it runs.
   var page = document.querySelector("[data-workspace]");
   var terminalOpened = false;
+  var lastPhase = "";
   function refreshWorkspace() {
     if (!page) return;
     var id = page.dataset.workspace;
@@ -47,9 +58,14 @@
       }
       var stops = document.getElementById("stops-at");
       if (stops) stops.textContent = w.stops_at ? new Date(w.stops_at).toLocaleTimeString() + (w.stop_reason === "max_lifetime" ? " (maximum lifetime)" : " (if idle)") : "—";
+      lastPhase = w.phase;
       if (w.phase === "running" && !terminalOpened) {
         terminalOpened = true;
         openTerminal(id);
+      } else if (w.phase !== "running" && terminalOpened) {
+        // Its shells ended with the sandbox; a restart opens new ones.
+        terminalOpened = false;
+        closeTerminals();
       }
     }).catch(function () {});
   }
@@ -90,6 +106,18 @@
       .catch(function (e) { document.getElementById("terminal").textContent = "cannot open a terminal: " + e.message; });
   }
 
+  function closeTerminals() {
+    document.querySelectorAll(".term-pane").forEach(function (p) {
+      p.closed = true;
+      if (p.socket) p.socket.close();
+      if (p.term) p.term.dispose();
+      p.remove();
+    });
+    document.querySelectorAll("#terminal-tabs button[data-tid]").forEach(function (b) { b.remove(); });
+    var box = document.getElementById("terminal");
+    if (box) delete box.dataset.state;
+  }
+
   function select(tid) {
     document.querySelectorAll(".term-pane").forEach(function (p) { p.hidden = p.dataset.tid !== tid; });
     document.querySelectorAll("#terminal-tabs button[data-tid]").forEach(function (b) {
@@ -121,13 +149,16 @@
     term.open(pane);
     pane.term = term;
     pane.fit = fit;
-    attach(term, fit, t.attach);
+    if (fit) window.addEventListener("resize", function () { if (!pane.hidden && !pane.closed) fit.fit(); });
+    attach(pane, t.attach);
     if (selected || !tabs) select(t.id); else pane.hidden = true;
   }
 
-  function attach(term, fit, path) {
+  function attach(pane, path) {
+    var term = pane.term, fit = pane.fit;
     var proto = location.protocol === "https:" ? "wss://" : "ws://";
     var ws = new WebSocket(proto + location.host + path);
+    pane.socket = ws;
     ws.binaryType = "arraybuffer";
     var first = true;
     ws.onmessage = function (ev) {
@@ -144,15 +175,18 @@
       ws.send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
       document.getElementById("terminal").dataset.state = "attached";
     };
-    // Reconnect: the shell keeps running and its recent output is replayed.
+    // Reconnect while the workspace runs: the shell keeps running and its recent output is
+    // replayed. A closed pane (the workspace stopped) stays closed.
     ws.onclose = function () {
       input.dispose(); resize.dispose();
-      setTimeout(function () { attach(term, fit, path); }, 1000);
+      setTimeout(function retry() {
+        if (pane.closed) return;
+        if (lastPhase === "running") attach(pane, path); else setTimeout(retry, 1000);
+      }, 1000);
     };
-    if (fit) window.addEventListener("resize", function () { fit.fit(); });
   }
 
-  refreshList();
   refreshWorkspace();
-  setInterval(function () { refreshList(); refreshWorkspace(); refreshTasks(); }, 1000);
+  setInterval(function () { refreshWorkspace(); refreshTasks(); }, 1000);
+  setInterval(refreshLive, 2000);
 })();

@@ -258,6 +258,12 @@ pub enum WsCmd {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Restart a running workspace (stop, then start on the same files) and wait until it runs.
+    Restart {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Run a command in a running workspace: `devcell ws exec ID -- CMD ARGS...`. Exits with the
     /// command's exit code.
     Exec {

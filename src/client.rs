@@ -321,6 +321,20 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
             let w = wait_for(&http, &saved, &id, &["stopped", "failed"]).await?;
             report(&w, out.json)?;
         }
+        WsCmd::Restart { id, out } => {
+            check(
+                http.post(api(&format!("workspaces/{id}/restart"))?)
+                    .bearer_auth(&saved.token)
+                    .send()
+                    .await?,
+            )
+            .await?;
+            let w = wait_for(&http, &saved, &id, &["running", "failed"]).await?;
+            report(&w, out.json)?;
+            if w["phase"] == "failed" {
+                return Ok(1);
+            }
+        }
         WsCmd::Exec { id, command, out } => {
             let r = check(
                 http.post(api(&format!("workspaces/{id}/exec"))?)

@@ -44,6 +44,7 @@ pub fn router() -> Router<AppState> {
         .route("/workspaces/{id}", get(workspace_page))
         .route("/workspaces/{id}/start", post(start_form))
         .route("/workspaces/{id}/stop", post(stop_form))
+        .route("/workspaces/{id}/restart", post(restart_form))
         .route("/new", get(new_form).post(new_submit))
         .route("/org", get(org_page))
         .route(
@@ -450,7 +451,7 @@ async fn start_form(
     id: crate::api::Path<String>,
     form: Form<CsrfForm>,
 ) -> Response {
-    change(st, headers, id, form, true).await
+    change(st, headers, id, form, Change::Start).await
 }
 
 async fn stop_form(
@@ -459,7 +460,22 @@ async fn stop_form(
     id: crate::api::Path<String>,
     form: Form<CsrfForm>,
 ) -> Response {
-    change(st, headers, id, form, false).await
+    change(st, headers, id, form, Change::Stop).await
+}
+
+async fn restart_form(
+    st: State<AppState>,
+    headers: HeaderMap,
+    id: crate::api::Path<String>,
+    form: Form<CsrfForm>,
+) -> Response {
+    change(st, headers, id, form, Change::Restart).await
+}
+
+enum Change {
+    Start,
+    Stop,
+    Restart,
 }
 
 async fn change(
@@ -467,7 +483,7 @@ async fn change(
     headers: HeaderMap,
     crate::api::Path(id): crate::api::Path<String>,
     Form(f): Form<CsrfForm>,
-    start: bool,
+    what: Change,
 ) -> Response {
     let (actor, _) = match signed_in(&st, &headers) {
         Ok(x) => x,
@@ -479,10 +495,10 @@ async fn change(
     let Ok(wsid) = crate::domain::WorkspaceId::parse(&id) else {
         return error_page(Error::NotFound { what: "workspace" });
     };
-    let result = if start {
-        st.cell.start_workspace(&actor, &wsid)
-    } else {
-        st.cell.stop_workspace(&actor, &wsid)
+    let result = match what {
+        Change::Start => st.cell.start_workspace(&actor, &wsid),
+        Change::Stop => st.cell.stop_workspace(&actor, &wsid),
+        Change::Restart => st.cell.restart_workspace(&actor, &wsid),
     };
     match result {
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
@@ -857,6 +873,29 @@ fn save_class(st: AppState, headers: HeaderMap, id: Option<String>, f: ClassForm
     )
 }
 
+/// "1.2 GiB (database 3.0 MiB, workspace disks 800 MiB, …); 40.0 GiB free of 100.0 GiB".
+fn usage_line(u: &crate::service::DataUsage) -> String {
+    let parts = u
+        .parts
+        .iter()
+        .map(|(name, b)| format!("{name} {}", human_bytes(*b)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut line = format!(
+        "{}{} ({parts})",
+        if u.partial { "at least " } else { "" },
+        human_bytes(u.total)
+    );
+    if u.filesystem_bytes > 0 {
+        line += &format!(
+            "; {} free of {} on its filesystem",
+            human_bytes(u.filesystem_free),
+            human_bytes(u.filesystem_bytes)
+        );
+    }
+    line
+}
+
 async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let (actor, _) = match signed_in(&st, &headers) {
         Ok(x) => x,
@@ -878,10 +917,7 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
             humantime::format_duration(std::time::Duration::from_secs(uptime)).to_string(),
         ),
         ("Data directory".to_string(), facts.data_dir),
-        (
-            "Database size".to_string(),
-            format!("{:.1} MiB", facts.database_bytes as f64 / 1048576.0),
-        ),
+        ("Data directory size".to_string(), usage_line(&facts.usage)),
         ("Workspaces".to_string(), facts.workspaces.to_string()),
         ("Runtime".to_string(), facts.runtime),
     ];
@@ -918,9 +954,13 @@ async fn confirm_delete(
     let Ok(wsid) = crate::domain::WorkspaceId::parse(&id) else {
         return error_page(Error::NotFound { what: "workspace" });
     };
+    let state = match st.cell.git_state_now(&actor, &wsid).await {
+        Ok(s) => s,
+        Err(e) => return error_page(e),
+    };
     match st.cell.get_workspace(&actor, &wsid) {
         Ok(w) => {
-            let git = git_views(&w.git);
+            let git = git_views(&state);
             Html(ui::confirm_delete_page(
                 w.id.to_string(),
                 w.name.clone(),

@@ -617,6 +617,11 @@ pub struct CellDto {
     pub started_at: String,
     pub uptime_s: u64,
     pub data_dir: String,
+    /// What the data directory takes on disk (database, workspace disks and files, images,
+    /// local backups).
+    pub data_dir_bytes: u64,
+    /// Free space left on the data directory's filesystem.
+    pub data_dir_free_bytes: u64,
     pub database_bytes: u64,
     pub workspaces: u64,
     /// Where workspaces run and what enforces their limits.

@@ -124,7 +124,7 @@ impl utoipa::Modify for Security {
         orgs::get_policy, orgs::update_policy,
         workspaces::list_workspaces, workspaces::create_workspace, workspaces::get_workspace,
         workspaces::update_workspace, workspaces::delete_workspace,
-        workspaces::start_workspace, workspaces::stop_workspace, workspaces::exec, workspaces::tasks,
+        workspaces::start_workspace, workspaces::stop_workspace, workspaces::restart_workspace, workspaces::exec, workspaces::tasks,
         workspaces::ports, workspaces::share_port,
         workspaces::backup_now, workspaces::restore_backup, workspaces::backup_archive,
         credentials::list_git_credentials, credentials::create_git_credential, credentials::delete_git_credential,

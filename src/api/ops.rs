@@ -88,6 +88,8 @@ pub(super) async fn cell_facts(
         started_at: rfc3339(f.started_at),
         uptime_s: uptime,
         data_dir: f.data_dir,
+        data_dir_bytes: f.usage.total,
+        data_dir_free_bytes: f.usage.filesystem_free,
         database_bytes: f.database_bytes,
         workspaces: f.workspaces,
         runtime: f.runtime,

@@ -42,6 +42,10 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/v1/workspaces/{id}/stop",
             axum::routing::post(stop_workspace),
         )
+        .route(
+            "/api/v1/workspaces/{id}/restart",
+            axum::routing::post(restart_workspace),
+        )
         .route("/api/v1/workspaces/{id}/exec", axum::routing::post(exec))
         .route("/api/v1/workspaces/{id}/tasks", get(tasks))
         .route("/api/v1/workspaces/{id}/ports", get(ports))
@@ -244,6 +248,19 @@ pub(super) async fn stop_workspace(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<WorkspaceDto>)> {
     let ws = st.cell.stop_workspace(&a, &ws_id(&id)?)?;
+    Ok((StatusCode::ACCEPTED, Json(dto(&st, &ws))))
+}
+
+/// Restart a running workspace: it stops as any stop does (git state, snapshot), then starts
+/// again on the same files with fresh tasks and terminals.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/restart", tag = "workspaces", params(("id" = String, Path)),
+    responses((status = 202, body = WorkspaceDto), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn restart_workspace(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<WorkspaceDto>)> {
+    let ws = st.cell.restart_workspace(&a, &ws_id(&id)?)?;
     Ok((StatusCode::ACCEPTED, Json(dto(&st, &ws))))
 }
 

@@ -228,6 +228,40 @@ impl Cell {
         Ok(ws)
     }
 
+    /// Stops a running workspace as any stop does (git state, snapshot), then starts it again:
+    /// its sandbox, tasks and terminals begin afresh on the same files.
+    pub fn restart_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
+        let ws = self.get_workspace(actor, id)?;
+        if ws.owner != actor.user.id {
+            return Err(Error::Forbidden(
+                "only the workspace's owner may restart it".into(),
+            ));
+        }
+        let now = self.now();
+        let ws = self.store().write(|tx| -> Result<Workspace> {
+            let mut ws = tx
+                .workspace(id)?
+                .ok_or(Error::NotFound { what: "workspace" })?;
+            if ws.lifecycle.desired != Desired::Running || ws.lifecycle.phase != Phase::Running {
+                return Err(Error::Conflict {
+                    code: "not_running",
+                    message: format!(
+                        "the workspace is {}; only a running workspace restarts (start it instead)",
+                        ws.lifecycle.phase.as_str()
+                    ),
+                });
+            }
+            // Desired stays running: once stopped, the reconciler starts it again.
+            ws.lifecycle
+                .transition(Phase::Stopping, now, Some("restart requested".into()))?;
+            ws.last_activity = now;
+            tx.put_workspace(&ws)?;
+            Ok(ws)
+        })?;
+        self.wake_reconciler();
+        Ok(ws)
+    }
+
     /// Asks for the workspace to stop; the reconciler records its git state and stops it.
     pub fn stop_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
         self.get_workspace(actor, id)?;
@@ -917,11 +951,8 @@ impl Cell {
             .map_err(|e| format!("image {reference}: {e}"))
     }
 
-    /// stopping → stopped: records each repository's git state, then ends the sandbox.
-    async fn take_down(&self, ws: &Workspace, runtime: &dyn crate::runtime::Runtime) -> Result<()> {
-        if let Err(e) = self.attach_files(ws, false) {
-            tracing::error!(workspace = %ws.id, error = %e, "the workspace's disk is not mounted");
-        }
+    /// Each repository's git state as its files are now (none once they are released).
+    async fn read_git_state(&self, ws: &Workspace) -> Vec<crate::domain::entities::GitState> {
         let files = self.workspace_dir(&ws.id).join("workspace");
         let ids = ws.sandbox_uid.map(|u| (u, u));
         let mut states = Vec::new();
@@ -935,6 +966,31 @@ impl Cell {
                 Err(e) => tracing::warn!(workspace = %ws.id, error = %e, "git status failed"),
             }
         }
+        states
+    }
+
+    /// What deleting the workspace would lose: its repositories' git state read now when its
+    /// files are on this host (a running workspace has no recorded state yet), else the state
+    /// recorded at its last stop.
+    pub async fn git_state_now(
+        &self,
+        actor: &Actor,
+        id: &WorkspaceId,
+    ) -> Result<Vec<crate::domain::entities::GitState>> {
+        let ws = self.get_workspace(actor, id)?;
+        if ws.backup.released || self.attach_files(&ws, false).is_err() {
+            return Ok(ws.git);
+        }
+        let now = self.read_git_state(&ws).await;
+        Ok(if now.is_empty() { ws.git } else { now })
+    }
+
+    /// stopping → stopped: records each repository's git state, then ends the sandbox.
+    async fn take_down(&self, ws: &Workspace, runtime: &dyn crate::runtime::Runtime) -> Result<()> {
+        if let Err(e) = self.attach_files(ws, false) {
+            tracing::error!(workspace = %ws.id, error = %e, "the workspace's disk is not mounted");
+        }
+        let states = self.read_git_state(ws).await;
         self.agent(&ws.id).shutdown().await;
         runtime
             .stop(&ws.id)
@@ -965,10 +1021,16 @@ impl Cell {
                 }
                 w.lifecycle
                     .transition(Phase::Stopped, now, Some(message.clone()))?;
+                // A restart: stopped on the way back to running.
+                if w.lifecycle.desired == Desired::Running {
+                    w.lifecycle
+                        .transition(Phase::Pending, now, Some("restarting".into()))?;
+                }
                 tx.put_workspace(&w)?;
             }
             Ok(())
         })?;
+        self.wake_reconciler();
         Ok(())
     }
 

@@ -245,6 +245,7 @@ impl Cell {
             version: env!("CARGO_PKG_VERSION"),
             started_at: self.started_at(),
             data_dir: data_dir.display().to_string(),
+            usage: DataUsage::measure(data_dir),
             database_bytes: db_bytes,
             workspaces: self.store().workspace_count()?,
             runtime: self.runtime_description(),
@@ -256,10 +257,82 @@ pub struct CellFacts {
     pub version: &'static str,
     pub started_at: OffsetDateTime,
     pub data_dir: String,
+    pub usage: DataUsage,
     pub database_bytes: u64,
     pub workspaces: u64,
     /// Where workspaces run and what enforces their limits.
     pub runtime: String,
+}
+
+/// What the data directory takes on the host's disk, part by part, and what its filesystem has
+/// left. Sizes are allocated bytes (sparse workspace disks count what they hold).
+#[derive(Clone, Debug, Default)]
+pub struct DataUsage {
+    /// ("database", bytes), ("workspace disks", …), ("workspace files", …), ("images", …),
+    /// ("backups", …), in that order; a part is absent when its directory is.
+    pub parts: Vec<(&'static str, u64)>,
+    pub total: u64,
+    /// Some part has more entries than are counted (see [`WALK_LIMIT`]): the sizes are lower
+    /// bounds.
+    pub partial: bool,
+    pub filesystem_bytes: u64,
+    pub filesystem_free: u64,
+}
+
+/// Entries counted per part at most, so that the admin page answers quickly on any host.
+const WALK_LIMIT: usize = 200_000;
+
+impl DataUsage {
+    pub fn measure(data: &std::path::Path) -> DataUsage {
+        let mut u = DataUsage::default();
+        for (name, sub) in [
+            ("database", crate::server::DB_FILE),
+            ("workspace disks", "disks"),
+            // Files of workspaces without a disk of their own; mounted disks are counted above.
+            ("workspace files", "workspaces"),
+            ("images", "images"),
+            ("backups", "backups"),
+        ] {
+            let path = data.join(sub);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let mut seen = 0usize;
+            let bytes = allocated(&path, &meta, &mut seen);
+            u.partial |= seen >= WALK_LIMIT;
+            u.total += bytes;
+            u.parts.push((name, bytes));
+        }
+        if let Ok(fs) = rustix::fs::statvfs(data) {
+            u.filesystem_bytes = fs.f_blocks.saturating_mul(fs.f_frsize);
+            u.filesystem_free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        }
+        u
+    }
+}
+
+/// Allocated bytes under `path`, not crossing into other filesystems (mounted workspace disks).
+fn allocated(path: &std::path::Path, meta: &std::fs::Metadata, seen: &mut usize) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    *seen += 1;
+    let mut bytes = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return bytes;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return bytes;
+    };
+    for e in entries.flatten() {
+        if *seen >= WALK_LIMIT {
+            break;
+        }
+        let Ok(m) = e.metadata() else { continue };
+        if m.dev() != meta.dev() {
+            continue;
+        }
+        bytes += allocated(&e.path(), &m, seen);
+    }
+    bytes
 }
 
 /// A new id: time-ordered and strictly increasing within this process, so that listings by

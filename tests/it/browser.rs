@@ -94,6 +94,28 @@ async fn save_artifacts(b: &Client, name: &str) {
     eprintln!("browser artifacts saved in {}", dir.display());
 }
 
+/// Runs a browser scenario within `limit`. On any failure (a panic or the time running out) the
+/// page's screenshot and HTML are saved as `<name>-failure.*` first; the failure is returned to
+/// be raised once the browser and the cell are cleaned up.
+async fn scenario(
+    b: &Client,
+    name: &str,
+    limit: Duration,
+    run: impl std::future::Future<Output = ()>,
+) -> Option<Box<dyn std::any::Any + Send>> {
+    use futures::FutureExt;
+    let failure =
+        match tokio::time::timeout(limit, std::panic::AssertUnwindSafe(run).catch_unwind()).await {
+            Ok(Ok(())) => return None,
+            Ok(Err(panic)) => panic,
+            Err(_) => Box::new(format!(
+                "the browser scenario {name} took longer than {limit:?}"
+            )),
+        };
+    save_artifacts(b, &format!("{name}-failure")).await;
+    Some(failure)
+}
+
 /// Polls `check` (a JavaScript expression returning a string) until `want` holds.
 async fn wait_for(b: &Client, what: &str, js: &str, want: impl Fn(&str) -> bool) -> String {
     let until = Instant::now() + Duration::from_secs(30);
@@ -103,10 +125,10 @@ async fn wait_for(b: &Client, what: &str, js: &str, want: impl Fn(&str) -> bool)
         if want(&text) {
             return text;
         }
-        if Instant::now() > until {
-            save_artifacts(b, "failure").await;
-            panic!("timed out waiting for {what}; last value: {text:?}");
-        }
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}; last value: {text:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -117,7 +139,7 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
     let profile = tempfile::tempdir().unwrap();
     let c = TestCell::start_with_runtime().await;
     let repos = tempfile::tempdir().unwrap();
-    let gitpod = "tasks:\n  - command: python3 server.py 3000\n";
+    let gitpod = "tasks:\n  - command: echo serving on 3000 && python3 server.py 3000\n";
     let bare = bare_repo(
         repos.path(),
         "web",
@@ -170,6 +192,29 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
             "phase running",
             "return document.getElementById('phase').textContent",
             |p| p == "running",
+        )
+        .await;
+        // Still without a reload: the task, its log, the port it serves and the Restart
+        // control appear as the workspace comes up.
+        wait_for(
+            &b,
+            "the task's log",
+            "var l = document.querySelector('[data-task-log]'); return l ? l.textContent : ''",
+            |t| t.contains("serving on 3000"),
+        )
+        .await;
+        wait_for(
+            &b,
+            "port 3000 listening",
+            "var r = document.querySelector('tr[data-port=\"3000\"]'); return r ? r.textContent : ''",
+            |t| t.contains("listening") && !t.contains("not listening"),
+        )
+        .await;
+        wait_for(
+            &b,
+            "the Restart button",
+            "return document.querySelector('form[action$=\"/restart\"] button') ? 'yes' : ''",
+            |t| t == "yes",
         )
         .await;
         let same = b
@@ -398,15 +443,13 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
         })
         .await;
     };
-    // Keep the artifacts of a failure, then fail.
-    let outcome = tokio::time::timeout(Duration::from_secs(180), result).await;
-    if outcome.is_err() {
-        save_artifacts(&b, "timeout").await;
-    }
+    let failed = scenario(&b, "workspace", Duration::from_secs(180), result).await;
     let _ = b.close().await;
     drop(driver);
     c.stop().await;
-    assert!(outcome.is_ok(), "the browser test timed out");
+    if let Some(failure) = failed {
+        std::panic::resume_unwind(failure);
+    }
 }
 
 /// The review a phone user in dark mode would do: every page fits a 390-pixel-wide screen
@@ -494,12 +537,11 @@ async fn pages_fit_a_phone_follow_the_dark_scheme_and_show_keyboard_focus() {
             focus[0]
         );
     };
-    let outcome = tokio::time::timeout(Duration::from_secs(120), result).await;
-    if outcome.is_err() {
-        save_artifacts(&b, "phone-timeout").await;
-    }
+    let failed = scenario(&b, "phone", Duration::from_secs(120), result).await;
     let _ = b.close().await;
     drop(driver);
     c.stop().await;
-    assert!(outcome.is_ok(), "the browser test timed out");
+    if let Some(failure) = failed {
+        std::panic::resume_unwind(failure);
+    }
 }

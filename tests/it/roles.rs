@@ -105,6 +105,7 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
         ("post", "/api/v1/workspaces/{id}/start") | ("post", "/api/v1/workspaces/{id}/stop") => {
             (Owner, None)
         }
+        ("post", "/api/v1/workspaces/{id}/restart") => (OwnerRunning, None),
         ("get", "/api/v1/workspaces/{id}/tasks") | ("get", "/api/v1/workspaces/{id}/ports") => {
             (Owner, None)
         }

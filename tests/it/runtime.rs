@@ -1311,6 +1311,68 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
             && list.contains(" UTC<"),
         "{list}"
     );
+    // Restart from the page: files stay, processes begin afresh, and the history says why.
+    let page = get(&location).await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains(&format!("action=\"/workspaces/{id}/restart\"")),
+        "{page}"
+    );
+    exec(
+        &c,
+        &id,
+        "echo kept > restart.txt; sleep 600 >/dev/null 2>&1 &",
+    )
+    .await;
+    let res = c
+        .http
+        .post(c.url(&format!("/workspaces/{id}/restart")))
+        .header(header::COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let w = c
+        .wait_for(&id, "running again after the restart", |w| {
+            w["phase"] == "running" && w["history"].to_string().contains("restarting")
+        })
+        .await;
+    let said: Vec<&str> = w["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["message"].as_str())
+        .collect();
+    let from = said.iter().position(|m| *m == "restart requested").unwrap();
+    assert!(
+        said[from + 1].starts_with("stopped; files backed up"),
+        "{said:?}"
+    );
+    assert_eq!(said[from + 2], "restarting", "{said:?}");
+    let out = exec(&c, &id, "cat restart.txt; pgrep -c sleep || true").await;
+    assert_eq!(out["stdout"], "kept\n0\n", "{out:#}");
+    // Deleting a running workspace first names the work it holds now, read from its files:
+    // nothing was recorded since it started.
+    exec(
+        &c,
+        &id,
+        "git -c user.name=t -c user.email=t@e commit -q --allow-empty -m local-only-work",
+    )
+    .await;
+    let confirm = get(&format!("/workspaces/{id}/delete"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .replace("<!>", "");
+    assert!(
+        confirm.contains("It is running")
+            && confirm.contains("Untracked files: restart.txt")
+            && confirm.contains("Unpushed commits: ")
+            && confirm.contains("local-only-work"),
+        "{confirm}"
+    );
     // Leave work behind, so the delete confirmation has something to say.
     let (s, _) = c
         .owner(
@@ -1331,6 +1393,19 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     c.wait_phase(&id, "stopped", START_WITHIN).await;
+    // Only a running workspace restarts.
+    let (s, body) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/restart"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_running")),
+        "{body}"
+    );
     let (_, member) = c.add_user("dev@example.com", "member").await;
     let res = c
         .http
@@ -1451,10 +1526,22 @@ async fn the_class_disk_size_holds_and_the_disk_follows_the_files() {
     let out = exec(
         &c,
         &other,
-        "head -c 50000000 /dev/zero > ok.bin && echo wrote",
+        "head -c 50000000 /dev/zero > ok.bin && sync && echo wrote",
     )
     .await;
     assert_eq!(out["stdout"], "wrote\n", "{out:#}");
+    // The operator sees what the data directory takes, workspace disks included.
+    let (_, facts) = c.owner(Method::GET, "/api/v1/admin/cell", None).await;
+    let (used, free) = (
+        facts["data_dir_bytes"].as_u64().unwrap(),
+        facts["data_dir_free_bytes"].as_u64().unwrap(),
+    );
+    assert!(used >= 50_000_000 && free > 0, "{facts}");
+    let admin = c.owner_page("/admin").await;
+    assert!(
+        admin.contains("Data directory size") && admin.contains("workspace disks"),
+        "{admin}"
+    );
 
     // Deleting gives the space back, in the workspace and on the host (the image is sparse).
     let out = exec(

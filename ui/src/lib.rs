@@ -73,21 +73,22 @@ fn Workspaces(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> impl IntoV
             {empty.then(|| view! { <p class="empty">"No workspaces yet. Create one with " <code>"devcell ws create --repo URL"</code> "."</p> })}
             <table class="workspaces">
                 <thead><tr><th>"Name"</th><th>"Repository"</th><th>"Class"</th><th>"Phase"</th><th>"Last activity"</th><th>"Stops at"</th><th>"Actions"</th></tr></thead>
-                <tbody>
+                <tbody data-live="list">
                     {rows.into_iter().map(|r| {
                         let (verb, label) = if r.wanted_running { ("stop", "Stop") } else { ("start", "Start") };
                         let action = format!("/workspaces/{}/{verb}", r.id);
                         let delete = format!("/workspaces/{}/delete", r.id);
                         let open = format!("/workspaces/{}", r.id);
                         let token = csrf_rows.clone();
+                        let name_label = r.name.clone();
                         view! {
                             <tr data-id=r.id.clone()>
                                 <td><a href=open.clone()>{r.name}</a></td><td><code>{r.repo}</code></td><td>{r.class}</td>
                                 <td class="phase">{r.phase}</td><td>{r.last_activity}</td><td>{r.stops_at}</td>
                                 <td class="actions">
-                                    <a href=open>"Open"</a>
-                                    <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=token/><button type="submit">{label}</button></form>
-                                    <a href=delete>"Delete"</a>
+                                    <a href=open aria-label=format!("Open {name_label}")>"Open"</a>
+                                    <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=token/><button type="submit" aria-label=format!("{label} {name_label}")>{label}</button></form>
+                                    <a href=delete aria-label=format!("Delete {name_label}")>"Delete"</a>
                                 </td>
                             </tr>
                         }
@@ -216,7 +217,14 @@ pub struct BackupView {
 fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
     let start = format!("/workspaces/{}/start", v.id);
     let stop = format!("/workspaces/{}/stop", v.id);
+    let restart = format!("/workspaces/{}/restart", v.id);
     let running = v.desired == "running";
+    let can_restart = v.phase == "running";
+    let task_sig = v
+        .tasks
+        .iter()
+        .map(|(i, name, _, _)| format!("{i}:{name}"))
+        .fold(can_restart.to_string(), |sig, t| sig + "|" + &t);
     view! {
         <Shell title=v.name.clone()>
             <section data-workspace=v.id.clone()>
@@ -224,19 +232,32 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                 <p class="warning" id="stop-warning" role="status" hidden=v.stop_warning.is_none()>{v.stop_warning.clone()}</p>
                 <p>"Stops at: " <span id="stops-at">{v.stops_at.clone()}</span></p>
                 <ul class="repos">{v.repos.into_iter().map(|r| view! { <li><code>{r}</code></li> }).collect_view()}</ul>
+                <div data-live="controls">
                 {if running {
-                    view! { <form method="post" action=stop><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Stop"</button></form> }.into_any()
+                    view! {
+                        <div class="actions">
+                            <form method="post" action=stop><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Stop"</button></form>
+                            {can_restart.then(|| view! {
+                                <form method="post" action=restart.clone()><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit" title="Stop (saving git state and a backup) and start again with fresh tasks and terminals">"Restart"</button></form>
+                            })}
+                        </div>
+                    }.into_any()
                 } else {
                     view! { <form method="post" action=start><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Start"</button></form> }.into_any()
                 }}
+                </div>
                 <div id="terminal-tabs" class="tabs" role="tablist"><button type="button" id="new-terminal">"+ New terminal"</button></div>
                 <div id="terminal" class="terminal" aria-label="Terminal"></div>
                 <h2>"Tasks"</h2>
-                {v.tasks.is_empty().then(|| view! { <p class="muted">"No tasks in the repository's configuration."</p> })}
+                // Replaced live only when the task list itself changes (logs stream on their own).
+                <div data-live="tasks" data-sig=task_sig>
+                {v.tasks.is_empty().then(|| view! { <p class="muted">{if can_restart { "No tasks in the repository's configuration." } else { "Tasks show here once the repository's configuration is read." }}</p> })}
                 {v.tasks.into_iter().map(|(i, name, state, log)| view! {
                     <details open=true><summary>{name}" — " <span data-task-state=i.to_string()>{state}</span></summary><pre class="log" data-task-log=i.to_string()>{log}</pre></details>
                 }).collect_view()}
+                </div>
                 <h2>"Ports"</h2>
+                <div data-live="ports">
                 {v.ports.is_empty().then(|| view! { <p class="muted">"Nothing listens yet."</p> })}
                 <table class="ports"><tbody>
                 {v.ports.into_iter().map(|(port, listening, visibility, url)| {
@@ -251,6 +272,7 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                             </select></label><button type="submit">"Share"</button></form></td></tr> }
                 }).collect_view()}
                 </tbody></table>
+                </div>
                 <h2>"Timeout"</h2>
                 <form method="post" action=format!("/workspaces/{}/timeout", v.id) class="inline">
                     <input type="hidden" name="_csrf" value=v.csrf.clone()/>
@@ -264,6 +286,7 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                     format!("An owner fixed the timeout at {} minutes.", v.timeout_limits.0)
                 }}</p>
                 <h2>"Backups"</h2>
+                <div data-live="backups">
                 <p id="backup-state">{v.backup_state}</p>
                 {v.backups.is_empty().then(|| view! { <p class="muted">"Taken when the workspace stops, and every so often while it runs."</p> })}
                 <table class="backups"><tbody>
@@ -277,11 +300,14 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                         <td>{v.can_restore.then(|| view! { <form method="post" action=restore class="inline"><input type="hidden" name="_csrf" value=token/><button type="submit">"Restore"</button></form> })}</td></tr> }
                 }).collect_view()}
                 </tbody></table>
+                </div>
                 <h2>"Git"</h2>
+                <div data-live="git">
                 {v.git.is_empty().then(|| view! { <p class="muted">"Recorded when the workspace stops."</p> })}
                 {git_list(v.git)}
+                </div>
                 <h2>"Timeline"</h2>
-                <ol class="timeline">{v.history.into_iter().map(|(p, at, m)| view! { <li><strong>{p}</strong>" " {at}" " <span class="muted">{m}</span></li> }).collect_view()}</ol>
+                <ol class="timeline" data-live="timeline">{v.history.into_iter().map(|(p, at, m)| view! { <li><strong>{p}</strong>" " {at}" " <span class="muted">{m}</span></li> }).collect_view()}</ol>
             </section>
         </Shell>
     }
@@ -580,8 +606,8 @@ fn ConfirmDelete(
     let known = !git.is_empty();
     view! {
         <Shell title=format!("Delete {name}?")>
-            {running.then(|| view! { <p class="warn">"It is running: stop it first to record what its repositories hold, or delete it anyway."</p> })}
-            {(!known && !running).then(|| view! { <p>"No git state was recorded for it."</p> })}
+            {running.then(|| view! { <p class="warn">"It is running: deleting stops it, backs its files up, then removes it."</p> })}
+            {(!known).then(|| view! { <p>"Its repositories' git state is unknown (its files are only in the backup, or were never cloned)."</p> })}
             {git_list(git)}
             <form method="post" action=action>
                 <input type="hidden" name="_csrf" value=csrf/>
