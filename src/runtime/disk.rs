@@ -49,6 +49,8 @@ pub struct Disks {
     unavailable: Option<String>,
     /// Mounting twice would put two filesystems on one image: one attach or detach at a time.
     lock: Mutex<()>,
+    /// Sizes whose spare image is being made now.
+    refilling: std::sync::Arc<Mutex<std::collections::HashSet<u64>>>,
 }
 
 /// Mount options: no device files or set-uid programs from a workspace's files; freed blocks go
@@ -74,6 +76,7 @@ impl Disks {
         Disks {
             unavailable,
             lock: Mutex::new(()),
+            refilling: Default::default(),
         }
     }
 
@@ -82,6 +85,7 @@ impl Disks {
         Disks {
             unavailable: Some(reason.to_owned()),
             lock: Mutex::new(()),
+            refilling: Default::default(),
         }
     }
 
@@ -126,7 +130,11 @@ impl Disks {
                 tracing::warn!(dir = %dir.display(), "files from before disk limits: this workspace runs without one");
                 return Ok(());
             }
-            make_image(&files.image, files.bytes)?;
+            // A spare formatted beforehand saves the start the time of mkfs.
+            if !take_spare(&files.image, files.bytes) {
+                make_image(&files.image, files.bytes, false)?;
+            }
+            self.refill(&files.image, files.bytes);
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("create {}", dir.display()))(e.to_string()))?;
@@ -152,6 +160,34 @@ impl Disks {
         Ok(())
     }
 
+    /// Formats a spare image of `bytes` beside `image` in the background, unless one is there
+    /// or on its way: the next workspace of that size starts without waiting for mkfs.
+    fn refill(&self, image: &Path, bytes: u64) {
+        let spare = spare_path(image, bytes);
+        if spare.exists()
+            || !self
+                .refilling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(bytes)
+        {
+            return;
+        }
+        let refilling = self.refilling.clone();
+        std::thread::spawn(move || {
+            // Made once the start that took the last one has mostly cloned, and at the lowest
+            // priority: starts come first.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if let Err(e) = make_image(&spare, bytes, true) {
+                tracing::warn!(error = %e, "no spare workspace disk");
+            }
+            refilling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&bytes);
+        });
+    }
+
     /// Unmounts the workspace's image; with `delete`, the image (and every file on it) goes.
     pub fn detach(&self, files: &Files, delete: bool) -> Result<(), DiskError> {
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -169,9 +205,19 @@ impl Disks {
     }
 }
 
+/// Where the spare image of `bytes` waits: beside the workspaces' images.
+fn spare_path(image: &Path, bytes: u64) -> PathBuf {
+    image.with_file_name(format!("spare-{bytes}.ext4"))
+}
+
+/// Makes the spare of `bytes` the workspace's image; false when there is none.
+fn take_spare(image: &Path, bytes: u64) -> bool {
+    std::fs::rename(spare_path(image, bytes), image).is_ok()
+}
+
 /// A sparse file of `bytes` made into ext4 under a temporary name, then renamed: a crash never
 /// leaves a half-made image to be mounted.
-fn make_image(image: &Path, bytes: u64) -> Result<(), DiskError> {
+fn make_image(image: &Path, bytes: u64, background: bool) -> Result<(), DiskError> {
     let what = "make the workspace's disk";
     if let Some(parent) = image.parent() {
         std::fs::create_dir_all(parent).map_err(|e| fail(what)(e.to_string()))?;
@@ -180,7 +226,14 @@ fn make_image(image: &Path, bytes: u64) -> Result<(), DiskError> {
     std::fs::File::create(&tmp)
         .and_then(|f| f.set_len(bytes))
         .map_err(|e| fail(what)(format!("{}: {e}", tmp.display())))?;
-    let made = run(Command::new("mkfs.ext4")
+    let mut mkfs = if background {
+        let mut c = Command::new("nice");
+        c.args(["-n", "19", "mkfs.ext4"]);
+        c
+    } else {
+        Command::new("mkfs.ext4")
+    };
+    let made = run(mkfs
         .args(["-q", "-F", "-m", "0", "-L", "devcell"])
         .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
         .arg(&tmp));
@@ -362,7 +415,7 @@ mod tests {
         );
 
         // An image beside files: refused, with the way out in the message.
-        make_image(&f.image, f.bytes).unwrap();
+        make_image(&f.image, f.bytes, false).unwrap();
         let err = disks.attach(&f, true).unwrap_err().to_string();
         assert!(
             err.contains("is not empty") && err.contains("ws.ext4"),
@@ -398,6 +451,30 @@ mod tests {
         );
         disks.detach(&f, true).unwrap();
         assert!(!is_mount_point(&f.dir) && !f.image.exists());
+
+        // A spare of that size was formatted meanwhile; the next workspace takes it.
+        let spare = spare_path(&f.image, f.bytes);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !spare.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(spare.exists(), "no spare image was made");
+        let second = Files {
+            dir: tmp.path().join("workspaces/second"),
+            image: tmp.path().join("disks/second.ext4"),
+            bytes: f.bytes,
+        };
+        let spare_inode = std::fs::metadata(&spare).unwrap().ino();
+        disks.attach(&second, true).unwrap();
+        assert!(is_mount_point(&second.dir));
+        // Made from the spare (the same file), which is then made again.
+        assert_eq!(std::fs::metadata(&second.image).unwrap().ino(), spare_inode);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !spare.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(spare.exists(), "the spare was not made again");
+        disks.detach(&second, true).unwrap();
         unmount_all_under(tmp.path());
     }
 

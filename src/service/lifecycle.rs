@@ -773,6 +773,7 @@ impl Cell {
         }
         // The disk comes first: everything below writes onto it.
         self.attach_files(ws, true)?;
+        tracing::debug!(workspace = %ws.id, ms = phase_start.elapsed().as_millis() as u64, "disk ready");
         // Files released after a verified backup come back before anything runs.
         self.restore_released(ws).await?;
         local::prepare_dirs(&dir, ids)
