@@ -2,7 +2,7 @@
 //! assets. Pages call the same service functions as the JSON API.
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Form, State};
+use axum::extract::{ConnectInfo, Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -73,7 +73,19 @@ async fn stylesheet() -> impl IntoResponse {
     )
 }
 
-async fn home(State(st): State<AppState>, headers: HeaderMap) -> Response {
+/// The API's largest page: rendering it stays fast (see benches/api.rs).
+const WORKSPACES_PER_PAGE: usize = 500;
+
+#[derive(Deserialize)]
+struct HomeQuery {
+    after: Option<String>,
+}
+
+async fn home(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HomeQuery>,
+) -> Response {
     let actor = match crate::api::auth_identify(&st.cell, &headers) {
         Ok(a) => a,
         Err(_) => return Redirect::to("/login").into_response(),
@@ -82,12 +94,17 @@ async fn home(State(st): State<AppState>, headers: HeaderMap) -> Response {
         AuthVia::Session { csrf, .. } => csrf.clone(),
         _ => String::new(),
     };
-    match st.cell.list_workspaces(&actor, None, None, 100) {
+    let listed = st
+        .cell
+        .list_workspaces(&actor, None, q.after.as_deref(), WORKSPACES_PER_PAGE);
+    match listed {
         Ok(page) => {
+            let details = st.cell.list_details(&page.items);
             let rows = page
                 .items
                 .iter()
-                .map(|w| ui::WorkspaceRow {
+                .zip(details)
+                .map(|(w, (class, plan))| ui::WorkspaceRow {
                     id: w.id.to_string(),
                     name: w.name.clone(),
                     repo: w
@@ -96,19 +113,22 @@ async fn home(State(st): State<AppState>, headers: HeaderMap) -> Response {
                         .map(|r| r.url.as_str().to_owned())
                         .unwrap_or_default(),
                     phase: w.lifecycle.phase.as_str().into(),
-                    class: st.cell.class_name(&w.class),
+                    class,
                     last_activity: short_time(w.last_activity),
-                    stops_at: st
-                        .cell
-                        .stop_plan(w)
-                        .map(|p| short_time(p.at))
-                        .unwrap_or_else(|| "—".into()),
+                    stops_at: plan.map(|p| short_time(p.at)).unwrap_or_else(|| "—".into()),
                     wanted_running: w.lifecycle.desired == crate::domain::Desired::Running,
                 })
                 .collect();
-            Html(ui::workspaces_page(actor.user.email.clone(), csrf, rows)).into_response()
+            let more = page.next_cursor.map(|c| format!("/?after={c}"));
+            Html(ui::workspaces_page(
+                actor.user.email.clone(),
+                csrf,
+                rows,
+                more,
+            ))
+            .into_response()
         }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => error_page(e),
     }
 }
 

@@ -90,6 +90,41 @@ impl Cell {
         stop_plan(&policy, ws, self.now())
     }
 
+    /// For a list page: each workspace's class name and stop plan, at one clock reading, each
+    /// class and organization read once (a page may hold hundreds of workspaces).
+    pub fn list_details(&self, list: &[Workspace]) -> Vec<(String, Option<StopPlan>)> {
+        let now = self.now();
+        let mut classes: HashMap<crate::domain::ClassId, String> = HashMap::new();
+        let mut policies: HashMap<crate::domain::OrgId, Option<Policy>> = HashMap::new();
+        self.store()
+            .read(|tx| {
+                let mut out = Vec::with_capacity(list.len());
+                for ws in list {
+                    if !classes.contains_key(&ws.class) {
+                        let name = tx
+                            .class(&ws.class)?
+                            .map_or_else(|| "?".into(), |c| c.spec.name);
+                        classes.insert(ws.class.clone(), name);
+                    }
+                    let running = ws.lifecycle.phase == Phase::Running
+                        && ws.lifecycle.desired == Desired::Running;
+                    let plan = if running {
+                        if !policies.contains_key(&ws.org) {
+                            policies.insert(ws.org.clone(), tx.org(&ws.org)?.map(|o| o.policy));
+                        }
+                        policies[&ws.org]
+                            .as_ref()
+                            .and_then(|p| stop_plan(p, ws, now))
+                    } else {
+                        None
+                    };
+                    out.push((classes[&ws.class].clone(), plan));
+                }
+                Ok::<_, crate::store::StoreError>(out)
+            })
+            .unwrap_or_else(|_| list.iter().map(|_| ("?".into(), None)).collect())
+    }
+
     /// The policy that bounds a workspace's timeout (the default policy if its organization is
     /// gone), for pages that show the limits to members too.
     pub fn timeout_policy(&self, ws: &Workspace) -> Policy {

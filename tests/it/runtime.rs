@@ -1311,6 +1311,10 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
             && list.contains(" UTC<"),
         "{list}"
     );
+    // A page cursor that is not one is the user's mistake, said on a page, not a server error.
+    let bad = get("/?after=nonsense").await.unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad.text().await.unwrap().contains("cursor"));
     // Restart from the page: files stay, processes begin afresh, and the history says why.
     let page = get(&location).await.unwrap().text().await.unwrap();
     assert!(

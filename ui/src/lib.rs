@@ -53,7 +53,12 @@ fn Login(error: Option<String>) -> impl IntoView {
 }
 
 #[component]
-fn Workspaces(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> impl IntoView {
+fn Workspaces(
+    user: String,
+    csrf: String,
+    rows: Vec<WorkspaceRow>,
+    more: Option<String>,
+) -> impl IntoView {
     let empty = rows.is_empty();
     let csrf_rows = csrf.clone();
     view! {
@@ -95,6 +100,7 @@ fn Workspaces(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> impl IntoV
                     }).collect_view()}
                 </tbody>
             </table>
+            {more.map(|href| view! { <p><a href=href rel="next">"Older workspaces →"</a></p> })}
         </Shell>
     }
 }
@@ -409,10 +415,16 @@ pub fn login_page(error: Option<String>) -> String {
 }
 
 /// The signed-in user's workspaces.
-pub fn workspaces_page(user: String, csrf: String, rows: Vec<WorkspaceRow>) -> String {
+/// `more`: the link to the next page of workspaces, when there is one.
+pub fn workspaces_page(
+    user: String,
+    csrf: String,
+    rows: Vec<WorkspaceRow>,
+    more: Option<String>,
+) -> String {
     let token = csrf.clone();
-    let body =
-        Owner::new().with(|| view! { <Workspaces user=user csrf=csrf rows=rows/> }.to_html());
+    let body = Owner::new()
+        .with(|| view! { <Workspaces user=user csrf=csrf rows=rows more=more/> }.to_html());
     live_page("Workspaces", body, &token, false)
 }
 
@@ -651,11 +663,32 @@ mod tests {
                 stops_at: "—".into(),
                 wanted_running: false,
             }],
+            None,
         );
         assert!(html.contains("&lt;app&gt;"), "{html}");
         assert!(html.contains("stopped"));
         assert!(html.contains("name=\"_csrf\""));
         assert!(!html.contains("<app>"));
+        assert!(
+            !html.contains("rel=\"next\""),
+            "a last page links to no next one"
+        );
+        // Every action says which workspace it acts on, for screen readers.
+        assert!(html.contains("aria-label=\"Delete &lt;app&gt;\""), "{html}");
+    }
+
+    #[test]
+    fn a_full_workspaces_page_links_to_the_next() {
+        let html = workspaces_page(
+            "a@b".into(),
+            "t".into(),
+            vec![],
+            Some("/?after=ws_9".into()),
+        );
+        assert!(
+            html.contains("href=\"/?after=ws_9\" rel=\"next\""),
+            "{html}"
+        );
     }
 
     #[test]
