@@ -63,6 +63,9 @@ pub fn router() -> Router<AppState> {
         .route("/org/classes", post(org_class_new))
         .route("/org/classes/{id}", post(org_class_edit))
         .route("/org/members/{user}/role", post(org_role))
+        .route("/org/members/{user}/remove", post(org_member_remove))
+        .route("/org/invitations/{id}/revoke", post(org_invitation_revoke))
+        .route("/org/classes/{id}/delete", post(org_class_delete))
         .route("/admin", get(admin_page))
 }
 
@@ -689,6 +692,31 @@ fn org_view(
         max_lifetime_h: policy.max_lifetime.as_secs() / 3600,
         max_running_per_user: policy.max_running_per_user,
         outbound_network: policy.outbound_network,
+        allowed_classes: policy
+            .allowed_classes
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        backup_keep_last: policy.backup_keep_last,
+        backup_keep_within_days: policy.backup_keep_within.as_secs() / 86_400,
+        deleted_backup_grace_days: policy.deleted_backup_grace.as_secs() / 86_400,
+        dormancy_days: policy
+            .dormancy
+            .map(|d| (d.as_secs() / 86_400).to_string())
+            .unwrap_or_default(),
+        backup_home: policy.backup_home,
+        invitations: st
+            .cell
+            .list_invitations(actor, &org.id)?
+            .into_iter()
+            .map(|i| {
+                (
+                    i.id.to_string(),
+                    i.role.as_str().to_owned(),
+                    short_time(i.expires_at),
+                )
+            })
+            .collect(),
         new_invitation,
         message,
     })
@@ -759,46 +787,108 @@ async fn org_role(
     )
 }
 
-#[derive(Deserialize)]
-struct PolicyForm {
-    #[serde(rename = "_csrf")]
-    csrf: String,
-    default_timeout_min: u64,
-    max_timeout_min: u64,
-    #[serde(default)]
-    users_can_extend: Option<String>,
-    max_lifetime_h: u64,
-    max_running_per_user: u32,
-    #[serde(default)]
-    outbound_network: Option<String>,
+/// A submitted form as name → values (checkbox groups repeat a name).
+struct FormFields(std::collections::HashMap<String, Vec<String>>);
+
+impl FormFields {
+    fn parse(body: &[u8]) -> FormFields {
+        let mut m: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (k, v) in url::form_urlencoded::parse(body) {
+            m.entry(k.into_owned()).or_default().push(v.into_owned());
+        }
+        FormFields(m)
+    }
+    fn text(&self, name: &str) -> &str {
+        self.0
+            .get(name)
+            .and_then(|v| v.first())
+            .map_or("", |s| s.trim())
+    }
+    fn checked(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+    fn all(&self, name: &str) -> &[String] {
+        self.0.get(name).map_or(&[], |v| v.as_slice())
+    }
+    /// A whole number, or a field error naming `field` (the API's name for it).
+    fn number(&self, name: &str, field: &str) -> Result<u64, Error> {
+        self.text(name)
+            .parse::<u64>()
+            .map_err(|_| crate::domain::FieldError::new(field, "must be a whole number").into())
+    }
 }
 
 async fn org_policy(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Form(f): Form<PolicyForm>,
+    axum::extract::RawForm(body): axum::extract::RawForm,
 ) -> Response {
     let (actor, csrf) = match signed_in(&st, &headers) {
         Ok(x) => x,
         Err(r) => return *r,
     };
+    let f = FormFields::parse(&body);
     let min = |m: u64| std::time::Duration::from_secs(m.saturating_mul(60));
-    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
-        let org = owned_org(&st, &actor)?;
-        st.cell.update_policy(
-            &actor,
-            &org.id,
-            crate::service::PolicyPatch {
-                default_timeout: Some(min(f.default_timeout_min)),
-                max_timeout: Some(min(f.max_timeout_min)),
-                users_can_extend: Some(f.users_can_extend.is_some()),
-                max_lifetime: Some(min(f.max_lifetime_h.saturating_mul(60))),
-                max_running_per_user: Some(f.max_running_per_user),
-                outbound_network: Some(f.outbound_network.is_some()),
-                ..Default::default()
-            },
-        )
-    });
+    let days = |d: u64| std::time::Duration::from_secs(d.saturating_mul(86_400));
+    let result = st
+        .cell
+        .check_csrf(&actor, Some(f.text("_csrf")))
+        .and_then(|_| {
+            let org = owned_org(&st, &actor)?;
+            let classes = st.cell.list_classes(&actor, &org.id)?;
+            let allowed: Vec<crate::domain::ClassId> = classes
+                .iter()
+                .filter(|c| f.all("allowed").contains(&c.id.to_string()))
+                .map(|c| c.id.clone())
+                .collect();
+            if allowed.is_empty() && !classes.is_empty() {
+                return Err(crate::domain::FieldError::new(
+                    "allowed_classes",
+                    "check at least one class members may use",
+                )
+                .into());
+            }
+            // Every class checked: all of them, including classes added later.
+            let allowed = if allowed.len() == classes.len() {
+                Vec::new()
+            } else {
+                allowed
+            };
+            let dormancy = match f.text("dormancy_days") {
+                "" => None,
+                _ => Some(days(f.number("dormancy_days", "dormancy")?)),
+            };
+            st.cell.update_policy(
+                &actor,
+                &org.id,
+                crate::service::PolicyPatch {
+                    default_timeout: Some(min(f.number("default_timeout_min", "default_timeout")?)),
+                    max_timeout: Some(min(f.number("max_timeout_min", "max_timeout")?)),
+                    users_can_extend: Some(f.checked("users_can_extend")),
+                    max_lifetime: Some(min(f
+                        .number("max_lifetime_h", "max_lifetime")?
+                        .saturating_mul(60))),
+                    max_running_per_user: Some(
+                        u32::try_from(f.number("max_running_per_user", "max_running_per_user")?)
+                            .unwrap_or(u32::MAX),
+                    ),
+                    outbound_network: Some(f.checked("outbound_network")),
+                    allowed_classes: Some(allowed),
+                    backup_keep_last: Some(
+                        u32::try_from(f.number("backup_keep_last", "backup_keep_last")?)
+                            .unwrap_or(u32::MAX),
+                    ),
+                    backup_keep_within: Some(days(
+                        f.number("backup_keep_within_days", "backup_keep_within")?,
+                    )),
+                    deleted_backup_grace: Some(days(
+                        f.number("deleted_backup_grace_days", "deleted_backup_grace")?,
+                    )),
+                    dormancy: Some(dormancy),
+                    backup_home: Some(f.checked("backup_home")),
+                },
+            )
+        });
     back_to_org(
         &st,
         &actor,
@@ -807,6 +897,82 @@ async fn org_policy(
         StatusCode::UNPROCESSABLE_ENTITY,
         |e| matches!(e, Error::Invalid(_) | Error::Rule(_)),
     )
+}
+
+#[derive(Deserialize)]
+struct CsrfOnly {
+    #[serde(rename = "_csrf")]
+    csrf: String,
+}
+
+/// Removes a member (their workspaces stay theirs to delete or an owner's to clean up).
+async fn org_member_remove(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(user): crate::api::Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        let org = owned_org(&st, &actor)?;
+        let user =
+            crate::domain::UserId::parse(&user).map_err(|_| Error::NotFound { what: "member" })?;
+        st.cell.remove_member(&actor, &org.id, &user)
+    });
+    back_to_org(&st, &actor, csrf, result, StatusCode::CONFLICT, |e| {
+        matches!(
+            e,
+            Error::Conflict { .. } | Error::Rule(_) | Error::NotFound { .. }
+        )
+    })
+}
+
+async fn org_invitation_revoke(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(id): crate::api::Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        let org = owned_org(&st, &actor)?;
+        let id = crate::domain::InvitationId::parse(&id)
+            .map_err(|_| Error::NotFound { what: "invitation" })?;
+        st.cell.revoke_invitation(&actor, &org.id, &id)
+    });
+    back_to_org(&st, &actor, csrf, result, StatusCode::NOT_FOUND, |e| {
+        matches!(e, Error::NotFound { .. })
+    })
+}
+
+async fn org_class_delete(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::api::Path(id): crate::api::Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
+        owned_org(&st, &actor)?;
+        let id =
+            crate::domain::ClassId::parse(&id).map_err(|_| Error::NotFound { what: "class" })?;
+        st.cell.delete_class(&actor, &id)
+    });
+    back_to_org(&st, &actor, csrf, result, StatusCode::CONFLICT, |e| {
+        matches!(
+            e,
+            Error::Conflict { .. } | Error::Rule(_) | Error::NotFound { .. }
+        )
+    })
 }
 
 #[derive(Deserialize)]
@@ -953,7 +1119,20 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
             last_error: w.last_error.clone().unwrap_or_default(),
         })
         .collect();
-    Html(ui::admin_page(facts_rows, loops)).into_response()
+    let mut sections = vec![ui::AdminSection {
+        id: "cell".into(),
+        title: "Cell".into(),
+        facts: facts_rows,
+    }];
+    match st.cell.backup_overview(&actor) {
+        Ok(facts) => sections.push(ui::AdminSection {
+            id: "backups".into(),
+            title: "Backups".into(),
+            facts,
+        }),
+        Err(e) => return error_page(e),
+    }
+    Html(ui::admin_page(sections, loops)).into_response()
 }
 
 /// `2026-11-29 14:03 UTC`: precise enough for a table.

@@ -62,6 +62,58 @@ impl Cell {
         &self.inner.backup_stats
     }
 
+    /// The backups section of the admin page: where snapshots go and how they are doing.
+    pub fn backup_overview(&self, actor: &Actor) -> Result<Vec<(String, String)>> {
+        self.require_admin(actor)?;
+        let c = &self.config().backup;
+        let store = match (&c.s3.bucket, self.backup_store()) {
+            (_, None) => "unavailable: see the cell's log".to_owned(),
+            (Some(bucket), Some(_)) => format!(
+                "S3 bucket {bucket}{}{}",
+                if c.s3.prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!(", prefix {}", c.s3.prefix)
+                },
+                c.s3.endpoint
+                    .as_ref()
+                    .map(|e| format!(" at {e}"))
+                    .unwrap_or_default()
+            ),
+            (None, Some(_)) => local_store_dir(&self.config().data_dir)
+                .display()
+                .to_string(),
+        };
+        let all = self.store().read(|tx| tx.all_workspaces())?;
+        let owed = all.iter().filter(|w| w.backup.pending.is_some()).count();
+        let released = all.iter().filter(|w| w.backup.released).count();
+        let snapshots: usize = all.iter().map(|w| w.snapshots.len()).sum();
+        let stats = self.backup_stats();
+        Ok(vec![
+            ("Store".into(), store),
+            (
+                "Schedule".into(),
+                format!(
+                    "at every stop and every {} while running; local files released {} after a verified backup",
+                    humantime::format_duration(c.interval),
+                    humantime::format_duration(c.release_after)
+                ),
+            ),
+            ("Snapshots held".into(), snapshots.to_string()),
+            (
+                "Since this start".into(),
+                format!(
+                    "{} taken, {} failed, {} MiB added",
+                    stats.taken.load(Ordering::Relaxed),
+                    stats.failed.load(Ordering::Relaxed),
+                    stats.bytes_added.load(Ordering::Relaxed) >> 20
+                ),
+            ),
+            ("Backups owed (retrying)".into(), owed.to_string()),
+            ("Workspaces only in the backup".into(), released.to_string()),
+        ])
+    }
+
     /// Snapshots the workspace's files now and records the snapshot; on failure records the
     /// error and when to try again, and returns it. Any verified snapshot settles a pending one.
     pub async fn snapshot_workspace(

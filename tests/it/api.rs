@@ -934,3 +934,203 @@ async fn invitation_links_open_a_signup_page_that_creates_the_account() {
     );
     c.stop().await;
 }
+
+#[tokio::test]
+async fn the_organization_page_manages_members_invitations_classes_and_the_whole_policy() {
+    let c = TestCell::start().await;
+    let org = c.org_id().await;
+    let owner = c.cell().find_user(None).unwrap();
+    let (cookie, csrf) = c.session(&owner.id).await;
+    let (member_id, member_token) = c.add_user("dev@example.com", "member").await;
+
+    // A member's session cannot change the organization, whatever the form says.
+    let member = devcell::domain::UserId::parse(&member_id).unwrap();
+    let (member_cookie, member_csrf) = c.session(&member).await;
+    let (s, _) = c
+        .post_form(
+            &member_cookie,
+            "/org/policy",
+            &[("_csrf", &member_csrf), ("default_timeout_min", "1")],
+        )
+        .await;
+    assert!(
+        s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
+        "{s}"
+    );
+    let (s, _) = c
+        .post_form(
+            &member_cookie,
+            &format!("/org/members/{}/remove", owner.id),
+            &[("_csrf", &member_csrf)],
+        )
+        .await;
+    assert!(
+        s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
+        "{s}"
+    );
+
+    // Pending invitations are listed and can be revoked.
+    let (s, page) = c
+        .post_form(
+            &cookie,
+            "/org/invite",
+            &[("_csrf", &csrf), ("role", "member")],
+        )
+        .await;
+    assert!(s.is_success(), "{s} {page}");
+    let (_, invs) = c
+        .owner(
+            Method::GET,
+            &format!("/api/v1/orgs/{org}/invitations"),
+            None,
+        )
+        .await;
+    let inv = invs[0]["id"].as_str().unwrap().to_owned();
+    let page = c.page_with(&cookie, "/org").await;
+    assert!(
+        page.contains(&format!("data-invitation=\"{inv}\"")),
+        "{page}"
+    );
+    let (s, to) = c
+        .post_form(
+            &cookie,
+            &format!("/org/invitations/{inv}/revoke"),
+            &[("_csrf", &csrf)],
+        )
+        .await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/org"));
+    let (_, invs) = c
+        .owner(
+            Method::GET,
+            &format!("/api/v1/orgs/{org}/invitations"),
+            None,
+        )
+        .await;
+    assert_eq!(invs.as_array().unwrap().len(), 0, "{invs}");
+
+    // A class is deleted from its row.
+    let (s, cls) = c
+        .owner(Method::POST, &format!("/api/v1/orgs/{org}/classes"), Some(json!({ "name": "scratch", "cpu_millis": 500, "memory_bytes": 1u64 << 30, "disk_bytes": 1u64 << 30, "max_processes": 64 })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{cls}");
+    let scratch = cls["id"].as_str().unwrap().to_owned();
+    assert!(
+        c.page_with(&cookie, "/org")
+            .await
+            .contains(&format!("/org/classes/{scratch}/delete"))
+    );
+    let (s, _) = c
+        .post_form(
+            &cookie,
+            &format!("/org/classes/{scratch}/delete"),
+            &[("_csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (_, classes) = c
+        .owner(Method::GET, &format!("/api/v1/orgs/{org}/classes"), None)
+        .await;
+    assert!(!classes.to_string().contains(&scratch), "{classes}");
+    let first = classes[0]["id"].as_str().unwrap().to_owned();
+
+    // The whole policy from the page: allowed classes and backup retention included.
+    let policy_form = |allowed: Option<&str>, keep: &str| {
+        let mut f: Vec<(&str, String)> = vec![
+            ("_csrf", csrf.clone()),
+            ("default_timeout_min", "45".into()),
+            ("max_timeout_min", "120".into()),
+            ("users_can_extend", "on".into()),
+            ("max_lifetime_h", "12".into()),
+            ("max_running_per_user", "3".into()),
+            ("backup_keep_last", keep.into()),
+            ("backup_keep_within_days", "7".into()),
+            ("deleted_backup_grace_days", "14".into()),
+            ("dormancy_days", "30".into()),
+            ("backup_home", "on".into()),
+        ];
+        if let Some(a) = allowed {
+            f.push(("allowed", a.into()));
+        }
+        f
+    };
+    let post_policy = |f: Vec<(&'static str, String)>| {
+        let c = &c;
+        let cookie = cookie.clone();
+        async move {
+            let pairs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            c.post_form(&cookie, "/org/policy", &pairs).await
+        }
+    };
+    let (s, to) = post_policy(policy_form(Some(&first), "3")).await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/org"));
+    let (_, p) = c
+        .owner(Method::GET, &format!("/api/v1/orgs/{org}/policy"), None)
+        .await;
+    assert_eq!(p["allowed_classes"], json!([first]), "{p}");
+    assert_eq!(
+        (
+            &p["default_timeout_s"],
+            &p["backup_keep_last"],
+            &p["backup_keep_within_s"],
+            &p["deleted_backup_grace_s"],
+            &p["dormancy_s"],
+            &p["backup_home"],
+            &p["outbound_network"]
+        ),
+        (
+            &json!(2700),
+            &json!(3),
+            &json!(7 * 86400),
+            &json!(14 * 86400),
+            &json!(30 * 86400),
+            &json!(true),
+            &json!(false)
+        ),
+        "{p}"
+    );
+    let page = c.page_with(&cookie, "/org").await;
+    assert!(
+        page.contains("value=\"30\"") && page.contains("Backups always kept"),
+        "{page}"
+    );
+    // No class at all, or a number that is not one: said on the page, nothing saved.
+    let (s, page) = post_policy(policy_form(None, "3")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("check at least one class"), "{page}");
+    let (s, page) = post_policy(policy_form(Some(&first), "lots")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("backup_keep_last") && page.contains("whole number"),
+        "{page}"
+    );
+    let (_, p) = c
+        .owner(Method::GET, &format!("/api/v1/orgs/{org}/policy"), None)
+        .await;
+    assert_eq!(p["backup_keep_last"], 3, "{p}");
+
+    // A member is removed from their row; their token no longer reaches the organization.
+    let (s, to) = c
+        .post_form(
+            &cookie,
+            &format!("/org/members/{member_id}/remove"),
+            &[("_csrf", &csrf)],
+        )
+        .await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/org"));
+    let (_, members) = c
+        .owner(Method::GET, &format!("/api/v1/orgs/{org}/members"), None)
+        .await;
+    assert!(
+        !members.to_string().contains("dev@example.com"),
+        "{members}"
+    );
+    let res = c
+        .http
+        .get(c.url(&format!("/api/v1/orgs/{org}/policy")))
+        .bearer_auth(&member_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status() == StatusCode::NOT_FOUND || res.status() == StatusCode::FORBIDDEN);
+    c.stop().await;
+}

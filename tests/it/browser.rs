@@ -514,6 +514,29 @@ async fn pages_fit_a_phone_follow_the_dark_scheme_and_show_keyboard_focus() {
             );
             assert_eq!(facts[2], "rgb(21, 23, 26)", "{path} is not dark");
         }
+        // On the list, the running workspace's Stop button is on screen, not scrolled away
+        // inside a table; links are readable on the dark background.
+        b.goto(&c.url("/")).await.unwrap();
+        let stop = b
+            .execute(
+                &format!("var b = document.querySelector('form[action=\"/workspaces/{id}/stop\"] button'); var r = b.getBoundingClientRect(); var a = getComputedStyle(document.querySelector('td a')).color; return [r.left, r.right, window.innerWidth, a]"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        let (left, right, width) = (
+            stop[0].as_f64().unwrap(),
+            stop[1].as_f64().unwrap(),
+            stop[2].as_f64().unwrap(),
+        );
+        assert!(
+            left >= 0.0 && right <= width,
+            "Stop is off screen on a phone: {stop}"
+        );
+        assert_ne!(
+            stop[3], "rgb(0, 0, 238)",
+            "links keep the browser's default blue on dark"
+        );
         // Keyboard: the first Tab on the new-workspace page lands on a control with a visible
         // focus ring.
         b.goto(&c.url("/new")).await.unwrap();

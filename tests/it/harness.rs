@@ -242,6 +242,74 @@ impl TestCell {
         (user.id.to_string(), token.secret)
     }
 
+    /// A browser session for `user` (a login link followed): its cookie and CSRF token.
+    pub async fn session(&self, user: &devcell::domain::UserId) -> (String, String) {
+        let link = self.cell().create_login_link(user).unwrap();
+        let res = self.http.get(&link).send().await.unwrap();
+        let cookie = res.headers()[reqwest::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let home = self
+            .http
+            .get(self.url("/"))
+            .header(reqwest::header::COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = home
+            .split("name=\"csrf-token\" content=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("no CSRF token on the home page: {home}"))
+            .to_owned();
+        (cookie, csrf)
+    }
+
+    /// Posts a page form with a session; answers the status and the page (or redirect target).
+    pub async fn post_form(
+        &self,
+        cookie: &str,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let res = self
+            .http
+            .post(self.url(path))
+            .header(reqwest::header::COOKIE, cookie)
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let location = res
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|l| l.to_str().unwrap().to_owned());
+        let body = res.text().await.unwrap();
+        (status, location.unwrap_or(body))
+    }
+
+    /// A page as the holder of a session cookie sees it.
+    pub async fn page_with(&self, cookie: &str, path: &str) -> String {
+        self.http
+            .get(self.url(path))
+            .header(reqwest::header::COOKIE, cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .replace("<!>", "")
+    }
+
     /// Stops the cell and, unlike a real cell stop, every sandbox it started: tests leave nothing running.
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {

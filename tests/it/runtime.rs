@@ -1543,7 +1543,10 @@ async fn the_class_disk_size_holds_and_the_disk_follows_the_files() {
     assert!(used >= 50_000_000 && free > 0, "{facts}");
     let admin = c.owner_page("/admin").await;
     assert!(
-        admin.contains("Data directory size") && admin.contains("workspace disks"),
+        admin.contains("Data directory size")
+            && admin.contains("workspace disks")
+            && admin.contains("data-section=\"backups\"")
+            && admin.contains("Backups owed (retrying)"),
         "{admin}"
     );
 

@@ -88,8 +88,8 @@ fn Workspaces(
                         let name_label = r.name.clone();
                         view! {
                             <tr data-id=r.id.clone()>
-                                <td><a href=open.clone()>{r.name}</a></td><td><code>{r.repo}</code></td><td>{r.class}</td>
-                                <td class="phase">{r.phase}</td><td>{r.last_activity}</td><td>{r.stops_at}</td>
+                                <td><a href=open.clone()>{r.name}</a></td><td><code>{r.repo}</code></td><td data-label="Class">{r.class}</td>
+                                <td class="phase" data-label="Phase">{r.phase}</td><td data-label="Last activity">{r.last_activity}</td><td data-label="Stops at">{r.stops_at}</td>
                                 <td class="actions">
                                     <a href=open aria-label=format!("Open {name_label}")>"Open"</a>
                                     <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=token/><button type="submit" aria-label=format!("{label} {name_label}")>{label}</button></form>
@@ -466,6 +466,16 @@ pub struct OrgView {
     pub max_lifetime_h: u64,
     pub max_running_per_user: u32,
     pub outbound_network: bool,
+    /// Ids of the classes members may use; empty: all.
+    pub allowed_classes: Vec<String>,
+    pub backup_keep_last: u32,
+    pub backup_keep_within_days: u64,
+    pub deleted_backup_grace_days: u64,
+    /// Empty: stopped workspaces are kept forever.
+    pub dormancy_days: String,
+    pub backup_home: bool,
+    /// Pending invitations: (id, role, expires).
+    pub invitations: Vec<(String, String, String)>,
     /// A fresh invitation link to show once.
     pub new_invitation: Option<String>,
     pub message: Option<String>,
@@ -474,19 +484,36 @@ pub struct OrgView {
 #[component]
 fn OrgSettings(v: OrgView) -> impl IntoView {
     let csrf = v.csrf.clone();
+    let class_choices: Vec<(String, String, bool)> = v
+        .classes
+        .iter()
+        .map(|c| {
+            (
+                c.id.clone(),
+                c.name.clone(),
+                v.allowed_classes.is_empty() || v.allowed_classes.contains(&c.id),
+            )
+        })
+        .collect();
     view! {
         <Shell title=v.name.clone()>
             <nav><a href="/">"Workspaces"</a> " · " <a href="/admin">"Admin"</a></nav>
             {v.message.map(|m| view! { <p class="error" role="alert">{m}</p> })}
             <h2>"Members"</h2>
-            <table class="members"><thead><tr><th>"Email"</th><th>"Role"</th></tr></thead><tbody>
+            <table class="members"><thead><tr><th>"Email"</th><th>"Role"</th><th></th></tr></thead><tbody>
                 {v.members.into_iter().map(|(id, email, role)| {
                     let action = format!("/org/members/{id}/role");
+                    let remove = format!("/org/members/{id}/remove");
                     let other = if role == "owner" { "member" } else { "owner" };
                     let label = format!("Make {other}");
+                    let remove_label = format!("Remove {email} from the organization");
+                    let row = email.clone();
+                    let csrf2 = csrf.clone();
                     let csrf = csrf.clone();
-                    view! { <tr><td>{email}</td><td>{role}" "
+                    view! { <tr data-member=row><td>{email}</td><td>{role}" "
                         <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=csrf/><input type="hidden" name="role" value=other/><button type="submit">{label}</button></form>
+                    </td><td>
+                        <form method="post" action=remove class="inline"><input type="hidden" name="_csrf" value=csrf2/><button type="submit" class="danger" aria-label=remove_label>"Remove"</button></form>
                     </td></tr> }
                 }).collect_view()}
             </tbody></table>
@@ -497,6 +524,15 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                 <button type="submit">"Create invitation link"</button>
             </form>
             {v.new_invitation.map(|l| view! { <p class="invite">"Send this one-time link: " <code id="invitation-link">{l}</code></p> })}
+            {(!v.invitations.is_empty()).then(|| view! { <h3>"Pending invitations"</h3> })}
+            <table class="invitations"><tbody>
+                {v.invitations.into_iter().map(|(id, role, expires)| {
+                    let action = format!("/org/invitations/{id}/revoke");
+                    let csrf = csrf.clone();
+                    view! { <tr data-invitation=id.clone()><td>{format!("as {role}")}</td><td>{format!("expires {expires}")}</td>
+                        <td><form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=csrf/><button type="submit">"Revoke"</button></form></td></tr> }
+                }).collect_view()}
+            </tbody></table>
             <h2>"Workspace classes"</h2>
             <table class="classes"><thead><tr><th>"Class"</th><th>"CPU cores"</th><th>"Memory (GiB)"</th><th>"Disk (GiB)"</th><th>"Processes"</th><th></th><th></th></tr></thead><tbody>
                 {v.classes.into_iter().map(|c| {
@@ -504,10 +540,14 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                     let action = format!("/org/classes/{}", c.id);
                     let token = v.csrf.clone();
                     let row = c.id.clone();
+                    let delete = format!("/org/classes/{}/delete", c.id);
+                    let delete_label = format!("Delete the class {}", c.name);
+                    let token2 = v.csrf.clone();
                     view! { <tr data-class=row>
                         <td hidden><form id=form.clone() method="post" action=action><input type="hidden" name="_csrf" value=token/></form></td>
                         {class_fields(c, form.clone())}
-                        <td><button type="submit" form=form>"Save"</button></td></tr> }
+                        <td><button type="submit" form=form>"Save"</button></td>
+                        <td><form method="post" action=delete class="inline"><input type="hidden" name="_csrf" value=token2/><button type="submit" class="danger" aria-label=delete_label>"Delete"</button></form></td></tr> }
                 }).collect_view()}
                 <tr data-class="new">
                     <td hidden><form id="class-new" method="post" action="/org/classes"><input type="hidden" name="_csrf" value=v.csrf.clone()/></form></td>
@@ -533,6 +573,26 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                 <small>"Starting one more is refused with a clear message."</small>
                 <label><input name="outbound_network" type="checkbox" checked=v.outbound_network/>" Outbound network access"</label>
                 <small>"Off: workspaces reach nothing outside themselves."</small>
+                <fieldset class="allowed"><legend>"Classes members may use"</legend>
+                    {class_choices.into_iter().map(|(id, name, on)| view! {
+                        <label><input type="checkbox" name="allowed" value=id checked=on/>" " {name}</label>
+                    }).collect_view()}
+                </fieldset>
+                <small>"New workspaces offer only these; leaving all checked lets new classes in too."</small>
+                <label for="backup_keep_last">"Backups always kept per workspace"</label>
+                <input id="backup_keep_last" name="backup_keep_last" type="number" min="1" value=v.backup_keep_last.to_string()/>
+                <small>"The newest this many snapshots stay, however old."</small>
+                <label for="backup_keep_within_days">"Also keep backups younger than (days)"</label>
+                <input id="backup_keep_within_days" name="backup_keep_within_days" type="number" min="0" value=v.backup_keep_within_days.to_string()/>
+                <small>"Older snapshots beyond the kept number are forgotten and their space pruned."</small>
+                <label for="deleted_backup_grace_days">"Backups of deleted workspaces stay for (days)"</label>
+                <input id="deleted_backup_grace_days" name="deleted_backup_grace_days" type="number" min="0" value=v.deleted_backup_grace_days.to_string()/>
+                <small>"A mistaken delete can be undone from the backup until then."</small>
+                <label for="dormancy_days">"Delete workspaces stopped for longer than (days)"</label>
+                <input id="dormancy_days" name="dormancy_days" type="number" min="1" placeholder="never" value=v.dormancy_days.clone()/>
+                <small>"Empty keeps stopped workspaces forever; their git state is kept in the record of deletions."</small>
+                <label><input name="backup_home" type="checkbox" checked=v.backup_home/>" Back up home directories"</label>
+                <small>"Off: only /workspace (the repositories) is backed up."</small>
                 <button type="submit">"Save policy"</button>
             </form>
         </Shell>
@@ -556,25 +616,47 @@ pub struct LoopRow {
     pub last_error: String,
 }
 
+/// One section of the admin page: an anchor, a title and its facts. Each capability of the
+/// cell (backups now; TLS, updates and the rest as they arrive) brings its own.
+#[derive(Clone, Debug)]
+pub struct AdminSection {
+    pub id: String,
+    pub title: String,
+    pub facts: Vec<(String, String)>,
+}
+
 #[component]
-fn Admin(facts: Vec<(String, String)>, loops: Vec<LoopRow>) -> impl IntoView {
+fn Admin(sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> impl IntoView {
+    let index: Vec<(String, String)> = sections
+        .iter()
+        .map(|s| (format!("#{}", s.id), s.title.clone()))
+        .collect();
     view! {
         <Shell title="Admin".to_string()>
             <nav><a href="/">"Workspaces"</a> " · " <a href="/org">"Organization"</a></nav>
-            <h2>"Cell"</h2>
-            <dl class="facts">{facts.into_iter().map(|(k, v)| view! { <dt>{k}</dt><dd>{v}</dd> }).collect_view()}</dl>
-            <h2>"Loops"</h2>
-            <table class="loops"><thead><tr><th>"Loop"</th><th>"State"</th><th>"Last run"</th><th>"Next run"</th><th>"Last error"</th></tr></thead><tbody>
-                {loops.into_iter().map(|l| { let key = l.name.clone(); view! { <tr data-loop=key><td>{l.name}</td><td>{l.state}</td><td>{l.last_run}</td><td>{l.next_run}</td><td>{l.last_error}</td></tr> } }).collect_view()}
-            </tbody></table>
-            <p class="muted">"Backups, TLS, updates, usage, telemetry and audit get their sections here as they arrive."</p>
+            <nav class="sections" aria-label="Admin sections">
+                {index.into_iter().map(|(href, title)| view! { <a href=href>{title}</a>" " }).collect_view()}
+                <a href="#loops">"Loops"</a>
+            </nav>
+            {sections.into_iter().map(|s| view! {
+                <section id=s.id.clone() data-section=s.id>
+                    <h2>{s.title}</h2>
+                    <dl class="facts">{s.facts.into_iter().map(|(k, v)| view! { <dt>{k}</dt><dd>{v}</dd> }).collect_view()}</dl>
+                </section>
+            }).collect_view()}
+            <section id="loops" data-section="loops">
+                <h2>"Loops"</h2>
+                <table class="loops"><thead><tr><th>"Loop"</th><th>"State"</th><th>"Last run"</th><th>"Next run"</th><th>"Last error"</th></tr></thead><tbody>
+                    {loops.into_iter().map(|l| { let key = l.name.clone(); view! { <tr data-loop=key><td>{l.name}</td><td>{l.state}</td><td>{l.last_run}</td><td>{l.next_run}</td><td>{l.last_error}</td></tr> } }).collect_view()}
+                </tbody></table>
+            </section>
         </Shell>
     }
 }
 
 /// The admin page (cell administrators only; the server checks).
-pub fn admin_page(facts: Vec<(String, String)>, loops: Vec<LoopRow>) -> String {
-    let body = Owner::new().with(|| view! { <Admin facts=facts loops=loops/> }.to_html());
+pub fn admin_page(sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> String {
+    let body = Owner::new().with(|| view! { <Admin sections=sections loops=loops/> }.to_html());
     page("Admin", body)
 }
 
