@@ -346,6 +346,15 @@ fn signed_in(
 }
 
 fn error_page(e: Error) -> Response {
+    error_page_back(e, "/", "Back to your workspaces")
+}
+
+/// A refused workspace action: the reason, and the way back to the workspace it was about.
+fn workspace_error(e: Error, id: &str) -> Response {
+    error_page_back(e, &format!("/workspaces/{id}"), "Back to the workspace")
+}
+
+fn error_page_back(e: Error, back: &str, label: &str) -> Response {
     let (status, title) = match e {
         Error::NotFound { .. } => (StatusCode::NOT_FOUND, "Not found"),
         Error::Forbidden(_) | Error::Csrf => (StatusCode::FORBIDDEN, "Not allowed"),
@@ -362,7 +371,11 @@ fn error_page(e: Error) -> Response {
         }
         _ => (StatusCode::SERVICE_UNAVAILABLE, "Something went wrong"),
     };
-    (status, Html(ui::error_page(title, e.to_string()))).into_response()
+    (
+        status,
+        Html(ui::error_page(title, e.to_string(), back, label)),
+    )
+        .into_response()
 }
 
 async fn workspace_page(
@@ -525,7 +538,7 @@ async fn change(
     };
     match result {
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
-        Err(e) => error_page(e),
+        Err(e) => workspace_error(e, &id),
     }
 }
 
@@ -1237,7 +1250,7 @@ async fn share_port_form(
     });
     match result {
         Ok(()) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
-        Err(e) => error_page(e),
+        Err(e) => workspace_error(e, &id),
     }
 }
 
@@ -1270,7 +1283,7 @@ async fn timeout_form(
     });
     match result {
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
-        Err(e) => error_page(e),
+        Err(e) => workspace_error(e, &id),
     }
 }
 
@@ -1294,7 +1307,7 @@ async fn restore_form(
     };
     match result {
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
-        Err(e) => error_page(e),
+        Err(e) => workspace_error(e, &id),
     }
 }
 

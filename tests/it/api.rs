@@ -1134,3 +1134,71 @@ async fn the_organization_page_manages_members_invitations_classes_and_the_whole
     assert!(res.status() == StatusCode::NOT_FOUND || res.status() == StatusCode::FORBIDDEN);
     c.stop().await;
 }
+
+#[tokio::test]
+async fn the_login_page_says_what_went_wrong_and_sign_out_everywhere_ends_every_session() {
+    let c = TestCell::start_with(|cfg| cfg.auth.login_attempts_per_minute = 3, None).await;
+    let login = |password: &'static str| {
+        c.http
+            .post(c.url("/login"))
+            .form(&[("email", OWNER_EMAIL), ("password", password)])
+            .send()
+    };
+    // The form signs in with a cookie and goes to the workspaces page.
+    let res = login(OWNER_PASSWORD).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()[header::LOCATION], "/");
+    let first = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // A wrong password is said on the page, without saying which half was wrong.
+    let res = login("guess guess guess").await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("wrong email or password") && page.contains("action=\"/login\""),
+        "{page}"
+    );
+    // Past the limit the page says to wait, and for how long.
+    for _ in 0..2 {
+        login("guess guess guess").await.unwrap();
+    }
+    let res = login(OWNER_PASSWORD).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("too many attempts") && page.contains("seconds"),
+        "{page}"
+    );
+
+    // Two sessions; signing out everywhere from one ends the other too.
+    let owner = c.cell().find_user(None).unwrap();
+    let (second, csrf) = c.session(&owner.id).await;
+    for cookie in [&first, &second] {
+        assert!(c.page_with(cookie, "/").await.contains("Signed in as"));
+    }
+    let (s, to) = c
+        .post_form(&second, "/logout-all", &[("_csrf", &csrf)])
+        .await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/login"));
+    for cookie in [&first, &second] {
+        let res = c
+            .http
+            .get(c.url("/"))
+            .header(header::COOKIE, cookie.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::SEE_OTHER,
+            "a session outlived sign out everywhere"
+        );
+        assert_eq!(res.headers()[header::LOCATION], "/login");
+    }
+    c.stop().await;
+}

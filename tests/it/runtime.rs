@@ -1303,6 +1303,21 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
         .await;
     assert_eq!(w["timeout_s"], 7200);
+    // Past the policy's limit: refused with the reason and the way back to this workspace.
+    let res = c
+        .http
+        .post(c.url(&format!("/workspaces/{id}/timeout")))
+        .header(header::COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("timeout_min", "100000")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains(&format!("href=\"/workspaces/{id}\">Back to the workspace")),
+        "{page}"
+    );
     // The list shows class, activity, when it stops, and the actions.
     let list = get("/").await.unwrap().text().await.unwrap();
     assert!(

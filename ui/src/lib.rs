@@ -395,13 +395,15 @@ pub fn new_workspace_page(v: NewWorkspaceView) -> String {
 
 /// The sign-in page, with an error message after a failed attempt.
 /// A page that says what went wrong, in the same frame as every other page, with a way back.
-pub fn error_page(title: &str, message: String) -> String {
+/// A page saying why something was refused, with the way back to where the user was.
+pub fn error_page(title: &str, message: String, back: &str, back_label: &str) -> String {
     let title = title.to_owned();
+    let (back, back_label) = (back.to_owned(), back_label.to_owned());
     let body = Owner::new().with(|| {
         view! {
             <Shell title=title.clone()>
                 <p class="error" role="alert">{message}</p>
-                <p><a href="/">"Back to your workspaces"</a></p>
+                <p><a href=back>{back_label}</a></p>
             </Shell>
         }
         .to_html()
