@@ -100,6 +100,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let mb: usize = std::env::var("DEVCELL_BENCH_BACKUP_MB")
         .ok()
         .and_then(|v| v.parse().ok())

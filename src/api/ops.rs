@@ -63,7 +63,7 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// The background loops and their status (cell administrators).
+/// The background loops and their status (owners).
 #[utoipa::path(get, path = "/api/v1/admin/workers", tag = "admin",
     responses((status = 200, body = [WorkerDto]), (status = 403, body = ErrorBody)))]
 pub(super) async fn workers(
@@ -74,7 +74,7 @@ pub(super) async fn workers(
     Ok(Json(st.workers.list().iter().map(Into::into).collect()))
 }
 
-/// Version, uptime and size of the cell (cell administrators).
+/// Version, uptime and size of the cell (owners).
 #[utoipa::path(get, path = "/api/v1/admin/cell", tag = "admin",
     responses((status = 200, body = CellDto), (status = 403, body = ErrorBody)))]
 pub(super) async fn cell_facts(

@@ -22,6 +22,54 @@ use rustic_core::{
 };
 use time::OffsetDateTime;
 
+/// What a backup of `dir` would hold, by metadata only: the path, type, mode, owner, size,
+/// modification and change times and inode of every entry (without `run/`, and without
+/// `home/` unless it is backed up). Rustic's own comparison with a parent trusts the same
+/// metadata; the change time moves with every write and cannot be set back by a workspace.
+/// `None` when anything cannot be read (the backup then takes the long way).
+pub fn fingerprint(dir: &Path, include_home: bool) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    fn walk(dir: &Path, rel: &str, top: bool, home: bool, h: &mut sha2::Sha256) -> Option<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .ok()?
+            .collect::<Result<_, _>>()
+            .ok()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if top && (name == "run" || (name == "home" && !home)) {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(e.path()).ok()?;
+            let path = format!("{rel}/{name}");
+            h.update(path.as_bytes());
+            h.update([0]);
+            for n in [
+                m.mode() as u64,
+                m.uid() as u64,
+                m.gid() as u64,
+                m.size(),
+                m.mtime() as u64,
+                m.mtime_nsec() as u64,
+                m.ctime() as u64,
+                m.ctime_nsec() as u64,
+                m.ino(),
+            ] {
+                h.update(n.to_le_bytes());
+            }
+            if m.is_dir() {
+                walk(&e.path(), &path, false, home, h)?;
+            }
+        }
+        Some(())
+    }
+    let mut h = sha2::Sha256::new();
+    walk(dir, "", true, include_home, &mut h)?;
+    Some(h.finalize().into())
+}
+
 /// The host name recorded in every snapshot (the cell, not the machine, owns them).
 const HOST: &str = "devcell";
 
@@ -73,6 +121,9 @@ pub struct BackupStore {
     key: Mutex<Option<rustic_core::repofile::MasterKey>>,
     /// One operation at a time.
     lock: Mutex<()>,
+    /// Per workspace, the last snapshot this process took and verified, with the fingerprint
+    /// of the files it holds (see [`fingerprint`]).
+    prints: Mutex<std::collections::HashMap<String, (String, [u8; 32])>>,
 }
 
 impl BackupStore {
@@ -95,6 +146,7 @@ impl BackupStore {
             cache: cache.to_owned(),
             key: Mutex::new(None),
             lock: Mutex::new(()),
+            prints: Mutex::default(),
         }
     }
 
@@ -140,6 +192,66 @@ impl BackupStore {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A new snapshot holding the tree of `parent` (files unchanged since), read back once
+    /// saved.
+    fn same_tree(
+        &self,
+        repo: &Repository<rustic_core::IndexedIdsStatus>,
+        parent: &str,
+        mut snap: SnapshotFile,
+    ) -> Result<Taken, BackupError> {
+        let p = repo
+            .get_snapshots(&[parent])
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.err(format!("snapshot {parent} is not in the store")))?;
+        let mut summary = p.summary.clone().unwrap_or_default();
+        summary.files_new = 0;
+        summary.files_changed = 0;
+        summary.files_unmodified = summary.total_files_processed;
+        summary.dirs_new = 0;
+        summary.dirs_changed = 0;
+        summary.dirs_unmodified = summary.total_dirs_processed;
+        summary.data_added = 0;
+        summary.data_added_packed = 0;
+        summary.data_added_files = 0;
+        summary.data_added_files_packed = 0;
+        summary.data_added_trees = 0;
+        summary.data_added_trees_packed = 0;
+        snap.tree = p.tree;
+        snap.paths = p.paths.clone();
+        snap.parent = Some(p.id);
+        snap.summary = Some(summary.clone());
+        let before: std::collections::HashSet<rustic_core::repofile::SnapshotId> =
+            repo.list().map_err(|e| self.err(e))?.collect();
+        repo.save_snapshots(vec![snap]).map_err(|e| self.err(e))?;
+        let id = repo
+            .list::<rustic_core::repofile::SnapshotId>()
+            .map_err(|e| self.err(e))?
+            .find(|id| !before.contains(id))
+            .ok_or_else(|| self.err("the new snapshot is not listed"))?;
+        let id = id.to_hex().as_str().to_owned();
+        let stored = repo
+            .get_snapshots(&[id.as_str()])
+            .map_err(|e| BackupError::Unverified {
+                id: id.clone(),
+                reason: e.to_string(),
+            })?;
+        if stored.first().map(|s| s.tree) != Some(p.tree) {
+            return Err(BackupError::Unverified {
+                id,
+                reason: "its tree is not the one saved".into(),
+            });
+        }
+        Ok(Taken {
+            id,
+            files: summary.total_files_processed,
+            bytes: summary.total_bytes_processed,
+            added_bytes: 0,
+        })
+    }
+
     /// Writes a snapshot of the workspace's files, then reads it back: its tree must list as
     /// many files as were written.
     pub fn snapshot(&self, src: &Source<'_>) -> Result<Taken, BackupError> {
@@ -155,7 +267,34 @@ impl BackupStore {
     }
 
     fn snapshot_locked(&self, src: &Source<'_>) -> Result<Taken, BackupError> {
+        let t = std::time::Instant::now();
+        // Taken before anything is read: a change made during the backup makes the next
+        // fingerprint differ, so it is never mistaken for unchanged.
+        let print = fingerprint(src.dir, src.include_home);
         let repo = self.open()?.to_indexed_ids().map_err(|e| self.err(e))?;
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "backup store open and indexed"
+        );
+        let taken = self.snapshot_indexed(repo, src, print.as_ref())?;
+        if let Some(p) = print
+            && let Ok(mut prints) = self.prints.lock()
+        {
+            prints.insert(src.workspace.to_owned(), (taken.id.clone(), p));
+        }
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "snapshot taken and verified"
+        );
+        Ok(taken)
+    }
+
+    fn snapshot_indexed(
+        &self,
+        repo: Repository<rustic_core::IndexedIdsStatus>,
+        src: &Source<'_>,
+        print: Option<&[u8; 32]>,
+    ) -> Result<Taken, BackupError> {
         let dir = src.dir.to_string_lossy();
         let mut globs = vec![format!("!{dir}/run")];
         if !src.include_home {
@@ -166,6 +305,15 @@ impl BackupStore {
             .as_path(PathBuf::from(src.workspace))
             .no_scan(true);
         opts.excludes.globs = globs;
+        // The parent is the workspace's last snapshot whatever its trigger: rustic's own
+        // choice groups by label, and a "stop" snapshot after "interval" ones would then read
+        // every file again instead of only the changed ones.
+        // A parent gone from the store (pruned by hand) leaves rustic to choose.
+        if let Some(parent) = src.verified_parent
+            && repo.get_snapshots(&[parent]).is_ok_and(|s| !s.is_empty())
+        {
+            opts.parent_opts.parents = vec![parent.to_owned()];
+        }
         let snap = SnapshotOptions::default()
             .host(HOST.to_string())
             .label(src.trigger.to_string())
@@ -173,6 +321,22 @@ impl BackupStore {
             .add_tags(&format!("{},{}", src.workspace, src.org))
             .and_then(|o| o.to_snapshot())
             .map_err(|e| self.err(e))?;
+        // Nothing changed since the last verified snapshot (same fingerprint): a new snapshot
+        // of the same tree, without rustic walking and comparing every file again.
+        if let (Some(parent), Some(print)) = (src.verified_parent, print) {
+            let unchanged = self
+                .prints
+                .lock()
+                .ok()
+                .and_then(|p| p.get(src.workspace).cloned())
+                .is_some_and(|(id, p)| id == parent && p == *print);
+            if unchanged {
+                match self.same_tree(&repo, parent, snap.clone()) {
+                    Ok(taken) => return Ok(taken),
+                    Err(e) => tracing::warn!(error = %e, "unchanged files backed up the long way"),
+                }
+            }
+        }
         let sources = PathList::from_string(&dir)
             .map_err(|e| self.err(e))?
             .sanitize()

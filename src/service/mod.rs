@@ -224,12 +224,22 @@ impl Cell {
         Ok(m)
     }
 
+    /// The cell's administration (its loops, facts and backups) is for owners: the user who
+    /// set the cell up, the local admin socket, and every owner of an organization.
     fn require_admin(&self, actor: &Actor) -> Result<()> {
         if actor.user.is_admin || actor.via == AuthVia::Local {
+            return Ok(());
+        }
+        let owner = self
+            .store()
+            .read(|tx| tx.memberships_of(&actor.user.id))?
+            .iter()
+            .any(|m| m.role == Role::Owner);
+        if owner {
             Ok(())
         } else {
             Err(Error::Forbidden(
-                "only cell administrators may do this".into(),
+                "only owners may see the cell's administration".into(),
             ))
         }
     }

@@ -943,6 +943,13 @@ async fn the_organization_page_manages_members_invitations_classes_and_the_whole
     let (cookie, csrf) = c.session(&owner.id).await;
     let (member_id, member_token) = c.add_user("dev@example.com", "member").await;
 
+    // Every owner sees the cell's administration, not only the one who set it up.
+    let (_, second_owner) = c.add_user("boss2@example.com", "owner").await;
+    let (s, facts) = c
+        .call(Method::GET, "/api/v1/admin/cell", Some(&second_owner), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{facts}");
+
     // A member's session cannot change the organization, whatever the form says.
     let member = devcell::domain::UserId::parse(&member_id).unwrap();
     let (member_cookie, member_csrf) = c.session(&member).await;

@@ -94,14 +94,57 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
     assert_eq!(second.files, 3);
     assert!(second.added_bytes < 100_000, "{second:?}");
     // Unchanged since a verified snapshot: nothing added, same count, no second tree walk.
+    // Another trigger still follows it (restic records the parent): unchanged files are not
+    // read again.
     let third = store
         .snapshot(&Source {
             verified_parent: Some(&second.id),
+            trigger: "interval",
             ..source(true)
         })
         .unwrap();
     assert_eq!((third.files, third.added_bytes), (3, 0), "{third:?}");
     assert_ne!(third.id, second.id);
+    let listed: Value = serde_json::from_str(&restic(
+        &repo,
+        "pw-1",
+        &["snapshots", "--json", third.id.as_str()],
+    ))
+    .unwrap();
+    assert_eq!(listed[0]["parent"], json!(second.id), "{listed}");
+    let tree = |id: &str| -> Value {
+        let l: Value =
+            serde_json::from_str(&restic(&repo, "pw-1", &["snapshots", "--json", id])).unwrap();
+        l[0]["tree"].clone()
+    };
+    assert_eq!(tree(&third.id), tree(&second.id));
+
+    // The sneakiest change: same size, modification time set back. It is still seen (the
+    // change time moved) and the snapshot holds the new bytes.
+    let readme = ws.join("workspace/app/README.md");
+    let old_mtime = std::fs::metadata(&readme).unwrap().modified().unwrap();
+    write(&readme, b"# sneaky\n");
+    std::fs::File::options()
+        .write(true)
+        .open(&readme)
+        .unwrap()
+        .set_modified(old_mtime)
+        .unwrap();
+    let fourth = store
+        .snapshot(&Source {
+            verified_parent: Some(&third.id),
+            ..source(true)
+        })
+        .unwrap();
+    assert_ne!(tree(&fourth.id), tree(&third.id));
+    let sneaky = tmp.path().join("sneaky");
+    store
+        .restore(&fourth.id, "ws_01backuptest", &sneaky)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(sneaky.join("workspace/app/README.md")).unwrap(),
+        "# sneaky\n"
+    );
 
     // Our restore of the first snapshot brings back its content exactly.
     let back = tmp.path().join("restored");
@@ -117,12 +160,12 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
     // Another workspace's id does not reach this one's snapshots.
     assert!(store.restore(&first.id, "ws_other", &back).is_err());
 
-    // Forget + prune: restic sees one snapshot left and a consistent repository.
+    // Forget + prune: restic sees the other three and a consistent repository.
     assert_eq!(store.forget(std::slice::from_ref(&first.id)).unwrap(), 1);
     store.prune().unwrap();
     let listed: Value =
         serde_json::from_str(&restic(&repo, "pw-1", &["snapshots", "--json"])).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed.as_array().unwrap().len(), 3);
     assert!(listed.to_string().contains(&second.id), "{listed}");
     restic(&repo, "pw-1", &["check"]);
     // The wrong password opens nothing.

@@ -656,7 +656,7 @@ fn Admin(sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> impl IntoView {
     }
 }
 
-/// The admin page (cell administrators only; the server checks).
+/// The admin page (owners only; the server checks).
 pub fn admin_page(sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> String {
     let body = Owner::new().with(|| view! { <Admin sections=sections loops=loops/> }.to_html());
     page("Admin", body)
