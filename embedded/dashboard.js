@@ -141,6 +141,13 @@
       b.setAttribute("role", "tab");
       b.textContent = "Terminal " + t.id.replace(/^t/, "");
       b.onclick = function () { select(t.id); };
+      // Arrow keys move between terminal tabs, as in any tab list.
+      b.onkeydown = function (e) {
+        if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
+        var all = Array.prototype.slice.call(document.querySelectorAll("#terminal-tabs button[data-tid]"));
+        var next = all[(all.indexOf(b) + (e.key === "ArrowRight" ? 1 : all.length - 1)) % all.length];
+        if (next) { select(next.dataset.tid); next.focus(); e.preventDefault(); }
+      };
       tabs.insertBefore(b, document.getElementById("new-terminal"));
     }
     var term = new window.Terminal({ cursorBlink: true, fontSize: 14 });

@@ -158,6 +158,36 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
             t.starts_with("Workspaces")
         })
         .await;
+        // The list is live: a workspace created elsewhere (here through the API) shows up
+        // without a reload, and goes when it is deleted.
+        b.execute("window.__listDocument = 'yes'; return 'set'", vec![])
+            .await
+            .unwrap();
+        let (s, other) = c
+            .owner(
+                reqwest::Method::POST,
+                "/api/v1/workspaces",
+                Some(json!({ "name": "from-the-cli", "repos": [{ "url": format!("file://{}", bare.display()) }] })),
+            )
+            .await;
+        assert_eq!(s, reqwest::StatusCode::CREATED, "{other}");
+        let rows = "return Array.from(document.querySelectorAll('tr[data-id]')).map(r => r.textContent).join('|')";
+        wait_for(&b, "the new row", rows, |t| t.contains("from-the-cli")).await;
+        let other_id = other["id"].as_str().unwrap();
+        let (s, _) = c
+            .owner(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/workspaces/{other_id}"),
+                None,
+            )
+            .await;
+        assert!(s.is_success());
+        wait_for(&b, "the row to go", rows, |t| !t.contains("from-the-cli")).await;
+        let same = b
+            .execute("return window.__listDocument || 'reloaded'", vec![])
+            .await
+            .unwrap();
+        assert_eq!(same, "yes", "the list was reloaded");
         b.find(Locator::LinkText("New workspace"))
             .await
             .unwrap()
@@ -257,6 +287,26 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
         let tabs =
             "return String(document.querySelectorAll('#terminal-tabs button[data-tid]').length)";
         wait_for(&b, "two terminal tabs", tabs, |n| n == "2").await;
+        // The keyboard moves between tabs: ArrowRight from the first selects the second.
+        b.execute(
+            "document.querySelector('#terminal-tabs button[data-tid]').focus(); return 'ok'",
+            vec![],
+        )
+        .await
+        .unwrap();
+        b.active_element()
+            .await
+            .unwrap()
+            .send_keys("\u{E014}")
+            .await
+            .unwrap();
+        wait_for(
+            &b,
+            "the second tab selected by the arrow key",
+            "var t = document.querySelectorAll('#terminal-tabs button[data-tid]'); return t[1].getAttribute('aria-selected') + '/' + (document.activeElement === t[1])",
+            |s| s == "true/true",
+        )
+        .await;
         b.refresh().await.unwrap();
         wait_for(&b, "two terminal tabs after a reload", tabs, |n| n == "2").await;
         wait_for(

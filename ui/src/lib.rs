@@ -560,21 +560,21 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
             <form method="post" action="/org/policy" class="card policy">
                 <input type="hidden" name="_csrf" value=csrf.clone()/>
                 <label for="default_timeout_min">"Inactivity timeout (minutes)"</label>
-                <input id="default_timeout_min" name="default_timeout_min" type="number" min="1" value=v.default_timeout_min.to_string()/>
-                <small>"A workspace with no terminal input, port traffic or commands for this long is stopped."</small>
+                <input aria-describedby="default_timeout_min-hint" id="default_timeout_min" name="default_timeout_min" type="number" min="1" value=v.default_timeout_min.to_string()/>
+                <small id="default_timeout_min-hint">"A workspace with no terminal input, port traffic or commands for this long is stopped."</small>
                 <label for="max_timeout_min">"Longest timeout members may choose (minutes)"</label>
-                <input id="max_timeout_min" name="max_timeout_min" type="number" min="1" value=v.max_timeout_min.to_string()/>
-                <small>"Members can extend their own timeout up to this."</small>
-                <label><input name="users_can_extend" type="checkbox" checked=v.users_can_extend/>" Members may change their timeout"</label>
-                <small>"Unchecked locks every workspace to the default timeout."</small>
+                <input aria-describedby="max_timeout_min-hint" id="max_timeout_min" name="max_timeout_min" type="number" min="1" value=v.max_timeout_min.to_string()/>
+                <small id="max_timeout_min-hint">"Members can extend their own timeout up to this."</small>
+                <label><input aria-describedby="users_can_extend-hint" name="users_can_extend" type="checkbox" checked=v.users_can_extend/>" Members may change their timeout"</label>
+                <small id="users_can_extend-hint">"Unchecked locks every workspace to the default timeout."</small>
                 <label for="max_lifetime_h">"Maximum lifetime (hours)"</label>
-                <input id="max_lifetime_h" name="max_lifetime_h" type="number" min="1" value=v.max_lifetime_h.to_string()/>
-                <small>"A workspace is stopped after running this long, active or not."</small>
+                <input aria-describedby="max_lifetime_h-hint" id="max_lifetime_h" name="max_lifetime_h" type="number" min="1" value=v.max_lifetime_h.to_string()/>
+                <small id="max_lifetime_h-hint">"A workspace is stopped after running this long, active or not."</small>
                 <label for="max_running_per_user">"Running workspaces per member"</label>
-                <input id="max_running_per_user" name="max_running_per_user" type="number" min="1" value=v.max_running_per_user.to_string()/>
-                <small>"Starting one more is refused with a clear message."</small>
-                <label><input name="outbound_network" type="checkbox" checked=v.outbound_network/>" Outbound network access"</label>
-                <small>"Off: workspaces reach nothing outside themselves."</small>
+                <input aria-describedby="max_running_per_user-hint" id="max_running_per_user" name="max_running_per_user" type="number" min="1" value=v.max_running_per_user.to_string()/>
+                <small id="max_running_per_user-hint">"Starting one more is refused with a clear message."</small>
+                <label><input aria-describedby="outbound_network-hint" name="outbound_network" type="checkbox" checked=v.outbound_network/>" Outbound network access"</label>
+                <small id="outbound_network-hint">"Off: workspaces reach nothing outside themselves."</small>
                 <fieldset class="allowed"><legend>"Classes members may use"</legend>
                     {class_choices.into_iter().map(|(id, name, on)| view! {
                         <label><input type="checkbox" name="allowed" value=id checked=on/>" " {name}</label>
@@ -582,19 +582,19 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                 </fieldset>
                 <small>"New workspaces offer only these; leaving all checked lets new classes in too."</small>
                 <label for="backup_keep_last">"Backups always kept per workspace"</label>
-                <input id="backup_keep_last" name="backup_keep_last" type="number" min="1" value=v.backup_keep_last.to_string()/>
-                <small>"The newest this many snapshots stay, however old."</small>
+                <input aria-describedby="backup_keep_last-hint" id="backup_keep_last" name="backup_keep_last" type="number" min="1" value=v.backup_keep_last.to_string()/>
+                <small id="backup_keep_last-hint">"The newest this many snapshots stay, however old."</small>
                 <label for="backup_keep_within_days">"Also keep backups younger than (days)"</label>
-                <input id="backup_keep_within_days" name="backup_keep_within_days" type="number" min="0" value=v.backup_keep_within_days.to_string()/>
-                <small>"Older snapshots beyond the kept number are forgotten and their space pruned."</small>
+                <input aria-describedby="backup_keep_within_days-hint" id="backup_keep_within_days" name="backup_keep_within_days" type="number" min="0" value=v.backup_keep_within_days.to_string()/>
+                <small id="backup_keep_within_days-hint">"Older snapshots beyond the kept number are forgotten and their space pruned."</small>
                 <label for="deleted_backup_grace_days">"Backups of deleted workspaces stay for (days)"</label>
-                <input id="deleted_backup_grace_days" name="deleted_backup_grace_days" type="number" min="0" value=v.deleted_backup_grace_days.to_string()/>
-                <small>"A mistaken delete can be undone from the backup until then."</small>
+                <input aria-describedby="deleted_backup_grace_days-hint" id="deleted_backup_grace_days" name="deleted_backup_grace_days" type="number" min="0" value=v.deleted_backup_grace_days.to_string()/>
+                <small id="deleted_backup_grace_days-hint">"A mistaken delete can be undone from the backup until then."</small>
                 <label for="dormancy_days">"Delete workspaces stopped for longer than (days)"</label>
-                <input id="dormancy_days" name="dormancy_days" type="number" min="1" placeholder="never" value=v.dormancy_days.clone()/>
-                <small>"Empty keeps stopped workspaces forever; their git state is kept in the record of deletions."</small>
-                <label><input name="backup_home" type="checkbox" checked=v.backup_home/>" Back up home directories"</label>
-                <small>"Off: only /workspace (the repositories) is backed up."</small>
+                <input aria-describedby="dormancy_days-hint" id="dormancy_days" name="dormancy_days" type="number" min="1" placeholder="never" value=v.dormancy_days.clone()/>
+                <small id="dormancy_days-hint">"Empty keeps stopped workspaces forever; their git state is kept in the record of deletions."</small>
+                <label><input aria-describedby="backup_home-hint" name="backup_home" type="checkbox" checked=v.backup_home/>" Back up home directories"</label>
+                <small id="backup_home-hint">"Off: only /workspace (the repositories) is backed up."</small>
                 <button type="submit">"Save policy"</button>
             </form>
         </Shell>
