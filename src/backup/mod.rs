@@ -177,8 +177,11 @@ impl BackupStore {
                     let key = KeyOptions::default()
                         .hostname(HOST.to_string())
                         .username("devcell".to_string());
-                    repo.init(&creds, &key, &ConfigOptions::default())
-                        .map_err(|e| self.err(e))?
+                    // zstd level 1: about restic's "auto" speed; workspace files are mostly
+                    // source and build output, where higher levels buy little.
+                    let mut config = ConfigOptions::default();
+                    config.set_compression = Some(1);
+                    repo.init(&creds, &key, &config).map_err(|e| self.err(e))?
                 }
             }
         };
