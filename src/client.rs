@@ -297,43 +297,29 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
             }
         }
         WsCmd::Start { id, out } => {
-            check(
-                http.post(api(&format!("workspaces/{id}/start"))?)
-                    .bearer_auth(&saved.token)
-                    .send()
-                    .await?,
+            return change(
+                &http,
+                &saved,
+                &id,
+                "start",
+                &["running", "failed"],
+                out.json,
             )
-            .await?;
-            let w = wait_for(&http, &saved, &id, &["running", "failed"]).await?;
-            report(&w, out.json)?;
-            if w["phase"] == "failed" {
-                return Ok(1);
-            }
+            .await;
         }
         WsCmd::Stop { id, out } => {
-            check(
-                http.post(api(&format!("workspaces/{id}/stop"))?)
-                    .bearer_auth(&saved.token)
-                    .send()
-                    .await?,
-            )
-            .await?;
-            let w = wait_for(&http, &saved, &id, &["stopped", "failed"]).await?;
-            report(&w, out.json)?;
+            change(&http, &saved, &id, "stop", &["stopped", "failed"], out.json).await?;
         }
         WsCmd::Restart { id, out } => {
-            check(
-                http.post(api(&format!("workspaces/{id}/restart"))?)
-                    .bearer_auth(&saved.token)
-                    .send()
-                    .await?,
+            return change(
+                &http,
+                &saved,
+                &id,
+                "restart",
+                &["running", "failed"],
+                out.json,
             )
-            .await?;
-            let w = wait_for(&http, &saved, &id, &["running", "failed"]).await?;
-            report(&w, out.json)?;
-            if w["phase"] == "failed" {
-                return Ok(1);
-            }
+            .await;
         }
         WsCmd::Exec { id, command, out } => {
             let r = check(
@@ -357,6 +343,23 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
 }
 
 /// Polls a workspace until its phase is one of `phases` (at most ten minutes).
+/// Asks for a start, stop or restart, then waits for one of `until` and reports it; exit code 1
+/// when the workspace failed.
+async fn change(
+    http: &reqwest::Client,
+    saved: &Saved,
+    id: &str,
+    verb: &str,
+    until: &[&str],
+    json: bool,
+) -> Result<i32> {
+    let url = saved.url.join(&format!("api/v1/workspaces/{id}/{verb}"))?;
+    check(http.post(url).bearer_auth(&saved.token).send().await?).await?;
+    let w = wait_for(http, saved, id, until).await?;
+    report(&w, json)?;
+    Ok(if w["phase"] == "failed" { 1 } else { 0 })
+}
+
 async fn wait_for(
     http: &reqwest::Client,
     saved: &Saved,

@@ -918,6 +918,36 @@ struct CsrfOnly {
     csrf: String,
 }
 
+/// An owner's form on the organization page: signed in, CSRF checked, on the owner's
+/// organization; the result shows on the page (refusals `refused` says are the user's, with
+/// `status`).
+fn org_form(
+    st: &AppState,
+    headers: &HeaderMap,
+    token: &str,
+    status: StatusCode,
+    refused: impl Fn(&Error) -> bool,
+    act: impl FnOnce(&crate::service::Actor, &crate::domain::entities::Org) -> Result<(), Error>,
+) -> Response {
+    let (actor, csrf) = match signed_in(st, headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st
+        .cell
+        .check_csrf(&actor, Some(token))
+        .and_then(|_| act(&actor, &owned_org(st, &actor)?));
+    back_to_org(st, &actor, csrf, result, status, refused)
+}
+
+/// Conflicts, broken rules and things already gone are said on the page.
+fn said_on_page(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Conflict { .. } | Error::Rule(_) | Error::NotFound { .. }
+    )
+}
+
 /// Removes a member (their workspaces stay theirs to delete or an owner's to clean up).
 async fn org_member_remove(
     State(st): State<AppState>,
@@ -925,22 +955,18 @@ async fn org_member_remove(
     crate::api::Path(user): crate::api::Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    let (actor, csrf) = match signed_in(&st, &headers) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
-        let org = owned_org(&st, &actor)?;
-        let user =
-            crate::domain::UserId::parse(&user).map_err(|_| Error::NotFound { what: "member" })?;
-        st.cell.remove_member(&actor, &org.id, &user)
-    });
-    back_to_org(&st, &actor, csrf, result, StatusCode::CONFLICT, |e| {
-        matches!(
-            e,
-            Error::Conflict { .. } | Error::Rule(_) | Error::NotFound { .. }
-        )
-    })
+    org_form(
+        &st,
+        &headers,
+        &f.csrf,
+        StatusCode::CONFLICT,
+        said_on_page,
+        |actor, org| {
+            let user = crate::domain::UserId::parse(&user)
+                .map_err(|_| Error::NotFound { what: "member" })?;
+            st.cell.remove_member(actor, &org.id, &user)
+        },
+    )
 }
 
 async fn org_invitation_revoke(
@@ -949,19 +975,18 @@ async fn org_invitation_revoke(
     crate::api::Path(id): crate::api::Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    let (actor, csrf) = match signed_in(&st, &headers) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
-        let org = owned_org(&st, &actor)?;
-        let id = crate::domain::InvitationId::parse(&id)
-            .map_err(|_| Error::NotFound { what: "invitation" })?;
-        st.cell.revoke_invitation(&actor, &org.id, &id)
-    });
-    back_to_org(&st, &actor, csrf, result, StatusCode::NOT_FOUND, |e| {
-        matches!(e, Error::NotFound { .. })
-    })
+    org_form(
+        &st,
+        &headers,
+        &f.csrf,
+        StatusCode::NOT_FOUND,
+        said_on_page,
+        |actor, org| {
+            let id = crate::domain::InvitationId::parse(&id)
+                .map_err(|_| Error::NotFound { what: "invitation" })?;
+            st.cell.revoke_invitation(actor, &org.id, &id)
+        },
+    )
 }
 
 async fn org_class_delete(
@@ -970,22 +995,18 @@ async fn org_class_delete(
     crate::api::Path(id): crate::api::Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    let (actor, csrf) = match signed_in(&st, &headers) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let result = st.cell.check_csrf(&actor, Some(&f.csrf)).and_then(|_| {
-        owned_org(&st, &actor)?;
-        let id =
-            crate::domain::ClassId::parse(&id).map_err(|_| Error::NotFound { what: "class" })?;
-        st.cell.delete_class(&actor, &id)
-    });
-    back_to_org(&st, &actor, csrf, result, StatusCode::CONFLICT, |e| {
-        matches!(
-            e,
-            Error::Conflict { .. } | Error::Rule(_) | Error::NotFound { .. }
-        )
-    })
+    org_form(
+        &st,
+        &headers,
+        &f.csrf,
+        StatusCode::CONFLICT,
+        said_on_page,
+        |actor, _| {
+            let id = crate::domain::ClassId::parse(&id)
+                .map_err(|_| Error::NotFound { what: "class" })?;
+            st.cell.delete_class(actor, &id)
+        },
+    )
 }
 
 #[derive(Deserialize)]

@@ -168,8 +168,9 @@ impl Disks {
                 c"discard,noinit_itable",
             );
             // Detaching a mounted loop device only marks it to go with the last unmount, as
-            // `mount -o loop` does; off the start's path.
+            // `mount -o loop` does; off the start's path, a moment later.
             let detach = move || {
+                std::thread::sleep(std::time::Duration::from_millis(150));
                 let _ = run(Command::new("losetup").arg("-d").arg(&device));
             };
             match mounted {
