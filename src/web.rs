@@ -103,6 +103,7 @@ async fn home(
     match listed {
         Ok(page) => {
             let details = st.cell.list_details(&page.items);
+            let now = st.cell.now();
             let rows = page
                 .items
                 .iter()
@@ -118,7 +119,9 @@ async fn home(
                     phase: w.lifecycle.phase.as_str().into(),
                     class,
                     last_activity: short_time(w.last_activity),
-                    stops_at: plan.map(|p| short_time(p.at)).unwrap_or_else(|| "—".into()),
+                    stops_at: plan
+                        .map(|p| format!("{} ({})", short_time(p.at), time_left(p.at - now)))
+                        .unwrap_or_else(|| "—".into()),
                     wanted_running: w.lifecycle.desired == crate::domain::Desired::Running,
                 })
                 .collect();
@@ -1170,6 +1173,17 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
 }
 
 /// `2026-11-29 14:03 UTC`: precise enough for a table.
+/// "in 27 min", "in 3 h 5 min", "now": how long until a workspace stops.
+fn time_left(d: time::Duration) -> String {
+    let minutes = (d.whole_seconds() + 59).max(0) / 60;
+    match minutes {
+        0 => "now".into(),
+        m if m < 60 => format!("in {m} min"),
+        m if m % 60 == 0 => format!("in {} h", m / 60),
+        m => format!("in {} h {} min", m / 60, m % 60),
+    }
+}
+
 fn short_time(t: time::OffsetDateTime) -> String {
     let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
     t.format(&f).unwrap_or_default()
@@ -1389,4 +1403,19 @@ fn git_views(git: &[crate::domain::entities::GitState]) -> Vec<ui::GitView> {
             unpushed: g.unpushed.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_left;
+
+    #[test]
+    fn time_left_reads_like_a_person_would_say_it() {
+        let m = time::Duration::minutes;
+        assert_eq!(time_left(m(27)), "in 27 min");
+        assert_eq!(time_left(time::Duration::seconds(30)), "in 1 min");
+        assert_eq!(time_left(m(120)), "in 2 h");
+        assert_eq!(time_left(m(185)), "in 3 h 5 min");
+        assert_eq!(time_left(time::Duration::seconds(-5)), "now");
+    }
 }

@@ -1323,7 +1323,8 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
     assert!(
         list.contains(&format!("action=\"/workspaces/{id}/stop\""))
             && list.contains(">small<")
-            && list.contains(" UTC<"),
+            && list.contains(" UTC<")
+            && (list.contains(" UTC (in 2 h)<") || list.contains(" UTC (in 1 h 59 min)<")),
         "{list}"
     );
     // A page cursor that is not one is the user's mistake, said on a page, not a server error.
