@@ -19,7 +19,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// One workspace's files and the disk they may take.
 #[derive(Clone, Debug)]
@@ -47,14 +47,10 @@ fn fail(what: impl Into<String>) -> impl FnOnce(String) -> DiskError {
 pub struct Disks {
     /// `None` when this host can enforce disk sizes; otherwise why not.
     unavailable: Option<String>,
-    /// Mounting twice would put two filesystems on one image: one attach or detach at a time
-    /// (spares change hands under it too).
-    lock: Arc<Mutex<()>>,
+    /// Mounting twice would put two filesystems on one image: one attach or detach at a time.
+    lock: Mutex<()>,
     /// Sizes whose spare image is being made now.
-    refilling: Arc<Mutex<std::collections::HashSet<u64>>>,
-    /// Spare images already on a loop device (attached by this process), by path: taking one
-    /// is a rename and a mount(2), no process to run.
-    attached: Arc<Mutex<std::collections::HashMap<PathBuf, String>>>,
+    refilling: std::sync::Arc<Mutex<std::collections::HashSet<u64>>>,
 }
 
 /// Mount options: no device files or set-uid programs from a workspace's files; freed blocks go
@@ -79,9 +75,8 @@ impl Disks {
         };
         Disks {
             unavailable,
-            lock: Default::default(),
+            lock: Mutex::new(()),
             refilling: Default::default(),
-            attached: Default::default(),
         }
     }
 
@@ -89,9 +84,8 @@ impl Disks {
     pub fn off(reason: &str) -> Disks {
         Disks {
             unavailable: Some(reason.to_owned()),
-            lock: Default::default(),
+            lock: Mutex::new(()),
             refilling: Default::default(),
-            attached: Default::default(),
         }
     }
 
@@ -117,7 +111,6 @@ impl Disks {
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let dir = &files.dir;
         let grow = create && needs_growing(files);
-        let mut ready: Option<String> = None;
         if is_mount_point(dir) {
             if !grow {
                 return Ok(());
@@ -137,11 +130,9 @@ impl Disks {
                 tracing::warn!(dir = %dir.display(), "files from before disk limits: this workspace runs without one");
                 return Ok(());
             }
-            // A spare formatted (and put on a loop device) beforehand saves the start the
-            // time of mkfs and of the mount command.
-            match self.take_spare(&files.image, files.bytes) {
-                Some(device) => ready = device,
-                None => make_image(&files.image, files.bytes, false)?,
+            // A spare formatted beforehand saves the start the time of mkfs.
+            if !take_spare(&files.image, files.bytes) {
+                make_image(&files.image, files.bytes, false)?;
             }
             self.refill(&files.image, files.bytes);
         }
@@ -158,32 +149,6 @@ impl Disks {
         }
         if grow {
             grow_image(files)?;
-        }
-        if let Some(device) = ready {
-            let mounted = rustix::mount::mount(
-                device.as_str(),
-                dir,
-                "ext4",
-                rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
-                c"discard,noinit_itable",
-            );
-            // Detaching a mounted loop device only marks it to go with the last unmount, as
-            // `mount -o loop` does; off the start's path, a moment later.
-            let detach = move || {
-                std::thread::sleep(std::time::Duration::from_millis(150));
-                let _ = run(Command::new("losetup").arg("-d").arg(&device));
-            };
-            match mounted {
-                Ok(()) => {
-                    std::thread::spawn(detach);
-                    let _ = std::fs::remove_dir(dir.join("lost+found"));
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "mounting the spare's loop device failed; mounting the image");
-                    detach();
-                }
-            }
         }
         run(Command::new("mount")
             .args(["-t", "ext4", "-o", MOUNT_OPTIONS])
@@ -209,34 +174,12 @@ impl Disks {
             return;
         }
         let refilling = self.refilling.clone();
-        let (lock, attached) = (self.lock.clone(), self.attached.clone());
         std::thread::spawn(move || {
             // Made once the start that took the last one has mostly cloned, and at the lowest
             // priority: starts come first.
             std::thread::sleep(std::time::Duration::from_millis(100));
-            let tmp = spare.with_extension("new");
-            match format_image(&tmp, bytes, true) {
-                Ok(()) => {
-                    let device = loop_attach(&tmp);
-                    let _one = lock.lock().unwrap_or_else(|p| p.into_inner());
-                    match std::fs::rename(&tmp, &spare) {
-                        Ok(()) => {
-                            if let Some(d) = device {
-                                attached
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .insert(spare.clone(), d);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "no spare workspace disk");
-                            if let Some(d) = device {
-                                let _ = run(Command::new("losetup").arg("-d").arg(d));
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "no spare workspace disk"),
+            if let Err(e) = make_image(&spare, bytes, true) {
+                tracing::warn!(error = %e, "no spare workspace disk");
             }
             refilling
                 .lock()
@@ -267,107 +210,20 @@ fn spare_path(image: &Path, bytes: u64) -> PathBuf {
     image.with_file_name(format!("spare-{bytes}.ext4"))
 }
 
-impl Disks {
-    /// Makes the spare of `bytes` the workspace's image (under the lock): `None` when there is
-    /// none, else the loop device it is already on, if any.
-    fn take_spare(&self, image: &Path, bytes: u64) -> Option<Option<String>> {
-        let spare = spare_path(image, bytes);
-        let device = self
-            .attached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&spare);
-        if device.is_none() {
-            // A spare put on a loop device by an earlier run of the cell: let it go, so that
-            // mounting never meets a second device on the same file.
-            for d in loops_of_file(&spare) {
-                let _ = run(Command::new("losetup").arg("-d").arg(d));
-            }
-        }
-        match std::fs::rename(&spare, image) {
-            Ok(()) => Some(device),
-            Err(_) => {
-                if let Some(d) = device {
-                    let _ = run(Command::new("losetup").arg("-d").arg(d));
-                }
-                None
-            }
-        }
-    }
-}
-
-/// Puts `image` on a free loop device (not mounted yet); its path, or `None`.
-fn loop_attach(image: &Path) -> Option<String> {
-    let out = Command::new("losetup")
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .args(["--find", "--show"])
-        .arg(image)
-        .output()
-        .ok()?;
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && dev.starts_with("/dev/loop")).then_some(dev)
-}
-
-/// Loop devices on `file`, matched by its inode (the name they were attached under may be
-/// another: spares are attached before their final rename).
-fn loops_of_file(file: &Path) -> Vec<String> {
-    if !file.exists() {
-        return Vec::new();
-    }
-    Command::new("losetup")
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .args(["--list", "--noheadings", "--output", "NAME", "--associated"])
-        .arg(file)
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(|l| l.trim().to_owned())
-                .filter(|l| l.starts_with("/dev/loop"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Loop devices whose backing file lies under `dir` (by the name they were attached under).
-fn loops_backing(file: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            let backing = backing.trim().trim_end_matches(" (deleted)");
-            Path::new(backing)
-                .starts_with(file)
-                .then(|| format!("/dev/{name}"))
-        })
-        .collect()
+/// Makes the spare of `bytes` the workspace's image; false when there is none.
+fn take_spare(image: &Path, bytes: u64) -> bool {
+    std::fs::rename(spare_path(image, bytes), image).is_ok()
 }
 
 /// A sparse file of `bytes` made into ext4 under a temporary name, then renamed: a crash never
 /// leaves a half-made image to be mounted.
 fn make_image(image: &Path, bytes: u64, background: bool) -> Result<(), DiskError> {
-    let tmp = image.with_extension("new");
-    format_image(&tmp, bytes, background)?;
-    std::fs::rename(&tmp, image).map_err(|e| fail("make the workspace's disk")(e.to_string()))
-}
-
-/// A sparse file of `bytes` at `tmp`, made into ext4 (removed again if mkfs fails).
-fn format_image(tmp: &Path, bytes: u64, background: bool) -> Result<(), DiskError> {
     let what = "make the workspace's disk";
-    if let Some(parent) = tmp.parent() {
+    if let Some(parent) = image.parent() {
         std::fs::create_dir_all(parent).map_err(|e| fail(what)(e.to_string()))?;
     }
-    std::fs::File::create(tmp)
+    let tmp = image.with_extension("new");
+    std::fs::File::create(&tmp)
         .and_then(|f| f.set_len(bytes))
         .map_err(|e| fail(what)(format!("{}: {e}", tmp.display())))?;
     let mut mkfs = if background {
@@ -380,12 +236,12 @@ fn format_image(tmp: &Path, bytes: u64, background: bool) -> Result<(), DiskErro
     let made = run(mkfs
         .args(["-q", "-F", "-m", "0", "-L", "devcell"])
         .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
-        .arg(tmp));
+        .arg(&tmp));
     if let Err(e) = made {
-        let _ = std::fs::remove_file(tmp);
+        let _ = std::fs::remove_file(&tmp);
         return Err(fail(what)(e));
     }
-    Ok(())
+    std::fs::rename(&tmp, image).map_err(|e| fail(what)(e.to_string()))
 }
 
 /// The class's disk size is larger than the image (sizes never shrink: that could lose files).
@@ -511,11 +367,6 @@ pub fn unmount_all_under(root: &Path) {
     for p in under {
         let _ = run(Command::new("umount").arg("-l").arg(&p));
     }
-    // Spares waiting on loop devices, and devices of disks still busy: they go with their
-    // last user.
-    for d in loops_backing(&root) {
-        let _ = run(Command::new("losetup").arg("-d").arg(d));
-    }
 }
 
 #[cfg(test)]
@@ -623,27 +474,8 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(spare.exists(), "the spare was not made again");
-        // It was mounted from the loop device it waited on, which now goes with its unmount.
-        let source = mounts()
-            .into_iter()
-            .find(|(p, _)| *p == second.dir)
-            .map(|(_, s)| s)
-            .unwrap();
-        assert!(source.starts_with("/dev/loop"), "{source}");
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !disks.attached.lock().unwrap().contains_key(&spare)
-            && std::time::Instant::now() < until
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(
-            disks.attached.lock().unwrap().contains_key(&spare),
-            "the new spare waits on no loop device"
-        );
         disks.detach(&second, true).unwrap();
         unmount_all_under(tmp.path());
-        // Nothing is left on a loop device: not the disks, not the spare.
-        assert_eq!(loops_backing(tmp.path()), Vec::<String>::new());
     }
 
     #[test]
