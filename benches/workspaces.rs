@@ -261,15 +261,11 @@ async fn run() {
         let mut to_running = Vec::new();
         let mut to_terminal = Vec::new();
         for i in 0..RUNS {
-            // Each measurement starts on a settled machine: the previous stop's backup and the
-            // cell's background work (spare disks) are done, as between real starts.
-            tokio::time::sleep(Duration::from_millis(500)).await;
             floor.push(floor_once(
                 &bare,
                 scratch.path(),
                 i + if outbound { 0 } else { 100 },
             ));
-            tokio::time::sleep(Duration::from_millis(500)).await;
             let t = Instant::now();
             let w: Value = http
                 .post(format!("{base}/api/v1/workspaces"))
