@@ -571,13 +571,7 @@ impl Cell {
     }
 
     fn owned(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
-        let ws = self.get_workspace(actor, id)?;
-        if ws.owner != actor.user.id {
-            return Err(Error::Forbidden(
-                "only the workspace's owner may use its backups".into(),
-            ));
-        }
-        Ok(ws)
+        self.owners_workspace(actor, id, "use its backups")
     }
 }
 

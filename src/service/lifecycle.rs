@@ -224,12 +224,7 @@ impl Cell {
 
     /// Asks for the workspace to run. Returns at once; the reconciler starts it.
     pub fn start_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
-        let ws = self.get_workspace(actor, id)?;
-        if ws.owner != actor.user.id {
-            return Err(Error::Forbidden(
-                "only the workspace's owner may start it".into(),
-            ));
-        }
+        self.owners_workspace(actor, id, "start it")?;
         if self.inner.runtime.is_none() {
             return Err(Error::Conflict {
                 code: "no_runtime",
@@ -266,12 +261,7 @@ impl Cell {
     /// Stops a running workspace as any stop does (git state, snapshot), then starts it again:
     /// its sandbox, tasks and terminals begin afresh on the same files.
     pub fn restart_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
-        let ws = self.get_workspace(actor, id)?;
-        if ws.owner != actor.user.id {
-            return Err(Error::Forbidden(
-                "only the workspace's owner may restart it".into(),
-            ));
-        }
+        self.owners_workspace(actor, id, "restart it")?;
         let now = self.now();
         let ws = self.store().write(|tx| -> Result<Workspace> {
             let mut ws = tx
@@ -315,12 +305,7 @@ impl Cell {
     }
 
     fn running(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
-        let ws = self.get_workspace(actor, id)?;
-        if ws.owner != actor.user.id {
-            return Err(Error::Forbidden(
-                "only the workspace's owner may work in it".into(),
-            ));
-        }
+        let ws = self.owners_workspace(actor, id, "work in it")?;
         if ws.lifecycle.phase != Phase::Running {
             return Err(Error::Conflict {
                 code: "not_running",
@@ -378,12 +363,7 @@ impl Cell {
         port: u16,
         visibility: Visibility,
     ) -> Result<()> {
-        let ws = self.get_workspace(actor, id)?;
-        if ws.owner != actor.user.id {
-            return Err(Error::Forbidden(
-                "only the workspace's owner may share its ports".into(),
-            ));
-        }
+        self.owners_workspace(actor, id, "share its ports")?;
         if port == 0 {
             return Err(
                 crate::domain::FieldError::new("port", "a port between 1 and 65535").into(),

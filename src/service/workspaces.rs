@@ -306,13 +306,19 @@ impl Cell {
         }
     }
 
-    /// Only the workspace's owner changes it.
-    fn own_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
+    /// The workspace, if the actor may see it and owns it ("only the workspace's owner may
+    /// {doing}" otherwise).
+    pub(crate) fn owners_workspace(
+        &self,
+        actor: &Actor,
+        id: &WorkspaceId,
+        doing: &str,
+    ) -> Result<Workspace> {
         let ws = self.get_workspace(actor, id)?;
         if ws.owner != actor.user.id {
-            return Err(Error::Forbidden(
-                "only the workspace's owner may change it".into(),
-            ));
+            return Err(Error::Forbidden(format!(
+                "only the workspace's owner may {doing}"
+            )));
         }
         Ok(ws)
     }
@@ -323,7 +329,7 @@ impl Cell {
         id: &WorkspaceId,
         patch: WorkspacePatch,
     ) -> Result<Workspace> {
-        let mut ws = self.own_workspace(actor, id)?;
+        let mut ws = self.owners_workspace(actor, id, "change it")?;
         if ws.lifecycle.desired == Desired::Deleted {
             return Err(Error::NotFound { what: "workspace" });
         }

@@ -1143,15 +1143,7 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
     use reqwest::header;
     let c = TestCell::start_with_runtime().await;
     let owner = c.cell().find_user(None).unwrap();
-    let link = c.cell().create_login_link(&owner.id).unwrap();
-    let res = c.http.get(&link).send().await.unwrap();
-    let cookie = res.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (cookie, csrf) = c.session(&owner.id).await;
     let get = |path: &str| {
         c.http
             .get(c.url(path))
@@ -1164,14 +1156,6 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         home.contains("href=\"/new\"") && home.contains("/assets/dashboard.js"),
         "{home}"
     );
-    let csrf = home
-        .split("name=\"csrf-token\" content=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
 
     for (path, kind, needle) in [
         ("/assets/xterm.js", "text/javascript", "Terminal"),
@@ -1202,16 +1186,14 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
     let extra_repo = bare_repo(repos.path(), "extra", &[("EXTRA.md", "x\n")]);
     let extra = format!("file://{}#main", extra_repo.display());
     // Bad input comes back on the form with the reason.
-    let res = c
-        .http
-        .post(c.url("/new"))
-        .header(header::COOKIE, &cookie)
-        .form(&[("_csrf", csrf.as_str()), ("repo", "ftp://nope")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let page = res.text().await.unwrap();
+    let (s, page) = c
+        .post_form(
+            &cookie,
+            "/new",
+            &[("_csrf", csrf.as_str()), ("repo", "ftp://nope")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     // The error sits under the repository field, which keeps what was typed.
     let (before, after) = page
         .split_once("id=\"repo-error\"")
@@ -1226,31 +1208,28 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         "the error shows once, by its field: {page}"
     );
     // Without the CSRF token nothing is created.
-    let res = c
-        .http
-        .post(c.url("/new"))
-        .header(header::COOKIE, &cookie)
-        .form(&[("_csrf", "forged"), ("repo", url.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let res = c
-        .http
-        .post(c.url("/new"))
-        .header(header::COOKIE, &cookie)
-        .form(&[
-            ("_csrf", csrf.as_str()),
-            ("repo", url.as_str()),
-            ("more", extra.as_str()),
-            ("class", "small"),
-            ("image", ""),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let (s, _) = c
+        .post_form(
+            &cookie,
+            "/new",
+            &[("_csrf", "forged"), ("repo", url.as_str())],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, location) = c
+        .post_form(
+            &cookie,
+            "/new",
+            &[
+                ("_csrf", csrf.as_str()),
+                ("repo", url.as_str()),
+                ("more", extra.as_str()),
+                ("class", "small"),
+                ("image", ""),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
     let id = location.trim_start_matches("/workspaces/").to_owned();
     c.wait_phase(&id, "running", START_WITHIN).await;
     let (_, w) = c
@@ -1277,43 +1256,39 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
             "{section}: {page}"
         );
     }
-    let res = c
-        .http
-        .post(c.url(&format!("/workspaces/{id}/ports/3000")))
-        .header(header::COOKIE, &cookie)
-        .form(&[("_csrf", csrf.as_str()), ("visibility", "org")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (s, _) = c
+        .post_form(
+            &cookie,
+            &format!("/workspaces/{id}/ports/3000"),
+            &[("_csrf", csrf.as_str()), ("visibility", "org")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
     let (_, ports) = c
         .owner(Method::GET, &format!("/api/v1/workspaces/{id}/ports"), None)
         .await;
     assert_eq!(ports[0]["visibility"], "org", "{ports}");
-    let res = c
-        .http
-        .post(c.url(&format!("/workspaces/{id}/timeout")))
-        .header(header::COOKIE, &cookie)
-        .form(&[("_csrf", csrf.as_str()), ("timeout_min", "120")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (s, _) = c
+        .post_form(
+            &cookie,
+            &format!("/workspaces/{id}/timeout"),
+            &[("_csrf", csrf.as_str()), ("timeout_min", "120")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
     let (_, w) = c
         .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
         .await;
     assert_eq!(w["timeout_s"], 7200);
     // Past the policy's limit: refused with the reason and the way back to this workspace.
-    let res = c
-        .http
-        .post(c.url(&format!("/workspaces/{id}/timeout")))
-        .header(header::COOKIE, &cookie)
-        .form(&[("_csrf", csrf.as_str()), ("timeout_min", "100000")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let page = res.text().await.unwrap();
+    let (s, page) = c
+        .post_form(
+            &cookie,
+            &format!("/workspaces/{id}/timeout"),
+            &[("_csrf", csrf.as_str()), ("timeout_min", "100000")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         page.contains(&format!("href=\"/workspaces/{id}\">Back to the workspace")),
         "{page}"
@@ -1343,15 +1318,14 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         "echo kept > restart.txt; sleep 600 >/dev/null 2>&1 &",
     )
     .await;
-    let res = c
-        .http
-        .post(c.url(&format!("/workspaces/{id}/restart")))
-        .header(header::COOKIE, &cookie)
-        .form(&[("_csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (s, _) = c
+        .post_form(
+            &cookie,
+            &format!("/workspaces/{id}/restart"),
+            &[("_csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
     let w = c
         .wait_for(&id, "running again after the restart", |w| {
             w["phase"] == "running" && w["history"].to_string().contains("restarting")
@@ -1403,15 +1377,14 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         .await;
     assert_eq!(s, StatusCode::OK);
     // Stop from the page, then a member cannot open it.
-    let res = c
-        .http
-        .post(c.url(&format!("/workspaces/{id}/stop")))
-        .header(header::COOKIE, &cookie)
-        .form(&[("_csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (s, _) = c
+        .post_form(
+            &cookie,
+            &format!("/workspaces/{id}/stop"),
+            &[("_csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
     c.wait_phase(&id, "stopped", START_WITHIN).await;
     // Only a running workspace restarts.
     let (s, body) = c
@@ -1445,15 +1418,14 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
         confirm.contains("Uncommitted changes: ") && confirm.contains("README.md</p>"),
         "{confirm}"
     );
-    let res = c
-        .http
-        .post(c.url(&format!("/workspaces/{id}/delete")))
-        .header(header::COOKIE, &cookie)
-        .form(&[("_csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (s, _) = c
+        .post_form(
+            &cookie,
+            &format!("/workspaces/{id}/delete"),
+            &[("_csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
     assert_eq!(
         c.owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
             .await
