@@ -163,8 +163,14 @@ async fn relay(
         }
         let _ = c_tx.close().await;
     };
+    // When one direction ends the other gets a moment to finish: keys typed just before the
+    // tab closed still reach the shell, and output already on its way still reaches the page.
+    tokio::pin!(up, down);
     tokio::select! {
-        _ = up => {}
-        _ = down => {}
+        _ = &mut up => { let _ = tokio::time::timeout(DRAIN, down).await; }
+        _ = &mut down => { let _ = tokio::time::timeout(DRAIN, up).await; }
     }
 }
+
+/// How long the relay waits for the second direction after the first has ended.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);

@@ -604,13 +604,21 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
     // The store comes back (a fresh, empty moto: the worst case); the retry completes.
     let moto = outage.end();
     moto.create_bucket("cell-backups").await;
-    // Past the longest backoff (an attempt may have failed just before the bucket existed).
-    clock.advance(Duration::from_secs(2 * 3600));
-    let w = c
-        .wait_for(&id, "backed up after the store came back", |w| {
-            w["backup"]["state"] == "ok"
-        })
-        .await;
+    // Time goes on past each retry: an attempt still under way while the store came back may
+    // fail and set its next try after the clock's "now".
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let w = loop {
+        clock.advance(Duration::from_secs(3600));
+        let w = c.workspace(&id).await;
+        if w["backup"]["state"] == "ok" {
+            break w;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "never backed up after the store came back: {w:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let newest = w["backups"][0]["id"].as_str().unwrap().to_owned();
     let target = repos.path().join("from-s3");
     restic(

@@ -576,10 +576,10 @@ async fn terminals_run_resize_and_replay_their_scrollback_on_reconnect() {
     let replay = read_until(&mut again, "hello-from-term").await;
     assert!(replay.contains("40 120"), "{replay}");
     again
-        .send(Message::Binary("echo $MARK\n".into()))
+        .send(Message::Binary("echo \"[$MARK]\"\n".into()))
         .await
         .unwrap();
-    read_until(&mut again, "still-here\r\n").await;
+    read_until(&mut again, "[still-here]").await;
 
     // Several terminals, each its own shell.
     let (s, _) = c
