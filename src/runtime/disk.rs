@@ -57,6 +57,8 @@ pub struct Disks {
 /// back to the host; inode tables are not zeroed in the background (that would fill the sparse
 /// image with zeros on the host).
 const MOUNT_OPTIONS: &str = "loop,nosuid,nodev,discard,noinit_itable";
+/// The filesystem's part of them, for mount(2).
+const FS_OPTIONS: &std::ffi::CStr = c"discard,noinit_itable";
 
 impl Disks {
     /// Disk limits are on when the cell runs as root on a host with loop devices, mkfs.ext4
@@ -117,7 +119,7 @@ impl Disks {
             }
             // Growing is done unmounted: online resizing needs CAP_SYS_RESOURCE, which
             // containers often drop. A disk still in use keeps its size until the next start.
-            if let Err(e) = run(Command::new("umount").arg(dir)) {
+            if let Err(e) = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::empty()) {
                 tracing::warn!(dir = %dir.display(), error = %e, "the disk is in use; not grown");
                 return Ok(());
             }
@@ -150,11 +152,7 @@ impl Disks {
         if grow {
             grow_image(files)?;
         }
-        run(Command::new("mount")
-            .args(["-t", "ext4", "-o", MOUNT_OPTIONS])
-            .arg(&files.image)
-            .arg(dir))
-        .map_err(fail("mount the workspace's disk"))?;
+        mount(&files.image, dir).map_err(fail("mount the workspace's disk"))?;
         // A fresh filesystem's lost+found is not the workspace's (fsck makes it again if needed).
         let _ = std::fs::remove_dir(dir.join("lost+found"));
         Ok(())
@@ -298,10 +296,30 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
+/// Mounts the image at `dir`: in-process (see `loopdev`), or through mount(8) on a host where
+/// that does not work out.
+fn mount(image: &Path, dir: &Path) -> Result<(), String> {
+    use rustix::mount::MountFlags;
+    let flags = MountFlags::NOSUID | MountFlags::NODEV;
+    match super::loopdev::mount_image(image, dir, flags, FS_OPTIONS) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::debug!(error = %e, "mounting through mount(8)");
+            run(Command::new("mount")
+                .args(["-t", "ext4", "-o", MOUNT_OPTIONS])
+                .arg(image)
+                .arg(dir))
+        }
+    }
+}
+
 /// Unmounts `dir`, lazily when something still holds it open (the loop device goes once the
-/// last user does: mount sets it to clear itself).
+/// last user does: it was set to clear itself).
 fn unmount(dir: &Path) -> Result<(), String> {
-    run(Command::new("umount").arg(dir)).or_else(|_| run(Command::new("umount").arg("-l").arg(dir)))
+    use rustix::mount::{UnmountFlags, unmount};
+    unmount(dir, UnmountFlags::empty())
+        .or_else(|_| unmount(dir, UnmountFlags::DETACH))
+        .map_err(|e| format!("cannot unmount {}: {e}", dir.display()))
 }
 
 /// `dir` is a mount point: it sits on another device than its parent.

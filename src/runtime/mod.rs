@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod disk;
 pub mod local;
+mod loopdev;
 pub mod seccomp;
 
 use std::path::PathBuf;

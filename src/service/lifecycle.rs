@@ -766,6 +766,11 @@ impl Cell {
         runtime: &dyn crate::runtime::Runtime,
     ) -> std::result::Result<(), String> {
         let internal = |e: Error| e.to_string();
+        let phase_start = std::time::Instant::now();
+        let step = |what: &str| {
+            tracing::debug!(workspace = %ws.id, ms = phase_start.elapsed().as_millis() as u64, "start: {what}");
+        };
+        tracing::debug!(workspace = %ws.id, since_created_ms = (self.now() - ws.created_at).whole_milliseconds() as i64, "start: picked up");
         let w = self
             .set_phase(
                 &ws.id,
@@ -777,7 +782,7 @@ impl Cell {
         if w.lifecycle.phase != Phase::Creating {
             return Ok(());
         }
-        let phase_start = std::time::Instant::now();
+        step("creating");
         let dir = self.workspace_dir(&ws.id);
         let ids = ws.sandbox_uid.map(|u| (u, u));
         if let Some(parent) = dir.parent() {
@@ -788,7 +793,7 @@ impl Cell {
         }
         // The disk comes first: everything below writes onto it.
         self.attach_files(ws, true)?;
-        tracing::debug!(workspace = %ws.id, ms = phase_start.elapsed().as_millis() as u64, "disk ready");
+        step("disk ready");
         // Files released after a verified backup come back before anything runs.
         self.restore_released(ws).await?;
         local::prepare_dirs(&dir, ids)
@@ -821,6 +826,7 @@ impl Cell {
             agent.shutdown().await;
         }
         runtime.stop(&ws.id).await.map_err(|e| e.to_string())?;
+        step("no sandbox left");
 
         // The sandbox starts while the repositories are cloned: its agent waits for the spec.
         // Without an image of the workspace's own, the host's root is a guess that the
@@ -830,36 +836,47 @@ impl Cell {
             None => None,
         };
         let t = std::time::Instant::now();
-        runtime
-            .start(&sandbox(image.as_ref().map(|i| i.rootfs.clone())))
-            .await
-            .map_err(|e| e.to_string())?;
-        let launched = t.elapsed();
-
-        let files = dir.join("workspace");
-        let mut first_repo: Option<PathBuf> = None;
-        for repo in &ws.repos {
-            let name = git::dir_name(&repo.url);
-            let dest = files.join(&name);
-            if first_repo.is_none() {
-                first_repo = Some(dest.clone());
-            }
-            if dest.join(".git").exists() {
-                continue;
-            }
-            let auth = self
-                .git_auth_for(&ws.owner, &repo.url)
+        let first_sandbox = sandbox(image.as_ref().map(|i| i.rootfs.clone()));
+        let launch = async {
+            runtime
+                .start(&first_sandbox)
+                .await
                 .map_err(|e| e.to_string())?;
-            git::clone(git::Clone {
-                repo,
-                dest: &dest,
-                auth: &auth,
-                run_as: ids,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        }
-        tracing::debug!(workspace = %ws.id, ms = phase_start.elapsed().as_millis() as u64, "repositories ready");
+            step("sandbox launched");
+            Ok::<_, String>(t.elapsed())
+        };
+        let files = dir.join("workspace");
+        let clones = async {
+            let mut first_repo: Option<PathBuf> = None;
+            for repo in &ws.repos {
+                let name = git::dir_name(&repo.url);
+                let dest = files.join(&name);
+                if first_repo.is_none() {
+                    first_repo = Some(dest.clone());
+                }
+                if dest.join(".git").exists() {
+                    continue;
+                }
+                let auth = self
+                    .git_auth_for(&ws.owner, &repo.url)
+                    .map_err(|e| e.to_string())?;
+                git::clone(git::Clone {
+                    repo,
+                    dest: &dest,
+                    auth: &auth,
+                    run_as: ids,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(first_repo)
+        };
+        // git is spawned first, so the sandbox is set up (cgroups, filter, bubblewrap) while
+        // it clones. A failed clone is the more telling error of the two.
+        let (cloned, launched) = tokio::join!(biased; clones, launch);
+        let first_repo = cloned?;
+        let launched = launched?;
+        step("repositories ready");
         let config = match &first_repo {
             Some(r) => crate::content::config::load(r).map_err(|e| e.to_string())?,
             None => Default::default(),
@@ -901,6 +918,7 @@ impl Cell {
             wait_for_network: outbound,
         };
         write_spec(&run, &spec, ids).map_err(|e| format!("cannot write the agent's spec: {e}"))?;
+        step("spec written");
 
         let w = self
             .set_phase(
@@ -914,6 +932,7 @@ impl Cell {
             // The owner asked to stop meanwhile; the next reconciliation takes over.
             return Ok(());
         }
+        step("initializing");
         agent.wait_ready(AGENT_READY).await.map_err(|e| {
             let log = std::fs::read_to_string(run.join("sandbox.log")).unwrap_or_default();
             format!(
@@ -921,6 +940,7 @@ impl Cell {
                 log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
             )
         })?;
+        step("agent answers");
         let now = self.now();
         // No fsync either: after a crash, recovery finds the agent answering and marks the
         // workspace running again.
