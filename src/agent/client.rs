@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::protocol::{
-    AgentError, ExecRequest, ExecResponse, NewTerminal, Notice, SOCKET, Status, TerminalInfo,
+    AgentError, AgentSpec, ExecRequest, ExecResponse, NewTerminal, Notice, SOCKET, Status,
+    TerminalInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,12 @@ impl AgentClient {
         tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    /// Hands the agent its spec; answers once the agent is set up (as `status` then would).
+    pub async fn give_spec(&self, spec: &AgentSpec) -> Result<Status, ClientError> {
+        self.call(Method::POST, "/v1/spec", Some(spec), Duration::from_secs(5))
+            .await
     }
 
     pub async fn status(&self) -> Result<Status, ClientError> {

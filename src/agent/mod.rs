@@ -60,10 +60,108 @@ impl Agent {
 }
 
 /// Runs the agent until it is killed. `run_dir` holds the spec, the socket and the task logs.
+///
+/// The socket answers from the start, while the cell is still cloning: the cell hands the
+/// spec over by request the moment the repositories are in (no polling on either side). A spec
+/// file that appears is taken too, whichever comes first; until then every request but the
+/// spec's answers 503.
 pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
-    let spec = wait_for_spec(&run_dir.join(SPEC)).await?;
-    let logs = run_dir.join(LOGS);
-    std::fs::create_dir_all(&logs)?;
+    let socket = run_dir.join(SOCKET);
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    let slot = Slot {
+        agent: Arc::default(),
+        run_dir: run_dir.to_owned(),
+    };
+    let watcher = slot.clone();
+    tokio::spawn(async move {
+        if let Err(e) = watcher.wait_for_spec_file().await {
+            eprintln!("no spec; the agent stops: {e:#}");
+            std::process::exit(1);
+        }
+    });
+    let app = Router::new()
+        .route("/v1/spec", post(take_spec))
+        .route("/v1/status", get(status))
+        .route("/v1/exec", post(exec))
+        .route("/v1/shutdown", post(shutdown))
+        .route("/v1/notice", post(notice))
+        .route("/v1/terminals", get(list_terminals).post(create_terminal))
+        .route("/v1/ports", get(list_ports))
+        .route("/v1/ports/{port}/tunnel", get(tunnel))
+        .route("/v1/terminals/{id}", get(attach_terminal))
+        .with_state(slot);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// The agent once its spec is there.
+#[derive(Clone)]
+struct Slot {
+    agent: Arc<tokio::sync::OnceCell<Arc<Agent>>>,
+    run_dir: PathBuf,
+}
+
+impl Slot {
+    /// Sets the agent up from `spec` and starts its tasks; a second spec changes nothing.
+    async fn take(&self, spec: AgentSpec) -> anyhow::Result<Arc<Agent>> {
+        self.agent
+            .get_or_try_init(|| async {
+                let logs = self.run_dir.join(LOGS);
+                tokio::fs::create_dir_all(&logs).await?;
+                Ok::<_, anyhow::Error>(start(spec, &self.run_dir))
+            })
+            .await
+            .cloned()
+    }
+
+    /// A cell that writes the spec as a file only (or whose request did not get through):
+    /// the file is read once it is there, whole (the cell renames it into place). Gives up
+    /// after a day (a cell that crashed meanwhile replaces the sandbox anyway).
+    async fn wait_for_spec_file(&self) -> anyhow::Result<()> {
+        let path = self.run_dir.join(SPEC);
+        let until = std::time::Instant::now() + Duration::from_secs(24 * 3600);
+        while self.agent.get().is_none() {
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    self.take(serde_json::from_slice(&bytes)?).await?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < until,
+                        "no spec at {} after a day",
+                        path.display()
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The agent, for requests that need it: 503 until the spec is there.
+struct Ready(Arc<Agent>);
+
+impl axum::extract::FromRequestParts<Slot> for Ready {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        _: &mut axum::http::request::Parts,
+        slot: &Slot,
+    ) -> Result<Self, Response> {
+        slot.agent.get().cloned().map(Ready).ok_or_else(|| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the workspace is still starting",
+            )
+        })
+    }
+}
+
+/// The agent for `spec`, its tasks started (once the outbound network is up, when it has one).
+fn start(spec: AgentSpec, run_dir: &Path) -> Arc<Agent> {
     let tasks = spec
         .tasks
         .iter()
@@ -83,10 +181,6 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
         tasks: Mutex::new(tasks),
         terminals: Mutex::default(),
     });
-
-    let socket = run_dir.join(SOCKET);
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)?;
     let starter = agent.clone();
     tokio::spawn(async move {
         if starter.spec.wait_for_network {
@@ -96,38 +190,14 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
             tokio::spawn(run_task(starter.clone(), i));
         }
     });
-    let app = Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/exec", post(exec))
-        .route("/v1/shutdown", post(shutdown))
-        .route("/v1/notice", post(notice))
-        .route("/v1/terminals", get(list_terminals).post(create_terminal))
-        .route("/v1/ports", get(list_ports))
-        .route("/v1/ports/{port}/tunnel", get(tunnel))
-        .route("/v1/terminals/{id}", get(attach_terminal))
-        .with_state(agent);
-    axum::serve(listener, app).await?;
-    Ok(())
+    agent
 }
 
-/// The cell starts the sandbox while it clones the repositories and writes the spec (whole,
-/// by a rename) when they are in; until then the agent does not answer. Gives up after a day
-/// (a cell that crashed meanwhile replaces the sandbox anyway).
-async fn wait_for_spec(path: &Path) -> anyhow::Result<AgentSpec> {
-    let until = std::time::Instant::now() + Duration::from_secs(24 * 3600);
-    loop {
-        match std::fs::read(path) {
-            Ok(bytes) => return Ok(serde_json::from_slice(&bytes)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                anyhow::ensure!(
-                    std::time::Instant::now() < until,
-                    "no spec at {} after a day",
-                    path.display()
-                );
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
+/// The cell hands the spec over; answers with the status once the agent is set up.
+async fn take_spec(State(slot): State<Slot>, Json(spec): Json<AgentSpec>) -> Response {
+    match slot.take(spec).await {
+        Ok(a) => status(Ready(a)).await.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -145,7 +215,7 @@ async fn wait_for_network() {
     tracing::warn!("no outbound network after 5 s; starting tasks anyway");
 }
 
-async fn status(State(a): State<Arc<Agent>>) -> Json<Status> {
+async fn status(Ready(a): Ready) -> Json<Status> {
     Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
@@ -195,7 +265,7 @@ async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin) -> (Vec<u8>, bool
     (buf, truncated)
 }
 
-async fn exec(State(a): State<Arc<Agent>>, Json(req): Json<ExecRequest>) -> Response {
+async fn exec(Ready(a): Ready, Json(req): Json<ExecRequest>) -> Response {
     a.touch();
     let Some((program, args)) = req.argv.split_first() else {
         return error(
@@ -341,7 +411,7 @@ async fn set_task(a: &Agent, index: usize, state: TaskState, exit_code: Option<i
 }
 
 /// Shows a message from the cell (such as "stops in 5 minutes") in every live terminal.
-async fn notice(State(a): State<Arc<Agent>>, Json(n): Json<Notice>) -> Json<usize> {
+async fn notice(Ready(a): Ready, Json(n): Json<Notice>) -> Json<usize> {
     let terms = a.terminals.lock().await;
     let live: Vec<_> = terms.values().filter(|t| t.alive()).collect();
     for t in &live {
@@ -350,7 +420,7 @@ async fn notice(State(a): State<Arc<Agent>>, Json(n): Json<Notice>) -> Json<usiz
     Json(live.len())
 }
 
-async fn list_terminals(State(a): State<Arc<Agent>>) -> Json<Vec<TerminalInfo>> {
+async fn list_terminals(Ready(a): Ready) -> Json<Vec<TerminalInfo>> {
     let terms = a.terminals.lock().await;
     Json(
         terms
@@ -363,7 +433,7 @@ async fn list_terminals(State(a): State<Arc<Agent>>) -> Json<Vec<TerminalInfo>> 
     )
 }
 
-async fn create_terminal(State(a): State<Arc<Agent>>, Json(req): Json<NewTerminal>) -> Response {
+async fn create_terminal(Ready(a): Ready, Json(req): Json<NewTerminal>) -> Response {
     a.touch();
     let mut terms = a.terminals.lock().await;
     if terms.len() >= MAX_TERMINALS {
@@ -396,7 +466,7 @@ async fn create_terminal(State(a): State<Arc<Agent>>, Json(req): Json<NewTermina
 }
 
 async fn attach_terminal(
-    State(a): State<Arc<Agent>>,
+    Ready(a): Ready,
     axum::extract::Path(id): axum::extract::Path<String>,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
@@ -437,7 +507,7 @@ async fn list_ports() -> Json<Vec<u16>> {
 /// Turns the connection into a raw TCP tunnel to `127.0.0.1:port` inside the workspace (HTTP
 /// upgrade to `tcp`). The cell speaks HTTP or WebSocket through it to the workspace's server.
 async fn tunnel(
-    State(a): State<Arc<Agent>>,
+    Ready(a): Ready,
     axum::extract::Path(port): axum::extract::Path<u16>,
     mut req: axum::extract::Request,
 ) -> Response {

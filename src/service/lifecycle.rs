@@ -933,6 +933,11 @@ impl Cell {
             return Ok(());
         }
         step("initializing");
+        // The agent is usually listening by now (its sandbox started while git cloned) and
+        // takes the spec at once; if not, it reads the file when it is up.
+        if let Err(e) = agent.give_spec(&spec).await {
+            tracing::debug!(workspace = %ws.id, error = %e, "the agent takes its spec from the file");
+        }
         agent.wait_ready(AGENT_READY).await.map_err(|e| {
             let log = std::fs::read_to_string(run.join("sandbox.log")).unwrap_or_default();
             format!(
