@@ -536,3 +536,91 @@ async fn tunnel(
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::client::{AgentClient, ClientError};
+    use super::*;
+
+    fn spec(dir: &Path, id: &str) -> AgentSpec {
+        AgentSpec {
+            workspace_id: id.into(),
+            workdir: dir.to_string_lossy().into_owned(),
+            env: vec![],
+            tasks: vec![],
+            ports: vec![],
+            wait_for_network: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_agent_listens_at_once_and_is_ready_the_moment_it_has_its_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().to_owned();
+        tokio::spawn(async move { run(&run_dir).await });
+        let client = AgentClient::new(dir.path());
+        // Listening, but nothing but the spec is served before it comes.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let early = loop {
+            match client.status().await {
+                Err(ClientError::Unreachable(_)) if std::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => break other,
+            }
+        };
+        match early {
+            Err(ClientError::Agent {
+                status: 503,
+                message,
+            }) => {
+                assert!(message.contains("starting"), "{message}")
+            }
+            other => panic!("before its spec the agent answered {other:?}"),
+        }
+        let exec = client
+            .exec(&ExecRequest {
+                argv: vec!["true".into()],
+                cwd: None,
+                env: vec![],
+                timeout_s: Some(5),
+                stdin: None,
+            })
+            .await;
+        assert!(
+            matches!(exec, Err(ClientError::Agent { status: 503, .. })),
+            "{exec:?}"
+        );
+
+        // Handed over: the answer is the status, and everything is served from then on.
+        let status = client.give_spec(&spec(dir.path(), "ws_one")).await.unwrap();
+        assert_eq!(status.pid, std::process::id());
+        client.status().await.unwrap();
+        let out = client
+            .exec(&ExecRequest {
+                argv: vec!["echo".into(), "ready".into()],
+                cwd: None,
+                env: vec![],
+                timeout_s: Some(5),
+                stdin: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, "ready\n");
+        // A second spec (or the file, arriving late) changes nothing.
+        let mut other = spec(dir.path(), "ws_other");
+        other.workdir = "/nonexistent".into();
+        client.give_spec(&other).await.unwrap();
+        let out = client
+            .exec(&ExecRequest {
+                argv: vec!["pwd".into()],
+                cwd: None,
+                env: vec![],
+                timeout_s: Some(5),
+                stdin: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.stdout.trim(), dir.path().to_string_lossy());
+    }
+}
