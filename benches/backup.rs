@@ -2,8 +2,9 @@
 //! Run: `cargo bench --bench backup` (DEVCELL_BENCH_BACKUP_MB sets the data size; default 1024).
 //!
 //! Data: a workspace of many small source-like files and a few large incompressible ones.
-//! Prints MB/s for restic and for devcell's store (rustic_core), the ratios, and the time of an
-//! incremental backup of the unchanged workspace as a fraction of the full one.
+//! Prints MB/s for restic and for devcell's store (rustic_core), the ratios (two rounds in
+//! turns, and their means), and the time of an incremental backup of the unchanged workspace
+//! as a fraction of the full one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -92,6 +93,11 @@ fn restic(repo: &Path, args: &[&str]) -> Duration {
     t.elapsed()
 }
 
+/// Writes back everything dirty, so the next timed step pays only for its own writes.
+fn settle() {
+    assert!(Command::new("sync").status().unwrap().success());
+}
+
 fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1024.0 / 1024.0 / d.as_secs_f64()
 }
@@ -118,49 +124,90 @@ fn main() {
         bytes as f64 / 1048576.0
     );
 
-    // Stock restic: init, full backup, incremental backup of the unchanged data, restore.
-    let restic_repo = tmp.path().join("restic-repo");
-    restic(&restic_repo, &["init"]);
-    let r_full = restic(
-        &restic_repo,
-        &["backup", "--host", "devcell", ws.to_str().unwrap()],
-    );
-    let r_incr = restic(
-        &restic_repo,
-        &["backup", "--host", "devcell", ws.to_str().unwrap()],
-    );
-    let r_target = tmp.path().join("restic-restore");
-    let r_restore = restic(
-        &restic_repo,
-        &["restore", "latest", "--target", r_target.to_str().unwrap()],
-    );
-    std::fs::remove_dir_all(&r_target).unwrap();
+    // Each tool backs up and restores the same data twice, in turns: restic first in round
+    // one, devcell first in round two. Every timed step starts after `sync` (no writeback of
+    // an earlier step bleeds into it) and nothing is deleted until the end: ext4 is slow to
+    // allocate inodes next to ones deleted moments ago, which would penalise whoever restores
+    // after the other's restore was removed.
+    let store_at = |name: &str| {
+        let store = BackupStore::local(
+            &tmp.path().join(name),
+            PASSWORD,
+            &tmp.path().join(format!("{name}-cache")),
+        )
+        .unwrap();
+        // Created and opened outside the timing, as restic's `init` is.
+        store.list().unwrap();
+        store
+    };
+    let restic_full = |repo: &Path| {
+        restic(repo, &["init"]);
+        settle();
+        restic(repo, &["backup", "--host", "devcell", ws.to_str().unwrap()])
+    };
+    let restic_restore = |repo: &Path, target: &Path| {
+        settle();
+        restic(
+            repo,
+            &["restore", "latest", "--target", target.to_str().unwrap()],
+        )
+    };
+    let devcell_full = |store: &BackupStore| {
+        settle();
+        let t = Instant::now();
+        let taken = store.snapshot(&source(&ws, None)).unwrap();
+        assert_eq!(taken.files as usize, files);
+        (t.elapsed(), taken)
+    };
+    let devcell_restore = |store: &BackupStore, id: &str, target: &Path| {
+        settle();
+        let t = Instant::now();
+        store.restore(id, "ws_bench", target).unwrap();
+        let d = t.elapsed();
+        assert_eq!(
+            std::fs::read(target.join("workspace/assets/blob0.bin")).unwrap(),
+            std::fs::read(files_dir.join("assets/blob0.bin")).unwrap()
+        );
+        d
+    };
+    let (r1, r2) = (tmp.path().join("restic-1"), tmp.path().join("restic-2"));
+    let (s1, s2) = (store_at("devcell-1"), store_at("devcell-2"));
 
-    // devcell's store (rustic_core), the same data.
-    let store = BackupStore::local(
-        &tmp.path().join("devcell-repo"),
-        PASSWORD,
-        &tmp.path().join("devcell-cache"),
-    )
-    .unwrap();
-    // Created and opened outside the timing, as restic's `init` is.
-    store.list().unwrap();
+    // Round one: restic first.
+    let r_full_1 = restic_full(&r1);
+    let (d_full_1, first) = devcell_full(&s1);
+    // Round two: devcell first.
+    let (d_full_2, taken_2) = devcell_full(&s2);
+    let r_full_2 = restic_full(&r2);
+
+    // The unchanged workspace again, once each.
+    settle();
+    let r_incr = restic(&r1, &["backup", "--host", "devcell", ws.to_str().unwrap()]);
+    settle();
     let t = Instant::now();
-    let first = store.snapshot(&source(&ws, None)).unwrap();
-    let d_full = t.elapsed();
-    assert_eq!(first.files as usize, files);
-    let t = Instant::now();
-    let second = store.snapshot(&source(&ws, Some(&first.id))).unwrap();
+    let second = s1.snapshot(&source(&ws, Some(&first.id))).unwrap();
     let d_incr = t.elapsed();
-    let d_target = tmp.path().join("devcell-restore");
-    let t = Instant::now();
-    store.restore(&second.id, "ws_bench", &d_target).unwrap();
-    let d_restore = t.elapsed();
-    assert_eq!(
-        std::fs::read(d_target.join("workspace/assets/blob0.bin")).unwrap(),
-        std::fs::read(files_dir.join("assets/blob0.bin")).unwrap()
-    );
 
+    let r_restore_1 = restic_restore(&r1, &tmp.path().join("restic-restore-1"));
+    let d_restore_1 = devcell_restore(&s1, &second.id, &tmp.path().join("devcell-restore-1"));
+    let d_restore_2 = devcell_restore(&s2, &taken_2.id, &tmp.path().join("devcell-restore-2"));
+    let r_restore_2 = restic_restore(&r2, &tmp.path().join("restic-restore-2"));
+
+    let mean = |a: Duration, b: Duration| (a + b) / 2;
+    let (r_full, d_full) = (mean(r_full_1, r_full_2), mean(d_full_1, d_full_2));
+    let (r_restore, d_restore) = (
+        mean(r_restore_1, r_restore_2),
+        mean(d_restore_1, d_restore_2),
+    );
+    let ratio = |r: Duration, d: Duration| r.as_secs_f64() / d.as_secs_f64();
+    println!(
+        "rounds (restic first, then devcell first): full backup ratios {:.2} and {:.2}; restore ratios {:.2} and {:.2}",
+        ratio(r_full_1, d_full_1),
+        ratio(r_full_2, d_full_2),
+        ratio(r_restore_1, d_restore_1),
+        ratio(r_restore_2, d_restore_2)
+    );
+    println!("means of the two rounds:");
     println!(
         "full backup:    restic {:7.1} MB/s ({:.2} s)   devcell {:7.1} MB/s ({:.2} s)   ratio {:.2} (target >= 1.0)",
         mbps(bytes, r_full),
