@@ -734,8 +734,47 @@ fn org_view(
             })
             .collect(),
         new_invitation,
+        deleted: st
+            .cell
+            .deleted_workspaces(actor, &org.id)?
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    short_time(d.deleted_at),
+                    d.reason.clone(),
+                    git_summary(&d.git),
+                )
+            })
+            .collect(),
         message,
     })
+}
+
+/// One line on what the repositories held: "clean", or what would have been lost.
+fn git_summary(git: &[crate::domain::entities::GitState]) -> String {
+    if git.is_empty() {
+        return "no state recorded".into();
+    }
+    git.iter()
+        .map(|g| {
+            if g.is_clean() {
+                return format!("{}: clean", g.dir);
+            }
+            let mut parts = Vec::new();
+            for (n, what) in [
+                (g.uncommitted.len(), "uncommitted"),
+                (g.untracked.len(), "untracked"),
+                (g.unpushed.len(), "unpushed commits"),
+            ] {
+                if n > 0 {
+                    parts.push(format!("{n} {what}"));
+                }
+            }
+            format!("{}: {}", g.dir, parts.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 async fn org_page(State(st): State<AppState>, headers: HeaderMap) -> Response {

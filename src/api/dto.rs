@@ -461,6 +461,49 @@ pub struct GitStateDto {
     pub clean: bool,
 }
 
+impl From<&crate::domain::entities::GitState> for GitStateDto {
+    fn from(g: &crate::domain::entities::GitState) -> Self {
+        GitStateDto {
+            dir: g.dir.clone(),
+            branch: g.branch.clone(),
+            head: g.head.clone(),
+            uncommitted: g.uncommitted.clone(),
+            untracked: g.untracked.clone(),
+            unpushed: g.unpushed.clone(),
+            clean: g.is_clean(),
+        }
+    }
+}
+
+/// A deleted workspace as the organization's record keeps it: what it held when it went.
+#[derive(Serialize, ToSchema)]
+pub struct DeletedWorkspaceDto {
+    pub id: String,
+    pub name: String,
+    pub owner_id: String,
+    pub deleted_at: String,
+    /// "deleted by its owner", or why a loop deleted it (e.g. "dormant: …").
+    pub reason: String,
+    /// Each repository's state at its last stop, recorded before the deletion.
+    pub git: Vec<GitStateDto>,
+    /// Its snapshots are gone from the backup store (after the grace period).
+    pub snapshots_purged: bool,
+}
+
+impl From<&crate::domain::entities::DeletedWorkspace> for DeletedWorkspaceDto {
+    fn from(d: &crate::domain::entities::DeletedWorkspace) -> Self {
+        DeletedWorkspaceDto {
+            id: d.id.to_string(),
+            name: d.name.clone(),
+            owner_id: d.owner.to_string(),
+            deleted_at: rfc3339(d.deleted_at),
+            reason: d.reason.clone(),
+            git: d.git.iter().map(GitStateDto::from).collect(),
+            snapshots_purged: d.snapshots_purged,
+        }
+    }
+}
+
 impl From<&Workspace> for WorkspaceDto {
     fn from(w: &Workspace) -> Self {
         WorkspaceDto {
@@ -496,19 +539,7 @@ impl From<&Workspace> for WorkspaceDto {
             } else {
                 None
             },
-            git: w
-                .git
-                .iter()
-                .map(|g| GitStateDto {
-                    dir: g.dir.clone(),
-                    branch: g.branch.clone(),
-                    head: g.head.clone(),
-                    uncommitted: g.uncommitted.clone(),
-                    untracked: g.untracked.clone(),
-                    unpushed: g.unpushed.clone(),
-                    clean: g.is_clean(),
-                })
-                .collect(),
+            git: w.git.iter().map(GitStateDto::from).collect(),
             created_at: rfc3339(w.created_at),
             last_activity: rfc3339(w.last_activity),
             stops_at: None,

@@ -53,6 +53,27 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/v1/orgs/{org}/policy",
             get(get_policy).patch(update_policy),
         )
+        .route(
+            "/api/v1/orgs/{org}/deleted-workspaces",
+            get(list_deleted_workspaces),
+        )
+}
+
+/// Deleted workspaces, newest first, with the git state each had when it went (owners).
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/deleted-workspaces", tag = "orgs", params(("org" = String, Path)),
+    responses((status = 200, body = [DeletedWorkspaceDto]), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_deleted_workspaces(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(org): Path<String>,
+) -> ApiResult<Json<Vec<DeletedWorkspaceDto>>> {
+    Ok(Json(
+        st.cell
+            .deleted_workspaces(&a, &org_id(&org)?)?
+            .iter()
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 /// Organizations the caller belongs to.

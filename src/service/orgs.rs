@@ -101,6 +101,24 @@ impl Cell {
         })
     }
 
+    /// The organization's deleted workspaces, newest first (owners): each with the git state it
+    /// had when it went, recorded before anything was deleted.
+    pub fn deleted_workspaces(
+        &self,
+        actor: &Actor,
+        org: &OrgId,
+    ) -> Result<Vec<crate::domain::entities::DeletedWorkspace>> {
+        self.require_owner(actor, org)?;
+        let mut gone: Vec<_> = self
+            .store()
+            .read(|tx| tx.deleted_workspaces())?
+            .into_iter()
+            .filter(|d| d.org == *org)
+            .collect();
+        gone.sort_by(|a, b| b.deleted_at.cmp(&a.deleted_at));
+        Ok(gone)
+    }
+
     pub fn list_members(&self, actor: &Actor, org: &OrgId) -> Result<Vec<(Membership, User)>> {
         self.require_owner(actor, org)?;
         Ok(self.store().read(|tx| {

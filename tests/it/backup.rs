@@ -635,7 +635,6 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
 
 #[tokio::test]
 async fn deleted_workspaces_keep_their_snapshots_for_the_grace_period_and_dormant_ones_go() {
-    use devcell::store::Reader;
     let (c, clock) = TestCell::with_clock(fast_backups).await;
     let org = c.org_id().await;
     let (s, p) = c
@@ -676,13 +675,32 @@ async fn deleted_workspaces_keep_their_snapshots_for_the_grace_period_and_dorman
     stop(&c, &dormant).await;
     clock.advance(Duration::from_secs(25 * 3600));
     c.wait_gone(&dormant).await;
-    let tombstones = c.cell().store().read(|tx| tx.deleted_workspaces()).unwrap();
-    let t = tombstones
-        .iter()
-        .find(|t| t.id.as_str() == dormant)
-        .expect("a tombstone for the dormant workspace");
-    assert_eq!(t.reason, "dormant: stopped for more than 1day");
-    assert_eq!(t.git[0].untracked, ["wip.txt"], "{t:?}");
+    // Owners read what it held, in the API and on the organization page.
+    let (s, gone) = c
+        .owner(
+            Method::GET,
+            &format!("/api/v1/orgs/{org}/deleted-workspaces"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{gone}");
+    assert_eq!(gone[0]["id"], dormant.as_str(), "newest first: {gone:#}");
+    assert_eq!(gone[0]["reason"], "dormant: stopped for more than 1day");
+    assert_eq!(
+        gone[0]["git"][0]["untracked"],
+        json!(["wip.txt"]),
+        "{gone:#}"
+    );
+    assert_eq!(gone[0]["git"][0]["clean"], false);
+    assert_eq!(gone[1]["id"], deleted.as_str());
+    assert_eq!(gone[1]["reason"], "deleted by its owner");
+    let owner = c.cell().find_user(None).unwrap();
+    let (cookie, _) = c.session(&owner.id).await;
+    let page = c.page_with(&cookie, "/org").await;
+    assert!(
+        page.contains("Deleted workspaces") && page.contains("idle: 1 untracked"),
+        "{page}"
+    );
     assert!(!c.data_dir().join("workspaces").join(&dormant).exists());
     assert_eq!(snapshots_of(&dormant), 1, "kept for the grace period");
 

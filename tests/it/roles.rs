@@ -76,6 +76,7 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
         ("get", "/api/v1/orgs/{org}/invitations") => (Owner, None),
         ("post", "/api/v1/orgs/{org}/invitations") => (Owner, Some(json!({ "role": "member" }))),
         ("delete", "/api/v1/orgs/{org}/invitations/{id}") => (Owner, None),
+        ("get", "/api/v1/orgs/{org}/deleted-workspaces") => (Owner, None),
         ("get", "/api/v1/orgs/{org}/classes") => (User, None),
         ("post", "/api/v1/orgs/{org}/classes") => (
             Owner,

@@ -480,6 +480,8 @@ pub struct OrgView {
     pub invitations: Vec<(String, String, String)>,
     /// A fresh invitation link to show once.
     pub new_invitation: Option<String>,
+    /// Deleted workspaces, newest first: (name, when, why, what its repositories held).
+    pub deleted: Vec<(String, String, String, String)>,
     pub message: Option<String>,
 }
 
@@ -597,6 +599,15 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                 <small id="backup_home-hint">"Off: only /workspace (the repositories) is backed up."</small>
                 <button type="submit">"Save policy"</button>
             </form>
+            {(!v.deleted.is_empty()).then(|| view! {
+                <h2 id="deleted">"Deleted workspaces"</h2>
+                <p class="hint">"What each held when it went, recorded before anything was deleted."</p>
+                <table class="deleted"><thead><tr><th>"Workspace"</th><th>"Deleted"</th><th>"Why"</th><th>"Its repositories then"</th></tr></thead><tbody>
+                    {v.deleted.into_iter().map(|(name, when, why, git)| view! {
+                        <tr><td>{name}</td><td>{when}</td><td>{why}</td><td>{git}</td></tr>
+                    }).collect_view()}
+                </tbody></table>
+            })}
         </Shell>
     }
 }
