@@ -115,7 +115,7 @@ impl Cell {
             .into_iter()
             .filter(|d| d.org == *org)
             .collect();
-        gone.sort_by(|a, b| b.deleted_at.cmp(&a.deleted_at));
+        gone.sort_by_key(|d| std::cmp::Reverse(d.deleted_at));
         Ok(gone)
     }
 
