@@ -77,6 +77,31 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// The floor onto a fresh ext4 disk, as a workspace's files get: the disk is made and mounted
+/// outside the timing (for devcell it is inside). Steadier than the host's filesystem here,
+/// whose speed at creating files swings with what was deleted on it moments before.
+fn floor_on_disk(bare: &Path, scratch: &Path, i: usize) -> Duration {
+    let image = scratch.join(format!("disk-{i}.ext4"));
+    let mnt = scratch.join(format!("disk-{i}"));
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+    ok(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .arg(&image));
+    std::fs::create_dir(&mnt).unwrap();
+    ok(Command::new("mount")
+        .args(["-o", "loop,discard,noinit_itable"])
+        .arg(&image)
+        .arg(&mnt));
+    let d = floor_once(bare, &mnt, i);
+    ok(Command::new("umount").arg(&mnt));
+    std::fs::remove_file(&image).unwrap();
+    d
+}
+
 /// The floor: what any CDE must do at least: clone the repository and spawn a sandbox.
 fn floor_once(bare: &Path, scratch: &Path, i: usize) -> Duration {
     let dest = scratch.join(format!("floor-{i}"));
@@ -260,11 +285,18 @@ async fn run() {
         let mut floor = Vec::new();
         let mut to_running = Vec::new();
         let mut to_terminal = Vec::new();
+        let mut answered = Vec::new();
+        let mut disk_floor = Vec::new();
         for i in 0..RUNS {
             floor.push(floor_once(
                 &bare,
                 scratch.path(),
                 i + if outbound { 0 } else { 100 },
+            ));
+            disk_floor.push(floor_on_disk(
+                &bare,
+                scratch.path(),
+                i + if outbound { 200 } else { 300 },
             ));
             let t = Instant::now();
             let w: Value = http
@@ -277,6 +309,7 @@ async fn run() {
                 .json()
                 .await
                 .unwrap();
+            answered.push(t.elapsed());
             let id = w["id"].as_str().unwrap().to_owned();
             wait_phase(&http, &base, &token, &id, "running").await;
             to_running.push(t.elapsed());
@@ -292,17 +325,22 @@ async fn run() {
         // Each start is paired with the floor measured just before it: on a host whose speed
         // drifts (this one's floor moves between 25 and 65 ms across runs), the median of the
         // pairs' ratios compares like with like.
-        let paired = |ours: &[Duration]| {
+        let paired = |ours: &[Duration], floor: &[Duration]| {
             let mut r: Vec<f64> = ours
                 .iter()
-                .zip(&floor)
+                .zip(floor)
                 .map(|(o, f)| o.as_secs_f64() / f.as_secs_f64())
                 .collect();
             r.sort_by(f64::total_cmp);
             r[r.len() / 2]
         };
-        let (pr, pt) = (paired(&to_running), paired(&to_terminal));
+        let (pr, pt) = (paired(&to_running, &floor), paired(&to_terminal, &floor));
+        let (dr, dt) = (
+            paired(&to_running, &disk_floor),
+            paired(&to_terminal, &disk_floor),
+        );
         let (f, r, t) = (median(floor), median(to_running), median(to_terminal));
+        let df = median(disk_floor);
         let net = if outbound {
             "with outbound network (slirp4netns)"
         } else {
@@ -310,6 +348,10 @@ async fn run() {
         };
         println!("start latency, small repository, median of {RUNS}, {net}:");
         println!("  floor (git clone + bare bwrap spawn): {}", ms(f));
+        println!(
+            "  devcell create answered:              {}",
+            ms(median(answered))
+        );
         println!(
             "  devcell create → running:             {}  ratio of medians {:.2}, median of paired ratios {:.2}",
             ms(r),
@@ -321,6 +363,12 @@ async fn run() {
             ms(t),
             t.as_secs_f64() / f.as_secs_f64(),
             pt
+        );
+        println!(
+            "  floor onto a fresh ext4 disk:         {}  running ratio {:.2}, terminal ratio {:.2} (medians of paired ratios)",
+            ms(df),
+            dr,
+            dt
         );
     }
     cell.update_policy(
