@@ -35,6 +35,9 @@ struct Agent {
     next_terminal: std::sync::atomic::AtomicU64,
     tasks: Mutex<Vec<TaskStatus>>,
     terminals: Mutex<std::collections::BTreeMap<String, Arc<terminal::Terminal>>>,
+    /// A shell started with the workspace, handed out by the first terminal request: opening
+    /// the first terminal, what nearly every user does first, does not wait for a login shell.
+    warm: Mutex<Option<Arc<terminal::Terminal>>>,
 }
 
 /// bash when the image has it (the host root does), else the POSIX shell.
@@ -180,6 +183,15 @@ fn start(spec: AgentSpec, run_dir: &Path) -> Arc<Agent> {
         next_terminal: std::sync::atomic::AtomicU64::new(1),
         tasks: Mutex::new(tasks),
         terminals: Mutex::default(),
+        warm: Mutex::default(),
+    });
+    let warmer = agent.clone();
+    tokio::spawn(async move {
+        let id = format!("t{}", warmer.next_terminal.fetch_add(1, Ordering::SeqCst));
+        match terminal::Terminal::spawn(id, &warmer.spec.workdir, &warmer.spec.env, 80, 24) {
+            Ok(t) => *warmer.warm.lock().await = Some(t),
+            Err(e) => eprintln!("no shell ready ahead: {e}"),
+        }
     });
     let starter = agent.clone();
     tokio::spawn(async move {
@@ -446,14 +458,16 @@ async fn create_terminal(Ready(a): Ready, Json(req): Json<NewTerminal>) -> Respo
             );
         }
     }
+    let (cols, rows) = (req.cols.unwrap_or(80), req.rows.unwrap_or(24));
+    let warm = a.warm.lock().await.take().filter(|t| t.alive());
+    if let Some(t) = warm {
+        t.resize(cols, rows).await;
+        let id = t.id.clone();
+        terms.insert(id.clone(), t);
+        return Json(TerminalInfo { id, alive: true }).into_response();
+    }
     let id = format!("t{}", a.next_terminal.fetch_add(1, Ordering::SeqCst));
-    match terminal::Terminal::spawn(
-        id.clone(),
-        &a.spec.workdir,
-        &a.spec.env,
-        req.cols.unwrap_or(80),
-        req.rows.unwrap_or(24),
-    ) {
+    match terminal::Terminal::spawn(id.clone(), &a.spec.workdir, &a.spec.env, cols, rows) {
         Ok(t) => {
             terms.insert(id.clone(), t);
             Json(TerminalInfo { id, alive: true }).into_response()

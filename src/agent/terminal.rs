@@ -101,7 +101,7 @@ impl Terminal {
         let _ = w.write_all(data).await;
     }
 
-    async fn resize(&self, cols: u16, rows: u16) {
+    pub(super) async fn resize(&self, cols: u16, rows: u16) {
         let w = self.writer.lock().await;
         let _ = w.resize(pty_process::Size::new(
             rows.clamp(1, 1000),
