@@ -475,6 +475,28 @@ impl Moto {
         );
     }
 
+    /// How many objects the bucket holds under `prefix`.
+    fn count(&self, bucket: &str, prefix: &str) -> usize {
+        let venv =
+            std::env::var("DEVCELL_TEST_VENV").unwrap_or_else(|_| "/var/cache/devcell/venv".into());
+        let script = format!(
+            "import boto3\n\
+             s = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             n = 0\n\
+             for page in s.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='{prefix}'):\n    n += page.get('KeyCount', 0)\n\
+             print(n)\n",
+            self.port
+        );
+        let out = Command::new(Path::new(&venv).join("bin/python"))
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+    }
+
     /// Kills the server and keeps its port: connections are accepted and dropped at once, as
     /// an unreachable store would, and no other test can take the port meanwhile.
     fn stop(mut self) -> Outage {
@@ -585,12 +607,38 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The store goes away: the next stop keeps the files and owes the backup.
+    // The store goes away in the middle of the next stop's backup: the stop keeps the files
+    // and owes the backup.
     start(&c, &id).await;
-    exec(&c, &id, "echo while-s3-was-down > s3.txt").await;
+    exec(
+        &c,
+        &id,
+        "echo while-s3-was-down > s3.txt && head -c 200000000 /dev/urandom > big.bin",
+    )
+    .await;
+    let packs_before = moto.count("cell-backups", "cell-1/data/");
+    c.owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
+        .await;
+    let until = Instant::now() + Duration::from_secs(120);
+    while moto.count("cell-backups", "cell-1/data/") == packs_before {
+        assert!(
+            Instant::now() < until,
+            "the backup never wrote to the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Some of its data is in the store and the backup is still going.
+    let w = c.workspace(&id).await;
+    assert_eq!(w["phase"], "stopping", "{w:#}");
     let outage = moto.stop();
-    let w = stop(&c, &id).await;
+    let w = c.wait_phase(&id, "stopped", START_WITHIN).await;
     assert_eq!(w["backup"]["state"], "pending", "{w:#}");
+    assert!(
+        w["backup"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{w:#}"
+    );
     let files = c.data_dir().join("workspaces").join(&id).join("workspace");
     assert_eq!(
         std::fs::read_to_string(files.join("cloud/s3.txt")).unwrap(),
@@ -630,6 +678,8 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
         std::fs::read_to_string(target.join(&id).join("workspace/cloud/s3.txt")).unwrap(),
         "while-s3-was-down\n"
     );
+    let big = target.join(&id).join("workspace/cloud/big.bin");
+    assert_eq!(std::fs::metadata(big).unwrap().len(), 200_000_000);
     drop(moto);
 }
 
