@@ -567,6 +567,17 @@ mod tests {
         }
     }
 
+    /// A command without a shell, cut off after 5 s.
+    fn command(argv: Vec<String>) -> ExecRequest {
+        ExecRequest {
+            argv,
+            cwd: None,
+            env: vec![],
+            timeout_s: Some(5),
+            stdin: None,
+        }
+    }
+
     #[tokio::test]
     async fn the_agent_listens_at_once_and_is_ready_the_moment_it_has_its_spec() {
         let dir = tempfile::tempdir().unwrap();
@@ -592,15 +603,7 @@ mod tests {
             }
             other => panic!("before its spec the agent answered {other:?}"),
         }
-        let exec = client
-            .exec(&ExecRequest {
-                argv: vec!["true".into()],
-                cwd: None,
-                env: vec![],
-                timeout_s: Some(5),
-                stdin: None,
-            })
-            .await;
+        let exec = client.exec(&command(vec!["true".into()])).await;
         assert!(
             matches!(exec, Err(ClientError::Agent { status: 503, .. })),
             "{exec:?}"
@@ -611,13 +614,7 @@ mod tests {
         assert_eq!(status.pid, std::process::id());
         client.status().await.unwrap();
         let out = client
-            .exec(&ExecRequest {
-                argv: vec!["echo".into(), "ready".into()],
-                cwd: None,
-                env: vec![],
-                timeout_s: Some(5),
-                stdin: None,
-            })
+            .exec(&command(vec!["echo".into(), "ready".into()]))
             .await
             .unwrap();
         assert_eq!(out.stdout, "ready\n");
@@ -625,16 +622,7 @@ mod tests {
         let mut other = spec(dir.path(), "ws_other");
         other.workdir = "/nonexistent".into();
         client.give_spec(&other).await.unwrap();
-        let out = client
-            .exec(&ExecRequest {
-                argv: vec!["pwd".into()],
-                cwd: None,
-                env: vec![],
-                timeout_s: Some(5),
-                stdin: None,
-            })
-            .await
-            .unwrap();
+        let out = client.exec(&command(vec!["pwd".into()])).await.unwrap();
         assert_eq!(out.stdout.trim(), dir.path().to_string_lossy());
     }
 }
