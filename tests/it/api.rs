@@ -607,13 +607,7 @@ async fn one_time_links_work_once() {
     let link = c.cell().create_login_link(&owner.id).unwrap();
     let res = c.http.get(&link).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let cookie = res.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = crate::harness::cookie_of(&res);
     let page = c
         .http
         .get(c.url("/"))
@@ -907,13 +901,7 @@ async fn invitation_links_open_a_signup_page_that_creates_the_account() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let cookie = res.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = crate::harness::cookie_of(&res);
     let me: Value = c
         .http
         .get(c.url("/api/v1/me"))
@@ -1155,13 +1143,7 @@ async fn the_login_page_says_what_went_wrong_and_sign_out_everywhere_ends_every_
     let res = login(OWNER_PASSWORD).await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()[header::LOCATION], "/");
-    let first = res.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let first = crate::harness::cookie_of(&res);
     // A wrong password is said on the page, without saying which half was wrong.
     let res = login("guess guess guess").await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);

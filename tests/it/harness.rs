@@ -36,6 +36,17 @@ pub fn test_config(data: PathBuf) -> Config {
 }
 
 /// The local runtime with the real `devcell` binary as launcher and agent.
+/// The `name=value` of the cookie a response sets (its attributes left off).
+pub fn cookie_of(res: &reqwest::Response) -> String {
+    res.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 pub fn local_runtime() -> Arc<dyn devcell::runtime::Runtime> {
     assert!(
         std::path::Path::new("/usr/bin/bwrap").exists(),
@@ -191,15 +202,7 @@ impl TestCell {
     /// Like [`TestCell::owner_page`], with the status, for pages that answer with an error.
     pub async fn owner_page_status(&self, path: &str) -> (reqwest::StatusCode, String) {
         let owner = self.cell().find_user(None).unwrap();
-        let link = self.cell().create_login_link(&owner.id).unwrap();
-        let res = self.http.get(&link).send().await.unwrap();
-        let cookie = res.headers()[reqwest::header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        let cookie = self.login_cookie(&owner.id).await;
         let res = self
             .http
             .get(self.url(path))
@@ -242,17 +245,16 @@ impl TestCell {
         (user.id.to_string(), token.secret)
     }
 
-    /// A browser session for `user` (a login link followed): its cookie and CSRF token.
-    pub async fn session(&self, user: &devcell::domain::UserId) -> (String, String) {
+    /// The session cookie a followed login link sets for `user`.
+    pub async fn login_cookie(&self, user: &devcell::domain::UserId) -> String {
         let link = self.cell().create_login_link(user).unwrap();
         let res = self.http.get(&link).send().await.unwrap();
-        let cookie = res.headers()[reqwest::header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        cookie_of(&res)
+    }
+
+    /// A browser session for `user` (a login link followed): its cookie and CSRF token.
+    pub async fn session(&self, user: &devcell::domain::UserId) -> (String, String) {
+        let cookie = self.login_cookie(user).await;
         let home = self
             .http
             .get(self.url("/"))
