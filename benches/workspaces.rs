@@ -170,25 +170,20 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits for the phase through the workspace's event stream, as `devcell ws start` does.
 async fn wait_phase(http: &reqwest::Client, base: &str, token: &str, id: &str, want: &str) {
-    let until = Instant::now() + Duration::from_secs(120);
-    loop {
-        let w: Value = http
-            .get(format!("{base}/api/v1/workspaces/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if w["phase"] == want {
-            return;
-        }
-        assert!(w["phase"] != "failed", "{w:#}");
-        assert!(Instant::now() < until, "{w:#}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let base = reqwest::Url::parse(base).unwrap();
+    let w = devcell::client::wait_for_phase(
+        http,
+        &base,
+        token,
+        id,
+        &[want, "failed"],
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    assert_eq!(w["phase"], want, "{w:#}");
 }
 
 /// Opens a terminal and waits for its first output (the shell's prompt).

@@ -342,7 +342,6 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
     Ok(0)
 }
 
-/// Polls a workspace until its phase is one of `phases` (at most ten minutes).
 /// Asks for a start, stop or restart, then waits for one of `until` and reports it; exit code 1
 /// when the workspace failed.
 async fn change(
@@ -355,28 +354,66 @@ async fn change(
 ) -> Result<i32> {
     let url = saved.url.join(&format!("api/v1/workspaces/{id}/{verb}"))?;
     check(http.post(url).bearer_auth(&saved.token).send().await?).await?;
-    let w = wait_for(http, saved, id, until).await?;
+    let w = wait_for_phase(
+        http,
+        &saved.url,
+        &saved.token,
+        id,
+        until,
+        std::time::Duration::from_secs(600),
+    )
+    .await?;
     report(&w, json)?;
     Ok(if w["phase"] == "failed" { 1 } else { 0 })
 }
 
-async fn wait_for(
+/// Follows the workspace's event stream (`GET /api/v1/workspaces/{id}/events`) until its
+/// phase is one of `phases`, and returns the workspace as the API shows it: the answer comes
+/// the moment the phase is reached, with no polling. Fails when the workspace is deleted, the
+/// stream ends, or `within` passes.
+pub async fn wait_for_phase(
     http: &reqwest::Client,
-    saved: &Saved,
+    base: &Url,
+    token: &str,
     id: &str,
     phases: &[&str],
+    within: std::time::Duration,
 ) -> Result<Value> {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        let url = saved.url.join(&format!("api/v1/workspaces/{id}"))?;
-        let w = check(http.get(url).bearer_auth(&saved.token).send().await?).await?;
-        if phases.iter().any(|p| w["phase"] == *p) {
-            return Ok(w);
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let url = base.join(&format!("api/v1/workspaces/{id}/events"))?;
+    let mut phase = Value::Null;
+    let follow = async {
+        let res = http.get(url).bearer_auth(token).send().await?;
+        if !res.status().is_success() {
+            check(res).await?;
+            bail!("the cell sent no event stream");
         }
-        if std::time::Instant::now() > until {
-            bail!("the workspace is still {} after ten minutes", w["phase"]);
+        let mut events = res.bytes_stream().eventsource();
+        while let Some(event) = events.next().await {
+            let event = event.context("reading the workspace's events")?;
+            match event.event.as_str() {
+                "workspace" => {
+                    let w: Value = serde_json::from_str(&event.data)
+                        .context("the cell sent a workspace that is not JSON")?;
+                    if phases.iter().any(|p| w["phase"] == *p) {
+                        return Ok(w);
+                    }
+                    phase = w["phase"].clone();
+                }
+                "deleted" => bail!("the workspace was deleted"),
+                _ => {}
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        bail!("the cell closed the workspace's event stream")
+    };
+    match tokio::time::timeout(within, follow).await {
+        Ok(r) => r,
+        Err(_) => bail!(
+            "the workspace is still {phase} after {} s (waiting for {})",
+            within.as_secs(),
+            phases.join(" or ")
+        ),
     }
 }
 

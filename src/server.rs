@@ -227,6 +227,13 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         let signal = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
+        // No Nagle: an event stream writes small events one after another, and each would
+        // wait for the client's delayed acknowledgement (up to 40 ms) behind the one before.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         if let Err(e) = axum::serve(listener, service)
             .with_graceful_shutdown(signal)
             .await

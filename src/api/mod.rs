@@ -122,7 +122,7 @@ impl utoipa::Modify for Security {
         orgs::list_invitations, orgs::create_invitation, orgs::revoke_invitation, orgs::accept_invitation,
         orgs::list_classes, orgs::create_class, orgs::update_class, orgs::delete_class,
         orgs::get_policy, orgs::update_policy, orgs::list_deleted_workspaces,
-        workspaces::list_workspaces, workspaces::create_workspace, workspaces::get_workspace,
+        workspaces::list_workspaces, workspaces::create_workspace, workspaces::get_workspace, workspaces::workspace_events,
         workspaces::update_workspace, workspaces::delete_workspace,
         workspaces::start_workspace, workspaces::stop_workspace, workspaces::restart_workspace, workspaces::exec, workspaces::tasks,
         workspaces::ports, workspaces::share_port,

@@ -34,6 +34,7 @@ pub(super) fn routes() -> Router<AppState> {
                 .patch(update_workspace)
                 .delete(delete_workspace),
         )
+        .route("/api/v1/workspaces/{id}/events", get(workspace_events))
         .route(
             "/api/v1/workspaces/{id}/start",
             axum::routing::post(start_workspace),
@@ -190,6 +191,93 @@ pub(super) async fn get_workspace(
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkspaceDto>> {
     Ok(Json(dto(&st, &st.cell.get_workspace(&a, &ws_id(&id)?)?)))
+}
+
+/// The workspace as a stream of server-sent events: `workspace` events carry it whole (as
+/// `GET /api/v1/workspaces/{id}` does), the first at once and then one after each change, so a
+/// client sees every phase the moment it is reached without polling. Changes closer together
+/// than the client reads are merged into the latest state (the history lists every step). The
+/// stream ends with a
+/// `deleted` event when the workspace goes, and closes when the caller's credential or access
+/// does. A comment line every 15 s keeps proxies from closing it.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/events", tag = "workspaces", params(("id" = String, Path)),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "`event: workspace` with a WorkspaceDto as `data`, then `event: deleted` at the end"),
+        (status = 404, body = ErrorBody)))]
+pub(super) async fn workspace_events(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let id = ws_id(&id)?;
+    // Subscribed before the first read, so no change between the two is missed.
+    let mut changes = st.cell.workspace_changes();
+    changes.borrow_and_update();
+    let first = st.cell.get_workspace(&a, &id)?;
+    struct Watch {
+        st: AppState,
+        headers: axum::http::HeaderMap,
+        id: WorkspaceId,
+        changes: tokio::sync::watch::Receiver<u64>,
+        first: Option<crate::domain::entities::Workspace>,
+        last: String,
+        ended: bool,
+    }
+    let watch = Watch {
+        st,
+        headers,
+        id,
+        changes,
+        first: Some(first),
+        last: String::new(),
+        ended: false,
+    };
+    let events = futures::stream::unfold(watch, |mut w| async move {
+        loop {
+            if w.ended {
+                return None;
+            }
+            let ws = match w.first.take() {
+                Some(ws) => Ok(ws),
+                None => {
+                    if w.changes.changed().await.is_err() {
+                        return None; // the cell is stopping
+                    }
+                    // The credential is checked again: a revoked token or ended session
+                    // stops the stream, as a removal from the organization does.
+                    let Ok(actor) = super::auth::identify(&w.st.cell, &w.headers) else {
+                        return None;
+                    };
+                    w.st.cell.get_workspace(&actor, &w.id)
+                }
+            };
+            match ws {
+                Ok(ws) => {
+                    let data = serde_json::to_string(&dto(&w.st, &ws)).unwrap_or_default();
+                    if data != w.last {
+                        w.last.clone_from(&data);
+                        let event = Event::default().event("workspace").data(data);
+                        return Some((Ok::<_, std::convert::Infallible>(event), w));
+                    }
+                }
+                // Gone, rather than out of the caller's sight (which just ends the stream).
+                Err(crate::service::Error::NotFound { .. })
+                    if !w.st.cell.workspace_exists(&w.id).unwrap_or(true) =>
+                {
+                    w.ended = true;
+                    let event = Event::default().event("deleted").data(w.id.to_string());
+                    return Some((Ok(event), w));
+                }
+                Err(_) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 /// Change a workspace's name, class, image or timeout (its owner).

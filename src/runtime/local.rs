@@ -276,7 +276,7 @@ impl Runtime for LocalRuntime {
                 }
                 h => Some(h.create(spec.id.as_str(), &spec.limits)?),
             };
-            tracing::debug!(workspace = %spec.id, ms = t.elapsed().as_millis() as u64, "cgroups ready");
+            tracing::debug!(workspace = %spec.id, us = t.elapsed().as_micros() as u64, "cgroups ready");
             let run = spec.dir.join("run");
             let mut argv: Vec<std::ffi::OsString> = vec!["sandbox-exec".into()];
             for f in cg.as_ref().map(|c| c.procs_files()).unwrap_or_default() {
@@ -306,6 +306,7 @@ impl Runtime for LocalRuntime {
             let child = launch
                 .spawn()
                 .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
+            tracing::debug!(workspace = %spec.id, us = t.elapsed().as_micros() as u64, "sandbox spawned");
             let outer = child.id();
             tokio::spawn(launch.supervise(child, spec.id.clone()));
             if spec.network {

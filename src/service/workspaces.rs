@@ -287,6 +287,16 @@ impl Cell {
         Ok(WorkspacePage { items, next_cursor })
     }
 
+    /// Wakes after every change to any workspace; see [`crate::store::Store::workspace_changes`].
+    pub fn workspace_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store().workspace_changes()
+    }
+
+    /// Whether the workspace's record is still there (for whoever: callers check access).
+    pub fn workspace_exists(&self, id: &WorkspaceId) -> Result<bool> {
+        Ok(self.store().read(|tx| tx.workspace(id))?.is_some())
+    }
+
     /// A workspace its owner may see; owners of its organization may see it too.
     pub fn get_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
         let ws = self

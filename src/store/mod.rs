@@ -135,6 +135,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     db: Arc<redb::Database>,
     path: PathBuf,
+    /// Counts commits that changed a workspace record, for those who watch workspaces.
+    workspace_changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -153,11 +155,18 @@ impl Store {
         Ok(Store {
             db: Arc::new(db),
             path: path.to_owned(),
+            workspace_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Wakes after every commit that changed, added or removed a workspace record (any
+    /// workspace: the receiver reads again what it watches). Closed when the store goes.
+    pub fn workspace_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.workspace_changes.subscribe()
     }
 
     pub fn read<T>(&self, f: impl FnOnce(&ReadTx) -> Result<T>) -> Result<T> {
@@ -174,10 +183,21 @@ impl Store {
     ) -> Result<T, E> {
         let tx = WriteTx {
             tx: self.db.begin_write().map_err(StoreError::from)?,
+            workspaces_changed: Default::default(),
         };
         let out = f(&tx)?;
-        tx.tx.commit().map_err(StoreError::from)?;
+        self.commit(tx)?;
         Ok(out)
+    }
+
+    fn commit(&self, tx: WriteTx) -> Result<()> {
+        let changed = tx.workspaces_changed.get();
+        tx.tx.commit()?;
+        if changed {
+            self.workspace_changes
+                .send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(())
     }
 
     /// Like [`Store::write`], but the commit is not flushed to disk on its own: it becomes
@@ -190,9 +210,12 @@ impl Store {
     ) -> Result<T, E> {
         let mut tx = self.db.begin_write().map_err(StoreError::from)?;
         let _ = tx.set_durability(redb::Durability::None);
-        let tx = WriteTx { tx };
+        let tx = WriteTx {
+            tx,
+            workspaces_changed: Default::default(),
+        };
         let out = f(&tx)?;
-        tx.tx.commit().map_err(StoreError::from)?;
+        self.commit(tx)?;
         Ok(out)
     }
 
@@ -525,6 +548,7 @@ pub struct ReadTx {
 
 pub struct WriteTx {
     tx: redb::WriteTransaction,
+    workspaces_changed: std::cell::Cell<bool>,
 }
 
 fn scan_table<T: ReadableTable<&'static str, &'static [u8]>>(
@@ -693,6 +717,7 @@ impl WriteTx {
         self.del(CLASSES, id.as_str())
     }
     pub fn put_workspace(&self, w: &Workspace) -> Result<()> {
+        self.workspaces_changed.set(true);
         self.put(w.id.as_str(), &records::WorkspaceRecord::from(w))?;
         self.put_index(WS_BY_OWNER, &format!("{}/{}", w.owner, w.id), "")?;
         self.put_index(WS_BY_ORG, &format!("{}/{}", w.org, w.id), "")
@@ -705,6 +730,7 @@ impl WriteTx {
         at: time::OffsetDateTime,
         reason: &str,
     ) -> Result<()> {
+        self.workspaces_changed.set(true);
         self.put_deleted(&crate::domain::entities::DeletedWorkspace {
             id: w.id.clone(),
             org: w.org.clone(),

@@ -176,6 +176,14 @@ impl TestCell {
         }
         let res = req.send().await.unwrap();
         let status = res.status();
+        // An event stream does not end by itself: its status is the answer.
+        if res
+            .headers()
+            .get("content-type")
+            .is_some_and(|t| t == "text/event-stream")
+        {
+            return (status, Value::Null);
+        }
         let text = res.text().await.unwrap();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
         (status, json)

@@ -100,7 +100,9 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
             User,
             Some(json!({ "repos": [{ "url": "https://git.example.com/x.git" }] })),
         ),
-        ("get", "/api/v1/workspaces/{id}") => (Owner, None),
+        ("get", "/api/v1/workspaces/{id}") | ("get", "/api/v1/workspaces/{id}/events") => {
+            (Owner, None)
+        }
         ("patch", "/api/v1/workspaces/{id}") => (Owner, Some(json!({ "name": "changed" }))),
         ("delete", "/api/v1/workspaces/{id}") => (Owner, None),
         ("post", "/api/v1/workspaces/{id}/start") | ("post", "/api/v1/workspaces/{id}/stop") => {

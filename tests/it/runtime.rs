@@ -1628,3 +1628,138 @@ async fn the_class_disk_size_holds_and_the_disk_follows_the_files() {
     assert!(!devcell::runtime::disk::is_mount_point(&dir) && !dir.exists());
     c.stop().await;
 }
+
+/// The next `workspace` event's phase, or `deleted` (with the id it names); None at the end.
+async fn next_event(
+    events: &mut (
+             impl futures::Stream<
+        Item = Result<
+            eventsource_stream::Event,
+            eventsource_stream::EventStreamError<reqwest::Error>,
+        >,
+    > + Unpin
+         ),
+) -> Option<(String, Value)> {
+    use futures::StreamExt;
+    let event = tokio::time::timeout(START_WITHIN, events.next())
+        .await
+        .expect("no event within a minute")?
+        .unwrap();
+    let data = match event.event.as_str() {
+        "workspace" => serde_json::from_str(&event.data).unwrap(),
+        _ => Value::String(event.data),
+    };
+    Some((event.event, data))
+}
+
+#[tokio::test]
+async fn a_workspaces_event_stream_shows_each_phase_as_it_comes_and_ends_when_it_is_deleted() {
+    use eventsource_stream::Eventsource;
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "events", &[("README.md", "x\n")]);
+    let (s, ws) = c
+        .owner(
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({ "repos": [{ "url": format!("file://{}", bare.display()) }] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ws}");
+    let id = ws["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/workspaces/{id}/events");
+    let http = reqwest::Client::new();
+
+    // Nobody else gets the stream: no credential is 401, another member's is 404.
+    let res = http.get(c.url(&path)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let (_, member) = c.add_user("member@example.com", "member").await;
+    let res = http
+        .get(c.url(&path))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    let res = http
+        .get(c.url(&path))
+        .bearer_auth(&c.owner_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut events = res.bytes_stream().eventsource();
+    // The workspace as it is now comes at once.
+    let (kind, first) = next_event(&mut events).await.unwrap();
+    assert_eq!((kind.as_str(), &first["id"]), ("workspace", &json!(id)));
+    assert_eq!(first["phase"], "stopped", "{first:#}");
+
+    // Each phase of a start, in order, the moment it is reached; nothing sent twice.
+    let (s, b) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/start"),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let mut seen = vec![first];
+    while seen.last().unwrap()["phase"] != "running" {
+        let (kind, w) = next_event(&mut events).await.unwrap();
+        assert_eq!(kind, "workspace");
+        assert_ne!(&w, seen.last().unwrap(), "the same workspace sent twice");
+        assert_ne!(w["phase"], "failed", "{w:#}");
+        seen.push(w);
+    }
+    // Changes closer together than the reader reads are merged into the latest state, so on
+    // a loaded machine a step may be skipped, but never reordered; the history has them all.
+    let order = ["stopped", "pending", "creating", "initializing", "running"];
+    let at = |w: &Value| order.iter().position(|p| w["phase"] == *p).unwrap();
+    assert!(seen.windows(2).all(|p| at(&p[0]) <= at(&p[1])), "{seen:#?}");
+    let history: Vec<&str> = seen.last().unwrap()["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["phase"].as_str().unwrap())
+        .collect();
+    assert!(history.ends_with(&order[1..]), "{history:?}");
+    // What the stream says is what the workspace's record says.
+    assert_eq!(
+        seen.last().unwrap()["history"],
+        c.workspace(&id).await["history"]
+    );
+
+    let (s, b) = c
+        .owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
+        .await;
+    assert!(s.is_success(), "{b}");
+    let mut phases = Vec::new();
+    while phases.last() != Some(&"stopped".to_owned()) {
+        let (kind, w) = next_event(&mut events).await.unwrap();
+        assert_eq!(kind, "workspace");
+        phases.push(w["phase"].as_str().unwrap().to_owned());
+    }
+    assert!(phases.contains(&"stopping".to_owned()), "{phases:?}");
+
+    // Deleted: a last `deleted` event naming it, then the stream ends.
+    let (s, b) = c
+        .owner(Method::DELETE, &format!("/api/v1/workspaces/{id}"), None)
+        .await;
+    assert!(s.is_success(), "{b}");
+    loop {
+        match next_event(&mut events).await {
+            Some((kind, w)) if kind == "workspace" => {
+                assert_ne!(w["phase"], "running", "{w:#}");
+            }
+            Some((kind, data)) => {
+                assert_eq!((kind.as_str(), data), ("deleted", json!(id)));
+                break;
+            }
+            None => panic!("the stream ended without a deleted event"),
+        }
+    }
+    assert!(next_event(&mut events).await.is_none());
+    c.stop().await;
+}
