@@ -316,6 +316,9 @@ async fn run() {
                 .await
                 .unwrap();
             wait_phase(&http, &base, &token, &id, "stopped").await;
+            // A quiet host for the next floor: the cell starts its spare sandbox launcher
+            // 200 ms after a start, and that must not land in the floor's timing either.
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         // Each start is paired with the floor measured just before it: on a host whose speed
         // drifts (this one's floor moves between 25 and 65 ms across runs), the median of the

@@ -92,7 +92,10 @@ pub enum Command {
         uid: Option<u32>,
         #[arg(long)]
         gid: Option<u32>,
-        #[arg(last = true, required = true)]
+        /// Wait for the request (JSON) on standard input: a launcher started ahead of need.
+        #[arg(long, conflicts_with_all = ["cgroup_procs", "uid", "gid", "argv"])]
+        request_on_stdin: bool,
+        #[arg(last = true, required_unless_present = "request_on_stdin")]
         argv: Vec<String>,
     },
 }
@@ -436,10 +439,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::agent::run(&run).await
         }
         Command::SandboxExec {
+            request_on_stdin: true,
+            ..
+        } => {
+            crate::runtime::local::sandbox_exec_requested().context("cannot start the sandbox")?;
+            Ok(())
+        }
+        Command::SandboxExec {
             cgroup_procs,
             uid,
             gid,
             argv,
+            ..
         } => {
             let err = crate::runtime::local::sandbox_exec(&cgroup_procs, uid, gid, &argv);
             bail!("cannot start the sandbox: {err}")

@@ -10,6 +10,7 @@
 //! restart or update of the cell, which reconnects to its agent.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::cgroup::{Cgroup, Hierarchy};
 use super::disk::{Disks, Files};
@@ -105,6 +106,8 @@ pub struct LocalRuntime {
     /// The executable to run as the agent and launcher (this binary).
     exe: PathBuf,
     bwrap: PathBuf,
+    /// A launcher started ahead, waiting for its sandbox (see [`Spare`]).
+    spare: Arc<std::sync::Mutex<Option<Spare>>>,
 }
 
 impl LocalRuntime {
@@ -118,6 +121,7 @@ impl LocalRuntime {
             disks: Disks::detect(),
             exe,
             bwrap,
+            spare: Arc::default(),
         })
     }
 
@@ -278,35 +282,37 @@ impl Runtime for LocalRuntime {
             };
             tracing::debug!(workspace = %spec.id, us = t.elapsed().as_micros() as u64, "cgroups ready");
             let run = spec.dir.join("run");
-            let mut argv: Vec<std::ffi::OsString> = vec!["sandbox-exec".into()];
-            for f in cg.as_ref().map(|c| c.procs_files()).unwrap_or_default() {
-                argv.push("--cgroup-procs".into());
-                argv.push(f.into());
-            }
-            if let Some((u, g)) = spec.uid {
-                argv.extend([
-                    "--uid".into(),
-                    u.to_string().into(),
-                    "--gid".into(),
-                    g.to_string().into(),
-                ]);
-            }
-            argv.push("--".into());
-            argv.push(self.bwrap.clone().into());
-            argv.extend(self.bwrap_args(spec).into_iter().map(Into::into));
             let filter = run.join("seccomp.bpf");
             super::seccomp::write_default_filter(&filter)
                 .map_err(|e| RuntimeError::Start(e.to_string()))?;
             let launch = Launch {
                 exe: self.exe.clone(),
-                argv,
-                filter,
-                log: run.join("sandbox.log"),
+                request: SandboxRequest {
+                    cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+                    uid: spec.uid,
+                    argv: std::iter::once(self.bwrap.to_string_lossy().into_owned())
+                        .chain(self.bwrap_args(spec))
+                        .collect(),
+                    stdin: filter,
+                    log: run.join("sandbox.log"),
+                },
             };
-            let child = launch
-                .spawn()
-                .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
+            let spare = self.spare.lock().map(|mut s| s.take()).unwrap_or(None);
+            let child = match spare {
+                Some(spare) => match spare.launch(&launch.request).await {
+                    Ok(child) => child,
+                    Err(e) => {
+                        tracing::debug!(workspace = %spec.id, error = %e, "the spare launcher is gone");
+                        launch.spawn()
+                    }
+                    .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?,
+                },
+                None => launch
+                    .spawn()
+                    .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?,
+            };
             tracing::debug!(workspace = %spec.id, us = t.elapsed().as_micros() as u64, "sandbox spawned");
+            Spare::refill(&self.spare, &self.exe);
             let outer = child.id();
             tokio::spawn(launch.supervise(child, spec.id.clone()));
             if spec.network {
@@ -336,6 +342,59 @@ impl Runtime for LocalRuntime {
             Ok(())
         })
     }
+}
+
+/// What a launcher is to start: bubblewrap's command line, the cgroups to join first, the uid
+/// to run as, and the files for its standard input (the seccomp filter) and output (the log).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SandboxRequest {
+    cgroup_procs: Vec<PathBuf>,
+    uid: Option<(u32, u32)>,
+    argv: Vec<String>,
+    stdin: PathBuf,
+    log: PathBuf,
+}
+
+/// `devcell sandbox-exec --request-on-stdin`, a launcher started ahead of need: it waits for a
+/// [`SandboxRequest`] on its standard input, then does what [`sandbox_exec`] does with it.
+/// Without a request (the cell went away) it exits quietly. Only returns on failure, which it
+/// also writes to the sandbox's log.
+pub fn sandbox_exec_requested() -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let mut text = Vec::new();
+    std::io::stdin().read_to_end(&mut text)?;
+    if text.is_empty() {
+        return Ok(());
+    }
+    let req: SandboxRequest = serde_json::from_slice(&text).map_err(std::io::Error::other)?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&req.log)?;
+    let attempt = || -> std::io::Result<std::convert::Infallible> {
+        let stdin = std::fs::File::open(&req.stdin)?;
+        super::cgroup::enter(&req.cgroup_procs)?;
+        let (program, args) = req
+            .argv
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("nothing to run"))?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args)
+            .stdin(stdin)
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?);
+        if let Some((u, g)) = req.uid {
+            cmd.gid(g).uid(u);
+        }
+        Err(cmd.exec())
+    };
+    let err = match attempt() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = writeln!(log, "devcell: cannot start the sandbox: {err}");
+    Err(err)
 }
 
 /// The launcher, `devcell sandbox-exec`: joins the cgroups, drops to the workspace's uid and
@@ -449,25 +508,33 @@ async fn connect_outbound(outer: u32, run: &Path, cg: Option<&Cgroup>) -> Result
 /// repeated.
 struct Launch {
     exe: PathBuf,
-    argv: Vec<std::ffi::OsString>,
-    filter: PathBuf,
-    log: PathBuf,
+    request: SandboxRequest,
 }
 
 impl Launch {
+    /// Starts a launcher for the request (`devcell sandbox-exec ARGS`).
     fn spawn(&self) -> std::io::Result<tokio::process::Child> {
+        let r = &self.request;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.log)?;
+            .open(&r.log)?;
         let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.args(&self.argv)
+        cmd.arg("sandbox-exec");
+        for f in &r.cgroup_procs {
+            cmd.arg("--cgroup-procs").arg(f);
+        }
+        if let Some((u, g)) = r.uid {
+            cmd.args(["--uid", &u.to_string(), "--gid", &g.to_string()]);
+        }
+        cmd.arg("--").args(&r.argv);
+        cmd
             // bubblewrap reads the seccomp filter from its standard input (`--seccomp 0`).
-            .stdin(std::fs::File::open(&self.filter)?)
+            .stdin(std::fs::File::open(&r.stdin)?)
             .stdout(log.try_clone()?)
             .stderr(log)
             .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PATH", LAUNCHER_PATH)
             // Its own process group: a signal to the cell (Ctrl-C, SIGTERM) does not reach it.
             .process_group(0);
         cmd.spawn()
@@ -483,7 +550,7 @@ impl Launch {
             let status = child.wait().await;
             let early = started.elapsed() < std::time::Duration::from_secs(3)
                 && !status.is_ok_and(|s| s.success());
-            let last = std::fs::read_to_string(&self.log)
+            let last = std::fs::read_to_string(&self.request.log)
                 .ok()
                 .and_then(|l| l.lines().last().map(str::to_owned))
                 .unwrap_or_default();
@@ -497,5 +564,67 @@ impl Launch {
                 Err(_) => return,
             }
         }
+    }
+}
+
+const LAUNCHER_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How long after a start its replacement launcher is started: past that start's busiest part,
+/// so the launcher's own start-up (an exec of this binary) does not slow the start down.
+const SPARE_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A launcher (`devcell sandbox-exec --request-on-stdin`) started ahead, blocked reading its
+/// request. Loading this 60 MB binary (relocations and all) took 2-3 ms of every start on the
+/// critical path; a spare has it done beforehand. It is a child of the cell, in its own process
+/// group, and exits when its standard input closes without a request (the cell went away).
+/// A start that finds no spare launches directly.
+struct Spare {
+    child: tokio::process::Child,
+    request: tokio::process::ChildStdin,
+}
+
+impl Spare {
+    fn spawn(exe: &Path) -> std::io::Result<Spare> {
+        let mut child = tokio::process::Command::new(exe)
+            .args(["sandbox-exec", "--request-on-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .env_clear()
+            .env("PATH", LAUNCHER_PATH)
+            .process_group(0)
+            .spawn()?;
+        let request = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("no pipe to the launcher"))?;
+        Ok(Spare { child, request })
+    }
+
+    /// Hands the request over; the launcher then becomes the sandbox.
+    async fn launch(mut self, req: &SandboxRequest) -> std::io::Result<tokio::process::Child> {
+        use tokio::io::AsyncWriteExt;
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Err(std::io::Error::other(format!("it exited ({status})")));
+        }
+        let text = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        self.request.write_all(&text).await?;
+        drop(self.request);
+        Ok(self.child)
+    }
+
+    /// Starts a new spare a moment from now, unless one is there.
+    fn refill(slot: &Arc<std::sync::Mutex<Option<Spare>>>, exe: &Path) {
+        let (slot, exe) = (slot.clone(), exe.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(SPARE_AFTER).await;
+            let Ok(mut s) = slot.lock() else { return };
+            if s.is_none() {
+                match Spare::spawn(&exe) {
+                    Ok(spare) => *s = Some(spare),
+                    Err(e) => tracing::debug!(error = %e, "no spare launcher"),
+                }
+            }
+        });
     }
 }

@@ -1763,3 +1763,96 @@ async fn a_workspaces_event_stream_shows_each_phase_as_it_comes_and_ends_when_it
     assert!(next_event(&mut events).await.is_none());
     c.stop().await;
 }
+
+/// The launcher a start finds waiting (`devcell sandbox-exec --request-on-stdin`): it joins the
+/// cgroups, takes the filter as standard input and the log as output, drops to the uid and
+/// becomes the program; it says in the log why it could not; it leaves quietly without a request.
+#[test]
+fn a_launcher_started_ahead_runs_the_request_it_is_given_later() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let procs = tmp.path().join("cgroup.procs");
+    std::fs::write(&procs, "").unwrap();
+    let input = tmp.path().join("filter");
+    std::fs::write(&input, "from-the-filter-file\n").unwrap();
+    let log = tmp.path().join("sandbox.log");
+    let root = running_as_root();
+    let launcher = |request: Option<Value>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_devcell"))
+            .args(["sandbox-exec", "--request-on-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Started ahead: it waits for its request.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the launcher did not wait"
+        );
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(r) = request {
+            pipe.write_all(r.to_string().as_bytes()).unwrap();
+        }
+        drop(pipe);
+        let pid = child.id();
+        (pid, child.wait_with_output().unwrap())
+    };
+
+    let uid = if root {
+        json!([65534, 65534])
+    } else {
+        Value::Null
+    };
+    let (pid, out) = launcher(Some(json!({
+        "cgroup_procs": [procs],
+        "uid": uid,
+        "argv": ["/bin/sh", "-c", "echo uid=$(id -u); cat"],
+        "stdin": input,
+        "log": log,
+    })));
+    assert!(out.status.success(), "{out:?}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("from-the-filter-file"), "{said}");
+    let want_uid = if root {
+        "uid=65534".to_owned()
+    } else {
+        String::new()
+    };
+    assert!(said.contains(&want_uid), "{said}");
+    // It joined before it became the program (same pid: exec, no fork).
+    assert_eq!(std::fs::read_to_string(&procs).unwrap(), pid.to_string());
+
+    // A request it cannot carry out: the reason is in the sandbox's log.
+    let (_, out) = launcher(Some(json!({
+        "cgroup_procs": [tmp.path().join("no-such-cgroup/cgroup.procs")],
+        "uid": null,
+        "argv": ["/bin/true"],
+        "stdin": input,
+        "log": log,
+    })));
+    assert!(!out.status.success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("devcell: cannot start the sandbox: No such file"),
+        "{said}"
+    );
+
+    // No request (the cell went away): it exits, quietly.
+    let before = std::fs::read_to_string(&log).unwrap();
+    let (_, out) = launcher(None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), before);
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap()
+}
