@@ -18,7 +18,7 @@ use devcell::config::{self, Overrides};
 use devcell::server::{self, Options};
 use serde_json::{Value, json};
 
-const RUNS: usize = 20;
+const RUNS: usize = 30;
 
 fn git(dir: &Path, args: &[&str]) {
     let ok = Command::new("git")
@@ -186,33 +186,30 @@ async fn wait_phase(http: &reqwest::Client, base: &str, token: &str, id: &str, w
     assert_eq!(w["phase"], want, "{w:#}");
 }
 
-/// Opens a terminal and waits for its first output (the shell's prompt).
-async fn terminal_ready(http: &reqwest::Client, base: &str, token: &str, id: &str) {
+/// Opens a terminal (in one step, as `GET .../terminals/new` does) and waits for the shell's
+/// first output after the frame that names the terminal.
+async fn terminal_ready(base: &str, token: &str, id: &str) {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let t: Value = http
-        .post(format!("{base}/api/v1/workspaces/{id}/terminals"))
-        .bearer_auth(token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     let mut req = format!(
-        "{}{}",
-        base.replace("http://", "ws://"),
-        t["attach"].as_str().unwrap()
+        "{}/api/v1/workspaces/{id}/terminals/new",
+        base.replace("http://", "ws://")
     )
     .into_client_request()
     .unwrap();
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let _first = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if m.is_binary() {
+            return;
+        }
+    }
 }
 
 async fn run() {
@@ -308,7 +305,7 @@ async fn run() {
             let id = w["id"].as_str().unwrap().to_owned();
             wait_phase(&http, &base, &token, &id, "running").await;
             to_running.push(t.elapsed());
-            terminal_ready(&http, &base, &token, &id).await;
+            terminal_ready(&base, &token, &id).await;
             to_terminal.push(t.elapsed());
             http.post(format!("{base}/api/v1/workspaces/{id}/stop"))
                 .bearer_auth(&token)

@@ -666,6 +666,14 @@ pub struct NewTerminalDto {
     pub rows: Option<u16>,
 }
 
+/// The size of a terminal opened by attaching to `new`.
+#[derive(Deserialize, utoipa::IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct NewTerminalQuery {
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct TerminalDto {
     pub id: String,

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message as TMessage;
 
 use super::ErrorBody;
 use super::dto::*;
-use super::{ApiError, ApiResult, AppState, Auth, Json, Path};
+use super::{ApiError, ApiResult, AppState, Auth, Json, Path, Query};
 use crate::agent::protocol::NewTerminal;
 use crate::domain::WorkspaceId;
 
@@ -83,13 +83,18 @@ pub(super) async fn create_terminal(
     Ok((StatusCode::CREATED, Json(dto(&id, t))))
 }
 
-/// Attach to a terminal over a WebSocket (see `TerminalDto.attach`).
-#[utoipa::path(get, path = "/api/v1/workspaces/{id}/terminals/{tid}", tag = "terminals", params(("id" = String, Path), ("tid" = String, Path)),
+/// Attach to a terminal over a WebSocket (see `TerminalDto.attach`). With `new` as the
+/// terminal id it opens a new terminal and attaches in one step (`cols` and `rows` in the
+/// query): the first frame is then a text frame `{"type":"opened","id":..,"attach":..}` naming
+/// the terminal, for reconnecting later.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/terminals/{tid}", tag = "terminals",
+    params(("id" = String, Path), ("tid" = String, Path, description = "a terminal's id, or `new`"), NewTerminalQuery),
     responses((status = 101, description = "WebSocket"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn attach_terminal(
     State(st): State<AppState>,
     Auth(a): Auth,
     Path((id, tid)): Path<(String, String)>,
+    Query(size): Query<NewTerminalQuery>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
@@ -119,10 +124,31 @@ pub(super) async fn attach_terminal(
             "connect with a WebSocket client",
         ));
     };
+    let (tid, opened) = if tid == "new" {
+        let t = agent
+            .create_terminal(&NewTerminal {
+                cols: size.cols,
+                rows: size.rows,
+            })
+            .await
+            .map_err(agent_error)?;
+        let t = dto(&id, t);
+        let opened = serde_json::json!({ "type": "opened", "id": t.id, "attach": t.attach });
+        (t.id, Some(opened.to_string()))
+    } else {
+        (tid, None)
+    };
     let inner = agent.attach_terminal(&tid).await.map_err(agent_error)?;
     let cell = st.cell.clone();
     Ok(upgrade
-        .on_upgrade(move |socket| relay(socket, inner, move || cell.note_activity(&wsid)))
+        .on_upgrade(move |mut socket| async move {
+            if let Some(text) = opened {
+                if socket.send(AxMessage::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            relay(socket, inner, move || cell.note_activity(&wsid)).await
+        })
         .into_response())
 }
 

@@ -599,6 +599,50 @@ async fn terminals_run_resize_and_replay_their_scrollback_on_reconnect() {
         .await;
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
 
+    // Opened and attached in one step: the first frame names the terminal, sized as asked.
+    use futures::StreamExt;
+    let mut fresh = attach(
+        &c,
+        &format!("/api/v1/workspaces/{id}/terminals/new?cols=90&rows=20"),
+        &token,
+    )
+    .await;
+    let first = tokio::time::timeout(Duration::from_secs(10), fresh.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Message::Text(opened) = first else {
+        panic!("the first frame is not the terminal's name: {first:?}")
+    };
+    let opened: Value = serde_json::from_str(opened.as_str()).unwrap();
+    assert_eq!(opened["type"], "opened", "{opened}");
+    let tid = opened["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        opened["attach"],
+        format!("/api/v1/workspaces/{id}/terminals/{tid}")
+    );
+    fresh
+        .send(Message::Binary("stty size; echo one''-step\n".into()))
+        .await
+        .unwrap();
+    let out = read_until(&mut fresh, "one-step").await;
+    assert!(out.contains("20 90"), "{out}");
+    drop(fresh);
+    let (_, list) = c
+        .owner(
+            Method::GET,
+            &format!("/api/v1/workspaces/{id}/terminals"),
+            None,
+        )
+        .await;
+    assert!(
+        list.as_array().unwrap().iter().any(|t| t["id"] == tid),
+        "{list}"
+    );
+    let mut back = attach(&c, opened["attach"].as_str().unwrap(), &token).await;
+    read_until(&mut back, "one-step").await;
+
     // Somebody else's terminal is out of reach.
     let (_, member) = c.add_user("dev@example.com", "member").await;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
