@@ -119,11 +119,14 @@ impl Slot {
     }
 
     /// A cell that writes the spec as a file only (or whose request did not get through):
-    /// the file is read once it is there, whole (the cell renames it into place). Gives up
+    /// the file is read once it is there, whole (the cell renames it into place). Looked for
+    /// every 5 ms at first, then less and less often (at most a second apart): an agent whose
+    /// cell went away in the middle of a start costs next to nothing while it waits. Gives up
     /// after a day (a cell that crashed meanwhile replaces the sandbox anyway).
     async fn wait_for_spec_file(&self) -> anyhow::Result<()> {
         let path = self.run_dir.join(SPEC);
         let until = std::time::Instant::now() + Duration::from_secs(24 * 3600);
+        let mut pause = Duration::from_millis(5);
         while self.agent.get().is_none() {
             match std::fs::read(&path) {
                 Ok(bytes) => {
@@ -135,7 +138,8 @@ impl Slot {
                         "no spec at {} after a day",
                         path.display()
                     );
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 5 / 4).min(Duration::from_secs(1));
                 }
                 Err(e) => return Err(e.into()),
             }

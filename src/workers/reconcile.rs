@@ -12,6 +12,10 @@ use crate::service::Cell;
 pub struct ReconcileWorker {
     cell: Cell,
     in_flight: Arc<Mutex<HashSet<WorkspaceId>>>,
+    /// The workspaces' steps under way. Owned here, so they end with the worker when the cell
+    /// stops instead of going on (and launching sandboxes) behind it: what they leave half
+    /// done, recovery at the next start finishes or undoes.
+    tasks: tokio::task::JoinSet<()>,
     last_flush: Instant,
     recovered: bool,
 }
@@ -26,6 +30,7 @@ impl ReconcileWorker {
         ReconcileWorker {
             cell,
             in_flight: Arc::default(),
+            tasks: tokio::task::JoinSet::new(),
             last_flush: Instant::now(),
             recovered: false,
         }
@@ -58,6 +63,8 @@ impl Worker for ReconcileWorker {
                 .cell
                 .workspaces_to_reconcile()
                 .map_err(|e| e.to_string())?;
+            // Forget the steps that have ended.
+            while self.tasks.try_join_next().is_some() {}
             let mut started = 0;
             for id in ids {
                 let fresh = self
@@ -70,7 +77,7 @@ impl Worker for ReconcileWorker {
                 }
                 started += 1;
                 let (cell, in_flight) = (self.cell.clone(), self.in_flight.clone());
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     if let Err(e) = cell.reconcile(&id).await {
                         tracing::warn!(workspace = %id, error = %e, "reconcile failed");
                     }
