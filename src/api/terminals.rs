@@ -142,10 +142,10 @@ pub(super) async fn attach_terminal(
     let cell = st.cell.clone();
     Ok(upgrade
         .on_upgrade(move |mut socket| async move {
-            if let Some(text) = opened {
-                if socket.send(AxMessage::Text(text.into())).await.is_err() {
-                    return;
-                }
+            if let Some(text) = opened
+                && socket.send(AxMessage::Text(text.into())).await.is_err()
+            {
+                return;
             }
             relay(socket, inner, move || cell.note_activity(&wsid)).await
         })
