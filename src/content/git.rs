@@ -134,6 +134,10 @@ pub struct Clone<'a> {
 
 /// Clones `c.repo` into `c.dest` and checks out the asked branch or commit.
 ///
+/// git does not fsync what it writes here (`core.fsync=none`): a fresh clone can always be
+/// made again, and syncing its pack, index and refs one by one cost an eighth of a small
+/// clone. The caller syncs the filesystem once, off the start's critical path.
+///
 /// On failure nothing is left at `dest` that this call created.
 pub async fn clone(c: Clone<'_>) -> Result<(), GitError> {
     clone_within(c, CLONE_TIMEOUT).await
@@ -169,7 +173,7 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
     env.apply(&mut cmd);
     // An empty helper list makes git ignore the cell host's credential helpers, which
     // could otherwise hand a host credential to a repository the user named.
-    cmd.args(["-c", "credential.helper="]);
+    cmd.args(["-c", "credential.helper=", "-c", "core.fsync=none"]);
     let local = c.repo.url.scheme() == RepoScheme::File;
     if local {
         // A repository on this host usually belongs to another uid than `run_as`; reading it
@@ -207,6 +211,8 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
         cmd.arg("-C").arg(c.dest).args([
             "-c",
             "credential.helper=",
+            "-c",
+            "core.fsync=none",
             "checkout",
             "--quiet",
             "--detach",

@@ -846,6 +846,7 @@ impl Cell {
             Ok::<_, String>(t.elapsed())
         };
         let files = dir.join("workspace");
+        let mut cloned_now = Vec::new();
         let clones = async {
             let mut first_repo: Option<PathBuf> = None;
             for repo in &ws.repos {
@@ -868,6 +869,7 @@ impl Cell {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+                cloned_now.push(dest);
             }
             Ok::<_, String>(first_repo)
         };
@@ -960,6 +962,18 @@ impl Cell {
                 Ok(())
             })
             .map_err(internal)?;
+        // git wrote the clones without syncing them (see `git::clone`): one sync of the
+        // workspace's filesystem now makes them durable, off the start's critical path.
+        if !cloned_now.is_empty() {
+            let files = files.clone();
+            let id = ws.id.clone();
+            tokio::task::spawn_blocking(move || {
+                let synced = std::fs::File::open(&files).and_then(|d| Ok(rustix::fs::syncfs(d)?));
+                if let Err(e) = synced {
+                    tracing::warn!(workspace = %id, error = %e, "the clones were not synced");
+                }
+            });
+        }
         tracing::info!(
             workspace = %ws.id,
             launch_ms = launched.as_millis() as u64,
