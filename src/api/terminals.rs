@@ -73,14 +73,22 @@ pub(super) async fn create_terminal(
     Json(req): Json<NewTerminalDto>,
 ) -> ApiResult<(StatusCode, Json<TerminalDto>)> {
     let agent = st.cell.workspace_agent(&a, &ws_id(&id)?)?;
+    let t = open(&agent, &id, req.cols, req.rows).await?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+/// A new terminal (the shell started ahead with the workspace, the first time).
+async fn open(
+    agent: &crate::agent::client::AgentClient,
+    ws: &str,
+    cols: Option<u16>,
+    rows: Option<u16>,
+) -> ApiResult<TerminalDto> {
     let t = agent
-        .create_terminal(&NewTerminal {
-            cols: req.cols,
-            rows: req.rows,
-        })
+        .create_terminal(&NewTerminal { cols, rows })
         .await
         .map_err(agent_error)?;
-    Ok((StatusCode::CREATED, Json(dto(&id, t))))
+    Ok(dto(ws, t))
 }
 
 /// Attach to a terminal over a WebSocket (see `TerminalDto.attach`). With `new` as the
@@ -125,14 +133,7 @@ pub(super) async fn attach_terminal(
         ));
     };
     let (tid, opened) = if tid == "new" {
-        let t = agent
-            .create_terminal(&NewTerminal {
-                cols: size.cols,
-                rows: size.rows,
-            })
-            .await
-            .map_err(agent_error)?;
-        let t = dto(&id, t);
+        let t = open(&agent, &id, size.cols, size.rows).await?;
         let opened = serde_json::json!({ "type": "opened", "id": t.id, "attach": t.attach });
         (t.id, Some(opened.to_string()))
     } else {

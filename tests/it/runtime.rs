@@ -590,14 +590,21 @@ async fn terminals_run_resize_and_replay_their_scrollback_on_reconnect() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
-    let (_, list) = c
-        .owner(
-            Method::GET,
-            &format!("/api/v1/workspaces/{id}/terminals"),
-            None,
-        )
-        .await;
-    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let terminals = || async {
+        let (_, list) = c
+            .owner(
+                Method::GET,
+                &format!("/api/v1/workspaces/{id}/terminals"),
+                None,
+            )
+            .await;
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(terminals().await.len(), 2);
 
     // Opened and attached in one step: the first frame names the terminal, sized as asked.
     use futures::StreamExt;
@@ -629,17 +636,7 @@ async fn terminals_run_resize_and_replay_their_scrollback_on_reconnect() {
     let out = read_until(&mut fresh, "one-step").await;
     assert!(out.contains("20 90"), "{out}");
     drop(fresh);
-    let (_, list) = c
-        .owner(
-            Method::GET,
-            &format!("/api/v1/workspaces/{id}/terminals"),
-            None,
-        )
-        .await;
-    assert!(
-        list.as_array().unwrap().iter().any(|t| t["id"] == tid),
-        "{list}"
-    );
+    assert!(terminals().await.contains(&tid));
     let mut back = attach(&c, opened["attach"].as_str().unwrap(), &token).await;
     read_until(&mut back, "one-step").await;
 
