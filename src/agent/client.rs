@@ -99,6 +99,25 @@ impl AgentClient {
             .await
     }
 
+    /// Hands the spec over once the agent listens (it may still be starting: then it is
+    /// tried again every millisecond), and returns its answer: its status once set up.
+    /// Gives up after `within`.
+    pub async fn give_spec_when_up(
+        &self,
+        spec: &AgentSpec,
+        within: Duration,
+    ) -> Result<Status, ClientError> {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            match self.give_spec(spec).await {
+                Err(ClientError::Unreachable(_)) if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn status(&self) -> Result<Status, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/status", None, Duration::from_secs(5))
             .await
@@ -213,17 +232,5 @@ impl AgentClient {
             .await
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         Ok(upgraded)
-    }
-
-    /// Waits until the agent answers, up to `within`.
-    pub async fn wait_ready(&self, within: Duration) -> Result<Status, ClientError> {
-        let until = tokio::time::Instant::now() + within;
-        loop {
-            match self.status().await {
-                Ok(s) => return Ok(s),
-                Err(e) if tokio::time::Instant::now() >= until => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-            }
-        }
     }
 }

@@ -935,18 +935,19 @@ impl Cell {
             return Ok(());
         }
         step("initializing");
-        // The agent is usually listening by now (its sandbox started while git cloned) and
-        // takes the spec at once; if not, it reads the file when it is up.
-        if let Err(e) = agent.give_spec(&spec).await {
-            tracing::debug!(workspace = %ws.id, error = %e, "the agent takes its spec from the file");
-        }
-        agent.wait_ready(AGENT_READY).await.map_err(|e| {
-            let log = std::fs::read_to_string(run.join("sandbox.log")).unwrap_or_default();
-            format!(
-                "{e}; sandbox log: {}",
-                log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
-            )
-        })?;
+        // The agent may still be starting (its sandbox started while git cloned): the spec
+        // goes to it the moment it listens, and its answer, the status once it is set up, is
+        // the readiness check. (An agent up first reads the spec file written above.)
+        agent
+            .give_spec_when_up(&spec, AGENT_READY)
+            .await
+            .map_err(|e| {
+                let log = std::fs::read_to_string(run.join("sandbox.log")).unwrap_or_default();
+                format!(
+                    "{e}; sandbox log: {}",
+                    log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                )
+            })?;
         step("agent answers");
         let now = self.now();
         // No fsync either: after a crash, recovery finds the agent answering and marks the
