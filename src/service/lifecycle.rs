@@ -54,6 +54,8 @@ pub struct TaskView {
 
 /// How long the agent gets to answer after the sandbox is launched.
 const AGENT_READY: Duration = Duration::from_secs(20);
+/// How long after a start its fresh clones are synced to disk.
+const SYNC_CLONES_AFTER: Duration = Duration::from_secs(1);
 /// Task logs returned by the API are cut to their last this many bytes.
 const LOG_TAIL: usize = 64 * 1024;
 
@@ -964,15 +966,25 @@ impl Cell {
             })
             .map_err(internal)?;
         // git wrote the clones without syncing them (see `git::clone`): one sync of the
-        // workspace's filesystem now makes them durable, off the start's critical path.
+        // workspace's filesystem makes them durable, a moment after the start so that its
+        // writeback does not compete with the first shell. A disk unmounted meanwhile (a quick
+        // stop) was flushed by its unmount.
         if !cloned_now.is_empty() {
             let files = files.clone();
             let id = ws.id.clone();
-            tokio::task::spawn_blocking(move || {
-                let synced = std::fs::File::open(&files).and_then(|d| Ok(rustix::fs::syncfs(d)?));
-                if let Err(e) = synced {
-                    tracing::warn!(workspace = %id, error = %e, "the clones were not synced");
-                }
+            tokio::spawn(async move {
+                tokio::time::sleep(SYNC_CLONES_AFTER).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    let synced = match std::fs::File::open(&files) {
+                        Ok(d) => rustix::fs::syncfs(d).map_err(std::io::Error::from),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = synced {
+                        tracing::warn!(workspace = %id, error = %e, "the clones were not synced");
+                    }
+                })
+                .await;
             });
         }
         tracing::info!(
