@@ -1784,6 +1784,47 @@ async fn a_workspaces_event_stream_shows_each_phase_as_it_comes_and_ends_when_it
     }
     assert!(phases.contains(&"stopping".to_owned()), "{phases:?}");
 
+    // A stream opened with a token ends when the token is revoked, at the next change.
+    let (s, token) = c
+        .owner(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({ "name": "watcher" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{token}");
+    let res = http
+        .get(c.url(&path))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut watcher = res.bytes_stream().eventsource();
+    assert_eq!(
+        next_event(&mut watcher).await.unwrap().1["phase"],
+        "stopped"
+    );
+    let (s, _) = c
+        .owner(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{}", token["info"]["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = c
+        .owner(
+            Method::PATCH,
+            &format!("/api/v1/workspaces/{id}"),
+            Some(json!({ "name": "renamed" })),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let (_, renamed) = next_event(&mut events).await.unwrap();
+    assert_eq!(renamed["name"], "renamed");
+    assert!(next_event(&mut watcher).await.is_none());
+
     // Deleted: a last `deleted` event naming it, then the stream ends.
     let (s, b) = c
         .owner(Method::DELETE, &format!("/api/v1/workspaces/{id}"), None)
