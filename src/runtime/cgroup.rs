@@ -437,11 +437,24 @@ impl Cgroup {
     /// SIGKILL everything inside (v2: cgroup.kill when present; otherwise freeze if possible, kill each pid, repeat until empty, max 5 s) then rmdir the dirs.
     pub fn destroy(self) -> Result<(), CgroupError> {
         let deadline = Instant::now() + KILL_TIMEOUT;
-        self.kill_all(deadline)?;
-        for dir in self.dirs() {
-            remove_tree(&dir, deadline + Duration::from_secs(1))?;
+        loop {
+            self.kill_all(deadline)?;
+            // A process that joined after the kill (a launcher handed its request a moment
+            // before) keeps its directory busy: it is killed in the next round.
+            let removed = self
+                .dirs()
+                .iter()
+                .try_for_each(|dir| remove_tree(dir, Instant::now()));
+            match removed {
+                Err(CgroupError::Remove { source, .. })
+                    if source.kind() == io::ErrorKind::ResourceBusy
+                        && Instant::now() < deadline + Duration::from_secs(1) =>
+                {
+                    sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
         }
-        Ok(())
     }
 
     fn dir_of(&self, ctl: Ctl) -> Option<PathBuf> {

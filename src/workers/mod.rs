@@ -39,6 +39,10 @@ pub trait Worker: Send + 'static {
     /// Time between runs when all is well.
     fn interval(&self) -> Duration;
     fn run(&mut self) -> BoxFuture<'_, Result<Outcome, String>>;
+    /// Called once when the cell stops, after the last run: ends what the loop started.
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +212,7 @@ impl Supervisor {
                     _ = stop.changed() => break,
                 }
             }
+            worker.stop().await;
             update(&mut |s| {
                 s.state = State::Stopped;
                 s.next_run = None;

@@ -13,8 +13,8 @@ pub struct ReconcileWorker {
     cell: Cell,
     in_flight: Arc<Mutex<HashSet<WorkspaceId>>>,
     /// The workspaces' steps under way. Owned here, so they end with the worker when the cell
-    /// stops instead of going on (and launching sandboxes) behind it: what they leave half
-    /// done, recovery at the next start finishes or undoes.
+    /// stops (see `stop`) instead of going on (and launching sandboxes) behind it: what they
+    /// leave half done, recovery at the next start finishes or undoes.
     tasks: tokio::task::JoinSet<()>,
     last_flush: Instant,
     recovered: bool,
@@ -102,5 +102,11 @@ impl Worker for ReconcileWorker {
                 more: false,
             })
         })
+    }
+
+    /// Ends the steps under way and waits until none runs any more: dropping them only asks,
+    /// and a step between two waits (a sandbox launch is one) would go on for a moment.
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.tasks.shutdown())
     }
 }
