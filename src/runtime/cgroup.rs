@@ -727,7 +727,7 @@ fn not_writable(err: &io::Error) -> String {
 }
 
 /// Effective uid 0, read from /proc (std has no geteuid and this crate avoids unsafe).
-pub(crate) fn is_root() -> bool {
+pub fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -361,7 +361,6 @@ pub struct SandboxRequest {
 /// also writes to the sandbox's log.
 pub fn sandbox_exec_requested() -> std::io::Result<()> {
     use std::io::{Read, Write};
-    use std::os::unix::process::CommandExt;
     let mut text = Vec::new();
     std::io::stdin().read_to_end(&mut text)?;
     if text.is_empty() {
@@ -372,25 +371,23 @@ pub fn sandbox_exec_requested() -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(&req.log)?;
-    let attempt = || -> std::io::Result<std::convert::Infallible> {
-        let stdin = std::fs::File::open(&req.stdin)?;
-        super::cgroup::enter(&req.cgroup_procs)?;
-        let (program, args) = req
-            .argv
-            .split_first()
-            .ok_or_else(|| std::io::Error::other("nothing to run"))?;
-        let mut cmd = std::process::Command::new(program);
-        cmd.args(args)
-            .stdin(stdin)
-            .stdout(log.try_clone()?)
-            .stderr(log.try_clone()?);
-        if let Some((u, g)) = req.uid {
-            cmd.gid(g).uid(u);
-        }
-        Err(cmd.exec())
+    let stdio = || -> std::io::Result<_> {
+        Ok((
+            std::fs::File::open(&req.stdin)?,
+            log.try_clone()?,
+            log.try_clone()?,
+        ))
     };
-    let err = match attempt() {
-        Ok(never) => match never {},
+    let err = match stdio() {
+        Ok((stdin, stdout, stderr)) => become_sandbox(
+            &req.cgroup_procs,
+            req.uid.map(|(u, _)| u),
+            req.uid.map(|(_, g)| g),
+            &req.argv,
+            |cmd| {
+                cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+            },
+        ),
         Err(e) => e,
     };
     let _ = writeln!(log, "devcell: cannot start the sandbox: {err}");
@@ -405,6 +402,18 @@ pub fn sandbox_exec(
     gid: Option<u32>,
     argv: &[String],
 ) -> std::io::Error {
+    become_sandbox(procs, uid, gid, argv, |_| {})
+}
+
+/// Joins the cgroups, drops to `uid` and `gid` and becomes `argv`, with the standard streams
+/// `stdio` sets. Only returns on failure.
+fn become_sandbox(
+    procs: &[PathBuf],
+    uid: Option<u32>,
+    gid: Option<u32>,
+    argv: &[String],
+    stdio: impl FnOnce(&mut std::process::Command),
+) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     if let Err(e) = super::cgroup::enter(procs) {
         return e;
@@ -414,6 +423,7 @@ pub fn sandbox_exec(
     };
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
+    stdio(&mut cmd);
     if let Some(g) = gid {
         cmd.gid(g);
     }
@@ -519,8 +529,7 @@ impl Launch {
             .create(true)
             .append(true)
             .open(&r.log)?;
-        let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.arg("sandbox-exec");
+        let mut cmd = launcher(&self.exe);
         for f in &r.cgroup_procs {
             cmd.arg("--cgroup-procs").arg(f);
         }
@@ -532,11 +541,7 @@ impl Launch {
             // bubblewrap reads the seccomp filter from its standard input (`--seccomp 0`).
             .stdin(std::fs::File::open(&r.stdin)?)
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .env_clear()
-            .env("PATH", LAUNCHER_PATH)
-            // Its own process group: a signal to the cell (Ctrl-C, SIGTERM) does not reach it.
-            .process_group(0);
+            .stderr(log);
         cmd.spawn()
     }
 
@@ -567,7 +572,16 @@ impl Launch {
     }
 }
 
-const LAUNCHER_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// `devcell sandbox-exec`, with a clean environment, in a process group of its own: a signal
+/// to the cell (Ctrl-C, SIGTERM) does not reach the sandbox it becomes.
+fn launcher(exe: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("sandbox-exec")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .process_group(0);
+    cmd
+}
 
 /// How long after a start its replacement launcher is started: past that start's busiest part,
 /// so the launcher's own start-up (an exec of this binary) does not slow the start down.
@@ -585,14 +599,11 @@ struct Spare {
 
 impl Spare {
     fn spawn(exe: &Path) -> std::io::Result<Spare> {
-        let mut child = tokio::process::Command::new(exe)
-            .args(["sandbox-exec", "--request-on-stdin"])
+        let mut child = launcher(exe)
+            .arg("--request-on-stdin")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .env_clear()
-            .env("PATH", LAUNCHER_PATH)
-            .process_group(0)
             .spawn()?;
         let request = child
             .stdin

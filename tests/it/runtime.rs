@@ -1859,7 +1859,7 @@ fn a_launcher_started_ahead_runs_the_request_it_is_given_later() {
     let input = tmp.path().join("filter");
     std::fs::write(&input, "from-the-filter-file\n").unwrap();
     let log = tmp.path().join("sandbox.log");
-    let root = running_as_root();
+    let root = devcell::runtime::cgroup::is_root();
     let launcher = |request: Option<Value>| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_devcell"))
             .args(["sandbox-exec", "--request-on-stdin"])
@@ -1928,13 +1928,4 @@ fn a_launcher_started_ahead_runs_the_request_it_is_given_later() {
     assert!(out.status.success(), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), before);
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        .unwrap()
 }
