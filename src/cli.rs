@@ -83,6 +83,10 @@ pub enum Command {
         #[arg(long)]
         run: PathBuf,
     },
+    /// Internal: prints the git state of repositories as JSON; the cell runs it inside a
+    /// sandbox of the workspace, never on the host (git runs the repository's configuration).
+    #[command(hide = true)]
+    GitState { dirs: Vec<PathBuf> },
     /// Internal: joins a workspace's cgroups, drops to its uid and executes the sandbox.
     #[command(hide = true)]
     SandboxExec {
@@ -437,6 +441,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Agent { run } => {
             init_logging(LogFormat::Text, "info");
             crate::agent::run(&run).await
+        }
+        Command::GitState { dirs } => {
+            let mut states = Vec::new();
+            for dir in dirs {
+                match crate::content::git::status(&dir, None).await {
+                    Ok(s) => states.push(s),
+                    Err(e) => eprintln!("{}: {e}", dir.display()),
+                }
+            }
+            println!("{}", serde_json::to_string(&states)?);
+            Ok(())
         }
         Command::SandboxExec {
             request_on_stdin: true,

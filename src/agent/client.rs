@@ -25,16 +25,31 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
+/// The most the cell reads of one answer: the agent runs inside the workspace, so whatever
+/// answers on its socket may be the workspace's own program.
+const MAX_ANSWER: usize = 16 << 20;
+
 #[derive(Clone, Debug)]
 pub struct AgentClient {
-    socket: PathBuf,
+    run_dir: PathBuf,
 }
 
 impl AgentClient {
     pub fn new(run_dir: &Path) -> AgentClient {
         AgentClient {
-            socket: run_dir.join(SOCKET),
+            run_dir: run_dir.to_owned(),
         }
+    }
+
+    /// Connects to the agent's socket. The run directory is writable inside the sandbox: the
+    /// socket is opened beneath it without following links (see [`crate::beneath`]), so a
+    /// link in its place cannot send the cell's requests to another socket.
+    async fn connect(&self) -> Result<tokio::net::UnixStream, ClientError> {
+        let socket = crate::beneath::SocketRef::open(&self.run_dir, SOCKET)
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        tokio::net::UnixStream::connect(socket.path())
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -45,9 +60,7 @@ impl AgentClient {
         timeout: Duration,
     ) -> Result<T, ClientError> {
         let fut = async {
-            let stream = tokio::net::UnixStream::connect(&self.socket)
-                .await
-                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            let stream = self.connect().await?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| ClientError::Unreachable(e.to_string()))?;
@@ -70,11 +83,10 @@ impl AgentClient {
                 .await
                 .map_err(|e| ClientError::Unreachable(e.to_string()))?;
             let status = res.status();
-            let body = res
-                .into_body()
+            let body = http_body_util::Limited::new(res.into_body(), MAX_ANSWER)
                 .collect()
                 .await
-                .map_err(|e| ClientError::Unreachable(e.to_string()))?
+                .map_err(|e| ClientError::Unreachable(format!("bad answer: {e}")))?
                 .to_bytes();
             if !status.is_success() {
                 let message = serde_json::from_slice::<AgentError>(&body)
@@ -173,9 +185,7 @@ impl AgentClient {
                 message: format!("no terminal {id}"),
             });
         }
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let stream = self.connect().await?;
         let (ws, _) =
             tokio_tungstenite::client_async(format!("ws://agent/v1/terminals/{id}"), stream)
                 .await
@@ -197,9 +207,7 @@ impl AgentClient {
 
     /// A raw byte stream to `127.0.0.1:port` inside the workspace.
     pub async fn tunnel(&self, port: u16) -> Result<hyper::upgrade::Upgraded, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let stream = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
@@ -217,8 +225,7 @@ impl AgentClient {
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         if res.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
             let status = res.status().as_u16();
-            let body = res
-                .into_body()
+            let body = http_body_util::Limited::new(res.into_body(), 64 << 10)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())

@@ -1,5 +1,5 @@
 //! The per-workspace agent: `devcell agent`, the same binary, running inside the workspace's
-//! sandbox. It serves the cell over a Unix socket in the run directory, runs the workspace's
+//! sandbox. It serves the cell over a Unix socket in its run directory, runs the workspace's
 //! tasks with their logs, executes commands, and records activity. It is not a child the cell
 //! waits on: it keeps running while the cell restarts or updates, and the cell reconnects.
 
@@ -62,12 +62,16 @@ impl Agent {
     }
 }
 
-/// Runs the agent until it is killed. `run_dir` holds the spec, the socket and the task logs.
+/// How long an agent waits for its spec: a cell that went away in the middle of a start
+/// replaces the sandbox when it comes back, so one still waiting after this is forgotten.
+const SPEC_WITHIN: Duration = Duration::from_secs(3600);
+
+/// Runs the agent until it is killed. `run_dir` holds the socket and the task logs.
 ///
 /// The socket answers from the start, while the cell is still cloning: the cell hands the
-/// spec over by request the moment the repositories are in (no polling on either side). A spec
-/// file that appears is taken too, whichever comes first; until then every request but the
-/// spec's answers 503.
+/// spec over by request the moment the repositories are in (no polling on either side). Until
+/// then every request but the spec's answers 503. The spec never travels as a file: the run
+/// directory is the workspace's to write, and what the cell keeps for itself lives outside it.
 pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
     let socket = run_dir.join(SOCKET);
     let _ = std::fs::remove_file(&socket);
@@ -78,8 +82,9 @@ pub async fn run(run_dir: &Path) -> anyhow::Result<()> {
     };
     let watcher = slot.clone();
     tokio::spawn(async move {
-        if let Err(e) = watcher.wait_for_spec_file().await {
-            eprintln!("no spec; the agent stops: {e:#}");
+        tokio::time::sleep(SPEC_WITHIN).await;
+        if watcher.agent.get().is_none() {
+            eprintln!("no spec after {SPEC_WITHIN:?}; the agent stops");
             std::process::exit(1);
         }
     });
@@ -116,35 +121,6 @@ impl Slot {
             })
             .await
             .cloned()
-    }
-
-    /// A cell that writes the spec as a file only (or whose request did not get through):
-    /// the file is read once it is there, whole (the cell renames it into place). Looked for
-    /// every 5 ms at first, then less and less often (at most a second apart): an agent whose
-    /// cell went away in the middle of a start costs next to nothing while it waits. Gives up
-    /// after a day (a cell that crashed meanwhile replaces the sandbox anyway).
-    async fn wait_for_spec_file(&self) -> anyhow::Result<()> {
-        let path = self.run_dir.join(SPEC);
-        let until = std::time::Instant::now() + Duration::from_secs(24 * 3600);
-        let mut pause = Duration::from_millis(5);
-        while self.agent.get().is_none() {
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    self.take(serde_json::from_slice(&bytes)?).await?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    anyhow::ensure!(
-                        std::time::Instant::now() < until,
-                        "no spec at {} after a day",
-                        path.display()
-                    );
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 5 / 4).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
     }
 }
 
@@ -622,7 +598,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.stdout, "ready\n");
-        // A second spec (or the file, arriving late) changes nothing.
+        // A second spec changes nothing.
         let mut other = spec(dir.path(), "ws_other");
         other.workdir = "/nonexistent".into();
         client.give_spec(&other).await.unwrap();

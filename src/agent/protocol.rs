@@ -7,10 +7,11 @@ use crate::content::config::Task;
 
 /// The path of the agent's socket inside the run directory (host side: `WSDIR/run/agent.sock`).
 pub const SOCKET: &str = "agent.sock";
-/// What the agent is told to do, written by the cell into the run directory before start.
+/// The cell's record of what the agent was told (in the cell's own directory for the
+/// sandbox, never in the run directory).
 pub const SPEC: &str = "spec.json";
 /// Task logs, one file per task, in the run directory so the cell can read them even when the
-/// agent is gone.
+/// agent is gone (beneath a handle, as the workspace's user: the directory is the workspace's).
 pub const LOGS: &str = "logs";
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]

@@ -23,7 +23,8 @@ use rustic_core::{
 use time::OffsetDateTime;
 
 /// What a backup of `dir` would hold, by metadata only: the path, type, mode, owner, size,
-/// modification and change times and inode of every entry (without `run/`, and without
+/// modification and change times and inode of every entry (without `run/` and the cell's
+/// `.cell/`, and without
 /// `home/` unless it is backed up). Rustic's own comparison with a parent trusts the same
 /// metadata; the change time moves with every write and cannot be set back by a workspace.
 /// `None` when anything cannot be read (the backup then takes the long way).
@@ -39,7 +40,12 @@ pub fn fingerprint(dir: &Path, include_home: bool) -> Option<[u8; 32]> {
         for e in entries {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if top && (name == "run" || (name == "home" && !home)) {
+            if top
+                && (name == "run"
+                    || name == STATE
+                    || name == RESTORING
+                    || (name == "home" && !home))
+            {
                 continue;
             }
             let m = std::fs::symlink_metadata(e.path()).ok()?;
@@ -69,6 +75,12 @@ pub fn fingerprint(dir: &Path, include_home: bool) -> Option<[u8; 32]> {
     walk(dir, "", true, include_home, &mut h)?;
     Some(h.finalize().into())
 }
+
+/// The cell's own directory for the sandbox, never backed up.
+const STATE: &str = crate::runtime::local::STATE_DIR;
+
+/// Where a restore writes before its files replace the workspace's; never backed up.
+const RESTORING: &str = ".restore";
 
 /// The host name recorded in every snapshot (the cell, not the machine, owns them).
 const HOST: &str = "devcell";
@@ -266,6 +278,13 @@ impl BackupStore {
     pub fn snapshot(&self, src: &Source<'_>) -> Result<Taken, BackupError> {
         let _g = self.guard();
         let result = self.snapshot_locked(src);
+        if let Err(BackupError::Unverified { id, reason }) = &result {
+            // A snapshot that did not read back is never listed: it goes, so that unverified
+            // snapshots do not pile up in the repository.
+            if let Err(e) = self.forget_locked(std::slice::from_ref(id)) {
+                tracing::warn!(snapshot = %id, error = %e, %reason, "an unverified snapshot is still in the store");
+            }
+        }
         if result.is_err() {
             // The store may have been replaced or recreated meanwhile: open it afresh next time.
             if let Ok(mut k) = self.key.lock() {
@@ -305,7 +324,11 @@ impl BackupStore {
         print: Option<&[u8; 32]>,
     ) -> Result<Taken, BackupError> {
         let dir = src.dir.to_string_lossy();
-        let mut globs = vec![format!("!{dir}/run")];
+        let mut globs = vec![
+            format!("!{dir}/run"),
+            format!("!{dir}/{STATE}"),
+            format!("!{dir}/{RESTORING}"),
+        ];
         if !src.include_home {
             globs.push(format!("!{dir}/home"));
         }
@@ -387,13 +410,15 @@ impl BackupStore {
         let root = repo
             .node_from_snapshot_and_path(stored, src.workspace)
             .map_err(|e| unverified(e.to_string()))?;
+        // rustic counts every entry that is not a directory as a file (links, fifos, sockets
+        // and devices too), and so does this.
         let mut files = 0u64;
         for item in repo
             .ls(&root, &LsOptions::default())
             .map_err(|e| unverified(e.to_string()))?
         {
             let (_, node) = item.map_err(|e| unverified(e.to_string()))?;
-            if node.is_file() {
+            if !node.is_dir() {
                 files += 1;
             }
         }
@@ -412,7 +437,9 @@ impl BackupStore {
     }
 
     /// Restores a snapshot of `workspace` into `dir` (its `workspace/` and `home/` land in
-    /// `dir/workspace` and `dir/home`), with the files' numeric owners.
+    /// `dir/workspace` and `dir/home`), with the files' numeric owners. `dir` must be a new
+    /// directory nothing else writes into: the restore opens paths by name, as root, and would
+    /// follow a link that a workspace left there.
     pub fn restore(&self, id: &str, workspace: &str, dir: &Path) -> Result<(), BackupError> {
         let _g = self.guard();
         let repo = self.open()?.to_indexed().map_err(|e| self.err(e))?;
@@ -426,7 +453,7 @@ impl BackupStore {
         std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
         let dest = LocalDestination::new(&format!("{}/", dir.display()), true, false)
             .map_err(|e| self.err(e))?;
-        let opts = RestoreOptions::default().numeric_id(true).delete(true);
+        let opts = RestoreOptions::default().numeric_id(true);
         let plan = repo
             .prepare_restore(&opts, ls.clone(), &dest, false)
             .map_err(|e| self.err(e))?;
@@ -480,6 +507,10 @@ impl BackupStore {
             return Ok(0);
         }
         let _g = self.guard();
+        self.forget_locked(ids)
+    }
+
+    fn forget_locked(&self, ids: &[String]) -> Result<usize, BackupError> {
         let repo = self.open()?;
         let snaps = repo.get_snapshots(ids).map_err(|e| self.err(e))?;
         let ids: Vec<_> = snaps.iter().map(|s| s.id).collect();

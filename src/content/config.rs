@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::io::Read as _;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -120,69 +119,45 @@ pub fn load(repo_dir: &Path) -> Result<WorkspaceConfig, ConfigFileError> {
 
 /// Reads `repo_dir/file`, or `None` if it does not exist.
 ///
-/// The repository is the user's, so the file may be a link to anywhere on the host; links
-/// are followed only while they stay inside the repository, and the file opened is checked
-/// to be the one that was inspected.
+/// The repository is the user's, so the file may be a link to anywhere on the host (or a fifo
+/// that would block the cell): it is opened beneath the repository's directory (see
+/// [`crate::beneath`]), following links only while they stay inside, and read only when it
+/// is a regular file of at most `MAX_FILE_BYTES`.
 fn read_config_file(repo_dir: &Path, file: &str) -> Result<Option<String>, ConfigFileError> {
     let err = |m: String| ConfigFileError::whole_file(file, m);
-    let path = repo_dir.join(file);
-    match std::fs::symlink_metadata(&path) {
-        Ok(_) => {}
-        Err(e) if is_absent(&e) => return Ok(None),
-        Err(e) => return Err(err(format!("cannot be read: {e}"))),
-    }
-    let root = std::fs::canonicalize(repo_dir)
+    let dir = crate::beneath::Dir::open(repo_dir)
         .map_err(|e| err(format!("the repository cannot be read: {e}")))?;
-    let real = std::fs::canonicalize(&path).map_err(|e| {
-        err(format!(
-            "is a link to a file that cannot be read ({e}); commit the file itself"
-        ))
-    })?;
-    if !real.starts_with(&root) {
-        return Err(err(
-            "is a link to a file outside the repository; commit the file itself".into(),
-        ));
-    }
-    let meta = std::fs::metadata(&real).map_err(|e| err(format!("cannot be read: {e}")))?;
-    if !meta.is_file() {
-        return Err(err("is not a regular file".into()));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(err(format!(
-            "is larger than {} KiB; keep the configuration short",
-            MAX_FILE_BYTES / 1024
-        )));
-    }
-    let opened = std::fs::File::open(&real).map_err(|e| err(format!("cannot be read: {e}")))?;
-    let opened_meta = opened
-        .metadata()
-        .map_err(|e| err(format!("cannot be read: {e}")))?;
-    if (opened_meta.dev(), opened_meta.ino()) != (meta.dev(), meta.ino()) {
-        return Err(err("changed while it was being read; try again".into()));
-    }
-    let mut bytes = Vec::new();
-    opened
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| err(format!("cannot be read: {e}")))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(err(format!(
-            "is larger than {} KiB; keep the configuration short",
-            MAX_FILE_BYTES / 1024
-        )));
-    }
+    let bytes = match dir.read_file(Path::new(file), MAX_FILE_BYTES, true) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            // A link whose target is missing is worth saying so; an absent file is not.
+            return match std::fs::symlink_metadata(repo_dir.join(file)) {
+                Ok(m) if m.file_type().is_symlink() => Err(err(
+                    "is a link to a file that does not exist; commit the file itself".into(),
+                )),
+                _ => Ok(None),
+            };
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+            return Err(err(
+                "is a link to a file outside the repository; commit the file itself".into(),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(err("is not a regular file".into()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+            return Err(err(format!(
+                "is larger than {} KiB; keep the configuration short",
+                MAX_FILE_BYTES / 1024
+            )));
+        }
+        Err(e) => return Err(err(format!("cannot be read: {e}"))),
+    };
     let text =
         String::from_utf8(bytes).map_err(|_| err("is not UTF-8 text; save it as UTF-8".into()))?;
     // Editors on Windows like to start files with a byte order mark.
     Ok(Some(text.trim_start_matches('\u{feff}').to_owned()))
-}
-
-fn is_absent(e: &std::io::Error) -> bool {
-    // NotADirectory: `.devcontainer` is a file, so nothing can be inside it.
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-    )
 }
 
 // ---- .gitpod.yml ----

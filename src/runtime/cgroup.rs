@@ -457,6 +457,64 @@ impl Cgroup {
         }
     }
 
+    /// Freezes every process inside (or thaws them): a frozen workspace changes none of its
+    /// files, so the cell can read them by path without a link being swapped in meanwhile.
+    /// Waits (at most `within`) until the kernel reports the whole cgroup frozen; fails when
+    /// this host cannot freeze it.
+    pub fn set_frozen(&self, frozen: bool, within: Duration) -> Result<(), CgroupError> {
+        let (file, value, done) = match &self.layout {
+            Layout::V2 { dir, .. } => (
+                dir.join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+                dir.join("cgroup.events"),
+            ),
+            Layout::V1 { .. } => {
+                let dir = self
+                    .dir_of(Ctl::Freezer)
+                    .ok_or_else(|| CgroupError::Write {
+                        path: PathBuf::from("freezer"),
+                        value: String::new(),
+                        source: io::Error::other("no freezer controller on this host"),
+                    })?;
+                let state = dir.join("freezer.state");
+                (
+                    state.clone(),
+                    if frozen { "FROZEN" } else { "THAWED" },
+                    state,
+                )
+            }
+        };
+        write_file(&file, value)?;
+        let mut rounds = 0u32;
+        let reached = wait_until(Instant::now() + within, || match &self.layout {
+            Layout::V2 { .. } => {
+                read_trimmed(&done).and_then(|e| keyed_value(&e, "frozen"))
+                    == Some(u64::from(frozen))
+            }
+            Layout::V1 { .. } => {
+                let settled = read_trimmed(&done).as_deref() == Some(value);
+                // The v1 freezer gives up on a task it cannot freeze at once (one in the
+                // middle of a fork) and stays FREEZING until it is asked again.
+                rounds += 1;
+                if !settled && rounds.is_multiple_of(5) {
+                    let _ = write_file(&file, value);
+                }
+                settled
+            }
+        });
+        if !reached {
+            if frozen {
+                let _ = self.set_frozen(false, within);
+            }
+            return Err(CgroupError::Write {
+                path: file,
+                value: value.into(),
+                source: io::Error::new(io::ErrorKind::TimedOut, "the cgroup did not settle"),
+            });
+        }
+        Ok(())
+    }
+
     fn dir_of(&self, ctl: Ctl) -> Option<PathBuf> {
         match &self.layout {
             Layout::V2 { dir, .. } => Some(dir.clone()),

@@ -9,6 +9,7 @@
 //! ever runs outside its limits. The sandbox is not tied to the cell's lifetime: it survives a
 //! restart or update of the cell, which reconnects to its agent.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +25,9 @@ pub const HOME_MOUNT: &str = "/home/dev";
 pub const RUN_MOUNT: &str = "/run/devcell";
 const AGENT_PATH: &str = "/.devcell/devcell";
 const AGENT_LIBS: &str = "/.devcell/lib";
+
+/// How long reading the git state of a workspace's repositories may take.
+const GIT_STATE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The default image: the host's system directories, read-only. Nothing else of the host
 /// (homes, /root, /var, /srv, the cell's data directory) is visible.
@@ -224,6 +228,119 @@ impl LocalRuntime {
     }
 }
 
+impl LocalRuntime {
+    /// The bubblewrap arguments of a short-lived sandbox that runs one of this binary's tools
+    /// (`argv`, after the program) over a workspace's files: the host's system directories and
+    /// the workspace's `/workspace`, both read-only, no network, a pid namespace that ends
+    /// every process with the tool, run as the workspace's user.
+    fn tool_args(&self, spec: &SandboxSpec, argv: &[String]) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(&[
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--unshare-net",
+            "--new-session",
+            "--die-with-parent",
+            "--seccomp",
+            "0",
+        ]);
+        host_root(&mut push);
+        push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+        push(&[
+            "--ro-bind",
+            &spec.dir.join("workspace").to_string_lossy(),
+            WORKSPACE_MOUNT,
+            "--ro-bind",
+            &self.exe.to_string_lossy(),
+            AGENT_PATH,
+        ]);
+        push(&["--uid", "1000", "--gid", "1000", "--chdir", WORKSPACE_MOUNT]);
+        push(&[
+            "--setenv",
+            "HOME",
+            "/tmp",
+            "--setenv",
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--",
+            AGENT_PATH,
+        ]);
+        a.extend(argv.iter().cloned());
+        a
+    }
+
+    /// Runs one of this binary's tools in a sandbox of the workspace (see [`Self::tool_args`])
+    /// in a cgroup of its own with the class limits, and returns what it printed (at most
+    /// `max` bytes). Everything it started is gone when this returns.
+    async fn run_tool(
+        &self,
+        spec: &SandboxSpec,
+        tool: &str,
+        argv: &[String],
+        max: u64,
+        within: std::time::Duration,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        use tokio::io::AsyncReadExt;
+        let name = format!("{}_{tool}", spec.id.as_str());
+        let cg = match &self.hierarchy {
+            Hierarchy::Unavailable { .. } => None,
+            h => Some(h.create(&name, &spec.limits)?),
+        };
+        let filter = spec.state.join(format!("{tool}.bpf"));
+        let result = async {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&spec.state)?;
+            super::seccomp::write_default_filter(&filter)
+                .map_err(|e| RuntimeError::Start(e.to_string()))?;
+            let mut cmd = launcher(&self.exe);
+            for f in cg.as_ref().map(|c| c.procs_files()).unwrap_or_default() {
+                cmd.arg("--cgroup-procs").arg(f);
+            }
+            if let Some((u, g)) = spec.uid {
+                cmd.args(["--uid", &u.to_string(), "--gid", &g.to_string()]);
+            }
+            cmd.arg("--")
+                .arg(&self.bwrap)
+                .args(self.tool_args(spec, argv))
+                .stdin(std::fs::File::open(&filter)?)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
+            let mut out = Vec::new();
+            let stdout = child.stdout.take();
+            let read = async {
+                if let Some(s) = stdout {
+                    // Whatever runs in there may write to this pipe too: read no more than `max`.
+                    s.take(max).read_to_end(&mut out).await?;
+                }
+                child.wait().await
+            };
+            let status = tokio::time::timeout(within, read).await.map_err(|_| {
+                RuntimeError::Start(format!("{tool} did not finish within {within:?}"))
+            })??;
+            if !status.success() {
+                return Err(RuntimeError::Start(format!("{tool} failed ({status})")));
+            }
+            Ok(out)
+        }
+        .await;
+        if let Some(cg) = cg {
+            cg.destroy()?;
+        }
+        let _ = std::fs::remove_file(&filter);
+        result
+    }
+}
+
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| {
@@ -234,17 +351,39 @@ pub(crate) fn which(name: &str) -> Option<PathBuf> {
         .unwrap_or(None)
 }
 
-/// Prepares the host directories of a workspace, owned by the sandbox's uid.
+/// The cell's own directory for a sandbox, under the workspace's directory `dir` (so that the
+/// class's disk bounds what the sandbox's output adds to its log) but never bound into the
+/// sandbox: the agent's spec, the seccomp filter, the sandbox's and the network helper's logs.
+pub const STATE_DIR: &str = ".cell";
+
+/// Prepares the host directories of a workspace: `workspace/`, `home/` and `run/` owned by the
+/// sandbox's uid (mode 0700) under `dir` (root's, 0711), and the cell's [`STATE_DIR`] (0700,
+/// the cell's user). Each is created and set through a handle that refuses links: names
+/// under `dir` pass through the workspace's backups and restores.
 pub fn prepare_dirs(dir: &Path, uid: Option<(u32, u32)>) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for sub in ["workspace", "home", "run"] {
-        let p = dir.join(sub);
-        std::fs::create_dir_all(&p)?;
-        if let Some((u, g)) = uid {
-            std::os::unix::fs::chown(&p, Some(u), Some(g))?;
+    use rustix::fs::{Mode, OFlags};
+    std::fs::create_dir_all(dir)?;
+    let parent = crate::beneath::Dir::open(dir)?;
+    let make = |name: &str, owner: Option<(u32, u32)>| -> std::io::Result<()> {
+        match rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
         }
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
+        let fd = parent.open_at(Path::new(name), OFlags::RDONLY | OFlags::DIRECTORY, false)?;
+        if let Some((u, g)) = owner {
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::process::Uid::from_raw(u)),
+                Some(rustix::process::Gid::from_raw(g)),
+            )?;
+        }
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
+        Ok(())
+    };
+    for sub in ["workspace", "home", "run"] {
+        make(sub, uid)?;
     }
+    make(STATE_DIR, None)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
     Ok(())
 }
@@ -281,8 +420,8 @@ impl Runtime for LocalRuntime {
                 h => Some(h.create(spec.id.as_str(), &spec.limits)?),
             };
             tracing::debug!(workspace = %spec.id, us = t.elapsed().as_micros() as u64, "cgroups ready");
-            let run = spec.dir.join("run");
-            let filter = run.join("seccomp.bpf");
+            let state = &spec.state;
+            let filter = state.join("seccomp.bpf");
             super::seccomp::write_default_filter(&filter)
                 .map_err(|e| RuntimeError::Start(e.to_string()))?;
             let launch = Launch {
@@ -294,7 +433,7 @@ impl Runtime for LocalRuntime {
                         .chain(self.bwrap_args(spec))
                         .collect(),
                     stdin: filter,
-                    log: run.join("sandbox.log"),
+                    log: state.join("sandbox.log"),
                 },
             };
             let spare = self.spare.lock().map(|mut s| s.take()).unwrap_or(None);
@@ -323,14 +462,43 @@ impl Runtime for LocalRuntime {
                         "the sandbox exited at once; see its sandbox.log".into(),
                     ));
                 };
-                let (run, cg, id) = (run.clone(), cg.clone(), spec.id.clone());
+                let (state, cg, id) = (state.clone(), cg.clone(), spec.id.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = connect_outbound(pid, &run, cg.as_ref()).await {
+                    if let Err(e) = connect_outbound(pid, &state, cg.as_ref()).await {
                         tracing::warn!(workspace = %id, error = %e, "outbound network not set up");
                     }
                 });
             }
             Ok(())
+        })
+    }
+
+    fn hold(&self, id: &WorkspaceId, held: bool) -> Result<(), RuntimeError> {
+        // Without a cgroup nothing of the workspace runs in one: its sandbox is gone (or this
+        // host has no cgroups at all, which the admin page shows).
+        match self.hierarchy.open(id.as_str()) {
+            Some(cg) => Ok(cg.set_frozen(held, std::time::Duration::from_secs(5))?),
+            None => Ok(()),
+        }
+    }
+
+    fn git_state<'a>(
+        &'a self,
+        spec: &'a SandboxSpec,
+        repos: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<crate::content::git::RepoStatus>, RuntimeError>> {
+        Box::pin(async move {
+            if repos.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut argv = vec!["git-state".to_owned()];
+            argv.extend(repos.iter().map(|r| format!("{WORKSPACE_MOUNT}/{r}")));
+            let out = self
+                .run_tool(spec, "git", &argv, 4 << 20, GIT_STATE_WITHIN)
+                .await?;
+            // Printed inside the workspace: only its shape is trusted.
+            serde_json::from_slice(&out)
+                .map_err(|e| RuntimeError::Start(format!("unreadable git state: {e}")))
         })
     }
 
@@ -472,7 +640,11 @@ async fn sandbox_pid(outer: u32, cg: Option<&Cgroup>) -> Option<u32> {
 /// Gives the sandbox outbound network access through slirp4netns (user-mode TCP/IP: no bridge,
 /// no firewall rules, no privileges inside). `--disable-host-loopback` keeps the cell and
 /// other local services out of reach; nothing from outside can connect in.
-async fn connect_outbound(outer: u32, run: &Path, cg: Option<&Cgroup>) -> Result<(), RuntimeError> {
+async fn connect_outbound(
+    outer: u32,
+    state: &Path,
+    cg: Option<&Cgroup>,
+) -> Result<(), RuntimeError> {
     let slirp = which("slirp4netns").ok_or_else(|| {
         RuntimeError::Start(
             "outbound network needs slirp4netns: apt-get install -y slirp4netns".into(),
@@ -484,7 +656,7 @@ async fn connect_outbound(outer: u32, run: &Path, cg: Option<&Cgroup>) -> Result
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(run.join("network.log"))?;
+        .open(state.join("network.log"))?;
     let mut cmd = tokio::process::Command::new(&slirp);
     cmd.args([
         "--configure",

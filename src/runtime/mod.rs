@@ -10,6 +10,7 @@ pub mod seccomp;
 
 use std::path::PathBuf;
 
+use crate::content::git::RepoStatus;
 use crate::domain::WorkspaceId;
 use crate::workers::BoxFuture;
 
@@ -19,8 +20,12 @@ pub use local::LocalRuntime;
 #[derive(Clone, Debug)]
 pub struct SandboxSpec {
     pub id: WorkspaceId,
-    /// Host directory holding `workspace/`, `home/` and `run/` of this workspace.
+    /// Host directory holding `workspace/`, `home/` and `run/` of this workspace: the
+    /// sandbox writes into all three.
     pub dir: PathBuf,
+    /// The cell's own directory for this sandbox (its filter, logs, the agent's spec): never
+    /// visible inside the sandbox (`local::STATE_DIR` under `dir`).
+    pub state: PathBuf,
     /// Host uid and gid the sandbox runs as (when the cell runs as root).
     pub uid: Option<(u32, u32)>,
     pub limits: cgroup::Limits,
@@ -60,4 +65,22 @@ pub trait Runtime: Send + Sync + 'static {
     fn detach_files(&self, _files: &disk::Files, _delete: bool) -> Result<(), RuntimeError> {
         Ok(())
     }
+    /// Holds every process of a running workspace still (`true`) or lets them go on: while
+    /// held, the workspace changes none of its files, so the cell may read them by path (a
+    /// backup of a running workspace) without a link being swapped in under it.
+    fn hold(&self, _id: &WorkspaceId, _held: bool) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Start(
+            "this runtime cannot hold a workspace still".into(),
+        ))
+    }
+    /// The git state of the repositories `repos` (directory names under `/workspace`) as the
+    /// workspace's files hold them now, running or not. git runs the repository's own
+    /// configuration (filters, fsmonitor, hooks), which is the workspace's: it runs inside a
+    /// sandbox of the workspace, never on the host. Repositories that cannot be read are left
+    /// out.
+    fn git_state<'a>(
+        &'a self,
+        spec: &'a SandboxSpec,
+        repos: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<RepoStatus>, RuntimeError>>;
 }

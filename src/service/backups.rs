@@ -132,31 +132,44 @@ impl Cell {
             .is_some_and(|o| o.policy.backup_home);
         // Never a snapshot of an empty mount point: the disk is mounted first.
         let attached = self.attach_files(ws, false);
+        // The backup reads the files by path, as root: a running workspace is held still
+        // meanwhile, so that no file is swapped for a link to a host file under it.
+        let held = if ws.lifecycle.is_active() {
+            Held::new(self.inner.runtime.clone(), &ws.id)
+                .map_err(|e| format!("cannot hold the workspace still for its backup: {e}"))
+        } else {
+            Ok(None)
+        };
         let dir = self.workspace_dir(&ws.id);
         let (workspace, org, trigger_s) =
             (ws.id.to_string(), ws.org.to_string(), trigger.to_owned());
         let parent = ws.snapshots.last().map(|s| s.id.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            attached?;
-            if !dir.join("workspace").is_dir() {
-                return Err(format!(
-                    "the files are not on this host ({})",
-                    dir.display()
-                ));
-            }
-            store
-                .snapshot(&Source {
-                    dir: &dir,
-                    workspace: &workspace,
-                    org: &org,
-                    include_home,
-                    trigger: &trigger_s,
-                    verified_parent: parent.as_deref(),
-                })
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the backup stopped unexpectedly: {e}")));
+        let result = match &held {
+            Err(e) => Err(e.clone()),
+            Ok(_) => tokio::task::spawn_blocking(move || {
+                attached?;
+                if !dir.join("workspace").is_dir() {
+                    return Err(format!(
+                        "the files are not on this host ({})",
+                        dir.display()
+                    ));
+                }
+                store
+                    .snapshot(&Source {
+                        dir: &dir,
+                        workspace: &workspace,
+                        org: &org,
+                        include_home,
+                        trigger: &trigger_s,
+                        verified_parent: parent.as_deref(),
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the backup stopped unexpectedly: {e}"))),
+        };
+        // The workspace goes on the moment its files are read.
+        drop(held);
         let now = self.now();
         match result {
             Ok(taken) => {
@@ -295,6 +308,12 @@ impl Cell {
             .map_err(|e| e.to_string())
     }
 
+    /// Puts a snapshot's files in place of the workspace's. The restore writes into a new
+    /// directory only the cell can enter (`dir/.restore`), never over the workspace's current
+    /// files: a link among them (a directory where the snapshot has one, swapped for a link to
+    /// `/etc`) would otherwise take the restore's writes, as root, anywhere on the host. The
+    /// restored `workspace/` (and `home/`, when the snapshot holds it) then replace the current
+    /// ones by rename, and the old ones are removed without following a link.
     async fn restore_snapshot_files(
         &self,
         ws: &Workspace,
@@ -305,9 +324,32 @@ impl Cell {
         let dir = self.workspace_dir(&ws.id);
         let (workspace, snapshot) = (ws.id.to_string(), snapshot.to_owned());
         tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::DirBuilderExt;
+            let staging = dir.join(RESTORING);
+            let fail = |e: std::io::Error| format!("cannot restore snapshot {snapshot}: {e}");
+            // Left by a restore that was cut off: nothing in it is in use.
+            remove_tree(&staging).map_err(fail)?;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&staging)
+                .map_err(fail)?;
             store
-                .restore(&snapshot, &workspace, &dir)
-                .map_err(|e| format!("cannot restore snapshot {snapshot}: {e}"))
+                .restore(&snapshot, &workspace, &staging)
+                .map_err(|e| format!("cannot restore snapshot {snapshot}: {e}"))?;
+            for sub in ["workspace", "home"] {
+                let restored = staging.join(sub);
+                if std::fs::symlink_metadata(&restored).is_err() {
+                    continue;
+                }
+                let old = staging.join(format!("old-{sub}"));
+                match std::fs::rename(dir.join(sub), &old) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(fail(e)),
+                }
+                std::fs::rename(&restored, dir.join(sub)).map_err(fail)?;
+            }
+            remove_tree(&staging).map_err(fail)
         })
         .await
         .unwrap_or_else(|e| Err(format!("the restore stopped unexpectedly: {e}")))
@@ -584,15 +626,50 @@ fn find_snapshot(ws: &Workspace, snapshot: &str) -> Result<Snapshot> {
         .ok_or(Error::NotFound { what: "snapshot" })
 }
 
-fn remove_dir(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Internal(format!(
-            "cannot remove {}: {e}",
-            dir.display()
-        ))),
+/// A running workspace held still (see `Runtime::hold`) until this is dropped.
+struct Held {
+    runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
+    id: WorkspaceId,
+}
+
+impl Held {
+    /// Holds the workspace; `None` without a runtime (nothing runs).
+    fn new(
+        runtime: Option<std::sync::Arc<dyn crate::runtime::Runtime>>,
+        id: &WorkspaceId,
+    ) -> std::result::Result<Option<Held>, crate::runtime::RuntimeError> {
+        let Some(runtime) = runtime else {
+            return Ok(None);
+        };
+        runtime.hold(id, true)?;
+        Ok(Some(Held {
+            runtime,
+            id: id.clone(),
+        }))
     }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Err(e) = self.runtime.hold(&self.id, false) {
+            tracing::error!(workspace = %self.id, error = %e, "the workspace could not be let go after its backup");
+        }
+    }
+}
+
+/// Where a restore writes before its files take the workspace's place.
+const RESTORING: &str = ".restore";
+
+/// Removes a directory tree; `std::fs::remove_dir_all` never follows a link inside it.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    remove_tree(dir).map_err(|e| Error::Internal(format!("cannot remove {}: {e}", dir.display())))
 }
 
 /// The first 8 hex digits, as restic shows snapshot ids.

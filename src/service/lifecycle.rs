@@ -158,6 +158,19 @@ impl Cell {
         self.config().data_dir.join("workspaces").join(id.as_str())
     }
 
+    /// The cell's own directory for a workspace's sandbox (spec, filter, logs): never visible
+    /// inside the sandbox.
+    fn sandbox_state(&self, id: &WorkspaceId) -> PathBuf {
+        self.workspace_dir(id).join(local::STATE_DIR)
+    }
+
+    /// What the agent was last told: the configured tasks and ports.
+    fn last_spec(&self, id: &WorkspaceId) -> Option<AgentSpec> {
+        std::fs::read(self.sandbox_state(id).join(SPEC))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
     fn agent(&self, id: &WorkspaceId) -> AgentClient {
         AgentClient::new(&self.workspace_dir(id).join("run"))
     }
@@ -323,11 +336,7 @@ impl Cell {
     /// The workspace's ports: what listens, what the configuration names, and who may reach each.
     pub async fn ports(&self, actor: &Actor, id: &WorkspaceId) -> Result<Vec<PortView>> {
         let ws = self.get_workspace(actor, id)?;
-        let run = self.workspace_dir(&ws.id).join("run");
-        let spec: AgentSpec = std::fs::read(run.join(SPEC))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let spec = self.last_spec(&ws.id).unwrap_or_default();
         let listening = if ws.lifecycle.phase == Phase::Running {
             self.agent(&ws.id).ports().await.unwrap_or_default()
         } else {
@@ -477,16 +486,40 @@ impl Cell {
     /// The workspace's tasks and the tail of their logs.
     pub async fn tasks(&self, actor: &Actor, id: &WorkspaceId) -> Result<Vec<TaskView>> {
         let ws = self.get_workspace(actor, id)?;
-        let run = self.workspace_dir(&ws.id).join("run");
-        let spec: AgentSpec = match std::fs::read(run.join(SPEC)) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-            Err(_) => return Ok(Vec::new()),
+        let Some(spec) = self.last_spec(&ws.id) else {
+            return Ok(Vec::new());
         };
         let live = if ws.lifecycle.phase == Phase::Running {
             self.agent(&ws.id).status().await.ok()
         } else {
             None
         };
+        // The logs are in the run directory, which the workspace writes: read beneath it,
+        // without following links, as the workspace's user.
+        let run = self.workspace_dir(&ws.id).join("run");
+        let count = spec.tasks.len();
+        let ids = ws.sandbox_uid.map(|u| (u, u));
+        let logs = tokio::task::spawn_blocking(move || {
+            crate::beneath::as_user(ids, || {
+                let dir = match crate::beneath::Dir::open(&run) {
+                    Ok(d) => d,
+                    Err(_) => return Ok(vec![Vec::new(); count]),
+                };
+                Ok((0..count)
+                    .map(|i| {
+                        let name = format!("{}/task-{i}.log", crate::agent::protocol::LOGS);
+                        dir.read_tail(std::path::Path::new(&name), LOG_TAIL as u64)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>())
+            })
+        })
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
         Ok(spec
             .tasks
             .iter()
@@ -495,12 +528,7 @@ impl Cell {
                 let st = live
                     .as_ref()
                     .and_then(|s| s.tasks.iter().find(|x| x.index == i).cloned());
-                let log = std::fs::read(
-                    run.join(crate::agent::protocol::LOGS)
-                        .join(format!("task-{i}.log")),
-                )
-                .unwrap_or_default();
-                let tail = &log[log.len().saturating_sub(LOG_TAIL)..];
+                let log = logs.get(i).map(Vec::as_slice).unwrap_or_default();
                 TaskView {
                     index: i,
                     name: t.name.clone(),
@@ -513,7 +541,7 @@ impl Cell {
                     }
                     .into(),
                     exit_code: st.and_then(|s| s.exit_code),
-                    log: String::from_utf8_lossy(tail).into_owned(),
+                    log: String::from_utf8_lossy(log).into_owned(),
                 }
             })
             .collect())
@@ -800,27 +828,18 @@ impl Cell {
         self.restore_released(ws).await?;
         local::prepare_dirs(&dir, ids)
             .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
-        let run = dir.join("run");
-        // The agent waits for its spec, written once the repositories are in: a spec left from
-        // an earlier start must not be taken for this one.
-        let _ = std::fs::remove_file(run.join(SPEC));
-        let (class, policy) = self
+        let state = self.sandbox_state(&ws.id);
+        // The spec of an earlier start says nothing about this one.
+        let _ = std::fs::remove_file(state.join(SPEC));
+        let policy = self
             .store()
-            .read(|tx| Ok((tx.class(&ws.class)?, tx.org(&ws.org)?.map(|o| o.policy))))
-            .map_err(|e| e.to_string())?;
-        let class = class.ok_or("the workspace's class no longer exists; pick another class")?;
+            .read(|tx| Ok(tx.org(&ws.org)?.map(|o| o.policy)))
+            .map_err(|e: crate::store::StoreError| e.to_string())?;
         let outbound = policy.is_some_and(|p| p.outbound_network);
+        let base = self.sandbox_spec(ws, outbound, None)?;
         let sandbox = |root: Option<PathBuf>| SandboxSpec {
-            id: ws.id.clone(),
-            dir: dir.clone(),
-            uid: ids,
-            limits: Limits {
-                cpu_millis: class.spec.cpu_millis,
-                memory_bytes: class.spec.memory_bytes,
-                max_processes: class.spec.max_processes,
-            },
-            network: outbound,
             root,
+            ..base.clone()
         };
         // A sandbox left from before (a crashed start) is replaced.
         let agent = self.agent(&ws.id);
@@ -921,7 +940,7 @@ impl Cell {
             ports: config.ports.clone(),
             wait_for_network: outbound,
         };
-        write_spec(&run, &spec, ids).map_err(|e| format!("cannot write the agent's spec: {e}"))?;
+        write_spec(&state, &spec).map_err(|e| format!("cannot keep the agent's spec: {e}"))?;
         step("spec written");
 
         let w = self
@@ -939,12 +958,12 @@ impl Cell {
         step("initializing");
         // The agent may still be starting (its sandbox started while git cloned): the spec
         // goes to it the moment it listens, and its answer, the status once it is set up, is
-        // the readiness check. (An agent up first reads the spec file written above.)
+        // the readiness check.
         agent
             .give_spec_when_up(&spec, AGENT_READY)
             .await
             .map_err(|e| {
-                let log = std::fs::read_to_string(run.join("sandbox.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(state.join("sandbox.log")).unwrap_or_default();
                 format!(
                     "{e}; sandbox log: {}",
                     log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
@@ -1019,22 +1038,61 @@ impl Cell {
             .map_err(|e| format!("image {reference}: {e}"))
     }
 
-    /// Each repository's git state as its files are now (none once they are released).
+    /// The sandbox a workspace runs in (or its tools run in): its directories, uid and the
+    /// limits of its class.
+    fn sandbox_spec(
+        &self,
+        ws: &Workspace,
+        network: bool,
+        root: Option<PathBuf>,
+    ) -> std::result::Result<SandboxSpec, String> {
+        let class = self
+            .store()
+            .read(|tx| tx.class(&ws.class))
+            .map_err(|e| e.to_string())?
+            .ok_or("the workspace's class no longer exists; pick another class")?;
+        Ok(SandboxSpec {
+            id: ws.id.clone(),
+            dir: self.workspace_dir(&ws.id),
+            state: self.sandbox_state(&ws.id),
+            uid: ws.sandbox_uid.map(|u| (u, u)),
+            limits: Limits {
+                cpu_millis: class.spec.cpu_millis,
+                memory_bytes: class.spec.memory_bytes,
+                max_processes: class.spec.max_processes,
+            },
+            network,
+            root,
+        })
+    }
+
+    /// Each repository's git state as its files are now (none once they are released), read
+    /// by the runtime inside a sandbox of the workspace: the repositories' own configuration
+    /// (filters, fsmonitor, hooks) is the workspace's and never runs on the host.
     async fn read_git_state(&self, ws: &Workspace) -> Vec<crate::domain::entities::GitState> {
-        let files = self.workspace_dir(&ws.id).join("workspace");
-        let ids = ws.sandbox_uid.map(|u| (u, u));
-        let mut states = Vec::new();
-        for repo in &ws.repos {
-            let dir = files.join(git::dir_name(&repo.url));
-            if !dir.join(".git").exists() {
-                continue;
+        let Some(runtime) = &self.inner.runtime else {
+            return Vec::new();
+        };
+        let repos: Vec<String> = ws.repos.iter().map(|r| git::dir_name(&r.url)).collect();
+        let spec = match self.sandbox_spec(ws, false, None) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(workspace = %ws.id, error = %e, "git state not read");
+                return Vec::new();
             }
-            match git::status(&dir, ids).await {
-                Ok(s) => states.push(s.into()),
-                Err(e) => tracing::warn!(workspace = %ws.id, error = %e, "git status failed"),
+        };
+        match runtime.git_state(&spec, &repos).await {
+            // Printed inside the workspace: only repositories it has are taken.
+            Ok(states) => states
+                .into_iter()
+                .filter(|s| repos.contains(&s.dir))
+                .map(Into::into)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(workspace = %ws.id, error = %e, "git state not read");
+                Vec::new()
             }
         }
-        states
     }
 
     /// What deleting the workspace would lose: its repositories' git state read now when its
@@ -1276,20 +1334,13 @@ fn timeout_message(reason: StopReason, ws: &Workspace, policy: &Policy) -> Strin
     }
 }
 
-/// Writes the agent's spec whole (a temporary file renamed into place): the agent, already
-/// running, takes the first spec it sees.
-fn write_spec(
-    run: &std::path::Path,
-    spec: &AgentSpec,
-    ids: Option<(u32, u32)>,
-) -> std::io::Result<()> {
-    let tmp = run.join(format!("{SPEC}.tmp"));
+/// Keeps the agent's spec whole (a temporary file renamed into place) in the cell's own
+/// directory for the sandbox, for the task and port lists.
+fn write_spec(state: &std::path::Path, spec: &AgentSpec) -> std::io::Result<()> {
+    let tmp = state.join(format!("{SPEC}.tmp"));
     std::fs::write(
         &tmp,
         serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?,
     )?;
-    if let Some((u, g)) = ids {
-        std::os::unix::fs::chown(&tmp, Some(u), Some(g))?;
-    }
-    std::fs::rename(&tmp, run.join(SPEC))
+    std::fs::rename(&tmp, state.join(SPEC))
 }

@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
-mod backup;
+mod attack;
+pub mod backup;
 mod browser;
 pub mod content;
 mod harness;

@@ -1,0 +1,556 @@
+//! The standing attack suite: a member in their own workspace, and a page served from one of
+//! its ports, try what an attacker would. The cell runs as root, as in production. Each test
+//! failed on the code before its fix; each asserts what an attacker would have gained.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::backup::restic;
+use crate::harness::TestCell;
+use crate::runtime::{START_WITHIN, bare_repo, create_started, exec};
+
+/// A host directory only root may enter, holding files an attacker wants: `secret.txt` to read
+/// and `target.txt` to overwrite or take over.
+struct Victim {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Victim {
+    fn new() -> Victim {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root-only");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(path.join("secret.txt"), "HOST-SECRET-0xdead\n").unwrap();
+        std::fs::write(path.join("target.txt"), "untouched\n").unwrap();
+        std::fs::set_permissions(
+            path.join("target.txt"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        Victim { _dir: dir, path }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.path.join(name).to_string_lossy().into_owned()
+    }
+
+    /// Fails when anything in the directory changed: names, contents, owners or modes.
+    fn assert_untouched(&self, when: &str) {
+        let mut names: Vec<String> = std::fs::read_dir(&self.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "listen.sock")
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["secret.txt", "target.txt"],
+            "{when}: files appeared"
+        );
+        assert_eq!(
+            std::fs::read_to_string(self.path.join("target.txt")).unwrap(),
+            "untouched\n",
+            "{when}: the root-only file was overwritten"
+        );
+        for name in ["secret.txt", "target.txt"] {
+            let m = std::fs::metadata(self.path.join(name)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (0, 0), "{when}: {name} changed owner");
+        }
+        let m = std::fs::metadata(self.path.join("target.txt")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o600, "{when}: target.txt changed mode");
+    }
+}
+
+/// A started workspace on a repository of `files`; the repository directory is returned too.
+async fn workspace_with(c: &TestCell, files: &[(&str, &str)]) -> (String, tempfile::TempDir) {
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "app", files);
+    let id = create_started(
+        c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    (id, repos)
+}
+
+async fn post(c: &TestCell, path: &str) -> (StatusCode, Value) {
+    c.owner(Method::POST, path, None).await
+}
+
+async fn stop(c: &TestCell, id: &str) -> Value {
+    let (s, w) = post(c, &format!("/api/v1/workspaces/{id}/stop")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{w}");
+    c.wait_phase(id, "stopped", START_WITHIN).await
+}
+
+async fn start(c: &TestCell, id: &str) -> Value {
+    let (s, w) = post(c, &format!("/api/v1/workspaces/{id}/start")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{w}");
+    c.wait_phase(id, "running", START_WITHIN).await
+}
+
+/// The host uid a workspace's sandbox runs as (the owner of its files).
+fn sandbox_uid(c: &TestCell, id: &str) -> u32 {
+    std::fs::metadata(c.data_dir().join("workspaces").join(id).join("workspace"))
+        .unwrap()
+        .uid()
+}
+
+/// Host processes whose command line holds `needle`, for leftovers of a payload.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push(cmd);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn links_planted_in_the_run_directory_give_the_cell_nothing_of_the_host() {
+    let c = TestCell::start_with_runtime().await;
+    let victim = Victim::new();
+    let listen = std::os::unix::net::UnixListener::bind(victim.path.join("listen.sock")).unwrap();
+    listen.set_nonblocking(true).unwrap();
+    let (id, _repos) = workspace_with(
+        &c,
+        &[(
+            ".gitpod.yml",
+            "tasks:\n  - name: one\n    command: echo task-output\n",
+        )],
+    )
+    .await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, t) = c
+            .owner(Method::GET, &format!("/api/v1/workspaces/{id}/tasks"), None)
+            .await;
+        if t[0]["log"].as_str().unwrap_or("").contains("task-output") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the task never logged: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The task log becomes a link to a host file only root may read.
+    let out = exec(
+        &c,
+        &id,
+        &format!(
+            "cd /run/devcell && rm -f logs/task-0.log && ln -s {} logs/task-0.log",
+            victim.file("secret.txt")
+        ),
+    )
+    .await;
+    assert_eq!(out["exit_code"], 0, "{out:#}");
+    let (s, t) = c
+        .owner(Method::GET, &format!("/api/v1/workspaces/{id}/tasks"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!(t[0]["name"], "one", "{t}");
+    assert!(
+        !t.to_string().contains("HOST-SECRET"),
+        "the task log read a root-only host file: {t}"
+    );
+    // Every other name the cell ever read or wrote in the run directory becomes a link to a
+    // host file only root may write.
+    let out = exec(
+        &c,
+        &id,
+        &format!(
+            "cd /run/devcell && for f in spec.json spec.json.tmp seccomp.bpf git.bpf sandbox.log network.log; do \
+               rm -f $f; ln -s {} $f; done",
+            victim.file("target.txt")
+        ),
+    )
+    .await;
+    assert_eq!(out["exit_code"], 0, "{out:#}");
+
+    // The agent's socket becomes a link to another socket on the host: the cell must not
+    // connect there (it could be the cell's admin socket or another workspace's agent).
+    let out = exec(
+        &c,
+        &id,
+        &format!(
+            "cd /run/devcell && mv agent.sock agent.real && ln -s {} agent.sock",
+            victim.file("listen.sock")
+        ),
+    )
+    .await;
+    assert_eq!(out["exit_code"], 0, "{out:#}");
+    let (s, e) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{id}/exec"),
+            Some(json!({ "command": ["true"] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    c.owner(Method::GET, &format!("/api/v1/workspaces/{id}/ports"), None)
+        .await;
+    c.owner(Method::GET, &format!("/api/v1/workspaces/{id}/tasks"), None)
+        .await;
+    assert!(
+        listen.accept().is_err(),
+        "the cell connected to a socket a link in the run directory pointed at"
+    );
+
+    // A restart writes the spec, the filter and the logs again: none of it lands on the host
+    // file, which stays root's.
+    let (s, w) = post(&c, &format!("/api/v1/workspaces/{id}/restart")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{w}");
+    c.wait_for(&id, "restarted", |w| {
+        w["phase"] == "running"
+            && w["history"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|e| e["message"] == "restarting"))
+    })
+    .await;
+    victim.assert_untouched("after a restart");
+    let out = exec(&c, &id, "echo still works").await;
+    assert_eq!(out["stdout"], "still works\n", "{out:#}");
+    stop(&c, &id).await;
+    victim.assert_untouched("after a stop");
+    assert!(
+        listen.accept().is_err(),
+        "the cell connected to the planted socket"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn git_programs_in_the_clone_never_run_outside_the_sandbox() {
+    let c = TestCell::start_with_runtime().await;
+    let (id, _repos) = workspace_with(&c, &[("README.md", "hello\n")]).await;
+    // A listener on the host's loopback, as the cell's own API is: the payload knocks.
+    let knock = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = knock.local_addr().unwrap().port();
+    let suffix = rand_suffix();
+    let mark = format!("/tmp/devcell-attack-{suffix}");
+    // A process the payload leaves behind, recognisable by its argument.
+    let linger = format!("3000.{}", &suffix[suffix.len() - 6..]);
+    // The payload leaves a mark in the host's /tmp, knocks on the host's loopback and leaves a
+    // process behind; inside a sandbox /tmp is its own and there is no such network.
+    let payload = format!(
+        "#!/bin/sh\necho \"$(id -u) $(readlink /proc/self/ns/pid)\" >> {mark}\n\
+         (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null\n\
+         setsid sleep {linger} </dev/null >/dev/null 2>&1 &\ncat\n"
+    );
+    let setup = format!(
+        "cd /workspace/app && mkdir -p .hooks && cat > .hooks/payload <<'EOF'\n{payload}EOF\n\
+         chmod +x .hooks/payload && P=.hooks/payload && \
+         git config filter.evil.clean \"$P\" && git config filter.evil.smudge cat && \
+         git config filter.evil.required true && \
+         git config core.fsmonitor \"$P\" && git config core.hooksPath .hooks && \
+         for h in post-index-change pre-commit post-checkout reference-transaction; do cp $P .hooks/$h; done && \
+         git config diff.external \"$P\" && git config core.pager \"$P\" && \
+         git config log.showSignature true && git config gpg.program \"$P\" && \
+         echo '* filter=evil' > .gitattributes && printf 'HELLO\\n' > README.md && \
+         git status --porcelain >/dev/null 2>&1; cat {mark}",
+    );
+    let out = exec(&c, &id, &setup).await;
+    // The payload is live: git inside the workspace runs it (into the sandbox's own /tmp).
+    assert!(
+        out["stdout"].as_str().unwrap().contains("1000 "),
+        "the payload did not run even inside the workspace: {out:#}"
+    );
+    assert!(
+        !Path::new(&mark).exists(),
+        "the workspace wrote the host's /tmp"
+    );
+
+    let check = |when: &str| {
+        assert!(
+            !Path::new(&mark).exists(),
+            "{when}: a program from the repository's git configuration ran on the host: {}",
+            std::fs::read_to_string(&mark).unwrap_or_default()
+        );
+    };
+    // The delete page reads the git state now.
+    let page = c.owner_page(&format!("/workspaces/{id}/delete")).await;
+    assert!(
+        page.contains("README.md"),
+        "the delete page lost the git state: {page}"
+    );
+    check("the delete page");
+    // A restart and a stop record the git state too.
+    let (s, w) = post(&c, &format!("/api/v1/workspaces/{id}/restart")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{w}");
+    c.wait_for(&id, "restarted", |w| {
+        w["phase"] == "running"
+            && w["history"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|e| e["message"] == "restarting"))
+    })
+    .await;
+    check("a restart");
+    let w = stop(&c, &id).await;
+    check("a stop");
+    assert!(
+        w["git"][0]["uncommitted"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|p| p == "README.md")),
+        "the stop lost the git state: {w:#}"
+    );
+    let page = c.owner_page(&format!("/workspaces/{id}/delete")).await;
+    assert!(page.contains("README.md"), "{page}");
+    check("the delete page of a stopped workspace");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), knock.accept())
+            .await
+            .is_err(),
+        "a payload reached the host's loopback"
+    );
+    let left = processes_with(&format!("sleep {linger}"));
+    assert!(
+        left.is_empty(),
+        "a payload's process outlived the workspace: {left:?}"
+    );
+    c.stop().await;
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+fn fast_backups(c: &mut devcell::config::Config) {
+    c.backup.loop_interval = Duration::from_millis(100);
+    c.backup.cleanup_interval = Duration::from_secs(3600);
+    c.backup.release_after = Duration::from_secs(3600);
+}
+
+#[tokio::test]
+async fn a_restore_writes_nothing_through_a_link_that_replaced_a_directory() {
+    let c = TestCell::start_with(fast_backups, None).await;
+    let victim = Victim::new();
+    let (id, _repos) = workspace_with(&c, &[("README.md", "hello\n")]).await;
+    exec(
+        &c,
+        &id,
+        "mkdir -p /workspace/app/d && echo restored > /workspace/app/d/f.txt",
+    )
+    .await;
+    let (s, snap) = post(&c, &format!("/api/v1/workspaces/{id}/backups")).await;
+    assert_eq!(s, StatusCode::CREATED, "{snap}");
+    let first = snap["id"].as_str().unwrap().to_owned();
+    // The directory the snapshot holds becomes a link to a root-only host directory.
+    let out = exec(
+        &c,
+        &id,
+        &format!(
+            "rm -rf /workspace/app/d && ln -s {} /workspace/app/d",
+            victim.path.display()
+        ),
+    )
+    .await;
+    assert_eq!(out["exit_code"], 0, "{out:#}");
+    stop(&c, &id).await;
+    let (s, w) = post(
+        &c,
+        &format!("/api/v1/workspaces/{id}/backups/{first}/restore"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{w}");
+    victim.assert_untouched("after the restore");
+    let d = c
+        .data_dir()
+        .join("workspaces")
+        .join(&id)
+        .join("workspace/app/d");
+    let m = std::fs::symlink_metadata(&d).unwrap();
+    assert!(m.is_dir(), "the restore kept the link");
+    assert_eq!(
+        std::fs::read_to_string(d.join("f.txt")).unwrap(),
+        "restored\n"
+    );
+    assert_eq!(
+        m.uid(),
+        sandbox_uid(&c, &id),
+        "restored files belong to the workspace"
+    );
+    start(&c, &id).await;
+    let out = exec(&c, &id, "cat /workspace/app/d/f.txt").await;
+    assert_eq!(out["stdout"], "restored\n", "{out:#}");
+    c.stop().await;
+}
+
+/// The names of every kind of entry a workspace may hold (see the script below).
+const KINDS: &str = r#"set -e
+cd /workspace/app && mkdir -p kinds/empty kinds/deep/er
+ln -s ../README.md kinds/link
+ln -s /nonexistent/target kinds/dangling
+echo hard > kinds/h1 && ln kinds/h1 kinds/h2
+mkfifo kinds/fifo
+python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.bind("kinds/sock")'
+dd if=/dev/zero of=kinds/sparse bs=1 count=0 seek=67108864 2>/dev/null && printf end >> kinds/sparse
+long=$(printf 'n%.0s' $(seq 1 250)) && echo long > "kinds/$long"
+printf 'not utf-8\n' > "kinds/$(printf 'bad\377\376name')"
+echo deep > kinds/deep/er/file
+"#;
+
+#[tokio::test]
+async fn a_tree_with_every_kind_of_file_backs_up_verifies_and_restores() {
+    let c = TestCell::start_with(fast_backups, None).await;
+    let (id, _repos) = workspace_with(&c, &[("README.md", "hello\n")]).await;
+    let out = exec(&c, &id, KINDS).await;
+    assert_eq!(out["exit_code"], 0, "{out:#}");
+    let (s, snap) = post(&c, &format!("/api/v1/workspaces/{id}/backups")).await;
+    assert_eq!(
+        s,
+        StatusCode::CREATED,
+        "a tree with links and special files: {snap}"
+    );
+    let first = snap["id"].as_str().unwrap().to_owned();
+    let w = c.workspace(&id).await;
+    assert_eq!(w["backup"]["state"], "ok", "{w:#}");
+
+    // Stock restic reads every entry.
+    let key = backup_key(&c);
+    let repo = c.data_dir().join("backups");
+    let listed = restic(&repo, &key, &["ls", &first]);
+    for name in [
+        "kinds/link",
+        "kinds/dangling",
+        "kinds/fifo",
+        "kinds/sock",
+        "kinds/empty",
+        "kinds/sparse",
+        "kinds/h2",
+        "kinds/deep/er/file",
+        "nnnnnnnnnn",
+    ] {
+        assert!(
+            listed.contains(name),
+            "restic does not list {name}: {listed}"
+        );
+    }
+    let target = tempfile::tempdir().unwrap();
+    restic(
+        &repo,
+        &key,
+        &[
+            "restore",
+            &first,
+            "--target",
+            target.path().to_str().unwrap(),
+        ],
+    );
+    let kinds = target.path().join(&id).join("workspace/app/kinds");
+    assert_eq!(
+        std::fs::read_link(kinds.join("link")).unwrap(),
+        Path::new("../README.md")
+    );
+    assert_eq!(std::fs::read_to_string(kinds.join("h2")).unwrap(), "hard\n");
+    assert_eq!(
+        std::fs::metadata(kinds.join("sparse")).unwrap().len(),
+        67108867
+    );
+
+    // The cell restores them all into the workspace.
+    exec(&c, &id, "rm -rf /workspace/app/kinds").await;
+    stop(&c, &id).await;
+    let (s, w) = post(
+        &c,
+        &format!("/api/v1/workspaces/{id}/backups/{first}/restore"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{w}");
+    start(&c, &id).await;
+    let check = r#"cd /workspace/app/kinds && readlink link && readlink dangling && cat h1 h2 \
+        && test -p fifo && test -S sock && test -d empty && stat -c %s sparse && tail -c 3 sparse \
+        && cat n*nnn && cat "$(printf 'bad\377\376name')" && cat deep/er/file"#;
+    let out = exec(&c, &id, check).await;
+    assert_eq!(
+        out["stdout"],
+        "../README.md\n/nonexistent/target\nhard\nhard\n67108867\nendlong\nnot utf-8\ndeep\n",
+        "{out:#}"
+    );
+    // Every snapshot in the store is one the cell lists: no unverified ones pile up.
+    let w = stop(&c, &id).await;
+    let mine = w["backups"].as_array().unwrap().len();
+    let stored = restic(&repo, &key, &["snapshots", "--json", "--tag", &id]);
+    let stored: Vec<Value> = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored.len(), mine, "{stored:#?}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn backups_of_a_running_workspace_raced_by_link_swaps_hold_no_host_file() {
+    let c = TestCell::start_with(fast_backups, None).await;
+    let victim = Victim::new();
+    let (id, _repos) = workspace_with(&c, &[("README.md", "hello\n")]).await;
+    // A file that is a regular file one moment and a link to a root-only host file the next,
+    // as fast as the workspace can swap them.
+    let swap = format!(
+        "cd /workspace/app && echo plain > f && \
+         (while :; do ln -sf {} f.l && mv -f f.l f; echo plain > f.p && mv -f f.p f; done) \
+         >/dev/null 2>&1 </dev/null & echo started",
+        victim.file("secret.txt")
+    );
+    let out = exec(&c, &id, &swap).await;
+    assert_eq!(out["stdout"], "started\n", "{out:#}");
+    let mut taken = Vec::new();
+    for _ in 0..8 {
+        let (s, snap) = post(&c, &format!("/api/v1/workspaces/{id}/backups")).await;
+        assert_eq!(s, StatusCode::CREATED, "{snap}");
+        taken.push(snap["id"].as_str().unwrap().to_owned());
+    }
+    // The workspace was let go after each backup: it still answers and still swaps.
+    let out = exec(&c, &id, "ls -l /workspace/app/f >/dev/null && echo alive").await;
+    assert_eq!(out["stdout"], "alive\n", "{out:#}");
+    let key = backup_key(&c);
+    let repo = c.data_dir().join("backups");
+    for snap in &taken {
+        let target = tempfile::tempdir().unwrap();
+        restic(
+            &repo,
+            &key,
+            &["restore", snap, "--target", target.path().to_str().unwrap()],
+        );
+        let f = target.path().join(&id).join("workspace/app/f");
+        let m = std::fs::symlink_metadata(&f).unwrap();
+        if m.is_file() {
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert!(
+                !text.contains("HOST-SECRET"),
+                "snapshot {snap} holds a root-only host file: {text}"
+            );
+        }
+    }
+    victim.assert_untouched("after the backups");
+    c.stop().await;
+}
+
+/// The repository password the cell prints for stock restic.
+fn backup_key(c: &TestCell) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_devcell"))
+        .args(["backup", "key", "--data"])
+        .arg(c.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
