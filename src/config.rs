@@ -74,9 +74,12 @@ pub struct ServerConfig {
     /// Use [`Config::secure_cookies`], which applies the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secure_cookies: Option<bool>,
-    /// A domain with wildcard DNS to this cell: ports are also served at `{port}-{id}.{domain}`.
+    /// A domain with wildcard DNS to this cell: each port has its own origin
+    /// `{port}-{id}.{domain}` (else under `localhost`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace_domain: Option<String>,
+    /// Less safe: ports also at `/w/{id}/p/{port}/` on the dashboard's origin, sandboxed by CSP.
+    pub path_ports: bool,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             secure_cookies: None,
             workspace_domain: None,
+            path_ports: false,
         }
     }
 }

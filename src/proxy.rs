@@ -1,23 +1,214 @@
-//! Port forwarding through the cell: `/w/{id}/p/{port}/...` reaches a server listening on that
-//! port inside the workspace, WebSockets included. The cell tunnels each connection through
-//! the workspace's agent (the workspace has no network reachable from outside), forwards the
-//! request with its path prefix removed, and never passes the cell's own credentials on.
+//! Port forwarding through the cell, each port on an origin of its own.
+//!
+//! [`gate`] runs before everything else and routes by `Host`: a port origin
+//! (`{port}-{id}.{domain}`, see `service::ports`) goes to the workspace's port, the dashboard's
+//! own host names to the dashboard (whose answers then carry `frame-ancestors 'none'`), and any
+//! other name is refused, so that a name an attacker points at the cell (DNS rebinding) reaches
+//! nothing. On a port origin the cell authenticates with that origin's own credential (or a
+//! bearer token from a non-browser client), never with the dashboard's session; a browser
+//! without one is sent through `/port-login` on the dashboard to get it.
+//!
+//! Path URLs (`/w/{id}/p/{port}/...`) redirect to the port's origin, unless the operator turns
+//! them on (`server.path_ports`): they are then served on the dashboard's origin, every answer
+//! sandboxed by `Content-Security-Policy: sandbox` without `allow-same-origin`.
+//!
+//! The cell tunnels each connection through the workspace's agent, forwards the request with
+//! its path prefix removed, and never passes its own credentials on.
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::any;
 
-use crate::api::{ApiError, AppState, SESSION_COOKIE};
+use crate::api::{ApiError, AppState};
 use crate::domain::WorkspaceId;
+use crate::service::PortHost;
+
+/// Where a port origin takes the grant the dashboard hands a browser.
+pub const AUTH_PATH: &str = "/__devcell/auth";
+/// The port origin's own credential.
+const PORT_COOKIE: &str = "devcell_port";
+/// The same with HTTPS: a browser refuses it from any other host.
+const PORT_COOKIE_SECURE: &str = "__Host-devcell_port";
+
+/// What a page from a port served on the dashboard's origin may do: run scripts and forms in an
+/// origin of its own (no `allow-same-origin`), so it can read nothing of the cell's.
+const SANDBOX: &str = "sandbox allow-scripts allow-forms allow-popups \
+    allow-popups-to-escape-sandbox allow-modals allow-downloads allow-pointer-lock \
+    allow-presentation";
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/w/{id}/p/{port}", any(add_slash))
-        .route("/w/{id}/p/{port}/", any(forward_root))
-        .route("/w/{id}/p/{port}/{*rest}", any(forward))
+        .route("/w/{id}/p/{port}/", any(path_root))
+        .route("/w/{id}/p/{port}/{*rest}", any(path_rest))
+}
+
+/// Marks a response that comes from a workspace's port (the dashboard's headers stay off it).
+#[derive(Clone, Copy)]
+struct FromPort;
+
+/// Routes every request by its `Host` (see the module's documentation).
+pub async fn gate(
+    State(st): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    if let Some(host) = &host {
+        if let Some(target) = st.cell.port_of_host(host) {
+            return port_origin(st, target, req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+        }
+        if !st.cell.is_cell_host(host) {
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "unknown_host",
+                format!(
+                    "this cell does not serve {:?}; open it at {}",
+                    crate::service::host_name(host),
+                    st.cell.link("")
+                ),
+            )
+            .into_response();
+        }
+    }
+    let mut res = next.run(req).await;
+    if res.extensions().get::<FromPort>().is_none() {
+        let h = res.headers_mut();
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.append(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    }
+    res
+}
+
+/// A request on a port's own origin.
+async fn port_origin(st: AppState, target: PortHost, req: Request) -> Result<Response, ApiError> {
+    if req.uri().path() == AUTH_PATH {
+        return Ok(redeem(&st, &target, req.uri()));
+    }
+    let cookie_name = port_cookie(&st);
+    let actor = cookie_values(req.headers(), cookie_name)
+        .find_map(|c| st.cell.port_actor(c, &target))
+        .or_else(|| bearer(&st, req.headers()));
+    let agent = match st
+        .cell
+        .authorize_port(actor.as_ref(), &target.workspace, target.port)
+    {
+        Ok(agent) => agent,
+        Err(crate::service::Error::Unauthenticated)
+            if matches!(*req.method(), Method::GET | Method::HEAD) =>
+        {
+            // A browser: the dashboard checks its session and sends it back with a grant.
+            let next = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into());
+            let login = st.cell.link(&format!(
+                "port-login?w={}&p={}&next={}",
+                target.workspace,
+                target.port,
+                encode(&next)
+            ));
+            return Ok(Redirect::to(&login).into_response());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let path = req.uri().path().trim_start_matches('/').to_owned();
+    forward(agent, target.port, path, String::new(), req, false).await
+}
+
+/// `AUTH_PATH?grant=...&next=...`: the grant becomes this origin's cookie.
+fn redeem(st: &AppState, target: &PortHost, uri: &Uri) -> Response {
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let get = |k: &str| {
+        query
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    match st.cell.redeem_port_grant(get("grant"), target) {
+        Ok(credential) => {
+            let secure = if st.cell.config().secure_cookies() {
+                "; Secure"
+            } else {
+                ""
+            };
+            let cookie = format!(
+                "{}={credential}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+                port_cookie(st),
+                st.cell.config().auth.session_ttl.as_secs()
+            );
+            let mut res = Redirect::to(&local_path(get("next"))).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// A path on this origin to go to after signing in; anything else goes to `/`.
+fn local_path(next: &str) -> String {
+    if next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") {
+        next.to_owned()
+    } else {
+        "/".into()
+    }
+}
+
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn port_cookie(st: &AppState) -> &'static str {
+    if st.cell.config().secure_cookies() {
+        PORT_COOKIE_SECURE
+    } else {
+        PORT_COOKIE
+    }
+}
+
+/// Every value of the cookie `name` (a sibling origin may have added one of its own).
+fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .filter(move |(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The caller of an `Authorization: Bearer` token (clients other than browsers).
+fn bearer(st: &AppState, headers: &HeaderMap) -> Option<crate::service::Actor> {
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))?;
+    st.cell.authenticate_token(token.trim()).ok()
 }
 
 async fn add_slash(uri: Uri) -> Redirect {
@@ -25,24 +216,55 @@ async fn add_slash(uri: Uri) -> Redirect {
     Redirect::permanent(&format!("{}/{q}", uri.path()))
 }
 
-async fn forward_root(
+async fn path_root(
     State(st): State<AppState>,
     crate::api::Path((id, port)): crate::api::Path<(String, u16)>,
     req: Request,
 ) -> Response {
-    proxy(st, id, port, String::new(), req)
+    path_port(st, id, port, String::new(), req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn forward(
+async fn path_rest(
     State(st): State<AppState>,
     crate::api::Path((id, port, rest)): crate::api::Path<(String, u16, String)>,
     req: Request,
 ) -> Response {
-    proxy(st, id, port, rest, req)
+    path_port(st, id, port, rest, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `/w/{id}/p/{port}/...`: to the port's own origin, or (with `server.path_ports`) served here,
+/// sandboxed.
+async fn path_port(
+    st: AppState,
+    id: String,
+    port: u16,
+    rest: String,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let wsid = WorkspaceId::parse(&id).map_err(|_| ApiError::not_found("workspace"))?;
+    if port == 0 {
+        return Err(ApiError::not_found("port"));
+    }
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    if !st.cell.config().server.path_ports {
+        // 307 keeps the method and body.
+        return Ok(Redirect::temporary(&format!(
+            "{}/{rest}{query}",
+            st.cell.port_origin(&wsid, port)
+        ))
+        .into_response());
+    }
+    let actor = crate::api::auth_identify(&st.cell, req.headers()).ok();
+    let agent = st.cell.authorize_port(actor.as_ref(), &wsid, port)?;
+    forward(agent, port, rest, format!("/w/{id}/p/{port}"), req, true).await
 }
 
 /// Headers that describe one hop and are not forwarded (except the upgrade pair, which a
@@ -64,12 +286,23 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
 }
 
-/// The cookie header without the cell's session cookie.
-fn strip_session(cookie: &str) -> Option<String> {
+/// Cookies of the cell's own, which never reach a workspace nor may be set by one.
+fn is_cell_cookie(name: &str) -> bool {
+    [
+        crate::api::SESSION_COOKIE,
+        crate::api::SESSION_COOKIE_SECURE,
+        PORT_COOKIE,
+        PORT_COOKIE_SECURE,
+    ]
+    .contains(&name)
+}
+
+/// The cookie header without the cell's own cookies.
+fn strip_cell_cookies(cookie: &str) -> Option<String> {
     let kept: Vec<&str> = cookie
         .split(';')
         .map(str::trim)
-        .filter(|kv| !kv.starts_with(&format!("{SESSION_COOKIE}=")))
+        .filter(|kv| !is_cell_cookie(kv.split('=').next().unwrap_or("")))
         .collect();
     if kept.is_empty() {
         None
@@ -78,51 +311,17 @@ fn strip_session(cookie: &str) -> Option<String> {
     }
 }
 
-/// `{port}-{workspace id}.{workspace_domain}` when a wildcard domain is configured: the whole
-/// path goes to the workspace's port.
-pub async fn route_by_host(
-    State(st): State<AppState>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let target = st
-        .cell
-        .config()
-        .server
-        .workspace_domain
-        .as_deref()
-        .and_then(|domain| {
-            let host = req.headers().get(header::HOST)?.to_str().ok()?;
-            let host = host
-                .rsplit_once(':')
-                .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-                .map(|(h, _)| h)
-                .unwrap_or(host);
-            let label = host.strip_suffix(domain)?.strip_suffix('.')?;
-            let (port, id) = label.split_once('-')?;
-            Some((id.to_owned(), port.parse::<u16>().ok()?))
-        });
-    match target {
-        Some((id, port)) => {
-            let rest = req.uri().path().trim_start_matches('/').to_owned();
-            proxy(st, id, port, rest, req)
-                .await
-                .unwrap_or_else(IntoResponse::into_response)
-        }
-        None => next.run(req).await,
-    }
-}
-
-async fn proxy(
-    st: AppState,
-    id: String,
+/// Sends `req` to `port` in the workspace as `/{rest}`. `prefix` is the path the port is
+/// served under on this host (for `X-Forwarded-Prefix`); `sandboxed` answers carry the CSP
+/// sandbox.
+async fn forward(
+    agent: crate::agent::client::AgentClient,
     port: u16,
     rest: String,
+    prefix: String,
     mut req: Request,
+    sandboxed: bool,
 ) -> Result<Response, ApiError> {
-    let wsid = WorkspaceId::parse(&id).map_err(|_| ApiError::not_found("workspace"))?;
-    let actor = crate::api::auth_identify(&st.cell, req.headers()).ok();
-    let agent = st.cell.authorize_port(actor.as_ref(), &wsid, port)?;
     let io = agent
         .tunnel(port)
         .await
@@ -157,11 +356,11 @@ async fn proxy(
         {
             continue;
         }
-        if n == "authorization" && value.to_str().is_ok_and(|v| v.starts_with("Bearer dct_")) {
+        if n == "authorization" && value.to_str().is_ok_and(|v| v.contains("dct_")) {
             continue;
         }
         if n == "cookie" {
-            if let Some(c) = value.to_str().ok().and_then(strip_session)
+            if let Some(c) = value.to_str().ok().and_then(strip_cell_cookies)
                 && let Ok(v) = HeaderValue::from_str(&c)
             {
                 out = out.header(name, v);
@@ -170,7 +369,6 @@ async fn proxy(
         }
         out = out.header(name, value);
     }
-    let prefix = format!("/w/{id}/p/{port}");
     let host = parts
         .headers
         .get(header::HOST)
@@ -178,8 +376,10 @@ async fn proxy(
         .unwrap_or(HeaderValue::from_static("localhost"));
     out = out
         .header(header::HOST, format!("localhost:{port}"))
-        .header("x-forwarded-prefix", &prefix)
         .header("x-forwarded-host", host);
+    if !prefix.is_empty() {
+        out = out.header("x-forwarded-prefix", &prefix);
+    }
     let upstream = out
         .body(body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
@@ -206,16 +406,21 @@ async fn proxy(
         }
     }
     let (mut parts, body) = res.into_parts();
-    // A workspace's server must not plant the cell's session cookie.
+    // A workspace's server must not plant the cell's cookies.
     let cookies: Vec<HeaderValue> = parts
         .headers
         .get_all(header::SET_COOKIE)
         .iter()
         .filter(|v| {
-            !v.to_str()
+            let name = v
+                .to_str()
                 .unwrap_or("")
                 .trim_start()
-                .starts_with(&format!("{SESSION_COOKIE}="))
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim();
+            !is_cell_cookie(name)
         })
         .cloned()
         .collect();
@@ -226,5 +431,42 @@ async fn proxy(
     for h in HOP_BY_HOP {
         parts.headers.remove(*h);
     }
+    if sandboxed {
+        parts.headers.append(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(SANDBOX),
+        );
+        parts.headers.remove("service-worker-allowed");
+    }
+    parts.extensions.insert(FromPort);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed_after_signing_in() {
+        assert_eq!(local_path("/app?x=1"), "/app?x=1");
+        for bad in [
+            "//evil.example/",
+            "/\\evil.example",
+            "https://evil.example/",
+            "",
+        ] {
+            assert_eq!(local_path(bad), "/", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cells_cookies_are_stripped_and_others_kept() {
+        assert_eq!(
+            strip_cell_cookies(
+                "a=1; devcell_session=s; devcell_port=p; __Host-devcell_port=q; b=2"
+            ),
+            Some("a=1; b=2".into())
+        );
+        assert_eq!(strip_cell_cookies("devcell_session=s"), None);
+    }
 }

@@ -90,7 +90,7 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::proxy::route_by_host,
+            crate::proxy::gate,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

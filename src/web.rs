@@ -67,6 +67,7 @@ pub fn router() -> Router<AppState> {
         .route("/org/invitations/{id}/revoke", post(org_invitation_revoke))
         .route("/org/classes/{id}/delete", post(org_class_delete))
         .route("/admin", get(admin_page))
+        .route("/port-login", get(port_login))
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -381,6 +382,46 @@ fn error_page_back(e: Error, back: &str, label: &str) -> Response {
         .into_response()
 }
 
+#[derive(Deserialize)]
+struct PortLogin {
+    w: String,
+    p: u16,
+    #[serde(default)]
+    next: String,
+}
+
+/// Where a port's origin sends a browser without its credential: the session here says who
+/// it is, the port's visibility whether it may, and the browser goes back with a grant that
+/// works once (see `service::ports`).
+async fn port_login(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<PortLogin>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(q)) = query else {
+        return error_page(Error::NotFound { what: "port" });
+    };
+    let actor = match crate::api::auth_identify(&st.cell, &headers) {
+        Ok(a) => a,
+        Err(e) => return error_page(e),
+    };
+    let Ok(id) = crate::domain::WorkspaceId::parse(&q.w) else {
+        return error_page(Error::NotFound { what: "workspace" });
+    };
+    match st.cell.port_grant(&actor, &id, q.p) {
+        Ok(grant) => {
+            let next: String = url::form_urlencoded::byte_serialize(q.next.as_bytes()).collect();
+            Redirect::to(&format!(
+                "{}{}?grant={grant}&next={next}",
+                st.cell.port_origin(&id, q.p),
+                crate::proxy::AUTH_PATH
+            ))
+            .into_response()
+        }
+        Err(e) => workspace_error(e, id.as_str()),
+    }
+}
+
 async fn workspace_page(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -428,14 +469,7 @@ async fn workspace_page(
             .collect(),
         ports: ports
             .into_iter()
-            .map(|p| {
-                (
-                    p.port,
-                    p.listening,
-                    p.visibility.as_str().to_owned(),
-                    p.path,
-                )
-            })
+            .map(|p| (p.port, p.listening, p.visibility.as_str().to_owned(), p.url))
             .collect(),
         git: git_views(&w.git),
         timeout_min: w.timeout.as_secs() / 60,

@@ -16,6 +16,18 @@ use crate::domain::TokenId;
 use crate::service::{Actor, AuthVia, Cell, Credentials, LoginOutcome};
 
 pub const SESSION_COOKIE: &str = "devcell_session";
+/// The session cookie's name with HTTPS: a browser refuses a `__Host-` cookie from any other
+/// host, so a page on a port's origin (a sibling subdomain) cannot plant a session of its own.
+pub const SESSION_COOKIE_SECURE: &str = "__Host-devcell_session";
+
+/// The name of the session cookie of this cell.
+pub fn session_cookie_name(cell: &Cell) -> &'static str {
+    if cell.config().secure_cookies() {
+        SESSION_COOKIE_SECURE
+    } else {
+        SESSION_COOKIE
+    }
+}
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The authenticated caller. Cookie-authenticated requests that change something must carry
@@ -45,7 +57,7 @@ pub fn identify(cell: &Cell, headers: &HeaderMap) -> Result<Actor, crate::servic
             .ok_or(crate::service::Error::Unauthenticated)?;
         return cell.authenticate_token(token.trim());
     }
-    match cookie_value(headers, SESSION_COOKIE) {
+    match cookie_value(headers, session_cookie_name(cell)) {
         Some(secret) => cell.authenticate_session(secret),
         None => Err(crate::service::Error::Unauthenticated),
     }
@@ -72,12 +84,13 @@ pub fn session_cookie(cell: &Cell, secret: Option<&str>) -> HeaderValue {
     } else {
         ""
     };
+    let name = session_cookie_name(cell);
     let v = match secret {
         Some(s) => format!(
-            "{SESSION_COOKIE}={s}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+            "{name}={s}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
             cell.config().auth.session_ttl.as_secs()
         ),
-        None => format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
+        None => format!("{name}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
     };
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

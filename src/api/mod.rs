@@ -20,7 +20,10 @@ use axum::http::StatusCode;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-pub use auth::{Auth, SESSION_COOKIE, identify as auth_identify, session_cookie};
+pub use auth::{
+    Auth, SESSION_COOKIE, SESSION_COOKIE_SECURE, identify as auth_identify, session_cookie,
+    session_cookie_name,
+};
 pub use error::{ApiError, ApiResult, ErrorBody};
 
 use crate::metrics::Metrics;

@@ -422,7 +422,7 @@ pub(super) async fn ports(
                 listening: p.listening,
                 configured: p.configured,
                 visibility: p.visibility.as_str().into(),
-                url: st.cell.link(p.path.trim_start_matches('/')),
+                url: p.url,
             })
             .collect(),
     ))

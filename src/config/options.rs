@@ -83,7 +83,15 @@ pub const OPTIONS: &[OptionDoc] = &[
         ty: "domain name",
         default: DefaultDoc::None,
         secret: false,
-        description: "A domain whose wildcard DNS points at this cell; workspace ports are then also served at `{port}-{workspace id}.{domain}` (private ports need a bearer token there).",
+        description: "A domain whose wildcard DNS (and, with HTTPS, wildcard certificate) points at this cell: each workspace port gets its own origin `{port}-{workspace id}.{domain}` (the id with `-` for `_`). Without it ports are served under `localhost` (`{port}-{id}.localhost`), which only a browser on the cell's own host reaches. Keep it apart from the dashboard's host name.",
+    },
+    OptionDoc {
+        key: "server.path_ports",
+        env: "DEVCELL_SERVER__PATH_PORTS",
+        ty: "boolean",
+        default: DefaultDoc::Value("false"),
+        secret: false,
+        description: "Less safe: also serve ports at `/w/{id}/p/{port}/` on the dashboard's own origin, for sites without wildcard DNS. Every answer from a port is then sandboxed by `Content-Security-Policy: sandbox` (no same-origin), so its scripts cannot act as the visitor, but some applications break there. When off, a path URL redirects to the port's own origin.",
     },
     OptionDoc {
         key: "log.format",

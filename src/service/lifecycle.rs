@@ -38,8 +38,8 @@ pub struct PortView {
     /// Named in the repository's configuration (with that name, if any).
     pub configured: Option<String>,
     pub visibility: Visibility,
-    /// Path through the cell.
-    pub path: String,
+    /// Where a browser opens it: the port's own origin (or its path, with `server.path_ports`).
+    pub url: String,
 }
 
 /// A task of a running (or stopped) workspace with its log.
@@ -361,7 +361,7 @@ impl Cell {
                     .find(|p| p.port == port)
                     .map(|p| p.visibility)
                     .unwrap_or(Visibility::Private),
-                path: format!("/w/{}/p/{port}/", ws.id),
+                url: self.port_url(&ws.id, port),
             })
             .collect())
     }

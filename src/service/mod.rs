@@ -7,6 +7,7 @@ mod backups;
 mod credentials;
 mod lifecycle;
 mod orgs;
+mod ports;
 pub mod secrets;
 mod workspaces;
 
@@ -20,6 +21,7 @@ pub use backups::{BackupStats, CleanupPass, retry_after};
 pub use credentials::NewCredential;
 pub use lifecycle::{ExecInput, PortView, StopPlan, TaskView, TimeoutPass};
 pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};
+pub use ports::{PortHost, host_name};
 pub use workspaces::{WorkspaceInput, WorkspacePage, WorkspacePatch};
 
 use crate::config::Config;
@@ -136,6 +138,8 @@ struct Inner {
     /// Where workspace files are backed up; `None` when the store could not be set up.
     backups: Option<Arc<crate::backup::BackupStore>>,
     backup_stats: backups::BackupStats,
+    /// Port grants already redeemed (nonce → expiry): each works once.
+    redeemed: std::sync::Mutex<std::collections::HashMap<String, OffsetDateTime>>,
     /// Workspaces whose activity the agents reported but the store has not seen yet.
     activity:
         std::sync::Mutex<std::collections::HashMap<crate::domain::WorkspaceId, OffsetDateTime>>,
@@ -179,6 +183,7 @@ impl Cell {
                 backup_stats: Default::default(),
                 sealer,
                 wake: tokio::sync::Notify::new(),
+                redeemed: Default::default(),
                 activity: Default::default(),
             }),
         }

@@ -554,3 +554,196 @@ fn backup_key(c: &TestCell) -> String {
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A workspace serving `tests/fixtures/port_server.py` on port 3000, running and listening.
+async fn serving_workspace(c: &TestCell, repos: &Path, name: &str) -> String {
+    let gitpod = "tasks:\n  - command: python3 server.py 3000\n";
+    let bare = bare_repo(
+        repos,
+        name,
+        &[
+            (".gitpod.yml", gitpod),
+            ("server.py", include_str!("../fixtures/port_server.py")),
+        ],
+    );
+    let id = create_started(
+        c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, ports) = c
+            .owner(Method::GET, &format!("/api/v1/workspaces/{id}/ports"), None)
+            .await;
+        if ports.as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["port"] == 3000 && p["listening"] == true)
+        }) {
+            return id;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "port 3000 never listened: {ports}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn share(c: &TestCell, id: &str, visibility: &str) {
+    let (s, e) = c
+        .owner(
+            Method::PUT,
+            &format!("/api/v1/workspaces/{id}/ports/3000"),
+            Some(json!({ "visibility": visibility })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
+}
+
+/// The owner's API tokens by name.
+async fn token_names(c: &TestCell) -> Vec<String> {
+    let (s, tokens) = c.owner(Method::GET, "/api/v1/tokens", None).await;
+    assert_eq!(s, StatusCode::OK, "{tokens}");
+    tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Opens `url` in the browser and returns what its script reported in `#result`.
+async fn page_result(b: &fantoccini::Client, url: &str) -> Value {
+    b.goto(url).await.unwrap();
+    let text = crate::browser::wait_for(
+        b,
+        &format!("the script of {url}"),
+        "var r = document.getElementById('result'); return r ? r.textContent : ''",
+        |t| t.starts_with('{'),
+    )
+    .await;
+    serde_json::from_str(&text).unwrap()
+}
+
+/// What a page served from a port gained against its visitor: nothing of the cell's.
+fn assert_gained_nothing(out: &Value, real_csrf: &str, when: &str) {
+    let text = out.to_string();
+    assert!(
+        !text.contains(real_csrf),
+        "{when}: the page read the visitor's CSRF token: {out:#}"
+    );
+    for k in ["token", "token_here"] {
+        let t = out[k].as_str().unwrap_or("");
+        assert!(
+            !t.starts_with("201") && !t.contains("dct_"),
+            "{when}: the page made an API token: {out:#}"
+        );
+    }
+    assert!(
+        !out["other"].as_str().unwrap_or("").contains("path="),
+        "{when}: the page read another workspace's port: {out:#}"
+    );
+    assert!(
+        !out["cookie"].as_str().unwrap_or("").contains("devcell"),
+        "{when}: the page read the cell's cookies: {out:#}"
+    );
+    assert!(
+        !out["term"].as_str().unwrap_or("").starts_with("opened"),
+        "{when}: the page opened a terminal: {out:#}"
+    );
+}
+
+/// In real Chromium, as the owner signed in to the dashboard: a page served from a port tries to
+/// read the CSRF token from `/`, make an API token, read another workspace's private port, read
+/// cookies and open a terminal, with the port private, shared with the organization, public,
+/// and with path URLs turned on; a normal page's script, its fetch to its own origin and its
+/// WebSocket work through the port's URL.
+#[tokio::test]
+async fn a_page_served_from_a_port_cannot_act_as_its_visitor() {
+    let driver = crate::browser::start_chromedriver();
+    for path_ports in [false, true] {
+        let profile = tempfile::tempdir().unwrap();
+        let c = TestCell::start_with(|cfg| cfg.server.path_ports = path_ports, None).await;
+        let repos = tempfile::tempdir().unwrap();
+        let hostile = serving_workspace(&c, repos.path(), "hostile").await;
+        let victim = serving_workspace(&c, repos.path(), "victim").await;
+        let owner = c.cell().find_user(None).unwrap();
+        let b = crate::browser::browser(&driver, profile.path()).await;
+        let name = format!(
+            "port-attack-{}",
+            if path_ports { "paths" } else { "origins" }
+        );
+        let failure = crate::browser::scenario(&b, &name, Duration::from_secs(240), async {
+            b.goto(&c.cell().create_login_link(&owner.id).unwrap())
+                .await
+                .unwrap();
+            crate::browser::wait_for(&b, "the dashboard", "return document.title", |t| {
+                t.starts_with("Workspaces")
+            })
+            .await;
+            let csrf = b
+                .execute(
+                    "return document.querySelector('meta[name=csrf-token]').content",
+                    vec![],
+                )
+                .await
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let before = token_names(&c).await;
+            let other = c
+                .cell()
+                .port_url(&devcell::domain::WorkspaceId::parse(&victim).unwrap(), 3000);
+            let hostile_id = devcell::domain::WorkspaceId::parse(&hostile).unwrap();
+            let base = if path_ports {
+                c.url(&format!("/w/{hostile}/p/3000/"))
+            } else {
+                c.cell().port_url(&hostile_id, 3000)
+            };
+            assert_eq!(c.cell().port_url(&hostile_id, 3000), base);
+            for visibility in ["private", "org", "public"] {
+                share(&c, &hostile, visibility).await;
+                let attack = format!(
+                    "{base}attack?cell={}&other={}&ws={hostile}",
+                    c.url.trim_end_matches('/'),
+                    other
+                );
+                let out = page_result(&b, &attack).await;
+                let when = format!("{visibility} port, path URLs {path_ports}");
+                assert_gained_nothing(&out, &csrf, &when);
+                assert!(
+                    !token_names(&c).await.iter().any(|n| n == "stolen"),
+                    "{when}: a token was made: {out:#}"
+                );
+            }
+            assert_eq!(token_names(&c).await, before);
+            if !path_ports {
+                // What a port is for still works on its own origin.
+                share(&c, &hostile, "private").await;
+                let out = page_result(&b, &format!("{base}normal")).await;
+                assert!(
+                    out["fetch"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("path=/data"),
+                    "{out:#}"
+                );
+                assert_eq!(out["ws"], "echo:hi", "{out:#}");
+                let shot = b.screenshot().await.unwrap();
+                let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("target/browser-artifacts");
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(dir.join("port-normal-page.png"), shot);
+            }
+        })
+        .await;
+        drop(b);
+        c.stop().await;
+        if let Some(f) = failure {
+            std::panic::resume_unwind(f);
+        }
+    }
+}

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::harness::TestCell;
 use crate::runtime::bare_repo;
 
-struct Driver {
+pub struct Driver {
     child: Child,
     port: u16,
 }
@@ -24,7 +24,7 @@ impl Drop for Driver {
     }
 }
 
-fn start_chromedriver() -> Driver {
+pub fn start_chromedriver() -> Driver {
     for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
         assert!(
             std::path::Path::new(bin).exists(),
@@ -50,7 +50,7 @@ fn start_chromedriver() -> Driver {
     Driver { child, port }
 }
 
-async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+pub async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
     browser_with(driver, profile, &["--window-size=1280,900"]).await
 }
 
@@ -82,7 +82,7 @@ async fn browser_with(driver: &Driver, profile: &std::path::Path, extra: &[&str]
 }
 
 /// Saves what the browser shows, for a failing test's artifacts.
-async fn save_artifacts(b: &Client, name: &str) {
+pub async fn save_artifacts(b: &Client, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
     let _ = std::fs::create_dir_all(&dir);
     if let Ok(png) = b.screenshot().await {
@@ -97,7 +97,7 @@ async fn save_artifacts(b: &Client, name: &str) {
 /// Runs a browser scenario within `limit`. On any failure (a panic or the time running out) the
 /// page's screenshot and HTML are saved as `<name>-failure.*` first; the failure is returned to
 /// be raised once the browser and the cell are cleaned up.
-async fn scenario(
+pub async fn scenario(
     b: &Client,
     name: &str,
     limit: Duration,
@@ -117,7 +117,7 @@ async fn scenario(
 }
 
 /// Polls `check` (a JavaScript expression returning a string) until `want` holds.
-async fn wait_for(b: &Client, what: &str, js: &str, want: impl Fn(&str) -> bool) -> String {
+pub async fn wait_for(b: &Client, what: &str, js: &str, want: impl Fn(&str) -> bool) -> String {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let v = b.execute(js, vec![]).await.unwrap();

@@ -7,7 +7,7 @@
 mod api;
 mod attack;
 pub mod backup;
-mod browser;
+pub mod browser;
 pub mod content;
 mod harness;
 pub mod image;

@@ -691,11 +691,13 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
                 ),
                 (Some(3000), Some("web"), Some("private"))
             );
-            assert!(
-                ports[0]["url"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with(&format!("/w/{id}/p/3000/")),
+            assert_eq!(
+                ports[0]["url"],
+                format!(
+                    "http://3000-{}.ws.test:{}/",
+                    id.replace('_', "-"),
+                    c.url.rsplit(':').next().unwrap()
+                ),
                 "{ports}"
             );
             break;
@@ -704,16 +706,28 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let url = c.url(&format!("/w/{id}/p/3000/hello?x=1"));
-    let res = c
-        .http
-        .get(&url)
+    // Each port answers on an origin of its own; the cell reaches it at its own address.
+    let origin = format!("3000-{}.ws.test", id.replace('_', "-"));
+    let on_port = |path: &str, port_host: &str| {
+        c.http.get(c.url(path)).header(
+            header::HOST,
+            format!("{port_host}:{}", c.url.rsplit(':').next().unwrap()),
+        )
+    };
+    let res = on_port("/hello?x=1", &origin)
         .bearer_auth(&c.owner_token)
-        .header(header::COOKIE, "devcell_session=stolen; other=1")
+        .header(
+            header::COOKIE,
+            "devcell_session=stolen; devcell_port=forged; other=1",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers().get(header::X_FRAME_OPTIONS).is_none(),
+        "the port's answer is its own"
+    );
     let cookies: Vec<String> = res
         .headers()
         .get_all(header::SET_COOKIE)
@@ -727,25 +741,38 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
     );
     let body = res.text().await.unwrap();
     assert_eq!(
-        body,
-        format!("path=/hello?x=1 cookie=other=1 auth= prefix=/w/{id}/p/3000"),
+        body, "path=/hello?x=1 cookie=other=1 auth= prefix=",
         "cell credentials are not passed on"
     );
 
-    // Private by default: no credentials, or another member, get nothing.
-    assert_eq!(
-        c.http.get(&url).send().await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
+    // Private by default: a browser without the port's credential goes to the dashboard to get
+    // it; another member gets nothing.
+    let res = on_port("/hello?x=1", &origin).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let login = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    assert!(
+        login.starts_with(&c.url("/port-login?"))
+            && login.contains(&format!("w={id}&p=3000&next=%2Fhello%3Fx%3D1")),
+        "{login}"
     );
+    let post = c
+        .http
+        .post(c.url("/anything"))
+        .header(header::HOST, &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::UNAUTHORIZED);
     let (_, member) = c.add_user("dev@example.com", "member").await;
+    let status = |r: reqwest::Response| r.status();
     assert_eq!(
-        c.http
-            .get(&url)
-            .bearer_auth(&member)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(
+            on_port("/", &origin)
+                .bearer_auth(&member)
+                .send()
+                .await
+                .unwrap()
+        ),
         StatusCode::NOT_FOUND
     );
     let (s, _) = c
@@ -762,6 +789,75 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
         "members cannot share others' ports"
     );
 
+    // A browser's way in: the dashboard session mints a grant for this port's origin, which
+    // turns it into a cookie of its own; the grant works once, the cookie on this origin only.
+    let owner = c.cell().find_user(None).unwrap();
+    let session = c.login_cookie(&owner.id).await;
+    let res = c
+        .http
+        .get(&login)
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let grant = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let grant_path = grant
+        .strip_prefix(&format!(
+            "http://{origin}:{}",
+            c.url.rsplit(':').next().unwrap()
+        ))
+        .unwrap_or_else(|| panic!("the grant goes elsewhere: {grant}"))
+        .to_owned();
+    assert!(grant_path.starts_with("/__devcell/auth?grant="), "{grant}");
+    let res = on_port(&grant_path, &origin).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()[header::LOCATION], "/hello?x=1");
+    let cookie = crate::harness::cookie_of(&res);
+    assert!(cookie.starts_with("devcell_port="), "{cookie}");
+    let again = on_port(&grant_path, &origin).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::GONE, "a grant works once");
+    let res = on_port("/hello", &origin)
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .starts_with("path=/hello cookie= ")
+    );
+    let other_origin = format!("3001-{}.ws.test", id.replace('_', "-"));
+    let res = on_port("/", &other_origin)
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::SEE_OTHER,
+        "a port's credential opens no other port"
+    );
+    // The dashboard session itself opens nothing on the port's origin.
+    let res = on_port("/", &origin)
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    // Signing out ends the port's credential with the session.
+    let secret = session.split_once('=').unwrap().1;
+    let signed_in = c.cell().authenticate_session(secret).unwrap();
+    c.cell().logout(&signed_in).unwrap();
+    let res = on_port("/", &origin)
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "the session is gone");
+
     let (s, _) = c
         .owner(
             Method::PUT,
@@ -771,18 +867,18 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert_eq!(
-        c.http
-            .get(&url)
-            .bearer_auth(&member)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(
+            on_port("/", &origin)
+                .bearer_auth(&member)
+                .send()
+                .await
+                .unwrap()
+        ),
         StatusCode::OK
     );
     assert_eq!(
-        c.http.get(&url).send().await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
+        status(on_port("/", &origin).send().await.unwrap()),
+        StatusCode::SEE_OTHER
     );
     c.owner(
         Method::PUT,
@@ -791,38 +887,49 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
     )
     .await;
     assert_eq!(
-        c.http.get(&url).send().await.unwrap().status(),
+        status(on_port("/", &origin).send().await.unwrap()),
         StatusCode::OK
     );
 
-    // With a wildcard domain, the same port answers at {port}-{id}.{domain}, whole path.
+    // A path URL redirects to the port's origin, path and query kept.
     let res = c
         .http
-        .get(c.url("/hello?x=1"))
-        .header(header::HOST, format!("3000-{id}.ws.test"))
+        .get(c.url(&format!("/w/{id}/p/3000/hello?x=1")))
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.text().await.unwrap().starts_with("path=/hello?x=1 "));
+    assert_eq!(res.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        res.headers()[header::LOCATION],
+        format!(
+            "http://{origin}:{}/hello?x=1",
+            c.url.rsplit(':').next().unwrap()
+        )
+    );
+    // A name the cell does not serve is refused (DNS rebinding); the dashboard's answers may
+    // not be framed.
     let res = c
         .http
         .get(c.url("/healthz"))
-        .header(header::HOST, format!("3000-{id}.elsewhere.test"))
+        .header(header::HOST, "rebound.attacker.test")
         .send()
         .await
         .unwrap();
+    assert_eq!(res.status(), StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "unknown_host");
+    let res = c.http.get(c.url("/login")).send().await.unwrap();
+    assert_eq!(res.headers()[header::X_FRAME_OPTIONS], "DENY");
     assert_eq!(
-        res.text().await.unwrap(),
-        "ok\n",
-        "other hosts are the cell itself"
+        res.headers()[header::CONTENT_SECURITY_POLICY],
+        "frame-ancestors 'none'"
     );
 
     // WebSockets pass through.
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let req = format!("{}/w/{id}/p/3000/ws", c.url.replace("http://", "ws://"))
+    let mut req = format!("{}/ws", c.url.replace("http://", "ws://"))
         .into_client_request()
         .unwrap();
+    req.headers_mut().insert("host", origin.parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     ws.send(Message::Text("ping".into())).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
@@ -832,26 +939,14 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
         .unwrap();
     assert_eq!(reply, Message::Text("echo:ping".into()));
 
-    // Without a trailing slash the cell redirects; a port nobody listens on is a clear 502.
-    let res = c
-        .http
-        .get(c.url(&format!("/w/{id}/p/3000")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+    // A port nobody listens on is a clear 502.
     c.owner(
         Method::PUT,
         &format!("/api/v1/workspaces/{id}/ports/3001"),
         Some(json!({ "visibility": "public" })),
     )
     .await;
-    let res = c
-        .http
-        .get(c.url(&format!("/w/{id}/p/3001/")))
-        .send()
-        .await
-        .unwrap();
+    let res = on_port("/", &other_origin).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(
         res.json::<Value>().await.unwrap()["code"],

@@ -269,7 +269,7 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                 {v.ports.into_iter().map(|(port, listening, visibility, url)| {
                     let action = format!("/workspaces/{}/ports/{port}", v.id);
                     let token = v.csrf.clone();
-                    view! { <tr data-port=port.to_string()><td><a href=url>{port.to_string()}</a></td><td>{if listening { "listening" } else { "not listening" }}</td>
+                    view! { <tr data-port=port.to_string()><td><a href=url target="_blank" rel="noopener noreferrer">{port.to_string()}</a></td><td>{if listening { "listening" } else { "not listening" }}</td>
                         <td><form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=token/>
                             <label>"Visible to " <select name="visibility">
                                 <option value="private" selected=visibility == "private">"only me"</option>
