@@ -45,6 +45,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub workers: WorkersConfig,
     pub backup: BackupConfig,
+    pub workspace: WorkspaceConfig,
 }
 
 impl Default for Config {
@@ -56,6 +57,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             workers: WorkersConfig::default(),
             backup: BackupConfig::default(),
+            workspace: WorkspaceConfig::default(),
         }
     }
 }
@@ -236,6 +238,19 @@ impl Default for BackupConfig {
             s3: S3Config::default(),
         }
     }
+}
+
+/// `[workspace]`: what the cell itself reaches for workspaces (their repositories and images).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkspaceConfig {
+    /// Directories on this host whose repositories owners may name as `file://` URLs.
+    pub file_repos: Vec<PathBuf>,
+    /// Destinations clones and image pulls may reach although they are loopback, link-local,
+    /// metadata or this host's own addresses (`ADDR`, `ADDR:PORT`, `NET/LEN`).
+    pub allow_destinations: Vec<String>,
+    /// Hosts (`host` or `host:port`) a stored credential may be sent to over plain http.
+    pub plain_http_credentials: Vec<String>,
 }
 
 /// `[backup.s3]`: credentials come from the standard AWS chain (environment, profile, instance role).
@@ -518,6 +533,16 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
             ok,
             "server.workspace_domain",
             format!("{domain:?} is not a domain name like ws.example.com"),
+        );
+    }
+    if let Err(reason) = crate::content::egress::Egress::new(&config.workspace.allow_destinations) {
+        check(false, "workspace.allow_destinations", reason);
+    }
+    for dir in &config.workspace.file_repos {
+        check(
+            dir.is_absolute(),
+            "workspace.file_repos",
+            format!("{} is not an absolute path", dir.display()),
         );
     }
     if let Some(email) = &config.auth.owner_email {

@@ -20,7 +20,7 @@ pub struct GitCredentialDto {
     pub id: String,
     /// The host it is used for, as in repository URLs.
     pub host: String,
-    /// `token` or `ssh_key`.
+    /// `token` or `ssh_key` (for git), or `registry` (for image pulls).
     pub kind: String,
     pub username: Option<String>,
     pub created_at: String,
@@ -46,6 +46,10 @@ pub struct CreateGitCredential {
     pub username: Option<String>,
     pub token: Option<String>,
     pub ssh_private_key: Option<String>,
+    /// True for a container registry login (`username` and `token`) used to pull images from
+    /// `host`; a git credential is never sent to a registry, nor a registry login to git.
+    #[serde(default)]
+    pub registry: bool,
 }
 
 pub(super) fn routes() -> Router<AppState> {
@@ -85,6 +89,10 @@ pub(super) async fn create_git_credential(
     Json(req): Json<CreateGitCredential>,
 ) -> ApiResult<(StatusCode, Json<GitCredentialDto>)> {
     let new = match (req.token, req.ssh_private_key) {
+        (Some(token), None) if req.registry => NewCredential::Registry {
+            username: req.username.unwrap_or_default(),
+            token,
+        },
         (Some(token), None) => NewCredential::Token {
             username: req.username.unwrap_or_else(|| "git".into()),
             token,

@@ -235,9 +235,27 @@ pub(super) fn env_layers(env: &[(String, String)], problems: &mut Vec<ConfigErro
             if o.secret {
                 secrets.direct.insert(o.key);
             }
+            // Lists are comma-separated in the environment (brackets and quotes allowed).
+            let v = if o.ty.starts_with("list") {
+                let inner = value.trim();
+                let inner = inner
+                    .strip_prefix('[')
+                    .and_then(|s| s.strip_suffix(']'))
+                    .unwrap_or(inner);
+                Value::from(
+                    inner
+                        .split(',')
+                        .map(|s| s.trim().trim_matches('"'))
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect::<Vec<String>>(),
+                )
+            } else {
+                Value::from(value.clone())
+            };
             layers.push(Layer {
                 source_name,
-                entries: vec![(o.key, Value::from(value.clone()))],
+                entries: vec![(o.key, v)],
             });
         } else if let Some(o) = secret_file_option(&key) {
             match read_secret(o, key, &source_name, Path::new(value)) {

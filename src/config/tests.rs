@@ -509,6 +509,10 @@ fn fully_populated() -> Config {
     config.backup.s3.region = Some("eu-west-1".to_string());
     config.backup.s3.endpoint = Some(Url::parse("http://127.0.0.1:9000/").unwrap());
     config.backup.s3.tags = Some("team=platform,cost-center=42".to_string());
+    config.server.path_ports = true;
+    config.workspace.file_repos = vec!["/srv/git".into(), "/home/shared/repos".into()];
+    config.workspace.allow_destinations = vec!["127.0.0.1:5000".into(), "10.0.0.0/8".into()];
+    config.workspace.plain_http_credentials = vec!["git.internal:8080".into()];
     config
 }
 

@@ -104,6 +104,9 @@ pub enum GitError {
     Timeout { seconds: u64 },
     #[error("git failed: {message}")]
     Failed { message: String },
+    /// The destination is one the cell does not connect to for workspaces (see `egress`).
+    #[error("{message}")]
+    Refused { message: String },
 }
 
 impl GitError {
@@ -116,6 +119,7 @@ impl GitError {
             GitError::Unreachable { .. } => "repo_unreachable",
             GitError::Timeout { .. } => "git_timeout",
             GitError::Failed { .. } => "git_failed",
+            GitError::Refused { .. } => "repo_refused",
         }
     }
 }
@@ -130,6 +134,103 @@ pub struct Clone<'a> {
     /// The uid and gid git runs as, so the files belong to the workspace's user. The parent
     /// of `dest` must be writable by them.
     pub run_as: Option<(u32, u32)>,
+    /// Which destinations the clone may reach.
+    pub egress: &'a crate::content::egress::Egress,
+}
+
+/// The server a clone connects to, checked against the egress rule and pinned to the
+/// addresses that were checked, so that git does not resolve the name again.
+struct Pinned {
+    host: String,
+    port: u16,
+    /// Empty when the host is an address itself.
+    addrs: Vec<std::net::IpAddr>,
+}
+
+/// Checks where `url` leads (http, https and ssh; `file://` goes nowhere) and pins it.
+async fn pin(
+    url: &RepoUrl,
+    egress: &crate::content::egress::Egress,
+) -> Result<Option<Pinned>, GitError> {
+    let scheme = url.scheme();
+    let (host, port) = match scheme {
+        RepoScheme::File => return Ok(None),
+        RepoScheme::Http | RepoScheme::Https | RepoScheme::Ssh => {
+            match url::Url::parse(url.as_str()) {
+                Ok(u) if u.host_str().is_some() => (
+                    u.host_str().unwrap_or_default().to_owned(),
+                    u.port_or_known_default().unwrap_or(22),
+                ),
+                // scp-like: user@host:path
+                _ => match url
+                    .as_str()
+                    .split_once('@')
+                    .and_then(|(_, rest)| rest.split_once(':'))
+                {
+                    Some((h, _)) => (h.to_owned(), 22),
+                    None => return Ok(None),
+                },
+            }
+        }
+    };
+    let addrs = egress.resolve(&host, port).await.map_err(|e| match e {
+        crate::content::egress::EgressError::Refused { .. } => GitError::Refused {
+            message: e.to_string(),
+        },
+        crate::content::egress::EgressError::Unresolved { message, .. } => GitError::Unreachable {
+            url: url.as_str().to_owned(),
+            message,
+        },
+    })?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let literal = bare.parse::<std::net::IpAddr>().is_ok();
+    Ok(Some(Pinned {
+        host: bare.to_owned(),
+        port,
+        addrs: if literal {
+            Vec::new()
+        } else {
+            addrs.iter().map(|a| a.ip()).collect()
+        },
+    }))
+}
+
+impl Pinned {
+    /// git's settings for an http(s) clone: curl uses the checked addresses, and follows no
+    /// redirect (which could lead anywhere).
+    fn http_args(&self) -> Vec<String> {
+        let mut args = vec!["-c".to_owned(), "http.followRedirects=false".to_owned()];
+        if !self.addrs.is_empty() {
+            let addrs: Vec<String> = self
+                .addrs
+                .iter()
+                .map(|a| match a {
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                    v4 => v4.to_string(),
+                })
+                .collect();
+            args.push("-c".into());
+            args.push(format!(
+                "http.curloptResolve={}:{}:{}",
+                self.host,
+                self.port,
+                addrs.join(",")
+            ));
+        }
+        args
+    }
+
+    /// ssh's options: connect to the checked address, known by the host's name.
+    fn ssh_args(&self) -> String {
+        match self.addrs.first() {
+            Some(addr) => format!(
+                " -o HostKeyAlias={} -o HostName={}",
+                shell_quote(&self.host),
+                shell_quote(&addr.to_string())
+            ),
+            None => String::new(),
+        }
+    }
 }
 
 /// Clones `c.repo` into `c.dest` and checks out the asked branch or commit.
@@ -160,12 +261,15 @@ async fn clone_within(c: Clone<'_>, limit: Duration) -> Result<(), GitError> {
 
 async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
     let url = c.repo.url.as_str();
+    let pinned = pin(&c.repo.url, c.egress).await?;
     let private = PrivateDir::create(c.run_as).map_err(|e| GitError::Failed {
         message: format!("could not create a private temporary directory: {e}"),
     })?;
     let env =
-        AuthEnv::new(&c.repo.url, c.auth, &private, c.run_as).map_err(|e| GitError::Failed {
-            message: format!("could not prepare the credential: {e}"),
+        AuthEnv::new(&c.repo.url, c.auth, &private, c.run_as, pinned.as_ref()).map_err(|e| {
+            GitError::Failed {
+                message: format!("could not prepare the credential: {e}"),
+            }
         })?;
     let commit = c.repo.branch.as_deref().filter(|b| is_commit_id(b));
 
@@ -174,6 +278,11 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
     // An empty helper list makes git ignore the cell host's credential helpers, which
     // could otherwise hand a host credential to a repository the user named.
     cmd.args(["-c", "credential.helper=", "-c", "core.fsync=none"]);
+    if let Some(p) = &pinned
+        && matches!(c.repo.url.scheme(), RepoScheme::Http | RepoScheme::Https)
+    {
+        cmd.args(p.http_args());
+    }
     let local = c.repo.url.scheme() == RepoScheme::File;
     if local {
         // A repository on this host usually belongs to another uid than `run_as`; reading it
@@ -366,14 +475,16 @@ impl AuthEnv {
         auth: &GitAuth,
         private: &PrivateDir,
         owner: Option<(u32, u32)>,
+        pinned: Option<&Pinned>,
     ) -> io::Result<AuthEnv> {
         let mut vars = Vec::new();
         let known_hosts = private.path.join("known_hosts");
         // BatchMode makes ssh fail instead of prompting; accept-new trusts a host on first
         // contact, which is all a fresh workspace can do, and the list dies with the clone.
         let mut ssh = format!(
-            "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
-            shell_quote(&known_hosts.to_string_lossy())
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}{}",
+            shell_quote(&known_hosts.to_string_lossy()),
+            pinned.map(Pinned::ssh_args).unwrap_or_default()
         );
         match auth {
             GitAuth::None => {}
@@ -1142,7 +1253,7 @@ mod tests {
         let auth = GitAuth::SshKey {
             private_key: "KEYDATA".into(),
         };
-        let env = AuthEnv::new(&url, &auth, &private, None).unwrap();
+        let env = AuthEnv::new(&url, &auth, &private, None, None).unwrap();
         let (_, ssh) = env
             .vars
             .iter()
@@ -1172,7 +1283,7 @@ mod tests {
     fn token_header_is_scoped_to_the_origin() {
         let private = PrivateDir::create(None).unwrap();
         let url = RepoUrl::from_stored("https://git.example.com:8443/o/r.git".into());
-        let env = AuthEnv::new(&url, &token(), &private, None).unwrap();
+        let env = AuthEnv::new(&url, &token(), &private, None, None).unwrap();
         let get = |k: &str| {
             env.vars
                 .iter()
@@ -1210,6 +1321,7 @@ mod tests {
                 dest: &dest,
                 auth: &GitAuth::None,
                 run_as: None,
+                egress: &crate::content::egress::Egress::new(&["127.0.0.1".into()]).unwrap(),
             },
             Duration::from_secs(1),
         )

@@ -86,6 +86,9 @@ pub enum ImageError {
     Unreachable { registry: String, message: String },
     #[error("unsupported image: {reason}")]
     Unsupported { reason: String },
+    /// The registry is somewhere the cell does not connect for workspaces (see `egress`).
+    #[error("{message}")]
+    Refused { message: String },
     #[error(
         "content of {expected} does not match its digest (got {actual}); the registry or the \
          archive is corrupt or tampered with"
@@ -112,6 +115,7 @@ impl ImageError {
             ImageError::Unauthorized { .. } => "unauthorized",
             ImageError::Unreachable { .. } => "unreachable",
             ImageError::Unsupported { .. } => "unsupported",
+            ImageError::Refused { .. } => "destination_refused",
             ImageError::DigestMismatch { .. } => "digest_mismatch",
             ImageError::HostileArchive { .. } => "hostile_archive",
             ImageError::TooLarge { .. } => "too_large",
@@ -374,11 +378,29 @@ struct Limits {
     max_entries: u64,
 }
 
+/// Who may use a cached image without asking its registry again: anyone, when it was pulled
+/// without a credential (or imported by the operator), else the users who proved access by a
+/// pull with their own credential. Kept beside the image as `access/<digest hex>.json`.
+#[derive(Serialize, Deserialize, Default, Debug)]
+struct Access {
+    public: bool,
+    users: Vec<String>,
+}
+
+/// Who pulls an image: a user of the cell (checked against the image's [`Access`]) or the
+/// operator (the command line, which may use anything in the cache).
+#[derive(Clone, Copy, Debug)]
+pub enum Puller<'a> {
+    User(&'a str),
+    Operator,
+}
+
 /// The image cache of a cell.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
     limits: Limits,
+    egress: crate::content::egress::Egress,
 }
 
 impl ImageStore {
@@ -390,7 +412,56 @@ impl ImageStore {
                 max_bytes: DEFAULT_LIMIT,
                 max_entries: MAX_ENTRIES,
             },
+            egress: Default::default(),
         }
+    }
+
+    /// Where pulls may connect (by default nowhere internal: see `egress`).
+    pub fn with_egress(mut self, egress: crate::content::egress::Egress) -> ImageStore {
+        self.egress = egress;
+        self
+    }
+
+    fn access_path(&self, hex: &str) -> PathBuf {
+        self.root.join("access").join(format!("{hex}.json"))
+    }
+
+    fn access(&self, hex: &str) -> Access {
+        fs::read(self.access_path(hex))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Whether `who` may use the cached image `hex` without asking its registry.
+    fn may_use(&self, hex: &str, who: Puller<'_>) -> bool {
+        match who {
+            Puller::Operator => true,
+            Puller::User(u) => {
+                let a = self.access(hex);
+                a.public || a.users.iter().any(|x| x == u)
+            }
+        }
+    }
+
+    /// Records that `who` pulled `hex` from its registry (`anonymous`: without a credential,
+    /// so anyone may).
+    fn grant(&self, hex: &str, who: Puller<'_>, anonymous: bool) -> Result<(), ImageError> {
+        let _guard = RECORDS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut a = self.access(hex);
+        match who {
+            _ if anonymous => a.public = true,
+            Puller::User(u) if !a.users.iter().any(|x| x == u) => a.users.push(u.to_owned()),
+            _ => return Ok(()),
+        }
+        let path = self.access_path(hex);
+        let dir = self.root.join("access");
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let tmp = dir.join(format!(".{hex}.{}.tmp", std::process::id()));
+        let bytes =
+            serde_json::to_vec(&a).map_err(|e| io_err("recording access")(io::Error::other(e)))?;
+        fs::write(&tmp, bytes).map_err(io_err(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, &path).map_err(io_err(format!("writing {}", path.display())))
     }
 
     /// Caps the unpacked size of one image (and the size of one downloaded blob).
@@ -437,27 +508,48 @@ impl ImageStore {
         &self,
         image: &ImageRef,
         auth: &RegistryAuth,
+        who: Puller<'_>,
     ) -> Result<PulledImage, ImageError> {
         let reference = image.to_string();
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.ensure_dirs())
             .await
             .map_err(|e| io_err("preparing the image store")(io::Error::other(e)))??;
+        let anonymous = matches!(auth, RegistryAuth::Anonymous);
         if let Reference::Digest(d) = &image.reference
             && let Some(hex) = d.strip_prefix("sha256:")
-            && let Some(found) = self.cached(hex, &reference)?
+            && is_sha256_hex(hex)
+            && self.rootfs_dir().join(hex).is_dir()
         {
-            return Ok(found);
+            // A private image is in the cache once someone pulled it: a user who has not
+            // pulled it themselves proves access to the registry first.
+            if !self.may_use(hex, who) {
+                let mut registry = Registry::new(image, auth, &self.egress)?;
+                registry.resolve(&image.reference).await?;
+                self.grant(hex, who, anonymous)?;
+            }
+            if let Some(found) = self.cached(hex, &reference)? {
+                return Ok(found);
+            }
         }
         match self.pull_from_registry(image, auth, &reference).await {
-            Err(e @ ImageError::Unreachable { .. }) => match self.find(&reference)? {
-                Some(found) => {
+            Ok(pulled) => {
+                let hex = pulled.digest.trim_start_matches("sha256:").to_owned();
+                self.grant(&hex, who, anonymous)?;
+                Ok(pulled)
+            }
+            // Offline, or a registry the cell may not reach (an image imported under such a
+            // name): the cached image, for those who may use it.
+            Err(e @ (ImageError::Unreachable { .. } | ImageError::Refused { .. })) => match self
+                .find(&reference)?
+            {
+                Some(found) if self.may_use(found.digest.trim_start_matches("sha256:"), who) => {
                     tracing::warn!(image = %reference, error = %e, "registry unreachable; using the cached image");
                     Ok(found)
                 }
-                None => Err(e),
+                _ => Err(e),
             },
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
@@ -467,7 +559,7 @@ impl ImageStore {
         auth: &RegistryAuth,
         reference: &str,
     ) -> Result<PulledImage, ImageError> {
-        let mut registry = Registry::new(image, auth)?;
+        let mut registry = Registry::new(image, auth, &self.egress)?;
         let (digest, manifest) = registry.resolve(&image.reference).await?;
         let hex = digest.trim_start_matches("sha256:").to_owned();
         if let Some(found) = self.cached(&hex, reference)? {
@@ -562,6 +654,8 @@ impl ImageStore {
             let hex = digest.trim_start_matches("sha256:").to_owned();
             check_config_type(&manifest)?;
             images.push(self.materialize(&hex, &manifest, &name)?);
+            // The operator brought it in: every user of the cell may use it.
+            self.grant(&hex, Puller::Operator, true)?;
         }
         Ok(images)
     }
@@ -938,6 +1032,7 @@ fn pick_platform(index: &ImageIndex) -> Result<&Descriptor, ImageError> {
 
 struct Registry {
     http: reqwest::Client,
+    egress: crate::content::egress::Egress,
     base: String,
     registry: String,
     repository: String,
@@ -947,8 +1042,15 @@ struct Registry {
 }
 
 impl Registry {
-    fn new(image: &ImageRef, auth: &RegistryAuth) -> Result<Registry, ImageError> {
+    fn new(
+        image: &ImageRef,
+        auth: &RegistryAuth,
+        egress: &crate::content::egress::Egress,
+    ) -> Result<Registry, ImageError> {
+        let (resolver, redirects) = egress.for_http();
         let http = reqwest::Client::builder()
+            .dns_resolver(resolver)
+            .redirect(redirects)
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .user_agent(concat!("devcell/", env!("CARGO_PKG_VERSION")))
@@ -959,6 +1061,7 @@ impl Registry {
             })?;
         Ok(Registry {
             http,
+            egress: egress.clone(),
             base: image.base_url(),
             registry: image.registry.clone(),
             repository: image.repository.clone(),
@@ -969,6 +1072,18 @@ impl Registry {
 
     fn what(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// Refuses a URL the cell may not fetch for a workspace (checked with its port; the
+    /// client's resolver and redirect policy keep to the same rule).
+    async fn check(&self, url: &str) -> Result<(), ImageError> {
+        let parsed = url::Url::parse(url).map_err(|e| self.unreachable(e.to_string()))?;
+        self.egress.check_url(&parsed).await.map_err(|e| match e {
+            crate::content::egress::EgressError::Refused { .. } => ImageError::Refused {
+                message: format!("registry {}: {e}", self.registry),
+            },
+            other => self.unreachable(other.to_string()),
+        })
     }
 
     fn unreachable(&self, message: impl Into<String>) -> ImageError {
@@ -986,6 +1101,7 @@ impl Registry {
         accept: Option<&str>,
     ) -> Result<reqwest::Response, ImageError> {
         let url = format!("{}{path}", self.base);
+        self.check(&url).await?;
         let mut challenged = false;
         loop {
             let mut request = self.http.get(&url);
@@ -1054,6 +1170,7 @@ impl Registry {
                         .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
                     query.append_pair("scope", &scope);
                 }
+                self.check(url.as_str()).await?;
                 let mut request = self.http.get(url);
                 if let Some(basic) = self.auth.basic_header() {
                     request = request.header(reqwest::header::AUTHORIZATION, basic);

@@ -2,5 +2,6 @@
 //! and the configuration file they carry. Not the sandbox that runs it, nor the tasks themselves.
 
 pub mod config;
+pub mod egress;
 pub mod git;
 pub mod image;

@@ -6,13 +6,28 @@ use super::{Actor, Cell, Error, Result, new_ulid};
 use crate::content::git::GitAuth;
 use crate::domain::entities::GitCredential;
 use crate::domain::validate::RepoScheme;
-use crate::domain::{CredentialId, FieldError, RepoUrl, UserId};
+use crate::domain::{CredentialId, FieldError, OrgId, RepoUrl, UserId};
 use crate::store::Reader;
 
 /// What a user hands over.
 pub enum NewCredential {
-    Token { username: String, token: String },
-    SshKey { private_key: String },
+    Token {
+        username: String,
+        token: String,
+    },
+    SshKey {
+        private_key: String,
+    },
+    /// A container registry login, for image pulls only.
+    Registry {
+        username: String,
+        token: String,
+    },
+}
+
+/// Whether a stored credential's kind is for registries (else it is for git).
+fn for_registry(kind: &str) -> bool {
+    kind == "registry"
 }
 
 fn validate_host(host: &str) -> Result<String> {
@@ -54,6 +69,49 @@ pub fn host_of(url: &RepoUrl) -> Option<String> {
 }
 
 impl Cell {
+    /// A `file://` repository reads this host's files as the workspace's uid: only owners of
+    /// the organization (or cell administrators) may name one, and only under the directories
+    /// the operator lists in `workspace.file_repos`. Checked when a workspace is created and
+    /// again at every clone (the owner may have lost the role meanwhile).
+    pub(crate) fn check_file_repo(&self, org: &OrgId, user: &UserId, url: &RepoUrl) -> Result<()> {
+        if url.scheme() != RepoScheme::File {
+            return Ok(());
+        }
+        let refused =
+            |why: &str| Error::Forbidden(format!("{} cannot be cloned: {why}", url.as_str()));
+        let (is_admin, role) = self.store().read(|tx| {
+            Ok((
+                tx.user(user)?.is_some_and(|u| u.is_admin),
+                tx.membership(org, user)?.map(|m| m.role),
+            ))
+        })?;
+        if !is_admin && role != Some(crate::domain::Role::Owner) {
+            return Err(refused(
+                "file:// repositories are for owners of the organization; push it to a git server",
+            ));
+        }
+        let path = url::Url::parse(url.as_str())
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| refused("it is not a path on this host"))?;
+        // Where it really is (links resolved); a repository that does not exist yet is judged
+        // by its path, and its clone fails with "not found" if it still does not.
+        let real = std::fs::canonicalize(&path).ok();
+        let listed = self.config().workspace.file_repos.iter().any(|dir| {
+            let dir_real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            match &real {
+                Some(r) => r.starts_with(&dir_real),
+                None => path.starts_with(dir) || path.starts_with(&dir_real),
+            }
+        });
+        if !listed {
+            return Err(refused(
+                "it is not under a directory the operator lists in workspace.file_repos",
+            ));
+        }
+        Ok(())
+    }
+
     fn sealer(&self) -> Result<&super::secrets::Sealer> {
         self.inner.sealer.as_ref().ok_or_else(|| {
             Error::Internal("the cell's secret key is not available; check DATA/secret.key".into())
@@ -68,6 +126,21 @@ impl Cell {
     ) -> Result<GitCredential> {
         let host = validate_host(host)?;
         let (kind, username, secret) = match new {
+            NewCredential::Registry { username, token } => {
+                let token = token.trim().to_owned();
+                if token.is_empty() || token.len() > 4096 || token.chars().any(char::is_control) {
+                    return Err(FieldError::new(
+                        "token",
+                        "a password or token of 1 to 4096 printable characters",
+                    )
+                    .into());
+                }
+                let username = username.trim().to_owned();
+                if username.is_empty() || username.len() > 200 || username.contains(':') {
+                    return Err(FieldError::new("username", "the registry user name").into());
+                }
+                ("registry", Some(username), token)
+            }
             NewCredential::Token { username, token } => {
                 let token = token.trim().to_owned();
                 if token.is_empty() || token.len() > 4096 || token.chars().any(char::is_control) {
@@ -104,9 +177,10 @@ impl Cell {
             created_at: self.now(),
         };
         self.store().write(|tx| -> Result<()> {
-            // One credential per host and user: a new one replaces the old.
+            // One git credential and one registry login per host and user: a new one
+            // replaces the old one of its use.
             for old in tx.git_credentials(&actor.user.id)? {
-                if old.host == cred.host {
+                if old.host == cred.host && for_registry(&old.kind) == for_registry(&cred.kind) {
                     tx.delete_git_credential(&actor.user.id, &old.id)?;
                 }
             }
@@ -144,7 +218,7 @@ impl Cell {
         let creds = self.store().read(|tx| tx.git_credentials(user))?;
         let Some(c) = creds
             .into_iter()
-            .find(|c| c.host == host && c.kind == "token")
+            .find(|c| c.host == host && for_registry(&c.kind))
         else {
             return Ok(RegistryAuth::Anonymous);
         };
@@ -164,9 +238,27 @@ impl Cell {
             return Ok(GitAuth::None);
         };
         let creds = self.store().read(|tx| tx.git_credentials(user))?;
-        let Some(c) = creds.into_iter().find(|c| c.host == host) else {
+        let Some(c) = creds
+            .into_iter()
+            .find(|c| c.host == host && !for_registry(&c.kind))
+        else {
             return Ok(GitAuth::None);
         };
+        // Over plain http the credential would cross the network readable by anyone on the
+        // way: only to hosts the operator lists.
+        if url.scheme() == RepoScheme::Http
+            && !self
+                .config()
+                .workspace
+                .plain_http_credentials
+                .iter()
+                .any(|h| h.trim().eq_ignore_ascii_case(&host))
+        {
+            return Err(Error::Forbidden(format!(
+                "a credential is stored for {host}, but {} is plain http, where anyone on the way could read it: use https (or the operator lists {host} in workspace.plain_http_credentials)",
+                url.as_str()
+            )));
+        }
         let secret = self
             .sealer()?
             .open(&c.sealed_secret)

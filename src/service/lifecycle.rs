@@ -151,6 +151,7 @@ impl Cell {
     /// The cache of OCI images (pulled or imported), shared by all workspaces.
     pub fn images(&self) -> crate::content::image::ImageStore {
         crate::content::image::ImageStore::new(self.config().data_dir.join("images"))
+            .with_egress(self.inner.egress.clone())
     }
 
     /// The host directory of a workspace's files.
@@ -879,6 +880,8 @@ impl Cell {
                 if dest.join(".git").exists() {
                     continue;
                 }
+                self.check_file_repo(&ws.org, &ws.owner, &repo.url)
+                    .map_err(|e| e.to_string())?;
                 let auth = self
                     .git_auth_for(&ws.owner, &repo.url)
                     .map_err(|e| e.to_string())?;
@@ -887,6 +890,7 @@ impl Cell {
                     dest: &dest,
                     auth: &auth,
                     run_as: ids,
+                    egress: &self.inner.egress,
                 })
                 .await
                 .map_err(|e| e.to_string())?;
@@ -1033,7 +1037,11 @@ impl Cell {
             .registry_auth_for(&ws.owner, &parsed.registry)
             .map_err(|e| e.to_string())?;
         self.images()
-            .pull(&parsed, &auth)
+            .pull(
+                &parsed,
+                &auth,
+                crate::content::image::Puller::User(ws.owner.as_str()),
+            )
             .await
             .map_err(|e| format!("image {reference}: {e}"))
     }

@@ -138,6 +138,8 @@ struct Inner {
     /// Where workspace files are backed up; `None` when the store could not be set up.
     backups: Option<Arc<crate::backup::BackupStore>>,
     backup_stats: backups::BackupStats,
+    /// Where clones and image pulls may connect (`workspace.allow_destinations`).
+    egress: crate::content::egress::Egress,
     /// Port grants already redeemed (nonce → expiry): each works once.
     redeemed: std::sync::Mutex<std::collections::HashMap<String, OffsetDateTime>>,
     /// Workspaces whose activity the agents reported but the store has not seen yet.
@@ -170,6 +172,11 @@ impl Cell {
         let backups = sealer
             .as_ref()
             .and_then(|s| open_backup_store(&config, &config_dir, s.backup_password()));
+        let egress = crate::content::egress::Egress::new(&config.workspace.allow_destinations)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "workspace.allow_destinations ignored");
+                Default::default()
+            });
         Cell {
             inner: Arc::new(Inner {
                 store,
@@ -183,6 +190,7 @@ impl Cell {
                 backup_stats: Default::default(),
                 sealer,
                 wake: tokio::sync::Notify::new(),
+                egress,
                 redeemed: Default::default(),
                 activity: Default::default(),
             }),

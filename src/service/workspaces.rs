@@ -177,6 +177,13 @@ impl Cell {
     pub fn create_workspace(&self, actor: &Actor, input: WorkspaceInput) -> Result<Workspace> {
         let repos = validate_repos(&input.repos)?;
         let org_id = self.pick_org(actor, input.org)?;
+        for (i, r) in repos.iter().enumerate() {
+            self.check_file_repo(&org_id, &actor.user.id, &r.url)
+                .map_err(|e| match e {
+                    Error::Forbidden(m) => FieldError::new(format!("repos[{i}].url"), m).into(),
+                    other => other,
+                })?;
+        }
         let name = match input
             .name
             .map(|n| n.trim().to_owned())

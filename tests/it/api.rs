@@ -156,7 +156,7 @@ async fn workspaces_are_created_listed_in_pages_updated_and_deleted() {
             Some(json!({ "name": "multi", "repos": [
                 { "url": "https://git.example.com/team/api.git", "branch": "main" },
                 { "url": "git@git.example.com:team/web.git" },
-                { "url": "file:///srv/git/tools" }
+                { "url": "file:///tmp/git/tools" }
             ], "class": "medium", "timeout_s": 3600 })),
         )
         .await;

@@ -747,3 +747,369 @@ async fn a_page_served_from_a_port_cannot_act_as_its_visitor() {
         }
     }
 }
+
+/// A listener on this host's loopback that counts who connects (the cell's API and admin
+/// services are such listeners).
+struct Knock {
+    addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Knock {
+    async fn start() -> Knock {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        Knock { addr, hits, task }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Knock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a workspace from `body` and returns the message of its failed start.
+async fn failed_start(c: &TestCell, token: &str, body: Value) -> String {
+    let (s, ws) = c
+        .call(Method::POST, "/api/v1/workspaces", Some(token), Some(body))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ws}");
+    let id = ws["id"].as_str().unwrap().to_owned();
+    let w = c.wait_phase(&id, "failed", START_WITHIN).await;
+    // Gone again, so that the next start is not over the running limit.
+    let (s, e) = c
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/workspaces/{id}"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{e}");
+    c.wait_gone(&id).await;
+    w["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn clone_and_pull_urls_on_the_hosts_loopback_reach_nothing_and_say_nothing() {
+    let c = TestCell::start_with_runtime().await;
+    let knock = Knock::start().await;
+    let cell_port = c.url.rsplit(':').next().unwrap().to_owned();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "ok", &[("README.md", "x\n")]);
+    let mut messages = Vec::new();
+    for target in [
+        format!("127.0.0.1:{}", knock.addr.port()),
+        format!("127.0.0.1:{cell_port}"),
+        format!("localhost:{}", knock.addr.port()),
+        format!("127.0.0.1:{closed}"),
+        "169.254.169.254:80".to_owned(),
+    ] {
+        let clone = failed_start(
+            &c,
+            &c.owner_token,
+            json!({ "repos": [{ "url": format!("http://{target}/team/app.git") }], "start": true }),
+        )
+        .await;
+        assert!(
+            clone.contains("not reachable from this cell's workspaces"),
+            "{target}: {clone}"
+        );
+        let pull = failed_start(
+            &c,
+            &c.owner_token,
+            json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "image": format!("{target}/team/app:1"), "start": true }),
+        )
+        .await;
+        assert!(
+            pull.contains("not reachable from this cell's workspaces"),
+            "{target}: {pull}"
+        );
+        // The answer names the host, never what answered there.
+        messages.push(
+            clone
+                .replace(&target, "TARGET")
+                .replace(target.split(':').next().unwrap(), "HOST"),
+        );
+    }
+    assert_eq!(
+        knock.hits(),
+        0,
+        "a clone or pull connected to the host's loopback"
+    );
+    let first = messages[0].clone();
+    for m in &messages[1..4] {
+        assert_eq!(
+            m, &first,
+            "refusals differ between an open and a closed port"
+        );
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn file_repositories_are_for_owners_from_listed_directories_only() {
+    let listed = tempfile::tempdir().unwrap();
+    let unlisted = tempfile::Builder::new()
+        .prefix("unlisted")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let dir = listed.path().to_owned();
+    let c = TestCell::start_with(move |cfg| cfg.workspace.file_repos = vec![dir], None).await;
+    let ok = bare_repo(listed.path(), "ok", &[("README.md", "x\n")]);
+    let outside = bare_repo(unlisted.path(), "outside", &[("README.md", "y\n")]);
+    // A link inside a listed directory to one outside it is outside.
+    std::os::unix::fs::symlink(&outside, listed.path().join("sneaky.git")).unwrap();
+    let (_, member) = c.add_user("member@example.com", "member").await;
+    let create = |token: String, url: String| {
+        let c = &c;
+        async move {
+            c.call(
+                Method::POST,
+                "/api/v1/workspaces",
+                Some(&token),
+                Some(json!({ "repos": [{ "url": url }] })),
+            )
+            .await
+        }
+    };
+    let (s, e) = create(member.clone(), format!("file://{}", ok.display())).await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a member named a host path: {e}"
+    );
+    assert_eq!(e["field"], "repos[0].url", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("owners"), "{e}");
+    for url in [
+        format!("file://{}", outside.display()),
+        format!("file://{}", listed.path().join("sneaky.git").display()),
+        "file:///etc".to_owned(),
+        format!(
+            "file://{}/../{}",
+            listed.path().display(),
+            unlisted.path().file_name().unwrap().to_string_lossy()
+        ),
+    ] {
+        let (s, e) = create(c.owner_token.clone(), url.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("workspace.file_repos"),
+            "{url}: {e}"
+        );
+    }
+    let (s, e) = create(c.owner_token.clone(), format!("file://{}", ok.display())).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_go_only_where_and_how_they_were_stored_for() {
+    use crate::image::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Pusher, Registry, sha256};
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "private", &[("README.md", "secret\n")]);
+    let (git_addr, server) = crate::content::serve_git_http(repos.path().to_owned()).await;
+    let registry = Registry::start(true).await;
+    let pusher = Pusher::new(&registry, true);
+    let (layer, diff_id) = crate::runtime::tiny_image_layer();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "config": { "Env": ["PATH=/bin"] },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] }
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "size": config.len(), "digest": sha256(&config) },
+        "layers": [{ "mediaType": OCI_LAYER_GZIP, "size": layer.len(), "digest": sha256(&layer) }]
+    }))
+    .unwrap();
+    pusher.blob("devcell/tiny", &layer).await;
+    pusher.blob("devcell/tiny", &config).await;
+    pusher
+        .manifest("devcell/tiny", "1", OCI_MANIFEST, &manifest)
+        .await;
+    let digest = sha256(&manifest);
+    let c = TestCell::start_with(
+        |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
+        None,
+    )
+    .await;
+    let git_url = format!(
+        "http://{git_addr}/{}",
+        bare.file_name().unwrap().to_string_lossy()
+    );
+
+    // A git token for a plain-http host stays home: the start fails before anything is sent.
+    let (s, _) = c
+        .owner(Method::POST, "/api/v1/git-credentials", Some(json!({ "host": git_addr.to_string(), "username": crate::content::USER, "token": crate::content::TOKEN })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let m = failed_start(
+        &c,
+        &c.owner_token,
+        json!({ "repos": [{ "url": git_url }], "start": true }),
+    )
+    .await;
+    assert!(m.contains("plain http"), "{m}");
+
+    // A git credential for the registry's host is not a registry login.
+    let (s, _) = c
+        .owner(Method::POST, "/api/v1/git-credentials", Some(json!({ "host": registry.addr, "username": crate::image::USER, "token": crate::image::PASSWORD })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let image = format!("{}/devcell/tiny:1", registry.addr);
+    let repo = json!([{ "url": format!("file://{}", bare.display()) }]);
+    let m = failed_start(
+        &c,
+        &c.owner_token,
+        json!({ "repos": repo, "image": image, "start": true }),
+    )
+    .await;
+    assert!(
+        m.contains("refused access"),
+        "a git token was sent to the registry: {m}"
+    );
+    // Stored as one, it pulls; the private image is then in the cache.
+    let (s, _) = c
+        .owner(Method::POST, "/api/v1/git-credentials", Some(json!({ "host": registry.addr, "username": crate::image::USER, "token": crate::image::PASSWORD, "registry": true })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = create_started(&c, json!({ "repos": repo, "image": image, "start": true })).await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+
+    // Another owner without access names it by digest: the cache does not hand it over.
+    let (_, other) = c.add_user("other@example.com", "owner").await;
+    let by_digest = format!("{}/devcell/tiny@{digest}", registry.addr);
+    let m = failed_start(
+        &c,
+        &other,
+        json!({ "repos": repo, "image": by_digest, "start": true }),
+    )
+    .await;
+    assert!(
+        m.contains("refused access"),
+        "a private image leaked from the cache: {m}"
+    );
+    // With a login of their own that the registry accepts, it is theirs too.
+    let (s, _) = c
+        .call(Method::POST, "/api/v1/git-credentials", Some(&other), Some(json!({ "host": registry.addr, "username": crate::image::USER, "token": crate::image::PASSWORD, "registry": true })))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, ws) = c
+        .call(
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(&other),
+            Some(json!({ "repos": repo, "image": by_digest, "start": true })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ws}");
+    c.wait_phase(ws["id"].as_str().unwrap(), "running", START_WITHIN)
+        .await;
+    server.abort();
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_repository_whose_configuration_links_out_reveals_nothing() {
+    let c = TestCell::start_with_runtime().await;
+    let victim = Victim::new();
+    let repos = tempfile::tempdir().unwrap();
+    // Committed links: the configuration file points at a root-only host file, and another
+    // repository's devcontainer directory at a root-only host directory.
+    let mut messages = Vec::new();
+    for (name, link, target) in [
+        ("gitpod", ".gitpod.yml", victim.file("secret.txt")),
+        (
+            "devcontainer",
+            ".devcontainer",
+            victim.path.display().to_string(),
+        ),
+    ] {
+        let work = repos.path().join(format!("{name}-work"));
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(work.join("README.md"), "x\n").unwrap();
+        std::os::unix::fs::symlink(&target, work.join(link)).unwrap();
+        if name == "devcontainer" {
+            std::fs::write(
+                victim.path.join("devcontainer.json"),
+                "{ \"image\": \"HOST-SECRET\" }",
+            )
+            .unwrap();
+        }
+        for args in [
+            vec!["init", "-q", "-b", "main"],
+            vec!["add", "-A"],
+            vec![
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@e",
+                "commit",
+                "-q",
+                "-m",
+                "links",
+            ],
+        ] {
+            let out = std::process::Command::new("git")
+                .args(&args)
+                .current_dir(&work)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let bare = repos.path().join(format!("{name}.git"));
+        let out = std::process::Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(&work)
+            .arg(&bare)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::process::Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(repos.path())
+            .status()
+            .unwrap();
+        let m = failed_start(
+            &c,
+            &c.owner_token,
+            json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+        )
+        .await;
+        messages.push(m);
+        if name == "devcontainer" {
+            std::fs::remove_file(victim.path.join("devcontainer.json")).unwrap();
+        }
+    }
+    for m in &messages {
+        assert!(m.contains("outside the repository"), "{m}");
+        assert!(
+            !m.contains("HOST-SECRET"),
+            "the start read a host file: {m}"
+        );
+    }
+    victim.assert_untouched("after the starts");
+    c.stop().await;
+}

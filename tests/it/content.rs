@@ -114,6 +114,7 @@ async fn clone(repo: &RepoSpec, dest: &Path, auth: &GitAuth) -> Result<(), GitEr
         dest,
         auth,
         run_as: None,
+        egress: &crate::image::loopback(),
     })
     .await
 }
@@ -251,6 +252,7 @@ async fn clone_runs_as_the_given_user() {
         dest: &dest,
         auth: &GitAuth::None,
         run_as: Some((uid, gid)),
+        egress: &crate::image::loopback(),
     })
     .await
     .unwrap();
@@ -626,6 +628,7 @@ async fn clone_over_ssh_with_a_key() {
             dest: &dest,
             auth: &auth,
             run_as: Some((uid, uid)),
+            egress: &crate::image::loopback(),
         })
         .await
         .unwrap();

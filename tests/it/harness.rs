@@ -32,7 +32,10 @@ pub fn test_config(data: PathBuf) -> Config {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Overrides::default()
     };
-    config::load(None, &[], &overrides).unwrap()
+    let mut config = config::load(None, &[], &overrides).unwrap();
+    // Tests keep their repositories in temporary directories and create workspaces as owners.
+    config.workspace.file_repos = vec![std::env::temp_dir()];
+    config
 }
 
 /// The local runtime with the real `devcell` binary as launcher and agent.

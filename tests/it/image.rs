@@ -7,9 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use devcell::content::image::{ImageRef, ImageStore, RegistryAuth};
+use devcell::content::egress::Egress;
+use devcell::content::image::{ImageRef, ImageStore, Puller, RegistryAuth};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
+
+/// The egress rule for a registry on this host's loopback, where the tests run theirs.
+pub fn loopback() -> Egress {
+    Egress::new(&["127.0.0.0/8".into()]).unwrap()
+}
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -342,10 +348,10 @@ async fn pull_unpacks_layers_reads_config_and_caches() {
     let digest = pusher.image("team/app", "v1", &image).await;
 
     let tmp = tempfile::tempdir().unwrap();
-    let store = ImageStore::new(tmp.path().join("images"));
+    let store = ImageStore::new(tmp.path().join("images")).with_egress(loopback());
     let reference = registry.image("team/app:v1");
     let pulled = store
-        .pull(&reference, &RegistryAuth::Anonymous)
+        .pull(&reference, &RegistryAuth::Anonymous, Puller::Operator)
         .await
         .unwrap();
     assert_eq!(pulled.digest, digest);
@@ -383,14 +389,14 @@ async fn pull_unpacks_layers_reads_config_and_caches() {
         std::fs::remove_file(registry.blob_data(&sha256(blob))).unwrap();
     }
     let again = store
-        .pull(&reference, &RegistryAuth::Anonymous)
+        .pull(&reference, &RegistryAuth::Anonymous, Puller::Operator)
         .await
         .unwrap();
     assert_eq!(again, pulled);
     assert_eq!(blob_mtime(&layer_digest), before);
     let by_digest = registry.image(&format!("team/app@{digest}"));
     let pinned = store
-        .pull(&by_digest, &RegistryAuth::Anonymous)
+        .pull(&by_digest, &RegistryAuth::Anonymous, Puller::Operator)
         .await
         .unwrap();
     assert_eq!(pinned.rootfs, pulled.rootfs);
@@ -403,13 +409,13 @@ async fn pull_unpacks_layers_reads_config_and_caches() {
     // With the registry gone, the cached image still starts workspaces.
     drop(registry);
     let offline = store
-        .pull(&reference, &RegistryAuth::Anonymous)
+        .pull(&reference, &RegistryAuth::Anonymous, Puller::Operator)
         .await
         .unwrap();
     assert_eq!(offline.rootfs, pulled.rootfs);
     let unknown = ImageRef::parse(&format!("{}/team/other:v1", reference.registry)).unwrap();
     let err = store
-        .pull(&unknown, &RegistryAuth::Anonymous)
+        .pull(&unknown, &RegistryAuth::Anonymous, Puller::Operator)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "unreachable", "{err}");
@@ -430,9 +436,13 @@ async fn tampered_blob_is_a_digest_mismatch() {
     std::fs::write(&data, bytes).unwrap();
 
     let tmp = tempfile::tempdir().unwrap();
-    let store = ImageStore::new(tmp.path().join("images"));
+    let store = ImageStore::new(tmp.path().join("images")).with_egress(loopback());
     let err = store
-        .pull(&registry.image("team/app:v1"), &RegistryAuth::Anonymous)
+        .pull(
+            &registry.image("team/app:v1"),
+            &RegistryAuth::Anonymous,
+            Puller::Operator,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), "digest_mismatch", "{err}");
@@ -487,16 +497,24 @@ async fn pull_picks_linux_amd64_from_an_index() {
         .await;
 
     let tmp = tempfile::tempdir().unwrap();
-    let store = ImageStore::new(tmp.path().join("images"));
+    let store = ImageStore::new(tmp.path().join("images")).with_egress(loopback());
     let pulled = store
-        .pull(&registry.image("team/multi:both"), &RegistryAuth::Anonymous)
+        .pull(
+            &registry.image("team/multi:both"),
+            &RegistryAuth::Anonymous,
+            Puller::Operator,
+        )
         .await
         .unwrap();
     assert_eq!(pulled.digest, amd64_digest);
     assert_unpacked(&pulled.rootfs, "amd64");
 
     let err = store
-        .pull(&registry.image("team/multi:arm"), &RegistryAuth::Anonymous)
+        .pull(
+            &registry.image("team/multi:arm"),
+            &RegistryAuth::Anonymous,
+            Puller::Operator,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), "unsupported", "{err}");
@@ -505,13 +523,18 @@ async fn pull_picks_linux_amd64_from_an_index() {
         .pull(
             &registry.image(&format!("team/multi@{arm64_digest}")),
             &RegistryAuth::Anonymous,
+            Puller::Operator,
         )
         .await
         .unwrap_err();
     assert_eq!(err.code(), "unsupported", "{err}");
 
     let err = store
-        .pull(&registry.image("team/none:v1"), &RegistryAuth::Anonymous)
+        .pull(
+            &registry.image("team/none:v1"),
+            &RegistryAuth::Anonymous,
+            Puller::Operator,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), "not_found", "{err}");
@@ -526,10 +549,10 @@ async fn basic_auth_registry_needs_credentials() {
     let digest = pusher.image("team/private", "v1", &image).await;
 
     let tmp = tempfile::tempdir().unwrap();
-    let store = ImageStore::new(tmp.path().join("images"));
+    let store = ImageStore::new(tmp.path().join("images")).with_egress(loopback());
     let reference = registry.image("team/private:v1");
     let err = store
-        .pull(&reference, &RegistryAuth::Anonymous)
+        .pull(&reference, &RegistryAuth::Anonymous, Puller::Operator)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "unauthorized", "{err}");
@@ -537,7 +560,10 @@ async fn basic_auth_registry_needs_credentials() {
         username: USER.into(),
         password: "wrong".into(),
     };
-    let err = store.pull(&reference, &wrong).await.unwrap_err();
+    let err = store
+        .pull(&reference, &wrong, Puller::Operator)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "unauthorized", "{err}");
     assert!(!err.to_string().contains("wrong"), "{err}");
 
@@ -545,7 +571,10 @@ async fn basic_auth_registry_needs_credentials() {
         username: USER.into(),
         password: PASSWORD.into(),
     };
-    let pulled = store.pull(&reference, &right).await.unwrap();
+    let pulled = store
+        .pull(&reference, &right, Puller::Operator)
+        .await
+        .unwrap();
     assert_eq!(pulled.digest, digest);
     assert_unpacked(&pulled.rootfs, "private");
 }
@@ -608,7 +637,7 @@ fn import_archive_reads_an_oci_layout() {
         ),
     )
     .unwrap();
-    let store = ImageStore::new(tmp.path().join("images"));
+    let store = ImageStore::new(tmp.path().join("images")).with_egress(loopback());
     let imported = store.import_archive(&archive).unwrap();
     assert_eq!(imported.len(), 2);
     assert_eq!(imported[0].reference, "example.com/team/tool:1.0");
@@ -635,7 +664,7 @@ fn import_archive_refuses_hostile_and_corrupt_archives() {
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
-    let store = ImageStore::new(work.join("images"));
+    let store = ImageStore::new(work.join("images")).with_egress(loopback());
 
     let archive = work.join("evil.tar");
     std::fs::write(
@@ -778,10 +807,10 @@ async fn bearer_token_flow_and_cache_hits_download_no_blob() {
     let registry = token_registry(&image).await;
     let reference = ImageRef::parse(&format!("{}/team/app:v1", registry.addr)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let store = ImageStore::new(tmp.path().join("images"));
+    let store = ImageStore::new(tmp.path().join("images")).with_egress(loopback());
 
     let err = store
-        .pull(&reference, &RegistryAuth::Anonymous)
+        .pull(&reference, &RegistryAuth::Anonymous, Puller::Operator)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "unauthorized", "{err}");
@@ -790,7 +819,10 @@ async fn bearer_token_flow_and_cache_hits_download_no_blob() {
         username: USER.into(),
         password: PASSWORD.into(),
     };
-    let pulled = store.pull(&reference, &auth).await.unwrap();
+    let pulled = store
+        .pull(&reference, &auth, Puller::Operator)
+        .await
+        .unwrap();
     assert_eq!(pulled.digest, image.digest);
     assert_unpacked(&pulled.rootfs, "bearer");
     let blob_requests = |r: &TokenRegistry| {
@@ -805,7 +837,10 @@ async fn bearer_token_flow_and_cache_hits_download_no_blob() {
     assert!(after_first >= 3, "{:?}", registry.requests.lock().unwrap());
 
     // A second pull reads the manifest again but downloads no blob.
-    let again = store.pull(&reference, &auth).await.unwrap();
+    let again = store
+        .pull(&reference, &auth, Puller::Operator)
+        .await
+        .unwrap();
     assert_eq!(again.rootfs, pulled.rootfs);
     assert_eq!(blob_requests(&registry), after_first);
 }

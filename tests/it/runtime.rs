@@ -957,7 +957,6 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
 
 #[tokio::test]
 async fn private_repositories_clone_with_a_stored_token_that_goes_nowhere_else() {
-    let c = TestCell::start_with_runtime().await;
     let repos = tempfile::tempdir().unwrap();
     let bare = bare_repo(
         repos.path(),
@@ -965,6 +964,15 @@ async fn private_repositories_clone_with_a_stored_token_that_goes_nowhere_else()
         &[("README.md", "secret project\n")],
     );
     let (addr, server) = crate::content::serve_git_http(repos.path().to_owned()).await;
+    // A git server on this host's loopback without TLS: the operator allows both.
+    let c = TestCell::start_with(
+        |cfg| {
+            cfg.workspace.allow_destinations = vec![addr.to_string()];
+            cfg.workspace.plain_http_credentials = vec![addr.to_string()];
+        },
+        None,
+    )
+    .await;
     let url = format!(
         "http://{addr}/{}",
         bare.file_name().unwrap().to_string_lossy()
@@ -1081,7 +1089,7 @@ async fn outbound_network_follows_the_policy_and_never_reaches_the_cell() {
 }
 
 /// A tiny image built from host files: dash as /bin/sh with its C library, and a marker file.
-fn tiny_image_layer() -> (Vec<u8>, String) {
+pub fn tiny_image_layer() -> (Vec<u8>, String) {
     use std::io::Write;
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |path: &str, data: &[u8], mode: u32| {
@@ -1134,7 +1142,12 @@ async fn a_workspace_runs_on_an_oci_image_pulled_from_a_registry() {
         .manifest("devcell/tiny", "1", OCI_MANIFEST, &manifest)
         .await;
 
-    let c = TestCell::start_with_runtime().await;
+    // The test's registries listen on this host's loopback: the operator allows it.
+    let c = TestCell::start_with(
+        |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
+        None,
+    )
+    .await;
     let repos = tempfile::tempdir().unwrap();
     let bare = bare_repo(
         repos.path(),
@@ -1216,7 +1229,7 @@ async fn a_workspace_runs_on_an_oci_image_pulled_from_a_registry() {
         "{ws:#}"
     );
     let (s, _) = c
-        .owner(Method::POST, "/api/v1/git-credentials", Some(json!({ "host": private.addr, "username": crate::image::USER, "token": crate::image::PASSWORD })))
+        .owner(Method::POST, "/api/v1/git-credentials", Some(json!({ "host": private.addr, "username": crate::image::USER, "token": crate::image::PASSWORD, "registry": true })))
         .await;
     assert_eq!(s, StatusCode::CREATED);
     c.owner(

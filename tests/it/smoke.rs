@@ -21,6 +21,8 @@ fn devcell(home: &Path) -> Command {
     }
     c.env("HOME", home)
         .env_remove("XDG_CONFIG_HOME")
+        // The tests' repositories are in temporary directories, named as file:// URLs.
+        .env("DEVCELL_WORKSPACE__FILE_REPOS", std::env::temp_dir())
         .current_dir(home);
     c
 }
@@ -501,7 +503,7 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
         "--repo",
         "https://git.example.com/team/app.git#main",
         "--repo",
-        "file:///srv/git/lib",
+        "file:///tmp/git/lib",
         "--json",
     ]);
     assert!(ok, "{err}");
