@@ -80,7 +80,7 @@ pub fn fingerprint(dir: &Path, include_home: bool) -> Option<[u8; 32]> {
 const STATE: &str = crate::runtime::local::STATE_DIR;
 
 /// Where a restore writes before its files replace the workspace's; never backed up.
-const RESTORING: &str = ".restore";
+const RESTORING: &str = crate::runtime::local::RESTORING;
 
 /// The host name recorded in every snapshot (the cell, not the machine, owns them).
 const HOST: &str = "devcell";

@@ -351,6 +351,18 @@ pub(crate) fn which(name: &str) -> Option<PathBuf> {
         .unwrap_or(None)
 }
 
+/// Where a restore writes, under the workspace's directory, before its files replace the
+/// workspace's (root's, 0700: nothing of the workspace can reach it).
+pub const RESTORING: &str = ".restore";
+
+/// Removes a directory tree; `std::fs::remove_dir_all` never follows a link inside it.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// The cell's own directory for a sandbox, under the workspace's directory `dir` (so that the
 /// class's disk bounds what the sandbox's output adds to its log) but never bound into the
 /// sandbox: the agent's spec, the seccomp filter, the sandbox's and the network helper's logs.
@@ -471,6 +483,61 @@ impl Runtime for LocalRuntime {
             }
             Ok(())
         })
+    }
+
+    fn prepare(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        prepare_dirs(&spec.dir, spec.uid)
+            .map_err(|e| RuntimeError::Start(format!("cannot prepare {}: {e}", spec.dir.display())))
+    }
+
+    fn task_logs(&self, spec: &SandboxSpec, count: usize, tail: u64) -> Vec<Vec<u8>> {
+        // The logs are in the run directory, which the workspace writes: read beneath it,
+        // without following links, as the workspace's user.
+        let run = spec.dir.join("run");
+        crate::beneath::as_user(spec.uid, || {
+            let Ok(dir) = crate::beneath::Dir::open(&run) else {
+                return Ok(vec![Vec::new(); count]);
+            };
+            Ok((0..count)
+                .map(|i| {
+                    let name = format!("{}/task-{i}.log", crate::agent::protocol::LOGS);
+                    dir.read_tail(Path::new(&name), tail)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                })
+                .collect())
+        })
+        .unwrap_or_else(|_| vec![Vec::new(); count])
+    }
+
+    fn replace_files(
+        &self,
+        spec: &SandboxSpec,
+        restore: super::Restore<'_>,
+    ) -> Result<(), RuntimeError> {
+        let staging = spec.dir.join(RESTORING);
+        let fail = |e: std::io::Error| RuntimeError::Start(format!("cannot restore: {e}"));
+        // Left by a restore that was cut off: nothing in it is in use.
+        remove_tree(&staging).map_err(fail)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(fail)?;
+        restore(&staging).map_err(RuntimeError::Start)?;
+        for sub in ["workspace", "home"] {
+            let restored = staging.join(sub);
+            if std::fs::symlink_metadata(&restored).is_err() {
+                continue;
+            }
+            match std::fs::rename(spec.dir.join(sub), staging.join(format!("old-{sub}"))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail(e)),
+            }
+            std::fs::rename(&restored, spec.dir.join(sub)).map_err(fail)?;
+        }
+        remove_tree(&staging).map_err(fail)
     }
 
     fn hold(&self, id: &WorkspaceId, held: bool) -> Result<(), RuntimeError> {

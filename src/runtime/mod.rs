@@ -48,8 +48,34 @@ pub enum RuntimeError {
     Io(#[from] std::io::Error),
 }
 
+/// Writes a snapshot's files into the directory it is given (a new one, which only the cell
+/// can reach); see [`Runtime::replace_files`].
+pub type Restore<'a> = &'a mut (dyn FnMut(&std::path::Path) -> Result<(), String> + Send);
+
 pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// Makes what a workspace needs before its sandbox starts: its directories (owned by its
+    /// user) and the cell's own place for its sandbox.
+    fn prepare(&self, _spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    /// The last `tail` bytes of each of the first `count` task logs, as the workspace's files
+    /// hold them (read the way the workspace's user could, never following its links).
+    fn task_logs(&self, _spec: &SandboxSpec, count: usize, _tail: u64) -> Vec<Vec<u8>> {
+        vec![Vec::new(); count]
+    }
+    /// Replaces the workspace's files (`workspace/`, and `home/` when restored) with what
+    /// `restore` writes into a new directory that nothing of the workspace can reach; the old
+    /// files go. Never writes through a link the workspace left.
+    fn replace_files(
+        &self,
+        _spec: &SandboxSpec,
+        _restore: Restore<'_>,
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Start(
+            "this runtime cannot restore files".into(),
+        ))
+    }
     /// What enforces limits here, for the admin page ("cgroup v1 (memory, cpu, pids)").
     fn describe(&self) -> String;
     /// Starts the sandbox with its agent; returns when the process is launched.

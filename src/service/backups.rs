@@ -308,48 +308,32 @@ impl Cell {
             .map_err(|e| e.to_string())
     }
 
-    /// Puts a snapshot's files in place of the workspace's. The restore writes into a new
-    /// directory only the cell can enter (`dir/.restore`), never over the workspace's current
+    /// Puts a snapshot's files in place of the workspace's. The runtime has the restore
+    /// write into a new directory only the cell can enter, never over the workspace's current
     /// files: a link among them (a directory where the snapshot has one, swapped for a link to
-    /// `/etc`) would otherwise take the restore's writes, as root, anywhere on the host. The
-    /// restored `workspace/` (and `home/`, when the snapshot holds it) then replace the current
-    /// ones by rename, and the old ones are removed without following a link.
+    /// `/etc`) would otherwise take the restore's writes, as root, anywhere on the host.
     async fn restore_snapshot_files(
         &self,
         ws: &Workspace,
         snapshot: &str,
     ) -> std::result::Result<(), String> {
         let store = self.backup_store().ok_or("no backup store is configured")?;
+        let runtime = self
+            .inner
+            .runtime
+            .clone()
+            .ok_or("this cell has no runtime to hold files")?;
         self.attach_files(ws, true)?;
-        let dir = self.workspace_dir(&ws.id);
+        let spec = self.sandbox_spec(ws, false, None)?;
         let (workspace, snapshot) = (ws.id.to_string(), snapshot.to_owned());
         tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::DirBuilderExt;
-            let staging = dir.join(RESTORING);
-            let fail = |e: std::io::Error| format!("cannot restore snapshot {snapshot}: {e}");
-            // Left by a restore that was cut off: nothing in it is in use.
-            remove_tree(&staging).map_err(fail)?;
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&staging)
-                .map_err(fail)?;
-            store
-                .restore(&snapshot, &workspace, &staging)
-                .map_err(|e| format!("cannot restore snapshot {snapshot}: {e}"))?;
-            for sub in ["workspace", "home"] {
-                let restored = staging.join(sub);
-                if std::fs::symlink_metadata(&restored).is_err() {
-                    continue;
-                }
-                let old = staging.join(format!("old-{sub}"));
-                match std::fs::rename(dir.join(sub), &old) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(fail(e)),
-                }
-                std::fs::rename(&restored, dir.join(sub)).map_err(fail)?;
-            }
-            remove_tree(&staging).map_err(fail)
+            runtime
+                .replace_files(&spec, &mut |staging| {
+                    store
+                        .restore(&snapshot, &workspace, staging)
+                        .map_err(|e| format!("cannot restore snapshot {snapshot}: {e}"))
+                })
+                .map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(format!("the restore stopped unexpectedly: {e}")))
@@ -657,19 +641,14 @@ impl Drop for Held {
     }
 }
 
-/// Where a restore writes before its files take the workspace's place.
-const RESTORING: &str = ".restore";
-
-/// Removes a directory tree; `std::fs::remove_dir_all` never follows a link inside it.
-fn remove_tree(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
 fn remove_dir(dir: &Path) -> Result<()> {
-    remove_tree(dir).map_err(|e| Error::Internal(format!("cannot remove {}: {e}", dir.display())))
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Internal(format!(
+            "cannot remove {}: {e}",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The first 8 hex digits, as restic shows snapshot ids.

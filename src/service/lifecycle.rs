@@ -495,32 +495,18 @@ impl Cell {
         } else {
             None
         };
-        // The logs are in the run directory, which the workspace writes: read beneath it,
-        // without following links, as the workspace's user.
-        let run = self.workspace_dir(&ws.id).join("run");
         let count = spec.tasks.len();
-        let ids = ws.sandbox_uid.map(|u| (u, u));
-        let logs = tokio::task::spawn_blocking(move || {
-            crate::beneath::as_user(ids, || {
-                let dir = match crate::beneath::Dir::open(&run) {
-                    Ok(d) => d,
-                    Err(_) => return Ok(vec![Vec::new(); count]),
-                };
-                Ok((0..count)
-                    .map(|i| {
-                        let name = format!("{}/task-{i}.log", crate::agent::protocol::LOGS);
-                        dir.read_tail(std::path::Path::new(&name), LOG_TAIL as u64)
-                            .ok()
-                            .flatten()
-                            .unwrap_or_default()
-                    })
-                    .collect::<Vec<_>>())
-            })
-        })
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or_default();
+        let logs = match (&self.inner.runtime, self.sandbox_spec(&ws, false, None)) {
+            (Some(runtime), Ok(sandbox)) => {
+                let runtime = runtime.clone();
+                tokio::task::spawn_blocking(move || {
+                    runtime.task_logs(&sandbox, count, LOG_TAIL as u64)
+                })
+                .await
+                .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
         Ok(spec
             .tasks
             .iter()
@@ -827,8 +813,9 @@ impl Cell {
         step("disk ready");
         // Files released after a verified backup come back before anything runs.
         self.restore_released(ws).await?;
-        local::prepare_dirs(&dir, ids)
-            .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
+        runtime
+            .prepare(&self.sandbox_spec(ws, false, None)?)
+            .map_err(|e| e.to_string())?;
         let state = self.sandbox_state(&ws.id);
         // The spec of an earlier start says nothing about this one.
         let _ = std::fs::remove_file(state.join(SPEC));
@@ -1048,7 +1035,7 @@ impl Cell {
 
     /// The sandbox a workspace runs in (or its tools run in): its directories, uid and the
     /// limits of its class.
-    fn sandbox_spec(
+    pub(crate) fn sandbox_spec(
         &self,
         ws: &Workspace,
         network: bool,
