@@ -90,10 +90,10 @@ impl Dir {
         )?)
     }
 
-    /// The whole of a regular file beneath this directory, or `None` when it does not exist.
-    /// Refuses anything but a regular file (a fifo would block the cell) and files larger
-    /// than `max` bytes.
-    pub fn read_file(&self, rel: &Path, max: u64, links: bool) -> io::Result<Option<Vec<u8>>> {
+    /// A regular file beneath this directory opened for reading with its size, or `None`
+    /// when it (or a directory on its way) does not exist. Anything but a regular file is
+    /// refused (a fifo would block the cell).
+    fn open_regular(&self, rel: &Path, links: bool) -> io::Result<Option<(std::fs::File, u64)>> {
         let fd = match self.open_at(rel, OFlags::RDONLY | OFlags::NONBLOCK, links) {
             Ok(fd) => fd,
             // NotADirectory: a file where a directory of the path would be.
@@ -112,21 +112,28 @@ impl Dir {
                 "not a regular file",
             ));
         }
-        if st.st_size as u64 > max {
-            return Err(io::Error::new(
+        Ok(Some((std::fs::File::from(fd), st.st_size as u64)))
+    }
+
+    /// The whole of a regular file beneath this directory, or `None` when it does not exist;
+    /// refused when larger than `max` bytes.
+    pub fn read_file(&self, rel: &Path, max: u64, links: bool) -> io::Result<Option<Vec<u8>>> {
+        let too_large = || {
+            io::Error::new(
                 io::ErrorKind::FileTooLarge,
                 format!("larger than {max} bytes"),
-            ));
+            )
+        };
+        let Some((file, size)) = self.open_regular(rel, links)? else {
+            return Ok(None);
+        };
+        if size > max {
+            return Err(too_large());
         }
         let mut bytes = Vec::new();
-        std::fs::File::from(fd)
-            .take(max + 1)
-            .read_to_end(&mut bytes)?;
+        file.take(max + 1).read_to_end(&mut bytes)?;
         if bytes.len() as u64 > max {
-            return Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!("larger than {max} bytes"),
-            ));
+            return Err(too_large());
         }
         Ok(Some(bytes))
     }
@@ -135,22 +142,10 @@ impl Dir {
     /// or `None` when it does not exist.
     pub fn read_tail(&self, rel: &Path, tail: u64) -> io::Result<Option<Vec<u8>>> {
         use std::io::Seek;
-        let fd = match self.open_at(rel, OFlags::RDONLY | OFlags::NONBLOCK, false) {
-            Ok(fd) => fd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some((mut file, size)) = self.open_regular(rel, false)? else {
+            return Ok(None);
         };
-        let st = rustix::fs::fstat(&fd)?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
-        }
-        let mut file = std::fs::File::from(fd);
-        file.seek(io::SeekFrom::Start(
-            (st.st_size as u64).saturating_sub(tail),
-        ))?;
+        file.seek(io::SeekFrom::Start(size.saturating_sub(tail)))?;
         let mut bytes = Vec::new();
         file.take(tail).read_to_end(&mut bytes)?;
         Ok(Some(bytes))

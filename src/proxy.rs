@@ -103,7 +103,7 @@ async fn port_origin(st: AppState, target: PortHost, req: Request) -> Result<Res
         return Ok(redeem(&st, &target, req.uri()));
     }
     let cookie_name = port_cookie(&st);
-    let actor = cookie_values(req.headers(), cookie_name)
+    let actor = crate::api::cookie_values(req.headers(), cookie_name)
         .find_map(|c| st.cell.port_actor(c, &target))
         .or_else(|| bearer(&st, req.headers()));
     let agent = match st
@@ -188,18 +188,6 @@ fn port_cookie(st: &AppState) -> &'static str {
     } else {
         PORT_COOKIE
     }
-}
-
-/// Every value of the cookie `name` (a sibling origin may have added one of its own).
-fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .filter(move |(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// The caller of an `Authorization: Bearer` token (clients other than browsers).

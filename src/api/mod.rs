@@ -21,8 +21,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use auth::{
-    Auth, SESSION_COOKIE, SESSION_COOKIE_SECURE, identify as auth_identify, session_cookie,
-    session_cookie_name,
+    Auth, SESSION_COOKIE, SESSION_COOKIE_SECURE, cookie_values, identify as auth_identify,
+    session_cookie, session_cookie_name,
 };
 pub use error::{ApiError, ApiResult, ErrorBody};
 

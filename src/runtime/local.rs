@@ -26,6 +26,16 @@ pub const RUN_MOUNT: &str = "/run/devcell";
 const AGENT_PATH: &str = "/.devcell/devcell";
 const AGENT_LIBS: &str = "/.devcell/lib";
 
+/// Every sandbox's namespaces of its own: user, pid, ipc, uts, cgroup and network.
+const NAMESPACES: &[&str] = &[
+    "--unshare-user",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--unshare-net",
+];
+
 /// How long reading the git state of a workspace's repositories may take.
 const GIT_STATE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -145,14 +155,7 @@ impl LocalRuntime {
     fn bwrap_args(&self, spec: &SandboxSpec) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-        push(&[
-            "--unshare-user",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--unshare-net",
-        ]);
+        push(NAMESPACES);
         // Always a network namespace of its own: only loopback, unless the organization allows
         // outbound access, which slirp4netns then adds (see `connect_outbound`).
         // A new session: no terminal of the cell can be reached (TIOCSTI).
@@ -236,18 +239,8 @@ impl LocalRuntime {
     fn tool_args(&self, spec: &SandboxSpec, argv: &[String]) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-        push(&[
-            "--unshare-user",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--unshare-net",
-            "--new-session",
-            "--die-with-parent",
-            "--seccomp",
-            "0",
-        ]);
+        push(NAMESPACES);
+        push(&["--new-session", "--die-with-parent", "--seccomp", "0"]);
         host_root(&mut push);
         push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
         push(&[

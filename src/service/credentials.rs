@@ -25,6 +25,19 @@ pub enum NewCredential {
     },
 }
 
+/// A user name and a token (or password), checked; `user_hint` says what the name is.
+fn login(username: String, token: String, user_hint: &str) -> Result<(String, String)> {
+    let token = token.trim().to_owned();
+    if token.is_empty() || token.len() > 4096 || token.chars().any(char::is_control) {
+        return Err(FieldError::new("token", "a token of 1 to 4096 printable characters").into());
+    }
+    let username = username.trim().to_owned();
+    if username.is_empty() || username.len() > 200 || username.contains(':') {
+        return Err(FieldError::new("username", user_hint).into());
+    }
+    Ok((username, token))
+}
+
 /// Whether a stored credential's kind is for registries (else it is for git).
 fn for_registry(kind: &str) -> bool {
     kind == "registry"
@@ -127,33 +140,15 @@ impl Cell {
         let host = validate_host(host)?;
         let (kind, username, secret) = match new {
             NewCredential::Registry { username, token } => {
-                let token = token.trim().to_owned();
-                if token.is_empty() || token.len() > 4096 || token.chars().any(char::is_control) {
-                    return Err(FieldError::new(
-                        "token",
-                        "a password or token of 1 to 4096 printable characters",
-                    )
-                    .into());
-                }
-                let username = username.trim().to_owned();
-                if username.is_empty() || username.len() > 200 || username.contains(':') {
-                    return Err(FieldError::new("username", "the registry user name").into());
-                }
+                let (username, token) = login(username, token, "the registry user name")?;
                 ("registry", Some(username), token)
             }
             NewCredential::Token { username, token } => {
-                let token = token.trim().to_owned();
-                if token.is_empty() || token.len() > 4096 || token.chars().any(char::is_control) {
-                    return Err(FieldError::new(
-                        "token",
-                        "a token of 1 to 4096 printable characters",
-                    )
-                    .into());
-                }
-                let username = username.trim().to_owned();
-                if username.is_empty() || username.len() > 200 || username.contains(':') {
-                    return Err(FieldError::new("username", "the user name that goes with the token (for GitHub any, e.g. x-access-token)").into());
-                }
+                let (username, token) = login(
+                    username,
+                    token,
+                    "the user name that goes with the token (for GitHub any, e.g. x-access-token)",
+                )?;
                 ("token", Some(username), token)
             }
             NewCredential::SshKey { private_key } => {

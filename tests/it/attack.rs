@@ -926,30 +926,14 @@ async fn file_repositories_are_for_owners_from_listed_directories_only() {
 
 #[tokio::test]
 async fn credentials_go_only_where_and_how_they_were_stored_for() {
-    use crate::image::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Pusher, Registry, sha256};
+    use crate::image::{Pusher, Registry, sha256};
     let repos = tempfile::tempdir().unwrap();
     let bare = bare_repo(repos.path(), "private", &[("README.md", "secret\n")]);
     let (git_addr, server) = crate::content::serve_git_http(repos.path().to_owned()).await;
     let registry = Registry::start(true).await;
     let pusher = Pusher::new(&registry, true);
-    let (layer, diff_id) = crate::runtime::tiny_image_layer();
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64", "os": "linux", "config": { "Env": ["PATH=/bin"] },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] }
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": { "mediaType": OCI_CONFIG, "size": config.len(), "digest": sha256(&config) },
-        "layers": [{ "mediaType": OCI_LAYER_GZIP, "size": layer.len(), "digest": sha256(&layer) }]
-    }))
-    .unwrap();
-    pusher.blob("devcell/tiny", &layer).await;
-    pusher.blob("devcell/tiny", &config).await;
-    pusher
-        .manifest("devcell/tiny", "1", OCI_MANIFEST, &manifest)
-        .await;
-    let digest = sha256(&manifest);
+    let tiny = crate::runtime::push_tiny(&pusher, &["PATH=/bin"]).await;
+    let digest = sha256(&tiny.manifest);
     let c = TestCell::start_with(
         |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
         None,

@@ -1089,6 +1089,41 @@ async fn outbound_network_follows_the_policy_and_never_reaches_the_cell() {
 }
 
 /// A tiny image built from host files: dash as /bin/sh with its C library, and a marker file.
+/// The blobs of the tiny image of [`tiny_image_layer`].
+pub struct TinyImage {
+    pub layer: Vec<u8>,
+    pub config: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+/// Pushes the tiny image as `devcell/tiny:1`, with `env` in its configuration.
+pub async fn push_tiny(pusher: &crate::image::Pusher, env: &[&str]) -> TinyImage {
+    use crate::image::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, sha256};
+    let (layer, diff_id) = tiny_image_layer();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Env": env },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] }
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "size": config.len(), "digest": sha256(&config) },
+        "layers": [{ "mediaType": OCI_LAYER_GZIP, "size": layer.len(), "digest": sha256(&layer) }]
+    }))
+    .unwrap();
+    pusher.blob("devcell/tiny", &layer).await;
+    pusher.blob("devcell/tiny", &config).await;
+    pusher
+        .manifest("devcell/tiny", "1", OCI_MANIFEST, &manifest)
+        .await;
+    TinyImage {
+        layer,
+        config,
+        manifest,
+    }
+}
+
 pub fn tiny_image_layer() -> (Vec<u8>, String) {
     use std::io::Write;
     let mut b = tar::Builder::new(Vec::new());
@@ -1120,27 +1155,14 @@ pub fn tiny_image_layer() -> (Vec<u8>, String) {
 
 #[tokio::test]
 async fn a_workspace_runs_on_an_oci_image_pulled_from_a_registry() {
-    use crate::image::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Pusher, Registry, sha256};
+    use crate::image::{OCI_MANIFEST, Pusher, Registry, sha256};
     let registry = Registry::start(false).await;
     let pusher = Pusher::new(&registry, false);
-    let (layer, diff_id) = tiny_image_layer();
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64", "os": "linux",
-        "config": { "Env": ["PATH=/bin", "FROM_IMAGE=yes"] },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] }
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": { "mediaType": OCI_CONFIG, "size": config.len(), "digest": sha256(&config) },
-        "layers": [{ "mediaType": OCI_LAYER_GZIP, "size": layer.len(), "digest": sha256(&layer) }]
-    }))
-    .unwrap();
-    pusher.blob("devcell/tiny", &layer).await;
-    pusher.blob("devcell/tiny", &config).await;
-    pusher
-        .manifest("devcell/tiny", "1", OCI_MANIFEST, &manifest)
-        .await;
+    let TinyImage {
+        layer,
+        config,
+        manifest,
+    } = push_tiny(&pusher, &["PATH=/bin", "FROM_IMAGE=yes"]).await;
 
     // The test's registries listen on this host's loopback: the operator allows it.
     let c = TestCell::start_with(
