@@ -170,7 +170,7 @@ fn redeem(st: &AppState, target: &PortHost, uri: &Uri) -> Response {
 }
 
 /// A path on this origin to go to after signing in; anything else goes to `/`.
-fn local_path(next: &str) -> String {
+pub(crate) fn local_path(next: &str) -> String {
     if next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") {
         next.to_owned()
     } else {

@@ -139,14 +139,25 @@ async fn home(
     }
 }
 
-async fn login_form() -> Html<String> {
-    Html(ui::login_page(None))
+#[derive(Deserialize)]
+struct Next {
+    next: Option<String>,
+}
+
+async fn login_form(
+    query: Result<axum::extract::Query<Next>, axum::extract::rejection::QueryRejection>,
+) -> Html<String> {
+    let next = query.ok().and_then(|q| q.0.next);
+    Html(ui::login_page_to(None, next))
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     email: String,
     password: String,
+    /// Where to go once signed in (a path on the dashboard).
+    #[serde(default)]
+    next: String,
 }
 
 async fn login_submit(
@@ -154,6 +165,9 @@ async fn login_submit(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Form(f): Form<LoginForm>,
 ) -> Response {
+    let next = crate::proxy::local_path(&f.next);
+    // A failed attempt keeps where the user was going.
+    let again = (!f.next.is_empty()).then(|| f.next.clone());
     match st
         .cell
         .login_password(Credentials {
@@ -168,7 +182,7 @@ async fn login_submit(
                 header::SET_COOKIE,
                 session_cookie(&st.cell, Some(&out.secret)),
             )],
-            Redirect::to("/"),
+            Redirect::to(&next),
         )
             .into_response(),
         Err(e @ (Error::BadCredentials | Error::RateLimited { .. })) => {
@@ -177,11 +191,11 @@ async fn login_submit(
             } else {
                 StatusCode::UNAUTHORIZED
             };
-            (status, Html(ui::login_page(Some(e.to_string())))).into_response()
+            (status, Html(ui::login_page_to(Some(e.to_string()), again))).into_response()
         }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Html(ui::login_page(Some(e.to_string()))),
+            Html(ui::login_page_to(Some(e.to_string()), again)),
         )
             .into_response(),
     }
@@ -403,7 +417,26 @@ async fn port_login(
     };
     let actor = match crate::api::auth_identify(&st.cell, &headers) {
         Ok(a) => a,
-        Err(e) => return error_page(e),
+        Err(_) => {
+            // Signed in, the browser goes on to the port.
+            let enc = |s: &str| -> String {
+                url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+            };
+            let back = format!(
+                "/port-login?w={}&p={}&next={}",
+                enc(&q.w),
+                q.p,
+                enc(&q.next)
+            );
+            return (
+                StatusCode::UNAUTHORIZED,
+                Html(ui::login_page_to(
+                    Some(format!("Sign in to open port {} of this workspace.", q.p)),
+                    Some(back),
+                )),
+            )
+                .into_response();
+        }
     };
     let Ok(id) = crate::domain::WorkspaceId::parse(&q.w) else {
         return error_page(Error::NotFound { what: "workspace" });

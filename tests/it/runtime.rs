@@ -755,6 +755,30 @@ async fn ports_are_reachable_through_the_cell_private_by_default_and_shareable()
             && login.contains(&format!("w={id}&p=3000&next=%2Fhello%3Fx%3D1")),
         "{login}"
     );
+    // Not signed in at the dashboard either: its sign-in page goes on to the port.
+    let res = c.http.get(&login).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("Sign in to open port 3000") && page.contains("name=\"next\""),
+        "{page}"
+    );
+    let back = format!("/port-login?w={id}&p=3000&next=%2Fhello%3Fx%3D1");
+    for (next, to) in [(back.as_str(), back.as_str()), ("//evil.example/", "/")] {
+        let res = c
+            .http
+            .post(c.url("/login"))
+            .form(&[
+                ("email", crate::harness::OWNER_EMAIL),
+                ("password", crate::harness::OWNER_PASSWORD),
+                ("next", next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER, "{next}");
+        assert_eq!(res.headers()[header::LOCATION], to, "{next}");
+    }
     let post = c
         .http
         .post(c.url("/anything"))

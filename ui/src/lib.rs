@@ -37,11 +37,12 @@ fn Shell(title: String, children: Children) -> impl IntoView {
 }
 
 #[component]
-fn Login(error: Option<String>) -> impl IntoView {
+fn Login(error: Option<String>, next: Option<String>) -> impl IntoView {
     view! {
         <Shell title="Sign in".to_string()>
             {error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
             <form method="post" action="/login" class="card">
+                {next.map(|n| view! { <input type="hidden" name="next" value=n/> })}
                 <label for="email">"Email"</label>
                 <input id="email" name="email" type="email" autocomplete="username" required/>
                 <label for="password">"Password"</label>
@@ -412,7 +413,12 @@ pub fn error_page(title: &str, message: String, back: &str, back_label: &str) ->
 }
 
 pub fn login_page(error: Option<String>) -> String {
-    let body = Owner::new().with(|| view! { <Login error=error/> }.to_html());
+    login_page_to(error, None)
+}
+
+/// The sign-in page that goes on to `next` (a path on the dashboard) once signed in.
+pub fn login_page_to(error: Option<String>, next: Option<String>) -> String {
+    let body = Owner::new().with(|| view! { <Login error=error next=next/> }.to_html());
     page("Sign in", body)
 }
 
