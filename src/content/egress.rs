@@ -23,7 +23,7 @@ const METADATA: &[IpAddr] = &[
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EgressError {
     #[error(
-        "{host} is not reachable from this cell's workspaces: it is this host or a loopback, link-local or metadata address (an operator can allow it with workspace.allow_destinations)"
+        "{host} is not reachable from this cell's workspaces: it is this host or a loopback, link-local or metadata address, or the organization allows its workspaces no outbound network (an operator can allow it with workspace.allow_destinations)"
     )]
     Refused { host: String },
     #[error("cannot resolve {host}: {message}")]
@@ -41,6 +41,9 @@ struct Allowed {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Egress {
     allowed: Vec<Allowed>,
+    /// Only the operator's allowed destinations (for an organization whose workspaces have
+    /// no outbound network: the cell does not fetch from the internet for them either).
+    only_allowed: bool,
 }
 
 impl Egress {
@@ -51,7 +54,18 @@ impl Egress {
             .iter()
             .map(|a| parse_allowed(a).ok_or_else(|| format!("{a:?} is not an address, network or address:port like 10.0.0.5:443 or 192.168.0.0/16")))
             .collect::<Result<_, _>>()?;
-        Ok(Egress { allowed })
+        Ok(Egress {
+            allowed,
+            only_allowed: false,
+        })
+    }
+
+    /// The same rule reaching only the operator's allowed destinations.
+    pub fn only_allowed(&self) -> Egress {
+        Egress {
+            allowed: self.allowed.clone(),
+            only_allowed: true,
+        }
     }
 
     /// Whether the cell may connect to `addr` for a workspace.
@@ -64,14 +78,14 @@ impl Egress {
         {
             return true;
         }
-        !is_internal(ip) && !host_addresses().contains(&ip)
+        !self.only_allowed && !is_internal(ip) && !host_addresses().contains(&ip)
     }
 
     /// Whether `ip` may be reached on some port (for resolvers, which do not know the port).
     pub fn permits_ip(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.allowed.iter().any(|a| a.net.contains(&ip))
-            || (!is_internal(ip) && !host_addresses().contains(&ip))
+            || (!self.only_allowed && !is_internal(ip) && !host_addresses().contains(&ip))
     }
 
     /// Checks the host and port of a URL the cell is about to fetch.
@@ -307,6 +321,10 @@ mod tests {
         assert!(e.permits(sa("[::1]:22")));
         assert!(!e.permits(sa("[::1]:23")));
         assert!(Egress::new(&["not an address".into()]).is_err());
+        // For an organization without outbound network: the allowed destinations only.
+        let offline = e.only_allowed();
+        assert!(offline.permits(sa("127.0.0.1:5000")));
+        assert!(!offline.permits(sa("140.82.112.3:443")));
         assert!(Egress::new(&["127.0.0.1:99999".into()]).is_err());
     }
 

@@ -154,6 +154,23 @@ impl Cell {
             .with_egress(self.inner.egress.clone())
     }
 
+    /// Where the cell may connect for a workspace's clones and pulls: the operator's rule,
+    /// narrowed to the destinations the operator allows when the organization gives its
+    /// workspaces no outbound network.
+    fn egress_for(&self, ws: &Workspace) -> crate::content::egress::Egress {
+        let outbound = self
+            .store()
+            .read(|tx| tx.org(&ws.org))
+            .ok()
+            .flatten()
+            .is_some_and(|o| o.policy.outbound_network);
+        if outbound {
+            self.inner.egress.clone()
+        } else {
+            self.inner.egress.only_allowed()
+        }
+    }
+
     /// The host directory of a workspace's files.
     pub fn workspace_dir(&self, id: &WorkspaceId) -> PathBuf {
         self.config().data_dir.join("workspaces").join(id.as_str())
@@ -855,6 +872,7 @@ impl Cell {
             Ok::<_, String>(t.elapsed())
         };
         let files = dir.join("workspace");
+        let egress = self.egress_for(ws);
         let mut cloned_now = Vec::new();
         let clones = async {
             let mut first_repo: Option<PathBuf> = None;
@@ -877,7 +895,7 @@ impl Cell {
                     dest: &dest,
                     auth: &auth,
                     run_as: ids,
-                    egress: &self.inner.egress,
+                    egress: &egress,
                 })
                 .await
                 .map_err(|e| e.to_string())?;
@@ -1024,6 +1042,7 @@ impl Cell {
             .registry_auth_for(&ws.owner, &parsed.registry)
             .map_err(|e| e.to_string())?;
         self.images()
+            .with_egress(self.egress_for(ws))
             .pull(
                 &parsed,
                 &auth,

@@ -855,6 +855,24 @@ async fn clone_and_pull_urls_on_the_hosts_loopback_reach_nothing_and_say_nothing
         0,
         "a clone or pull connected to the host's loopback"
     );
+    // An organization whose workspaces have no outbound network: the cell fetches nothing
+    // from outside for them either (192.0.2.1 is an ordinary, if unrouted, address).
+    let org = c.org_id().await;
+    let (s, _) = c
+        .owner(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org}/policy"),
+            Some(json!({ "outbound_network": false })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    for body in [
+        json!({ "repos": [{ "url": "https://192.0.2.1/team/app.git" }], "start": true }),
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "image": "192.0.2.1/team/app:1", "start": true }),
+    ] {
+        let m = failed_start(&c, &c.owner_token, body).await;
+        assert!(m.contains("no outbound network"), "{m}");
+    }
     let first = messages[0].clone();
     for m in &messages[1..4] {
         assert_eq!(
