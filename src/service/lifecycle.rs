@@ -1243,7 +1243,9 @@ pub(crate) fn running_of(
         running += page
             .iter()
             .filter(|w| {
+                // A failed workspace holds nothing: it does not count until started again.
                 &w.id != except
+                    && w.lifecycle.phase != Phase::Failed
                     && (w.lifecycle.is_active() || w.lifecycle.desired == Desired::Running)
             })
             .count() as u32;

@@ -198,3 +198,48 @@ async fn a_cell_that_was_down_past_a_deadline_stops_the_workspace_when_it_starts
         "{w:#}"
     );
 }
+
+#[tokio::test]
+async fn failed_workspaces_do_not_count_toward_the_running_limit() {
+    let c = TestCell::start_with_runtime().await;
+    let org = c.org_id().await;
+    let (s, p) = c
+        .owner(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org}/policy"),
+            Some(json!({ "max_running_per_user": 1 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    let repos = tempfile::tempdir().unwrap();
+    let missing = format!("file://{}/missing.git", repos.path().display());
+    let failed =
+        crate::runtime::create_started(&c, json!({ "repos": [{ "url": missing }], "start": true }))
+            .await;
+    c.wait_phase(&failed, "failed", START_WITHIN).await;
+    // The one allowed running workspace is still free.
+    let id = running_workspace(&c, repos.path(), "next").await;
+    // A second start is over the limit, and says so.
+    let bare = crate::runtime::bare_repo(repos.path(), "third", &[("a", "b")]);
+    let (s, e) = c
+        .owner(
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["code"], "too_many_running", "{e}");
+    // Retrying the failed one is a start like any other: over the limit now.
+    let (s, e) = c
+        .owner(
+            Method::POST,
+            &format!("/api/v1/workspaces/{failed}/start"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    c.owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
+        .await;
+    c.stop().await;
+}
