@@ -279,10 +279,10 @@ impl LocalRuntime {
     ) -> Result<Vec<u8>, RuntimeError> {
         use tokio::io::AsyncReadExt;
         let name = format!("{}_{tool}", spec.id.as_str());
-        let cg = match &self.hierarchy {
+        let cg = Gone(match &self.hierarchy {
             Hierarchy::Unavailable { .. } => None,
             h => Some(h.create(&name, &spec.limits)?),
-        };
+        });
         let filter = spec.state.join(format!("{tool}.bpf"));
         let result = async {
             std::fs::DirBuilder::new()
@@ -292,7 +292,7 @@ impl LocalRuntime {
             super::seccomp::write_default_filter(&filter)
                 .map_err(|e| RuntimeError::Start(e.to_string()))?;
             let mut cmd = launcher(&self.exe);
-            for f in cg.as_ref().map(|c| c.procs_files()).unwrap_or_default() {
+            for f in cg.0.as_ref().map(|c| c.procs_files()).unwrap_or_default() {
                 cmd.arg("--cgroup-procs").arg(f);
             }
             if let Some((u, g)) = spec.uid {
@@ -326,11 +326,23 @@ impl LocalRuntime {
             Ok(out)
         }
         .await;
-        if let Some(cg) = cg {
-            cg.destroy()?;
-        }
+        drop(cg);
         let _ = std::fs::remove_file(&filter);
         result
+    }
+}
+
+/// A tool's cgroup, destroyed (whatever is left in it killed) when dropped: also when the
+/// future running the tool is dropped half-way (the cell stopping in the middle of a stop).
+struct Gone(Option<Cgroup>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0.take()
+            && let Err(e) = cg.destroy()
+        {
+            tracing::warn!(error = %e, "a tool's cgroup is left behind");
+        }
     }
 }
 
