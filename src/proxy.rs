@@ -178,7 +178,8 @@ pub(crate) fn local_path(next: &str) -> String {
     }
 }
 
-fn encode(s: &str) -> String {
+/// `s` as one query-string value.
+pub(crate) fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 

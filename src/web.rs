@@ -419,9 +419,7 @@ async fn port_login(
         Ok(a) => a,
         Err(_) => {
             // Signed in, the browser goes on to the port.
-            let enc = |s: &str| -> String {
-                url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-            };
+            let enc = crate::proxy::encode;
             let back = format!(
                 "/port-login?w={}&p={}&next={}",
                 enc(&q.w),
@@ -442,15 +440,13 @@ async fn port_login(
         return error_page(Error::NotFound { what: "workspace" });
     };
     match st.cell.port_grant(&actor, &id, q.p) {
-        Ok(grant) => {
-            let next: String = url::form_urlencoded::byte_serialize(q.next.as_bytes()).collect();
-            Redirect::to(&format!(
-                "{}{}?grant={grant}&next={next}",
-                st.cell.port_origin(&id, q.p),
-                crate::proxy::AUTH_PATH
-            ))
-            .into_response()
-        }
+        Ok(grant) => Redirect::to(&format!(
+            "{}{}?grant={grant}&next={}",
+            st.cell.port_origin(&id, q.p),
+            crate::proxy::AUTH_PATH,
+            crate::proxy::encode(&q.next)
+        ))
+        .into_response(),
         Err(e) => workspace_error(e, id.as_str()),
     }
 }

@@ -324,7 +324,7 @@ impl Cell {
             .clone()
             .ok_or("this cell has no runtime to hold files")?;
         self.attach_files(ws, true)?;
-        let spec = self.sandbox_spec(ws, false, None)?;
+        let spec = self.sandbox_spec(ws, false)?;
         let (workspace, snapshot) = (ws.id.to_string(), snapshot.to_owned());
         tokio::task::spawn_blocking(move || {
             runtime

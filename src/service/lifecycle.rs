@@ -154,16 +154,19 @@ impl Cell {
             .with_egress(self.inner.egress.clone())
     }
 
-    /// Where the cell may connect for a workspace's clones and pulls: the operator's rule,
-    /// narrowed to the destinations the operator allows when the organization gives its
-    /// workspaces no outbound network.
-    fn egress_for(&self, ws: &Workspace) -> crate::content::egress::Egress {
-        let outbound = self
-            .store()
+    /// Whether the workspace's organization gives its workspaces outbound network.
+    fn outbound(&self, ws: &Workspace) -> bool {
+        self.store()
             .read(|tx| tx.org(&ws.org))
             .ok()
             .flatten()
-            .is_some_and(|o| o.policy.outbound_network);
+            .is_some_and(|o| o.policy.outbound_network)
+    }
+
+    /// Where the cell may connect for a workspace's clones and pulls: the operator's rule,
+    /// narrowed to the destinations the operator allows when the organization gives its
+    /// workspaces no outbound network.
+    fn egress(&self, outbound: bool) -> crate::content::egress::Egress {
         if outbound {
             self.inner.egress.clone()
         } else {
@@ -513,7 +516,7 @@ impl Cell {
             None
         };
         let count = spec.tasks.len();
-        let logs = match (&self.inner.runtime, self.sandbox_spec(&ws, false, None)) {
+        let logs = match (&self.inner.runtime, self.sandbox_spec(&ws, false)) {
             (Some(runtime), Ok(sandbox)) => {
                 let runtime = runtime.clone();
                 tokio::task::spawn_blocking(move || {
@@ -830,18 +833,12 @@ impl Cell {
         step("disk ready");
         // Files released after a verified backup come back before anything runs.
         self.restore_released(ws).await?;
-        runtime
-            .prepare(&self.sandbox_spec(ws, false, None)?)
-            .map_err(|e| e.to_string())?;
+        let outbound = self.outbound(ws);
+        let base = self.sandbox_spec(ws, outbound)?;
+        runtime.prepare(&base).map_err(|e| e.to_string())?;
         let state = self.sandbox_state(&ws.id);
         // The spec of an earlier start says nothing about this one.
         let _ = std::fs::remove_file(state.join(SPEC));
-        let policy = self
-            .store()
-            .read(|tx| Ok(tx.org(&ws.org)?.map(|o| o.policy)))
-            .map_err(|e: crate::store::StoreError| e.to_string())?;
-        let outbound = policy.is_some_and(|p| p.outbound_network);
-        let base = self.sandbox_spec(ws, outbound, None)?;
         let sandbox = |root: Option<PathBuf>| SandboxSpec {
             root,
             ..base.clone()
@@ -872,7 +869,7 @@ impl Cell {
             Ok::<_, String>(t.elapsed())
         };
         let files = dir.join("workspace");
-        let egress = self.egress_for(ws);
+        let egress = self.egress(outbound);
         let mut cloned_now = Vec::new();
         let clones = async {
             let mut first_repo: Option<PathBuf> = None;
@@ -1042,7 +1039,7 @@ impl Cell {
             .registry_auth_for(&ws.owner, &parsed.registry)
             .map_err(|e| e.to_string())?;
         self.images()
-            .with_egress(self.egress_for(ws))
+            .with_egress(self.egress(self.outbound(ws)))
             .pull(
                 &parsed,
                 &auth,
@@ -1052,13 +1049,12 @@ impl Cell {
             .map_err(|e| format!("image {reference}: {e}"))
     }
 
-    /// The sandbox a workspace runs in (or its tools run in): its directories, uid and the
-    /// limits of its class.
+    /// The sandbox a workspace runs in (or its tools run in), on the host's root: its
+    /// directories, uid and the limits of its class.
     pub(crate) fn sandbox_spec(
         &self,
         ws: &Workspace,
         network: bool,
-        root: Option<PathBuf>,
     ) -> std::result::Result<SandboxSpec, String> {
         let class = self
             .store()
@@ -1076,7 +1072,7 @@ impl Cell {
                 max_processes: class.spec.max_processes,
             },
             network,
-            root,
+            root: None,
         })
     }
 
@@ -1088,7 +1084,7 @@ impl Cell {
             return Vec::new();
         };
         let repos: Vec<String> = ws.repos.iter().map(|r| git::dir_name(&r.url)).collect();
-        let spec = match self.sandbox_spec(ws, false, None) {
+        let spec = match self.sandbox_spec(ws, false) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(workspace = %ws.id, error = %e, "git state not read");

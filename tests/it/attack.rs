@@ -68,6 +68,13 @@ impl Victim {
     }
 }
 
+/// Runs `cmd` in the workspace and fails the test unless it succeeds.
+async fn run_ok(c: &TestCell, id: &str, cmd: &str) -> Value {
+    let out = exec(c, id, cmd).await;
+    assert_eq!(out["exit_code"], 0, "{cmd}: {out:#}");
+    out
+}
+
 /// A started workspace on a repository of `files`; the repository directory is returned too.
 async fn workspace_with(c: &TestCell, files: &[(&str, &str)]) -> (String, tempfile::TempDir) {
     let repos = tempfile::tempdir().unwrap();
@@ -150,7 +157,7 @@ async fn links_planted_in_the_run_directory_give_the_cell_nothing_of_the_host() 
     }
 
     // The task log becomes a link to a host file only root may read.
-    let out = exec(
+    run_ok(
         &c,
         &id,
         &format!(
@@ -159,7 +166,6 @@ async fn links_planted_in_the_run_directory_give_the_cell_nothing_of_the_host() 
         ),
     )
     .await;
-    assert_eq!(out["exit_code"], 0, "{out:#}");
     let (s, t) = c
         .owner(Method::GET, &format!("/api/v1/workspaces/{id}/tasks"), None)
         .await;
@@ -171,7 +177,7 @@ async fn links_planted_in_the_run_directory_give_the_cell_nothing_of_the_host() 
     );
     // Every other name the cell ever read or wrote in the run directory becomes a link to a
     // host file only root may write.
-    let out = exec(
+    run_ok(
         &c,
         &id,
         &format!(
@@ -181,11 +187,10 @@ async fn links_planted_in_the_run_directory_give_the_cell_nothing_of_the_host() 
         ),
     )
     .await;
-    assert_eq!(out["exit_code"], 0, "{out:#}");
 
     // The agent's socket becomes a link to another socket on the host: the cell must not
     // connect there (it could be the cell's admin socket or another workspace's agent).
-    let out = exec(
+    run_ok(
         &c,
         &id,
         &format!(
@@ -194,7 +199,6 @@ async fn links_planted_in_the_run_directory_give_the_cell_nothing_of_the_host() 
         ),
     )
     .await;
-    assert_eq!(out["exit_code"], 0, "{out:#}");
     let (s, e) = c
         .owner(
             Method::POST,
@@ -357,7 +361,7 @@ async fn a_restore_writes_nothing_through_a_link_that_replaced_a_directory() {
     assert_eq!(s, StatusCode::CREATED, "{snap}");
     let first = snap["id"].as_str().unwrap().to_owned();
     // The directory the snapshot holds becomes a link to a root-only host directory.
-    let out = exec(
+    run_ok(
         &c,
         &id,
         &format!(
@@ -366,7 +370,6 @@ async fn a_restore_writes_nothing_through_a_link_that_replaced_a_directory() {
         ),
     )
     .await;
-    assert_eq!(out["exit_code"], 0, "{out:#}");
     stop(&c, &id).await;
     let (s, w) = post(
         &c,
@@ -415,8 +418,7 @@ echo deep > kinds/deep/er/file
 async fn a_tree_with_every_kind_of_file_backs_up_verifies_and_restores() {
     let c = TestCell::start_with(fast_backups, None).await;
     let (id, _repos) = workspace_with(&c, &[("README.md", "hello\n")]).await;
-    let out = exec(&c, &id, KINDS).await;
-    assert_eq!(out["exit_code"], 0, "{out:#}");
+    run_ok(&c, &id, KINDS).await;
     let (s, snap) = post(&c, &format!("/api/v1/workspaces/{id}/backups")).await;
     assert_eq!(
         s,
@@ -857,15 +859,7 @@ async fn clone_and_pull_urls_on_the_hosts_loopback_reach_nothing_and_say_nothing
     );
     // An organization whose workspaces have no outbound network: the cell fetches nothing
     // from outside for them either (192.0.2.1 is an ordinary, if unrouted, address).
-    let org = c.org_id().await;
-    let (s, _) = c
-        .owner(
-            Method::PATCH,
-            &format!("/api/v1/orgs/{org}/policy"),
-            Some(json!({ "outbound_network": false })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    c.set_policy(json!({ "outbound_network": false })).await;
     for body in [
         json!({ "repos": [{ "url": "https://192.0.2.1/team/app.git" }], "start": true }),
         json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "image": "192.0.2.1/team/app:1", "start": true }),

@@ -230,6 +230,19 @@ impl TestCell {
         orgs[0]["id"].as_str().unwrap().to_owned()
     }
 
+    /// Changes the owner's first organization's policy (`PATCH .../policy`).
+    pub async fn set_policy(&self, patch: Value) {
+        let org = self.org_id().await;
+        let (s, p) = self
+            .owner(
+                Method::PATCH,
+                &format!("/api/v1/orgs/{org}/policy"),
+                Some(patch),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{p}");
+    }
+
     /// Invites a new member (role `member` unless given) and returns (user id, API token).
     pub async fn add_user(&self, email: &str, role: &str) -> (String, String) {
         let org = self.org_id().await;

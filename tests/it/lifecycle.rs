@@ -202,15 +202,7 @@ async fn a_cell_that_was_down_past_a_deadline_stops_the_workspace_when_it_starts
 #[tokio::test]
 async fn failed_workspaces_do_not_count_toward_the_running_limit() {
     let c = TestCell::start_with_runtime().await;
-    let org = c.org_id().await;
-    let (s, p) = c
-        .owner(
-            Method::PATCH,
-            &format!("/api/v1/orgs/{org}/policy"),
-            Some(json!({ "max_running_per_user": 1 })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{p}");
+    c.set_policy(json!({ "max_running_per_user": 1 })).await;
     let repos = tempfile::tempdir().unwrap();
     let missing = format!("file://{}/missing.git", repos.path().display());
     let failed =

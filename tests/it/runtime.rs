@@ -248,15 +248,7 @@ async fn a_workspace_starts_runs_its_tasks_executes_commands_and_stops_with_its_
 async fn a_workspace_sees_nothing_of_the_cell_or_other_workspaces() {
     let c = TestCell::start_with_runtime().await;
     // Outbound access off: only loopback inside (the other case is its own test).
-    let org = c.org_id().await;
-    let (s, _) = c
-        .owner(
-            Method::PATCH,
-            &format!("/api/v1/orgs/{org}/policy"),
-            Some(json!({ "outbound_network": false })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    c.set_policy(json!({ "outbound_network": false })).await;
     let repos = tempfile::tempdir().unwrap();
     let bare = bare_repo(repos.path(), "iso", &[("README.md", "x\n")]);
     let url = format!("file://{}", bare.display());
