@@ -184,8 +184,15 @@
     };
     // Reconnect while the workspace runs: the shell keeps running and its recent output is
     // replayed. A closed pane (the workspace stopped) stays closed.
-    ws.onclose = function () {
+    ws.onclose = function (ev) {
       input.dispose(); resize.dispose();
+      // 4403: the cell closed it because the viewer's access ended (signed out, token revoked,
+      // removed from the organization): say so instead of reconnecting.
+      if (ev.code === 4403) {
+        pane.closed = true;
+        term.write("\r\n\x1b[1mThis terminal was closed: your access to this workspace ended. Sign in again to continue.\x1b[0m\r\n");
+        return;
+      }
       setTimeout(function retry() {
         if (pane.closed) return;
         if (lastPhase === "running") attach(pane, path); else setTimeout(retry, 1000);

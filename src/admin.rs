@@ -28,6 +28,8 @@ pub enum Request {
     },
     /// A one-time login link.
     LoginLink { user: Option<String> },
+    /// Makes a user a cell administrator, or no longer one.
+    SetAdmin { user: String, admin: bool },
     /// A consistent copy of the database at `path`.
     DbBackup { path: PathBuf },
 }
@@ -60,6 +62,17 @@ pub async fn execute(cell: &Cell, req: Request) -> Response {
         Request::LoginLink { user } => cell
             .find_user(user.as_deref())
             .and_then(|u| Ok((Some(u.email.clone()), cell.create_login_link(&u.id)?))),
+        Request::SetAdmin { user, admin } => cell
+            .find_user(Some(&user))
+            .and_then(|u| cell.grant_cell_admin(&u.id, admin))
+            .map(|u| {
+                let what = if u.is_admin {
+                    "is a cell administrator"
+                } else {
+                    "is no longer a cell administrator"
+                };
+                (Some(u.email.clone()), format!("{} {what}", u.email))
+            }),
         Request::DbBackup { path } => {
             let path = if path.is_absolute() {
                 path

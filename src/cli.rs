@@ -168,6 +168,22 @@ pub enum AdminCmd {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Make a user a cell administrator (the admin page and API, creating organizations).
+    Grant {
+        #[command(flatten)]
+        data: DataArg,
+        /// The user's email.
+        #[arg(long)]
+        user: String,
+    },
+    /// Make a user no longer a cell administrator (the cell keeps at least one).
+    Revoke {
+        #[command(flatten)]
+        data: DataArg,
+        /// The user's email.
+        #[arg(long)]
+        user: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -624,7 +640,15 @@ async fn admin(cmd: AdminCmd) -> Result<()> {
             let (_, link) = local_admin(&data, crate::admin::Request::LoginLink { user }).await?;
             println!("{link}");
         }
+        AdminCmd::Grant { data, user } => set_admin(&data, user, true).await?,
+        AdminCmd::Revoke { data, user } => set_admin(&data, user, false).await?,
     }
+    Ok(())
+}
+
+async fn set_admin(data: &DataArg, user: String, admin: bool) -> Result<()> {
+    let (_, said) = local_admin(data, crate::admin::Request::SetAdmin { user, admin }).await?;
+    println!("{said}");
     Ok(())
 }
 

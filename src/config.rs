@@ -82,6 +82,9 @@ pub struct ServerConfig {
     pub workspace_domain: Option<String>,
     /// Less safe: ports also at `/w/{id}/p/{port}/` on the dashboard's origin, sandboxed by CSP.
     pub path_ports: bool,
+    /// Bearer token `/metrics` asks for; without one it answers loopback clients only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +96,7 @@ impl Default for ServerConfig {
             secure_cookies: None,
             workspace_domain: None,
             path_ports: false,
+            metrics_token: None,
         }
     }
 }
@@ -161,8 +165,11 @@ pub struct AuthConfig {
     pub login_link_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub invitation_ttl: Duration,
-    /// Per client address and per account; at least 1.
+    /// Per client address and account; an address gets five times as many for all accounts,
+    /// an account twenty times as many from all addresses. At least 1.
     pub login_attempts_per_minute: u32,
+    /// Whether members may create organizations (and own them); else cell administrators only.
+    pub members_create_orgs: bool,
     /// Bootstrap owner created by `serve` on an empty database.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner_email: Option<String>,
@@ -177,6 +184,7 @@ impl Default for AuthConfig {
             login_link_ttl: Duration::from_secs(15 * 60),
             invitation_ttl: Duration::from_secs(7 * 24 * 3600),
             login_attempts_per_minute: 10,
+            members_create_orgs: false,
             owner_email: None,
             owner_password: None,
         }
@@ -251,6 +259,13 @@ pub struct WorkspaceConfig {
     pub allow_destinations: Vec<String>,
     /// Hosts (`host` or `host:port`) a stored credential may be sent to over plain http.
     pub plain_http_credentials: Vec<String>,
+    /// The largest class an organization may define; unset parts are the host's capacity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_max_cpu_millis: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_max_memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_max_disk_bytes: Option<u64>,
 }
 
 /// `[backup.s3]`: credentials come from the standard AWS chain (environment, profile, instance role).

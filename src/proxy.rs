@@ -102,10 +102,7 @@ async fn port_origin(st: AppState, target: PortHost, req: Request) -> Result<Res
     if req.uri().path() == AUTH_PATH {
         return Ok(redeem(&st, &target, req.uri()));
     }
-    let cookie_name = port_cookie(&st);
-    let actor = crate::api::cookie_values(req.headers(), cookie_name)
-        .find_map(|c| st.cell.port_actor(c, &target))
-        .or_else(|| bearer(&st, req.headers()));
+    let actor = port_caller(&st, &target, req.headers());
     let agent = match st
         .cell
         .authorize_port(actor.as_ref(), &target.workspace, target.port)
@@ -131,7 +128,30 @@ async fn port_origin(st: AppState, target: PortHost, req: Request) -> Result<Res
         Err(e) => return Err(e.into()),
     };
     let path = req.uri().path().trim_start_matches('/').to_owned();
-    forward(agent, target.port, path, String::new(), req, false).await
+    // A WebSocket to the port lasts as long as its caller may reach the port.
+    let headers = req.headers().clone();
+    let port = target.port;
+    let ends = async move {
+        st.cell
+            .access_ends(|cell| {
+                let actor = port_caller(&st, &target, &headers);
+                cell.may_reach_port(actor.as_ref(), &target.workspace, target.port)
+                    .is_ok()
+            })
+            .await
+    };
+    forward(agent, port, path, String::new(), req, false, ends).await
+}
+
+/// Who calls on a port origin: by that origin's cookie, or a bearer token.
+fn port_caller(
+    st: &AppState,
+    target: &PortHost,
+    headers: &HeaderMap,
+) -> Option<crate::service::Actor> {
+    crate::api::cookie_values(headers, port_cookie(st))
+        .find_map(|c| st.cell.port_actor(c, target))
+        .or_else(|| bearer(st, headers))
 }
 
 /// `AUTH_PATH?grant=...&next=...`: the grant becomes this origin's cookie.
@@ -253,7 +273,25 @@ async fn path_port(
     }
     let actor = crate::api::auth_identify(&st.cell, req.headers()).ok();
     let agent = st.cell.authorize_port(actor.as_ref(), &wsid, port)?;
-    forward(agent, port, rest, format!("/w/{id}/p/{port}"), req, true).await
+    let headers = req.headers().clone();
+    let ends = async move {
+        st.cell
+            .access_ends(|cell| {
+                let actor = crate::api::auth_identify(cell, &headers).ok();
+                cell.may_reach_port(actor.as_ref(), &wsid, port).is_ok()
+            })
+            .await
+    };
+    forward(
+        agent,
+        port,
+        rest,
+        format!("/w/{id}/p/{port}"),
+        req,
+        true,
+        ends,
+    )
+    .await
 }
 
 /// Headers that describe one hop and are not forwarded (except the upgrade pair, which a
@@ -302,7 +340,7 @@ fn strip_cell_cookies(cookie: &str) -> Option<String> {
 
 /// Sends `req` to `port` in the workspace as `/{rest}`. `prefix` is the path the port is
 /// served under on this host (for `X-Forwarded-Prefix`); `sandboxed` answers carry the CSP
-/// sandbox.
+/// sandbox. An upgraded connection (a WebSocket) is cut when `ends` resolves.
 async fn forward(
     agent: crate::agent::client::AgentClient,
     port: u16,
@@ -310,6 +348,7 @@ async fn forward(
     prefix: String,
     mut req: Request,
     sandboxed: bool,
+    ends: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Response, ApiError> {
     let io = agent
         .tunnel(port)
@@ -389,7 +428,10 @@ async fn forward(
                         hyper_util::rt::TokioIo::new(c),
                         hyper_util::rt::TokioIo::new(s),
                     );
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut c, &mut s) => {}
+                        _ = ends => {}
+                    }
                 }
             });
         }

@@ -1069,7 +1069,7 @@ async fn org_member_remove(
         |actor, org| {
             let user = crate::domain::UserId::parse(&user)
                 .map_err(|_| Error::NotFound { what: "member" })?;
-            st.cell.remove_member(actor, &org.id, &user)
+            st.cell.remove_member(actor, &org.id, &user).map(|_| ())
         },
     )
 }

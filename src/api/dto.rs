@@ -34,6 +34,13 @@ impl From<&User> for UserDto {
     }
 }
 
+/// A change to a user's cell role.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub is_admin: bool,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
@@ -337,6 +344,14 @@ pub struct CreateWorkspace {
     /// Start it right away.
     #[serde(default)]
     pub start: bool,
+}
+
+/// A workspace given to another member of its organization.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferWorkspace {
+    /// The new owner's user id; they must be a member of the workspace's organization.
+    pub owner: String,
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -25,6 +25,7 @@ pub use auth::{
     session_cookie, session_cookie_name,
 };
 pub use error::{ApiError, ApiResult, ErrorBody};
+pub use terminals::ACCESS_ENDED;
 
 use crate::metrics::Metrics;
 use crate::service::Cell;
@@ -126,13 +127,13 @@ impl utoipa::Modify for Security {
         orgs::list_classes, orgs::create_class, orgs::update_class, orgs::delete_class,
         orgs::get_policy, orgs::update_policy, orgs::list_deleted_workspaces,
         workspaces::list_workspaces, workspaces::create_workspace, workspaces::get_workspace, workspaces::workspace_events,
-        workspaces::update_workspace, workspaces::delete_workspace,
+        workspaces::update_workspace, workspaces::delete_workspace, workspaces::transfer_workspace,
         workspaces::start_workspace, workspaces::stop_workspace, workspaces::restart_workspace, workspaces::exec, workspaces::tasks,
         workspaces::ports, workspaces::share_port,
         workspaces::backup_now, workspaces::restore_backup, workspaces::backup_archive,
         credentials::list_git_credentials, credentials::create_git_credential, credentials::delete_git_credential,
         terminals::list_terminals, terminals::create_terminal, terminals::attach_terminal,
-        ops::workers, ops::cell_facts,
+        ops::workers, ops::cell_facts, ops::list_users, ops::update_user,
     ),
     components(schemas(ErrorBody))
 )]

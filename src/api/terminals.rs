@@ -148,15 +148,34 @@ pub(super) async fn attach_terminal(
             {
                 return;
             }
-            relay(socket, inner, move || cell.note_activity(&wsid)).await
+            // The terminal lasts as long as its caller's credential and access: a revoked
+            // token, a sign-out or a removal from the organization closes it.
+            let watcher = cell.clone();
+            let id = wsid.clone();
+            let ends = async move {
+                watcher
+                    .access_ends(|cell| {
+                        super::auth::identify(cell, &headers)
+                            .and_then(|a| cell.owners_workspace(&a, &id, "work in it"))
+                            .is_ok()
+                    })
+                    .await
+            };
+            relay(socket, inner, ends, move || cell.note_activity(&wsid)).await
         })
         .into_response())
 }
 
-/// Copies frames both ways until either side closes.
+/// The close code a terminal gets when its caller's access ends (4000-4999 are the
+/// application's): the page says so rather than reconnecting.
+pub const ACCESS_ENDED: u16 = 4403;
+
+/// Copies frames both ways until either side closes, or `ends` resolves (then the client gets
+/// a close frame with [`ACCESS_ENDED`]).
 async fn relay(
     client: WebSocket,
     agent: tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>,
+    ends: impl std::future::Future<Output = ()>,
     on_input: impl Fn() + Send + 'static,
 ) {
     let (mut c_tx, mut c_rx) = client.split();
@@ -177,7 +196,21 @@ async fn relay(
         let _ = a_tx.close().await;
     };
     let down = async {
-        while let Some(Ok(m)) = a_rx.next().await {
+        tokio::pin!(ends);
+        loop {
+            let m = tokio::select! {
+                m = a_rx.next() => m,
+                _ = &mut ends => {
+                    let _ = c_tx
+                        .send(AxMessage::Close(Some(axum::extract::ws::CloseFrame {
+                            code: ACCESS_ENDED,
+                            reason: "access ended: sign in again".into(),
+                        })))
+                        .await;
+                    return;
+                }
+            };
+            let Some(Ok(m)) = m else { break };
             let out = match m {
                 TMessage::Binary(b) => AxMessage::Binary(b),
                 TMessage::Text(t) => AxMessage::Text(t.as_str().into()),

@@ -36,6 +36,10 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/api/v1/workspaces/{id}/events", get(workspace_events))
         .route(
+            "/api/v1/workspaces/{id}/transfer",
+            axum::routing::post(transfer_workspace),
+        )
+        .route(
             "/api/v1/workspaces/{id}/start",
             axum::routing::post(start_workspace),
         )
@@ -216,12 +220,14 @@ pub(super) async fn workspace_events(
     // Subscribed before the first read, so no change between the two is missed.
     let mut changes = st.cell.workspace_changes();
     changes.borrow_and_update();
+    let access = st.cell.access_changes();
     let first = st.cell.get_workspace(&a, &id)?;
     struct Watch {
         st: AppState,
         headers: axum::http::HeaderMap,
         id: WorkspaceId,
         changes: tokio::sync::watch::Receiver<u64>,
+        access: tokio::sync::watch::Receiver<u64>,
         first: Option<crate::domain::entities::Workspace>,
         last: String,
         ended: bool,
@@ -231,6 +237,7 @@ pub(super) async fn workspace_events(
         headers,
         id,
         changes,
+        access,
         first: Some(first),
         last: String::new(),
         ended: false,
@@ -243,11 +250,16 @@ pub(super) async fn workspace_events(
             let ws = match w.first.take() {
                 Some(ws) => Ok(ws),
                 None => {
-                    if w.changes.changed().await.is_err() {
+                    let moved = tokio::select! {
+                        r = w.changes.changed() => r,
+                        r = w.access.changed() => r,
+                    };
+                    if moved.is_err() {
                         return None; // the cell is stopping
                     }
-                    // The credential is checked again: a revoked token or ended session
-                    // stops the stream, as a removal from the organization does.
+                    // The credential is checked again, at each change of the workspace and of
+                    // anyone's access: a revoked token or ended session stops the stream, as a
+                    // removal from the organization does.
                     let Ok(actor) = super::auth::identify(&w.st.cell, &w.headers) else {
                         return None;
                     };
@@ -313,6 +325,23 @@ pub(super) async fn delete_workspace(
 ) -> ApiResult<StatusCode> {
     st.cell.delete_workspace(&a, &ws_id(&id)?)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Give a stopped workspace to another member of its organization (owners of the
+/// organization): for the workspaces of someone who left. Its files come as they are.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/transfer", tag = "workspaces", params(("id" = String, Path)), request_body = TransferWorkspace,
+    responses((status = 200, body = WorkspaceDto), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn transfer_workspace(
+    State(st): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<TransferWorkspace>,
+) -> ApiResult<Json<WorkspaceDto>> {
+    let to = crate::domain::UserId::parse(&req.owner)
+        .map_err(|_| crate::domain::FieldError::new("owner", "not a user id"))
+        .map_err(crate::service::Error::from)?;
+    let ws = st.cell.transfer_workspace(&a, &ws_id(&id)?, &to)?;
+    Ok(Json(dto(&st, &ws)))
 }
 
 /// Start a workspace: its phase moves through creating and initializing to running.

@@ -513,6 +513,11 @@ fn fully_populated() -> Config {
     config.workspace.file_repos = vec!["/srv/git".into(), "/home/shared/repos".into()];
     config.workspace.allow_destinations = vec!["127.0.0.1:5000".into(), "10.0.0.0/8".into()];
     config.workspace.plain_http_credentials = vec!["git.internal:8080".into()];
+    config.workspace.class_max_cpu_millis = Some(8000);
+    config.workspace.class_max_memory_bytes = Some(16 << 30);
+    config.workspace.class_max_disk_bytes = Some(100 << 30);
+    config.server.metrics_token = Some(Secret::new("pw"));
+    config.auth.members_create_orgs = true;
     config
 }
 

@@ -12,7 +12,7 @@ pub mod validate;
 
 pub use ids::*;
 pub use lifecycle::{Action, Desired, Lifecycle, LifecycleError, Phase, PhaseChange};
-pub use policy::{ClassSpec, Policy, RuleError, StopReason};
+pub use policy::{ClassLimits, ClassSpec, Policy, RuleError, StopReason};
 pub use validate::{FieldError, RepoSpec, RepoUrl};
 
 /// A user's role in an organization.

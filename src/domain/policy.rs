@@ -71,6 +71,39 @@ impl ClassSpec {
     }
 }
 
+/// The largest class the cell lets an organization define (an administrator's setting,
+/// defaulting to the host's capacity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassLimits {
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+impl ClassSpec {
+    /// Checks the class against the cell's limits, naming the limit exceeded.
+    pub fn check_within(&self, limits: &ClassLimits) -> Result<(), FieldError> {
+        let over = |field: &str, what: String| {
+            Err(FieldError::new(
+                field,
+                format!(
+                    "{what} is the most a class may have on this cell (set by its administrator)"
+                ),
+            ))
+        };
+        if self.cpu_millis > limits.cpu_millis {
+            return over("cpu_millis", format!("{} millicores", limits.cpu_millis));
+        }
+        if self.memory_bytes > limits.memory_bytes {
+            return over("memory_bytes", format!("{} MiB", limits.memory_bytes / MIB));
+        }
+        if self.disk_bytes > limits.disk_bytes {
+            return over("disk_bytes", format!("{} GiB", limits.disk_bytes / GIB));
+        }
+        Ok(())
+    }
+}
+
 fn check_range(field: &str, v: u64, min: u64, max: u64, unit: &str) -> Result<(), FieldError> {
     if (min..=max).contains(&v) {
         Ok(())

@@ -52,10 +52,21 @@ fn verify_password(hash: &str, password: &str) -> bool {
 
 /// Recently authenticated credentials, so that a burst of API calls does not read the token and
 /// its user from the database for every request. Entries live two seconds at most, and every
-/// change to credentials or users empties the cache, so revocation still takes effect at once.
-#[derive(Default)]
+/// change to credentials, users or memberships empties the cache, so revocation still takes
+/// effect at once; each such change also moves `epoch`, which long-lived connections (terminals,
+/// event streams, port tunnels) watch to check their caller again.
 pub(crate) struct AuthCache {
     map: std::sync::Mutex<std::collections::HashMap<String, CachedAuth>>,
+    epoch: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        AuthCache {
+            map: Default::default(),
+            epoch: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 /// The actor, when its credential expires, and when it was cached.
@@ -87,31 +98,68 @@ impl AuthCache {
         if let Ok(mut map) = self.map.lock() {
             map.clear();
         }
+        self.epoch.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
-/// Limits login attempts per client address and per account.
+/// Limits login attempts at three levels, so that guessing is slow and nobody can lock an
+/// account out for everyone: one address for one account (`per_minute`), one address for all
+/// accounts (five times that: an office behind one address), and one account from all
+/// addresses (twenty times that: a ceiling that takes many addresses to reach).
 pub(crate) struct LoginLimiter {
-    limiter: DefaultKeyedRateLimiter<String>,
+    pair: DefaultKeyedRateLimiter<String>,
+    address: DefaultKeyedRateLimiter<String>,
+    account: DefaultKeyedRateLimiter<String>,
 }
 
 impl LoginLimiter {
     pub(crate) fn new(per_minute: u32) -> LoginLimiter {
-        let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = |times: u32| {
+            let n = per_minute.max(1).saturating_mul(times);
+            RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN),
+            ))
+        };
         LoginLimiter {
-            limiter: RateLimiter::keyed(Quota::per_minute(n)),
+            pair: quota(1),
+            address: quota(5),
+            account: quota(20),
         }
     }
 
-    fn check(&self, key: String) -> Result<()> {
-        self.limiter.check_key(&key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            Error::RateLimited {
-                retry_after_s: wait.as_secs().max(1),
-            }
-        })
+    /// Counts an attempt from `client` (an IP address) at `email`.
+    fn check(&self, client: &str, email: &str) -> Result<()> {
+        let client = address_key(client);
+        for (limiter, key) in [
+            (&self.pair, format!("{client} {email}")),
+            (&self.address, client.clone()),
+            (&self.account, email.to_owned()),
+        ] {
+            limiter.check_key(&key).map_err(|not_until| {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                Error::RateLimited {
+                    retry_after_s: wait.as_secs().max(1),
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// An IPv6 client is one /64 (one host usually has a whole /64 to pick addresses from).
+fn address_key(client: &str) -> String {
+    match client.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Ok(std::net::IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map(|v4| v4.to_string())
+            .unwrap_or_default(),
+        _ => client.to_owned(),
     }
 }
 
@@ -141,10 +189,38 @@ pub struct Bootstrap {
 }
 
 impl Cell {
+    /// Moves after every change that may end someone's access: a credential revoked or expired
+    /// early, a password changed, a membership removed or changed, a workspace given to another
+    /// owner. Long-lived connections check their caller again when it moves.
+    pub fn access_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.auth_cache.epoch.subscribe()
+    }
+
+    /// Resolves once `still` (the caller's credential and access, checked again) turns false:
+    /// at once after each access change, and every 30 s for credentials that expire by
+    /// themselves. Long-lived connections race it, so they close when their caller's access ends.
+    pub async fn access_ends(&self, still: impl Fn(&Cell) -> bool) {
+        const RECHECK: Duration = Duration::from_secs(30);
+        let mut changes = self.access_changes();
+        loop {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+            if !still(self) {
+                return;
+            }
+        }
+    }
+
+    /// Ends cached authentications and wakes whatever watches [`Cell::access_changes`].
+    pub(crate) fn access_changed(&self) {
+        self.inner.auth_cache.clear();
+    }
+
     pub async fn login_password(&self, c: Credentials) -> Result<LoginOutcome> {
         let email = c.email.trim().to_lowercase();
-        self.inner.limiter.check(format!("ip:{}", c.client))?;
-        self.inner.limiter.check(format!("user:{email}"))?;
+        self.inner.limiter.check(&c.client, &email)?;
         let user = self.store().read(|tx| tx.user_by_email(&email))?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let password = c.password;
@@ -222,7 +298,7 @@ impl Cell {
         if let AuthVia::Session { hash, .. } = &actor.via {
             self.store().write(|tx| tx.delete_session(hash))?;
         }
-        self.inner.auth_cache.clear();
+        self.access_changed();
         Ok(())
     }
 
@@ -231,7 +307,7 @@ impl Cell {
         let n = self
             .store()
             .write(|tx| tx.delete_sessions_of(&actor.user.id))?;
-        self.inner.auth_cache.clear();
+        self.access_changed();
         Ok(n)
     }
 
@@ -384,7 +460,7 @@ impl Cell {
             tx.delete_token(&hash)?;
             Ok(())
         })?;
-        self.inner.auth_cache.clear();
+        self.access_changed();
         Ok(())
     }
 
@@ -470,6 +546,38 @@ impl Cell {
             .ok_or(Error::NotFound { what: "user" })
     }
 
+    /// Every account on the cell (cell administrators).
+    pub fn list_users(&self, actor: &Actor) -> Result<Vec<User>> {
+        self.require_admin(actor)?;
+        Ok(self.store().read(|tx| tx.users())?)
+    }
+
+    /// Makes a user a cell administrator or not (cell administrators).
+    pub fn set_cell_admin(&self, actor: &Actor, user: &UserId, admin: bool) -> Result<User> {
+        self.require_admin(actor)?;
+        self.grant_cell_admin(user, admin)
+    }
+
+    /// Makes a user a cell administrator or not; the cell keeps at least one.
+    pub(crate) fn grant_cell_admin(&self, user: &UserId, admin: bool) -> Result<User> {
+        let user = self.store().write(|tx| -> Result<User> {
+            let mut u = tx.user(user)?.ok_or(Error::NotFound { what: "user" })?;
+            if u.is_admin && !admin && !tx.users()?.iter().any(|o| o.is_admin && o.id != u.id) {
+                return Err(Error::Conflict {
+                    code: "last_admin",
+                    message:
+                        "the cell needs at least one administrator; make another user one first"
+                            .into(),
+                });
+            }
+            u.is_admin = admin;
+            tx.put_user(&u)?;
+            Ok(u)
+        })?;
+        self.access_changed();
+        Ok(user)
+    }
+
     /// Issues an API token without a login, for the local admin command.
     pub fn admin_token(&self, email: Option<&str>, name: &str) -> Result<(User, NewToken)> {
         let user = self.find_user(email)?;
@@ -501,7 +609,7 @@ impl Cell {
             tx.delete_sessions_of(&user.id)?;
             Ok(())
         })?;
-        self.inner.auth_cache.clear();
+        self.access_changed();
         Ok((user, password))
     }
 
@@ -523,7 +631,7 @@ impl Cell {
         let mut user = actor.user.clone();
         user.password_hash = Some(hash);
         self.store().write(|tx| tx.put_user(&user))?;
-        self.inner.auth_cache.clear();
+        self.access_changed();
         Ok(())
     }
 
@@ -531,7 +639,7 @@ impl Cell {
         let mut user = actor.user.clone();
         user.name = validate_display_name(name)?;
         self.store().write(|tx| tx.put_user(&user))?;
-        self.inner.auth_cache.clear();
+        self.access_changed();
         Ok(user)
     }
 
@@ -553,7 +661,7 @@ impl Cell {
             }
             Ok::<_, Error>(())
         })?;
-        self.inner.auth_cache.clear();
+        self.access_changed();
         Ok(expired.len())
     }
 }

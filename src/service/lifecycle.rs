@@ -423,6 +423,14 @@ impl Cell {
         id: &WorkspaceId,
         port: u16,
     ) -> Result<AgentClient> {
+        self.may_reach_port(actor, id, port)?;
+        self.note_activity(id);
+        Ok(self.agent(id))
+    }
+
+    /// Whether `actor` may reach `port` of the running workspace now: public ports anyone,
+    /// organization ports members of its organization, private ports its owner while a member.
+    pub fn may_reach_port(&self, actor: Option<&Actor>, id: &WorkspaceId, port: u16) -> Result<()> {
         let ws = self
             .load(id)?
             .ok_or(Error::NotFound { what: "workspace" })?;
@@ -435,14 +443,10 @@ impl Cell {
         let allowed = match (visibility, actor) {
             (Visibility::Public, _) => true,
             (_, None) => return Err(Error::Unauthenticated),
-            (Visibility::Private, Some(a)) => a.user.id == ws.owner,
-            (Visibility::Org, Some(a)) => {
-                a.user.id == ws.owner
-                    || self
-                        .store()
-                        .read(|tx| tx.membership(&ws.org, &a.user.id))?
-                        .is_some()
+            (Visibility::Private, Some(a)) => {
+                a.user.id == ws.owner && self.is_member(a, &ws.org)?
             }
+            (Visibility::Org, Some(a)) => self.is_member(a, &ws.org)?,
         };
         if !allowed {
             // As for workspaces: people who may not use it learn nothing about it.
@@ -454,8 +458,7 @@ impl Cell {
                 message: format!("the workspace is {}", ws.lifecycle.phase.as_str()),
             });
         }
-        self.note_activity(&ws.id);
-        Ok(self.agent(&ws.id))
+        Ok(())
     }
 
     /// The agent of a running workspace of the caller's, for terminals.

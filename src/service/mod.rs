@@ -227,6 +227,14 @@ impl Cell {
             })
     }
 
+    /// Whether the caller belongs to `org` now.
+    pub(crate) fn is_member(&self, actor: &Actor, org: &OrgId) -> Result<bool> {
+        Ok(self
+            .store()
+            .read(|tx| tx.membership(org, &actor.user.id))?
+            .is_some())
+    }
+
     fn require_owner(&self, actor: &Actor, org: &OrgId) -> Result<Membership> {
         let m = self.membership(actor, org)?;
         if m.role != Role::Owner {
@@ -237,22 +245,15 @@ impl Cell {
         Ok(m)
     }
 
-    /// The cell's administration (its loops, facts and backups) is for owners: the user who
-    /// set the cell up, the local admin socket, and every owner of an organization.
-    fn require_admin(&self, actor: &Actor) -> Result<()> {
+    /// The cell's administration (its loops, facts, users and backups) is a cell role of its
+    /// own: cell administrators (the user who set the cell up and whoever an administrator
+    /// makes one) and the local admin socket. Owning an organization does not make one.
+    pub(crate) fn require_admin(&self, actor: &Actor) -> Result<()> {
         if actor.user.is_admin || actor.via == AuthVia::Local {
-            return Ok(());
-        }
-        let owner = self
-            .store()
-            .read(|tx| tx.memberships_of(&actor.user.id))?
-            .iter()
-            .any(|m| m.role == Role::Owner);
-        if owner {
             Ok(())
         } else {
             Err(Error::Forbidden(
-                "only owners may see the cell's administration".into(),
+                "only cell administrators may do this".into(),
             ))
         }
     }

@@ -67,8 +67,16 @@ impl Cell {
         Ok((org, m.role))
     }
 
-    /// Creates an organization with the caller as its owner.
+    /// Creates an organization with the caller as its owner: cell administrators, and anyone
+    /// when the operator allows it (`auth.members_create_orgs`).
     pub fn create_org(&self, actor: &Actor, name: &str) -> Result<Org> {
+        if !self.config().auth.members_create_orgs {
+            self.require_admin(actor).map_err(|_| {
+                Error::Forbidden(
+                    "only cell administrators may create organizations on this cell".into(),
+                )
+            })?;
+        }
         let now = self.now();
         let org = Org {
             id: OrgId::from_ulid(new_ulid()),
@@ -140,22 +148,29 @@ impl Cell {
         role: Role,
     ) -> Result<Membership> {
         self.require_owner(actor, org)?;
-        self.store().write(|tx| -> Result<Membership> {
-            let mut m = tx
-                .membership(org, user)?
-                .ok_or(Error::NotFound { what: "member" })?;
-            if m.role == Role::Owner && role != Role::Owner {
-                ensure_other_owner(tx, org, user)?;
-            }
-            m.role = role;
-            tx.put_membership(&m)?;
-            Ok(m)
-        })
+        self.store()
+            .write(|tx| -> Result<Membership> {
+                let mut m = tx
+                    .membership(org, user)?
+                    .ok_or(Error::NotFound { what: "member" })?;
+                if m.role == Role::Owner && role != Role::Owner {
+                    ensure_other_owner(tx, org, user)?;
+                }
+                m.role = role;
+                tx.put_membership(&m)?;
+                Ok(m)
+            })
+            .inspect(|_| self.access_changed())
     }
 
-    pub fn remove_member(&self, actor: &Actor, org: &OrgId, user: &UserId) -> Result<()> {
+    /// Removes a member, and with it all of their access at once: their running workspaces in
+    /// the organization stop (snapshotted first, files kept), and their open terminals, event
+    /// streams and port connections close. The workspaces stay, for the organization's owners
+    /// to delete or give to another member ([`Cell::transfer_workspace`]). Returns how many
+    /// workspaces were stopped.
+    pub fn remove_member(&self, actor: &Actor, org: &OrgId, user: &UserId) -> Result<usize> {
         self.require_owner(actor, org)?;
-        self.store().write(|tx| -> Result<()> {
+        let stopped = self.store().write(|tx| -> Result<usize> {
             let m = tx
                 .membership(org, user)?
                 .ok_or(Error::NotFound { what: "member" })?;
@@ -163,8 +178,30 @@ impl Cell {
                 ensure_other_owner(tx, org, user)?;
             }
             tx.delete_membership(org, user)?;
-            Ok(())
-        })
+            let mut stopped = 0;
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = tx.workspaces_of(user, cursor.as_deref(), 500)?;
+                for mut ws in page.iter().filter(|w| w.org == *org).cloned() {
+                    if ws.lifecycle.desired == crate::domain::Desired::Running {
+                        ws.lifecycle.set_desired(crate::domain::Desired::Stopped)?;
+                        tx.put_workspace(&ws)?;
+                        stopped += 1;
+                    }
+                }
+                match page.last() {
+                    Some(last) if page.len() == 500 => cursor = Some(last.id.to_string()),
+                    _ => break,
+                }
+            }
+            Ok(stopped)
+        })?;
+        self.access_changed();
+        if stopped > 0 {
+            self.wake_reconciler();
+        }
+        tracing::info!(%org, %user, by = %actor.user.email, stopped, "removed member");
+        Ok(stopped)
     }
 
     pub fn create_invitation(
@@ -303,6 +340,24 @@ impl Cell {
         Ok((membership, session))
     }
 
+    /// The largest class an organization may define: `workspace.class_max_*`, each defaulting
+    /// to the host's capacity (its CPUs, its memory, the data directory's filesystem).
+    pub fn class_limits(&self) -> crate::domain::ClassLimits {
+        let w = &self.config().workspace;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let memory = rustix::system::sysinfo();
+        let disk = rustix::fs::statvfs(&self.config().data_dir)
+            .map(|fs| fs.f_blocks.saturating_mul(fs.f_frsize))
+            .unwrap_or(u64::MAX);
+        crate::domain::ClassLimits {
+            cpu_millis: w.class_max_cpu_millis.unwrap_or(cpus.saturating_mul(1000)),
+            memory_bytes: w
+                .class_max_memory_bytes
+                .unwrap_or((memory.totalram as u64).saturating_mul(u64::from(memory.mem_unit))),
+            disk_bytes: w.class_max_disk_bytes.unwrap_or(disk),
+        }
+    }
+
     /// Classes of an organization: owners see all, members only the allowed ones.
     /// The classes a new workspace may use: those the policy allows, owners included.
     pub fn usable_classes(&self, actor: &Actor, org: &OrgId) -> Result<Vec<Class>> {
@@ -337,6 +392,7 @@ impl Cell {
     pub fn create_class(&self, actor: &Actor, org: &OrgId, input: ClassInput) -> Result<Class> {
         self.require_owner(actor, org)?;
         input.spec.validate()?;
+        input.spec.check_within(&self.class_limits())?;
         let class = Class {
             id: ClassId::from_ulid(new_ulid()),
             org: org.clone(),
@@ -372,6 +428,7 @@ impl Cell {
             .ok_or(Error::NotFound { what: "class" })?;
         self.require_owner(actor, &class.org)?;
         input.spec.validate()?;
+        input.spec.check_within(&self.class_limits())?;
         self.store().write(|tx| -> Result<Class> {
             let others = tx.classes(&class.org)?;
             if others

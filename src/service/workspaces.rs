@@ -7,7 +7,8 @@ use super::{Actor, Cell, Error, Result, new_ulid};
 use crate::domain::entities::Workspace;
 use crate::domain::validate::{validate_branch, validate_workspace_name};
 use crate::domain::{
-    ClassId, Desired, FieldError, Lifecycle, OrgId, Phase, RepoSpec, RepoUrl, Role, WorkspaceId,
+    ClassId, Desired, FieldError, Lifecycle, OrgId, Phase, RepoSpec, RepoUrl, Role, UserId,
+    WorkspaceId,
 };
 use crate::store::Reader;
 
@@ -282,15 +283,25 @@ impl Cell {
         if let Some(o) = org {
             self.require_owner(actor, o)?;
         }
-        let items = self.store().read(|tx| match org {
-            Some(o) => tx.workspaces_in(o, cursor, limit),
-            None => tx.workspaces_of(&actor.user.id, cursor, limit),
+        let (mut items, orgs) = self.store().read(|tx| {
+            let items = match org {
+                Some(o) => tx.workspaces_in(o, cursor, limit)?,
+                None => tx.workspaces_of(&actor.user.id, cursor, limit)?,
+            };
+            let orgs: std::collections::HashSet<OrgId> = tx
+                .memberships_of(&actor.user.id)?
+                .into_iter()
+                .map(|m| m.org)
+                .collect();
+            Ok((items, orgs))
         })?;
         let next_cursor = if items.len() == limit {
             items.last().map(|w| w.id.to_string())
         } else {
             None
         };
+        // Workspaces left in organizations the caller was removed from are the owners' now.
+        items.retain(|w| orgs.contains(&w.org));
         Ok(WorkspacePage { items, next_cursor })
     }
 
@@ -304,19 +315,19 @@ impl Cell {
         Ok(self.store().read(|tx| tx.workspace(id))?.is_some())
     }
 
-    /// A workspace its owner may see; owners of its organization may see it too.
+    /// A workspace its owner may see while a member of its organization; owners of the
+    /// organization may see it too. Someone removed from the organization sees nothing of it.
     pub fn get_workspace(&self, actor: &Actor, id: &WorkspaceId) -> Result<Workspace> {
-        let ws = self
-            .store()
-            .read(|tx| tx.workspace(id))?
-            .ok_or(Error::NotFound { what: "workspace" })?;
-        if ws.owner == actor.user.id {
-            return Ok(ws);
-        }
-        match self
-            .store()
-            .read(|tx| tx.membership(&ws.org, &actor.user.id))?
-        {
+        let (ws, membership) = self.store().read(|tx| {
+            let Some(ws) = tx.workspace(id)? else {
+                return Ok((None, None));
+            };
+            let m = tx.membership(&ws.org, &actor.user.id)?;
+            Ok((Some(ws), m))
+        })?;
+        let ws = ws.ok_or(Error::NotFound { what: "workspace" })?;
+        match membership {
+            Some(_) if ws.owner == actor.user.id => Ok(ws),
             Some(m) if m.role == Role::Owner => Ok(ws),
             // Not found rather than forbidden: members learn nothing about others' workspaces.
             _ => Err(Error::NotFound { what: "workspace" }),
@@ -377,6 +388,51 @@ impl Cell {
                 .map_err(|e| FieldError::new("timeout_s", e.to_string()))?;
         }
         self.store().write(|tx| tx.put_workspace(&ws))?;
+        Ok(ws)
+    }
+
+    /// Gives a workspace to another member of its organization (owners of the organization).
+    /// Only a stopped workspace moves, so nothing its previous owner left running carries on
+    /// under the new one; its files come as they are.
+    pub fn transfer_workspace(
+        &self,
+        actor: &Actor,
+        id: &WorkspaceId,
+        to: &UserId,
+    ) -> Result<Workspace> {
+        let ws = self.get_workspace(actor, id)?;
+        self.require_owner(actor, &ws.org)?;
+        let ws = self.store().write(|tx| -> Result<Workspace> {
+            let mut ws = tx
+                .workspace(id)?
+                .ok_or(Error::NotFound { what: "workspace" })?;
+            if tx.membership(&ws.org, to)?.is_none() {
+                return Err(FieldError::new(
+                    "owner",
+                    "not a member of the workspace's organization",
+                )
+                .into());
+            }
+            if ws.lifecycle.desired == Desired::Deleted
+                || !matches!(ws.lifecycle.phase, Phase::Stopped | Phase::Failed)
+            {
+                return Err(Error::Conflict {
+                    code: "not_stopped",
+                    message: format!(
+                        "the workspace is {}; stop it before giving it to someone else",
+                        ws.lifecycle.phase.as_str()
+                    ),
+                });
+            }
+            if ws.lifecycle.desired == Desired::Running {
+                ws.lifecycle.set_desired(Desired::Stopped)?;
+            }
+            ws.owner = to.clone();
+            tx.put_workspace(&ws)?;
+            Ok(ws)
+        })?;
+        self.access_changed();
+        tracing::info!(workspace = %ws.id, to = %to, by = %actor.user.email, "workspace given to another member");
         Ok(ws)
     }
 

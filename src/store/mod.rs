@@ -718,6 +718,12 @@ impl WriteTx {
     }
     pub fn put_workspace(&self, w: &Workspace) -> Result<()> {
         self.workspaces_changed.set(true);
+        if let Some(old) = self.get::<records::WorkspaceRecord>(w.id.as_str())?
+            && old.owner != w.owner.as_str()
+        {
+            // Given to another owner: the old owner's index entry goes with it.
+            self.del(WS_BY_OWNER, &format!("{}/{}", old.owner, w.id))?;
+        }
         self.put(w.id.as_str(), &records::WorkspaceRecord::from(w))?;
         self.put_index(WS_BY_OWNER, &format!("{}/{}", w.owner, w.id), "")?;
         self.put_index(WS_BY_ORG, &format!("{}/{}", w.org, w.id), "")

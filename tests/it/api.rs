@@ -410,33 +410,6 @@ async fn cookies_are_secure_behind_https() {
 }
 
 #[tokio::test]
-async fn login_is_rate_limited() {
-    let c = TestCell::start_with(|cfg| cfg.auth.login_attempts_per_minute = 3, None).await;
-    for _ in 0..3 {
-        let (s, _) = c
-            .call(
-                Method::POST,
-                "/api/v1/auth/login",
-                None,
-                Some(json!({ "email": OWNER_EMAIL, "password": "guess guess guess" })),
-            )
-            .await;
-        assert_eq!(s, StatusCode::UNAUTHORIZED);
-    }
-    let res = c
-        .http
-        .post(c.url("/api/v1/auth/login"))
-        .json(&json!({ "email": OWNER_EMAIL, "password": OWNER_PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(res.headers().get(header::RETRY_AFTER).is_some());
-    assert_eq!(res.json::<Value>().await.unwrap()["code"], "rate_limited");
-    c.stop().await;
-}
-
-#[tokio::test]
 async fn api_tokens_are_shown_once_and_can_be_revoked() {
     let c = TestCell::start().await;
     let (s, created) = c
@@ -735,7 +708,7 @@ async fn owners_manage_classes_and_policies_with_validation() {
     let c = TestCell::start().await;
     let org = c.org_id().await;
     let (s, cls) = c
-        .owner(Method::POST, &format!("/api/v1/orgs/{org}/classes"), Some(json!({ "name": "gpu-less", "cpu_millis": 4000, "memory_bytes": 8u64 << 30, "disk_bytes": 50u64 << 30, "max_processes": 2048 })))
+        .owner(Method::POST, &format!("/api/v1/orgs/{org}/classes"), Some(json!({ "name": "gpu-less", "cpu_millis": 1000, "memory_bytes": 2u64 << 30, "disk_bytes": 4u64 << 30, "max_processes": 2048 })))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{cls}");
     let (s, b) = c
@@ -931,12 +904,12 @@ async fn the_organization_page_manages_members_invitations_classes_and_the_whole
     let (cookie, csrf) = c.session(&owner.id).await;
     let (member_id, member_token) = c.add_user("dev@example.com", "member").await;
 
-    // Every owner sees the cell's administration, not only the one who set it up.
+    // Owning an organization does not make one a cell administrator.
     let (_, second_owner) = c.add_user("boss2@example.com", "owner").await;
     let (s, facts) = c
         .call(Method::GET, "/api/v1/admin/cell", Some(&second_owner), None)
         .await;
-    assert_eq!(s, StatusCode::OK, "{facts}");
+    assert_eq!(s, StatusCode::FORBIDDEN, "{facts}");
 
     // A member's session cannot change the organization, whatever the form says.
     let member = devcell::domain::UserId::parse(&member_id).unwrap();

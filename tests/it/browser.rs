@@ -489,7 +489,7 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
         .await;
         b.goto(&c.url("/admin")).await.unwrap();
         wait_for(&b, "a refusal", "return document.body.textContent", |t| {
-            t.contains("only owners may see the cell")
+            t.contains("only cell administrators may do this")
         })
         .await;
     };

@@ -26,6 +26,7 @@ enum Access {
 
 struct Fixture {
     org: String,
+    owner_user: String,
     owner_ws: String,
     member_user: String,
     class: String,
@@ -65,7 +66,7 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
             Some(json!({ "host": "other.example.com", "username": "me", "token": "t0ken" })),
         ),
         ("delete", "/api/v1/git-credentials/{id}") => (Owner, None),
-        ("post", "/api/v1/orgs") => (User, Some(json!({ "name": "Side project" }))),
+        ("post", "/api/v1/orgs") => (Admin, Some(json!({ "name": "Side project" }))),
         ("get", "/api/v1/orgs/{org}") => (User, None),
         ("patch", "/api/v1/orgs/{org}") => (Owner, Some(json!({ "name": "Renamed" }))),
         ("get", "/api/v1/orgs/{org}/members") => (Owner, None),
@@ -81,13 +82,13 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
         ("post", "/api/v1/orgs/{org}/classes") => (
             Owner,
             Some(
-                json!({ "name": "big", "cpu_millis": 8000, "memory_bytes": 17179869184u64, "disk_bytes": 107374182400u64, "max_processes": 4096 }),
+                json!({ "name": "big", "cpu_millis": 1000, "memory_bytes": 1073741824u64, "disk_bytes": 2147483648u64, "max_processes": 4096 }),
             ),
         ),
         ("put", "/api/v1/classes/{id}") => (
             Owner,
             Some(
-                json!({ "name": "medium-plus", "cpu_millis": 1500, "memory_bytes": 2147483648u64, "disk_bytes": 10737418240u64, "max_processes": 512 }),
+                json!({ "name": "medium-plus", "cpu_millis": 1000, "memory_bytes": 2147483648u64, "disk_bytes": 4294967296u64, "max_processes": 512 }),
             ),
         ),
         ("delete", "/api/v1/classes/{id}") => (Owner, None),
@@ -104,6 +105,10 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
             (Owner, None)
         }
         ("patch", "/api/v1/workspaces/{id}") => (Owner, Some(json!({ "name": "changed" }))),
+        // The fixture's workspace never ran: it is stopped, and goes to the owner themself.
+        ("post", "/api/v1/workspaces/{id}/transfer") => {
+            (Owner, Some(json!({ "owner": "OWNER_ID" })))
+        }
         ("delete", "/api/v1/workspaces/{id}") => (Owner, None),
         ("post", "/api/v1/workspaces/{id}/start") | ("post", "/api/v1/workspaces/{id}/stop") => {
             (Owner, None)
@@ -126,20 +131,32 @@ fn rule(method: &str, path: &str) -> Option<(Access, Option<Value>)> {
         ("post", "/api/v1/workspaces/{id}/backups")
         | ("post", "/api/v1/workspaces/{id}/backups/{snapshot}/restore")
         | ("get", "/api/v1/workspaces/{id}/backups/{snapshot}/archive") => (OwnerBackups, None),
-        ("get", "/api/v1/admin/workers") | ("get", "/api/v1/admin/cell") => (Admin, None),
+        ("get", "/api/v1/admin/workers")
+        | ("get", "/api/v1/admin/cell")
+        | ("get", "/api/v1/admin/users") => (Admin, None),
+        // The owner makes the member an administrator last (it is not destructive, but it
+        // changes who the member is: the member's walk is over by then).
+        ("patch", "/api/v1/admin/users/{id}") => (Admin, Some(json!({ "is_admin": false }))),
         _ => return None,
     };
     Some(r)
 }
 
-/// The password-change body names the caller's own password.
-fn body_for(body: &Option<Value>, password: &str) -> Option<Value> {
-    body.as_ref()
-        .map(|b| serde_json::from_str(&b.to_string().replace("CALLER_PASSWORD", password)).unwrap())
+/// The password-change body names the caller's own password; a transfer names the owner.
+fn body_for(body: &Option<Value>, password: &str, f: &Fixture) -> Option<Value> {
+    body.as_ref().map(|b| {
+        let b = b
+            .to_string()
+            .replace("CALLER_PASSWORD", password)
+            .replace("OWNER_ID", &f.owner_user);
+        serde_json::from_str(&b).unwrap()
+    })
 }
 
 fn fill(path: &str, f: &Fixture) -> String {
-    let id = if path.starts_with("/api/v1/workspaces/") {
+    let id = if path.starts_with("/api/v1/admin/users/") {
+        &f.member_user
+    } else if path.starts_with("/api/v1/workspaces/") {
         &f.owner_ws
     } else if path.starts_with("/api/v1/classes/") {
         &f.class
@@ -189,7 +206,9 @@ async fn every_route_checks_the_callers_role() {
             Some(json!({ "host": "git.example.com", "username": "me", "token": "t0ken" })),
         )
         .await;
+    let (_, me) = c.owner(Method::GET, "/api/v1/me", None).await;
     let fx = Fixture {
+        owner_user: me["user"]["id"].as_str().unwrap().to_owned(),
         owner_credential: cred["id"].as_str().unwrap().to_owned(),
         owner_ws: create_ws(&c, &c.owner_token).await,
         member_user,
@@ -227,7 +246,7 @@ async fn every_route_checks_the_callers_role() {
     // No credentials: only public routes answer with anything but 401.
     for (m, path, access, body) in &routes {
         let (s, b) = c
-            .call(m.clone(), &fill(path, &fx), None, body_for(body, "x"))
+            .call(m.clone(), &fill(path, &fx), None, body_for(body, "x", &fx))
             .await;
         if *access == Access::Public {
             assert_ne!(
@@ -246,13 +265,16 @@ async fn every_route_checks_the_callers_role() {
     }
 
     // A member: owner and admin routes refuse (403, or 404 for things they must not know of).
-    for (m, path, access, body) in &routes {
+    // Twice over, so the order of the walk does not matter: whatever a member's call in the
+    // first walk could have gained them (an organization of their own, a role, a class) is
+    // refused in the second all the same.
+    for (m, path, access, body) in routes.iter().chain(routes.iter()) {
         let (s, b) = c
             .call(
                 m.clone(),
                 &fill(path, &fx),
                 Some(&member),
-                body_for(body, "a long enough password"),
+                body_for(body, "a long enough password", &fx),
             )
             .await;
         assert!(s.as_u16() < 500, "{m} {path} as member: {s} {b}");
@@ -279,7 +301,7 @@ async fn every_route_checks_the_callers_role() {
             .owner(
                 m.clone(),
                 &fill(path, &fx),
-                body_for(body, crate::harness::OWNER_PASSWORD),
+                body_for(body, crate::harness::OWNER_PASSWORD, &fx),
             )
             .await;
         if *access == Access::OwnerRunning {
