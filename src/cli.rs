@@ -96,8 +96,11 @@ pub enum Command {
         uid: Option<u32>,
         #[arg(long)]
         gid: Option<u32>,
+        /// Paths to bind where the uid can walk, in a mount namespace of the launcher's (JSON).
+        #[arg(long)]
+        rebase: Option<String>,
         /// Wait for the request (JSON) on standard input: a launcher started ahead of need.
-        #[arg(long, conflicts_with_all = ["cgroup_procs", "uid", "gid", "argv"])]
+        #[arg(long, conflicts_with_all = ["cgroup_procs", "uid", "gid", "rebase", "argv"])]
         request_on_stdin: bool,
         #[arg(last = true, required_unless_present = "request_on_stdin")]
         argv: Vec<String>,
@@ -480,10 +483,21 @@ pub async fn run(cli: Cli) -> Result<()> {
             cgroup_procs,
             uid,
             gid,
+            rebase,
             argv,
             ..
         } => {
-            let err = crate::runtime::local::sandbox_exec(&cgroup_procs, uid, gid, &argv);
+            let rebase: Option<crate::runtime::rebase::Rebase> = rebase
+                .map(|r| serde_json::from_str(&r))
+                .transpose()
+                .context("--rebase is not a rebase")?;
+            let err = crate::runtime::local::sandbox_exec(
+                &cgroup_procs,
+                uid,
+                gid,
+                rebase.as_ref(),
+                &argv,
+            );
             bail!("cannot start the sandbox: {err}")
         }
     }

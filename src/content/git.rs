@@ -131,11 +131,55 @@ pub struct Clone<'a> {
     /// Where the work tree goes; it must not exist yet or be an empty directory.
     pub dest: &'a Path,
     pub auth: &'a GitAuth,
-    /// The uid and gid git runs as, so the files belong to the workspace's user. The parent
-    /// of `dest` must be writable by them.
-    pub run_as: Option<(u32, u32)>,
+    /// Who git runs as, so the files belong to the workspace's user. The parent of `dest`
+    /// must be writable by them.
+    pub run_as: Option<RunAs>,
     /// Which destinations the clone may reach.
     pub egress: &'a crate::content::egress::Egress,
+}
+
+/// The uid and gid git runs as, and how it becomes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// When the uid cannot walk to the workspace's files by their host path: a command that
+    /// becomes git as the uid in a view where the directory `from` is at `to` (the runtime's
+    /// launcher, see `runtime::rebase`). Without it git is started through setpriv.
+    pub via: Option<Via>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Via {
+    /// The command and its arguments; git's own arguments follow.
+    pub prefix: Vec<String>,
+    pub from: PathBuf,
+    pub to: PathBuf,
+}
+
+impl RunAs {
+    pub fn ids(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
+
+    /// Where git sees the host's `path`.
+    fn path(&self, path: &Path) -> PathBuf {
+        match &self.via {
+            Some(v) => {
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+                match path.strip_prefix(&v.from) {
+                    Ok(rest) => v.to.join(rest),
+                    Err(_) => path,
+                }
+            }
+            None => path.to_owned(),
+        }
+    }
+}
+
+/// Where git run as `run_as` sees the host's `path`.
+fn seen(run_as: Option<&RunAs>, path: &Path) -> PathBuf {
+    run_as.map_or_else(|| path.to_owned(), |r| r.path(path))
 }
 
 /// The server a clone connects to, checked against the egress rule and pinned to the
@@ -262,18 +306,19 @@ async fn clone_within(c: Clone<'_>, limit: Duration) -> Result<(), GitError> {
 async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
     let url = c.repo.url.as_str();
     let pinned = pin(&c.repo.url, c.egress).await?;
-    let private = PrivateDir::create(c.run_as).map_err(|e| GitError::Failed {
+    let ids = c.run_as.as_ref().map(RunAs::ids);
+    let run_as = c.run_as.as_ref();
+    let private = PrivateDir::create(ids).map_err(|e| GitError::Failed {
         message: format!("could not create a private temporary directory: {e}"),
     })?;
-    let env =
-        AuthEnv::new(&c.repo.url, c.auth, &private, c.run_as, pinned.as_ref()).map_err(|e| {
-            GitError::Failed {
-                message: format!("could not prepare the credential: {e}"),
-            }
-        })?;
+    let env = AuthEnv::new(&c.repo.url, c.auth, &private, ids, pinned.as_ref()).map_err(|e| {
+        GitError::Failed {
+            message: format!("could not prepare the credential: {e}"),
+        }
+    })?;
     let commit = c.repo.branch.as_deref().filter(|b| is_commit_id(b));
 
-    let mut cmd = git_command(Some(&private.path), c.run_as);
+    let mut cmd = git_command(Some(&private.path), run_as);
     env.apply(&mut cmd);
     // An empty helper list makes git ignore the cell host's credential helpers, which
     // could otherwise hand a host credential to a repository the user named.
@@ -290,7 +335,7 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
         // It goes in a global file because git strips `-c` settings from the environment
         // of the local upload-pack.
         let global = private
-            .write_secret("gitconfig", "[safe]\n\tdirectory = *\n", c.run_as)
+            .write_secret("gitconfig", "[safe]\n\tdirectory = *\n", ids)
             .map_err(|e| GitError::Failed {
                 message: format!("could not prepare git's configuration: {e}"),
             })?;
@@ -308,16 +353,16 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
         }
         (None, None) => {}
     }
-    cmd.arg("--").arg(url).arg(c.dest);
+    cmd.arg("--").arg(url).arg(seen(run_as, c.dest));
     let out = run(cmd).await?;
     if !out.ok {
         return Err(classify(&out.stderr, url, c.repo.branch.as_deref(), c.auth));
     }
 
     if let Some(sha) = commit {
-        let mut cmd = git_command(Some(&private.path), c.run_as);
+        let mut cmd = git_command(Some(&private.path), run_as);
         env.apply(&mut cmd);
-        cmd.arg("-C").arg(c.dest).args([
+        cmd.arg("-C").arg(seen(run_as, c.dest)).args([
             "-c",
             "credential.helper=",
             "-c",
@@ -346,7 +391,7 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
         // Nothing secret was handed to git, so nothing can have leaked into the clone.
         return Ok(());
     }
-    check_no_credential(c.dest, c.auth, c.run_as).await
+    check_no_credential(c.dest, c.auth, run_as).await
 }
 
 /// Fails if the credential ended up in the clone's configuration, where every process in
@@ -354,11 +399,11 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
 async fn check_no_credential(
     dest: &Path,
     auth: &GitAuth,
-    run_as: Option<(u32, u32)>,
+    run_as: Option<&RunAs>,
 ) -> Result<(), GitError> {
     let mut cmd = git_command(None, run_as);
     cmd.arg("-C")
-        .arg(dest)
+        .arg(seen(run_as, dest))
         .args(["config", "--local", "--get-regexp", "."]);
     let out = run(cmd).await?;
     if !out.ok {
@@ -585,12 +630,12 @@ fn shell_quote(s: &str) -> String {
 
 /// A `git` command with a controlled environment: no host or user configuration, English
 /// messages (they are classified), no prompts, and stdin closed.
-fn git_command(home: Option<&Path>, run_as: Option<(u32, u32)>) -> Command {
+fn git_command(home: Option<&Path>, run_as: Option<&RunAs>) -> Command {
     // As another uid, git is started through setpriv (util-linux) when the host has it: the
     // cell then spawns with posix_spawn instead of forking itself (std forks to change the
     // uid), which, for a cell of this size, held a start up about a millisecond longer.
     static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    let setpriv = run_as.and_then(|ids| {
+    let setpriv = run_as.filter(|r| r.via.is_none()).and_then(|r| {
         SETPRIV
             .get_or_init(|| {
                 ["/usr/bin/setpriv", "/bin/setpriv"]
@@ -599,17 +644,24 @@ fn git_command(home: Option<&Path>, run_as: Option<(u32, u32)>) -> Command {
                     .find(|p| p.is_file())
             })
             .as_ref()
-            .map(|p| (p, ids))
+            .map(|p| (p, r.ids()))
     });
-    let mut cmd = match setpriv {
-        Some((setpriv, (uid, gid))) => {
+    let via = run_as.and_then(|r| r.via.as_ref());
+    let mut cmd = match (setpriv, via) {
+        (_, Some(via)) if !via.prefix.is_empty() => {
+            // The launcher drops to the uid itself.
+            let mut c = Command::new(&via.prefix[0]);
+            c.args(&via.prefix[1..]).arg("git");
+            c
+        }
+        (Some((setpriv, (uid, gid))), _) => {
             let mut c = Command::new(setpriv);
             c.arg(format!("--reuid={uid}"))
                 .arg(format!("--regid={gid}"))
                 .args(["--clear-groups", "--", "git"]);
             c
         }
-        None => Command::new("git"),
+        _ => Command::new("git"),
     };
     cmd.env_clear();
     for key in PASSED_ENV {
@@ -634,9 +686,9 @@ fn git_command(home: Option<&Path>, run_as: Option<(u32, u32)>) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let (Some((uid, gid)), None) = (run_as, setpriv) {
+    if let (Some(r), None, None) = (run_as, setpriv, via) {
         // std drops the supplementary groups too when it switches from root.
-        cmd.uid(uid).gid(gid);
+        cmd.uid(r.uid).gid(r.gid);
     }
     cmd
 }
@@ -925,7 +977,12 @@ async fn status_inner(dir: &Path, run_as: Option<(u32, u32)>) -> Result<RepoStat
     // The files may belong to another uid; `--no-optional-locks` keeps git from rewriting
     // the index, which would leave files owned by the wrong user.
     let git = |args: &[&str]| {
-        let mut cmd = git_command(None, run_as);
+        let as_user = run_as.map(|(uid, gid)| RunAs {
+            uid,
+            gid,
+            via: None,
+        });
+        let mut cmd = git_command(None, as_user.as_ref());
         cmd.arg("-C").arg(dir).args([
             "-c",
             "safe.directory=*",

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::cgroup::{Cgroup, Hierarchy};
 use super::disk::{Disks, Files};
+use super::rebase::{self, Rebase};
 use super::{Runtime, RuntimeError, SandboxSpec};
 use crate::domain::WorkspaceId;
 use crate::workers::BoxFuture;
@@ -45,13 +46,13 @@ fn host_root(push: &mut impl FnMut(&[&str])) {
     for dir in [
         "usr", "etc", "opt", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
     ] {
-        bind_entry(Path::new("/"), dir, push);
+        bind_entry(Path::new("/"), Path::new("/"), dir, push);
     }
 }
 
 /// An image's root filesystem, read-only, entry by entry (so that /workspace, /tmp and the
 /// rest can be mounted on the sandbox's own root).
-fn image_root(rootfs: &Path, push: &mut impl FnMut(&[&str])) {
+fn image_root(rootfs: &Path, seen_as: &str, push: &mut impl FnMut(&[&str])) {
     const OWN: &[&str] = &[
         "proc",
         "dev",
@@ -71,12 +72,13 @@ fn image_root(rootfs: &Path, push: &mut impl FnMut(&[&str])) {
         .collect();
     names.sort();
     for name in names.iter().filter(|n| !OWN.contains(&n.as_str())) {
-        bind_entry(rootfs, name, push);
+        bind_entry(rootfs, Path::new(seen_as), name, push);
     }
 }
 
-/// Mounts `base/name` at `/name`: directories and files read-only, symlinks as symlinks.
-fn bind_entry(base: &Path, name: &str, push: &mut impl FnMut(&[&str])) {
+/// Mounts `base/name` (which bubblewrap sees as `seen_as/name`) at `/name`: directories and
+/// files read-only, symlinks as symlinks.
+fn bind_entry(base: &Path, seen_as: &Path, name: &str, push: &mut impl FnMut(&[&str])) {
     let src = base.join(name);
     let dest = format!("/{name}");
     match std::fs::symlink_metadata(&src) {
@@ -85,9 +87,67 @@ fn bind_entry(base: &Path, name: &str, push: &mut impl FnMut(&[&str])) {
                 push(&["--symlink", &target.to_string_lossy(), &dest]);
             }
         }
-        Ok(m) if m.is_dir() || m.is_file() => push(&["--ro-bind", &src.to_string_lossy(), &dest]),
+        Ok(m) if m.is_dir() || m.is_file() => {
+            push(&["--ro-bind", &seen_as.join(name).to_string_lossy(), &dest])
+        }
         _ => {}
     }
+}
+
+/// Where the sandbox's `/etc/passwd` and `/etc/group` are kept: root's, beside the files the
+/// sandbox writes, bound read-only over the root's own.
+const ACCOUNTS_DIR: &str = ".etc";
+
+/// The name, home and ids of the workspace's user inside every sandbox.
+const USER_LINE: &str = "dev:x:1000:1000:dev:/home/dev:";
+const GROUP_LINE: &str = "dev:x:1000:";
+
+/// `/etc/passwd` and `/etc/group` for a sandbox on `root` (the host's `/` or an image): the
+/// root's own accounts, with uid and gid 1000 named `dev` (the host may name 1000 after one of
+/// its own users, which would show in every prompt).
+fn accounts(root: &Path) -> (String, String) {
+    let read = |rel: &str| {
+        crate::beneath::Dir::open(root)
+            .and_then(|d| d.read_file(Path::new(rel), 1 << 20, true))
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let others = |text: &str| -> String {
+        text.lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                !l.trim().is_empty() && f.first() != Some(&"dev") && f.get(2) != Some(&"1000")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let has_bash = crate::beneath::Dir::open(root)
+        .and_then(|d| d.open_regular(Path::new("bin/bash"), true))
+        .is_ok_and(|f| f.is_some());
+    let shell = if has_bash { "/bin/bash" } else { "/bin/sh" };
+    (
+        format!("{}{USER_LINE}{shell}\n", others(&read("etc/passwd"))),
+        format!("{}{GROUP_LINE}\n", others(&read("etc/group"))),
+    )
+}
+
+/// Writes the sandbox's account files into `dir/.etc` (see [`accounts`]).
+fn write_accounts(dir: &Path, root: &Path) -> std::io::Result<PathBuf> {
+    let etc = dir.join(ACCOUNTS_DIR);
+    match std::fs::DirBuilder::new().mode(0o711).create(&etc) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let (passwd, group) = accounts(root);
+    for (name, text) in [("passwd", passwd), ("group", group)] {
+        let tmp = etc.join(format!("{name}.new"));
+        std::fs::write(&tmp, text)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::rename(&tmp, etc.join(name))?;
+    }
+    Ok(etc)
 }
 
 /// The shared libraries this process has loaded (the agent is this binary), including the
@@ -130,12 +190,40 @@ impl LocalRuntime {
             RuntimeError::Start("bubblewrap is not installed: apt-get install -y bubblewrap".into())
         })?;
         let exe = std::env::current_exe()?;
+        if rustix::process::geteuid().is_root()
+            && let Err(e) = rebase::make_mount_point()
+        {
+            tracing::warn!(error = %e, dir = rebase::REBASE_MOUNT, "workspaces whose files are under a private directory cannot start");
+        }
         Ok(LocalRuntime {
             hierarchy: Hierarchy::detect(),
             disks: Disks::detect(),
             exe,
             bwrap,
             spare: Arc::default(),
+        })
+    }
+
+    /// What a launcher for `spec` binds where the workspace's uid can walk: nothing when the
+    /// cell does not drop to another uid or that uid reaches the workspace's directory, this
+    /// binary and the image; else all three (see [`Rebase`]).
+    fn rebase(&self, spec: &SandboxSpec) -> Option<Rebase> {
+        spec.uid?;
+        let paths = [Some(&spec.dir), Some(&self.exe), spec.root.as_ref()];
+        if paths.iter().flatten().all(|p| rebase::walkable(p)) {
+            return None;
+        }
+        let dir = rebase::absolute(&spec.dir);
+        let mut binds = vec![
+            (dir.clone(), "ws".to_owned()),
+            (rebase::absolute(&self.exe), "agent".to_owned()),
+        ];
+        if let Some(root) = &spec.root {
+            binds.push((rebase::absolute(root), "root".to_owned()));
+        }
+        Some(Rebase {
+            binds,
+            detach_under: dir.parent().unwrap_or(&dir).to_owned(),
         })
     }
 
@@ -151,8 +239,13 @@ impl LocalRuntime {
         self
     }
 
-    /// The bubblewrap arguments for a workspace (without the launcher).
-    fn bwrap_args(&self, spec: &SandboxSpec) -> Vec<String> {
+    /// The bubblewrap arguments for a workspace (without the launcher), with the paths as the
+    /// launcher's namespace shows them (`rebase`).
+    fn bwrap_args(&self, spec: &SandboxSpec, rebase: Option<&Rebase>) -> Vec<String> {
+        let seen = |p: &Path| match rebase {
+            Some(r) => r.map(p).to_string_lossy().into_owned(),
+            None => p.to_string_lossy().into_owned(),
+        };
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         push(NAMESPACES);
@@ -163,10 +256,10 @@ impl LocalRuntime {
         // The default seccomp filter (see `seccomp`), read by bubblewrap from its standard input.
         push(&["--seccomp", "0"]);
         match &spec.root {
-            Some(rootfs) => image_root(rootfs, &mut push),
+            Some(rootfs) => image_root(rootfs, &seen(rootfs), &mut push),
             None => host_root(&mut push),
         }
-        let d = |sub: &str| spec.dir.join(sub).to_string_lossy().into_owned();
+        let d = |sub: &str| seen(&spec.dir.join(sub));
         push(&[
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
         ]);
@@ -181,7 +274,22 @@ impl LocalRuntime {
             &d("run"),
             RUN_MOUNT,
         ]);
-        push(&["--ro-bind", &self.exe.to_string_lossy(), AGENT_PATH]);
+        push(&["--ro-bind", &seen(&self.exe), AGENT_PATH]);
+        // Over the root's own files only: a read-only /etc without them has no place for them.
+        let root = crate::beneath::Dir::open(spec.root.as_deref().unwrap_or(Path::new("/")));
+        for name in ["passwd", "group"] {
+            let there = root.as_ref().is_ok_and(|d| {
+                d.open_regular(&Path::new("etc").join(name), true)
+                    .is_ok_and(|f| f.is_some())
+            });
+            if there {
+                push(&[
+                    "--ro-bind",
+                    &seen(&spec.dir.join(ACCOUNTS_DIR).join(name)),
+                    &format!("/etc/{name}"),
+                ]);
+            }
+        }
         let host = format!(
             "ws-{}",
             &spec.id.as_str()[spec.id.as_str().len().saturating_sub(8)..]
@@ -236,7 +344,16 @@ impl LocalRuntime {
     /// (`argv`, after the program) over a workspace's files: the host's system directories and
     /// the workspace's `/workspace`, both read-only, no network, a pid namespace that ends
     /// every process with the tool, run as the workspace's user.
-    fn tool_args(&self, spec: &SandboxSpec, argv: &[String]) -> Vec<String> {
+    fn tool_args(
+        &self,
+        spec: &SandboxSpec,
+        rebase: Option<&Rebase>,
+        argv: &[String],
+    ) -> Vec<String> {
+        let seen = |p: &Path| match rebase {
+            Some(r) => r.map(p).to_string_lossy().into_owned(),
+            None => p.to_string_lossy().into_owned(),
+        };
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         push(NAMESPACES);
@@ -245,10 +362,10 @@ impl LocalRuntime {
         push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
         push(&[
             "--ro-bind",
-            &spec.dir.join("workspace").to_string_lossy(),
+            &seen(&spec.dir.join("workspace")),
             WORKSPACE_MOUNT,
             "--ro-bind",
-            &self.exe.to_string_lossy(),
+            &seen(&self.exe),
             AGENT_PATH,
         ]);
         push(&["--uid", "1000", "--gid", "1000", "--chdir", WORKSPACE_MOUNT]);
@@ -298,9 +415,13 @@ impl LocalRuntime {
             if let Some((u, g)) = spec.uid {
                 cmd.args(["--uid", &u.to_string(), "--gid", &g.to_string()]);
             }
+            let rebase = self.rebase(spec);
+            if let Some(r) = &rebase {
+                cmd.arg("--rebase").arg(rebase_arg(r)?);
+            }
             cmd.arg("--")
                 .arg(&self.bwrap)
-                .args(self.tool_args(spec, argv))
+                .args(self.tool_args(spec, rebase.as_ref(), argv))
                 .stdin(std::fs::File::open(&filter)?)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
@@ -441,16 +562,21 @@ impl Runtime for LocalRuntime {
             let filter = state.join("seccomp.bpf");
             super::seccomp::write_default_filter(&filter)
                 .map_err(|e| RuntimeError::Start(e.to_string()))?;
+            write_accounts(&spec.dir, spec.root.as_deref().unwrap_or(Path::new("/"))).map_err(
+                |e| RuntimeError::Start(format!("cannot write the sandbox's accounts: {e}")),
+            )?;
+            let rebase = self.rebase(spec);
             let launch = Launch {
                 exe: self.exe.clone(),
                 request: SandboxRequest {
                     cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
                     uid: spec.uid,
                     argv: std::iter::once(self.bwrap.to_string_lossy().into_owned())
-                        .chain(self.bwrap_args(spec))
+                        .chain(self.bwrap_args(spec, rebase.as_ref()))
                         .collect(),
                     stdin: filter,
                     log: state.join("sandbox.log"),
+                    rebase,
                 },
             };
             let spare = self.spare.lock().map(|mut s| s.take()).unwrap_or(None);
@@ -490,6 +616,31 @@ impl Runtime for LocalRuntime {
         })
     }
 
+    fn git_as(&self, spec: &SandboxSpec) -> Option<crate::content::git::RunAs> {
+        let (uid, gid) = spec.uid?;
+        // Where the uid cannot walk to the files, git starts as the sandbox does: through the
+        // launcher, which binds the workspace's directory where the uid can reach it.
+        let via = self.rebase(spec).and_then(|r| {
+            let prefix = vec![
+                self.exe.to_string_lossy().into_owned(),
+                "sandbox-exec".into(),
+                "--uid".into(),
+                uid.to_string(),
+                "--gid".into(),
+                gid.to_string(),
+                "--rebase".into(),
+                rebase_arg(&r).ok()?,
+                "--".into(),
+            ];
+            Some(crate::content::git::Via {
+                prefix,
+                to: r.map(&spec.dir),
+                from: rebase::absolute(&spec.dir),
+            })
+        });
+        Some(crate::content::git::RunAs { uid, gid, via })
+    }
+
     fn prepare(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
         prepare_dirs(&spec.dir, spec.uid)
             .map_err(|e| RuntimeError::Start(format!("cannot prepare {}: {e}", spec.dir.display())))
@@ -498,11 +649,12 @@ impl Runtime for LocalRuntime {
     fn task_logs(&self, spec: &SandboxSpec, count: usize, tail: u64) -> Vec<Vec<u8>> {
         // The logs are in the run directory, which the workspace writes: read beneath it,
         // without following links, as the workspace's user.
-        let run = spec.dir.join("run");
+        // The run directory itself (its path is the cell's) is opened here, as root: its
+        // parents may be closed to the workspace's uid (a data directory under /root).
+        let Ok(dir) = crate::beneath::Dir::open(&spec.dir.join("run")) else {
+            return vec![Vec::new(); count];
+        };
         crate::beneath::as_user(spec.uid, || {
-            let Ok(dir) = crate::beneath::Dir::open(&run) else {
-                return Ok(vec![Vec::new(); count]);
-            };
             Ok((0..count)
                 .map(|i| {
                     let name = format!("{}/task-{i}.log", crate::agent::protocol::LOGS);
@@ -593,6 +745,9 @@ pub struct SandboxRequest {
     argv: Vec<String>,
     stdin: PathBuf,
     log: PathBuf,
+    /// Paths the workspace's uid cannot walk to, bound where it can (see [`Rebase`]).
+    #[serde(default)]
+    rebase: Option<Rebase>,
 }
 
 /// `devcell sandbox-exec --request-on-stdin`, a launcher started ahead of need: it waits for a
@@ -623,6 +778,7 @@ pub fn sandbox_exec_requested() -> std::io::Result<()> {
             &req.cgroup_procs,
             req.uid.map(|(u, _)| u),
             req.uid.map(|(_, g)| g),
+            req.rebase.as_ref(),
             &req.argv,
             |cmd| {
                 cmd.stdin(stdin).stdout(stdout).stderr(stderr);
@@ -634,28 +790,36 @@ pub fn sandbox_exec_requested() -> std::io::Result<()> {
     Err(err)
 }
 
-/// The launcher, `devcell sandbox-exec`: joins the cgroups, drops to the workspace's uid and
-/// becomes bubblewrap. Only returns on failure.
+/// The launcher, `devcell sandbox-exec`: joins the cgroups, binds what the workspace's uid
+/// cannot walk to (`rebase`), drops to the workspace's uid and becomes bubblewrap (or git).
+/// Only returns on failure.
 pub fn sandbox_exec(
     procs: &[PathBuf],
     uid: Option<u32>,
     gid: Option<u32>,
+    rebase: Option<&Rebase>,
     argv: &[String],
 ) -> std::io::Error {
-    become_sandbox(procs, uid, gid, argv, |_| {})
+    become_sandbox(procs, uid, gid, rebase, argv, |_| {})
 }
 
-/// Joins the cgroups, drops to `uid` and `gid` and becomes `argv`, with the standard streams
-/// `stdio` sets. Only returns on failure.
+/// Joins the cgroups, enters `rebase`'s mount namespace, drops to `uid` and `gid` and becomes
+/// `argv`, with the standard streams `stdio` sets. Only returns on failure.
 fn become_sandbox(
     procs: &[PathBuf],
     uid: Option<u32>,
     gid: Option<u32>,
+    rebase: Option<&Rebase>,
     argv: &[String],
     stdio: impl FnOnce(&mut std::process::Command),
 ) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     if let Err(e) = super::cgroup::enter(procs) {
+        return e;
+    }
+    if let Some(r) = rebase
+        && let Err(e) = r.enter()
+    {
         return e;
     }
     let Some((program, args)) = argv.split_first() else {
@@ -780,6 +944,9 @@ impl Launch {
         if let Some((u, g)) = r.uid {
             cmd.args(["--uid", &u.to_string(), "--gid", &g.to_string()]);
         }
+        if let Some(rebase) = &r.rebase {
+            cmd.arg("--rebase").arg(rebase_arg(rebase)?);
+        }
         cmd.arg("--").args(&r.argv);
         cmd
             // bubblewrap reads the seccomp filter from its standard input (`--seccomp 0`).
@@ -814,6 +981,11 @@ impl Launch {
             }
         }
     }
+}
+
+/// A [`Rebase`] as the launcher's `--rebase` argument.
+fn rebase_arg(r: &Rebase) -> std::io::Result<String> {
+    serde_json::to_string(r).map_err(std::io::Error::other)
 }
 
 /// `devcell sandbox-exec`, with a clean environment, in a process group of its own: a signal

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod disk;
 pub mod local;
 mod loopdev;
+pub mod rebase;
 pub mod seccomp;
 
 use std::path::PathBuf;
@@ -75,6 +76,15 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::Start(
             "this runtime cannot restore files".into(),
         ))
+    }
+    /// Who git runs as when it clones into the workspace's files (`spec.dir`), and how it
+    /// becomes them.
+    fn git_as(&self, spec: &SandboxSpec) -> Option<crate::content::git::RunAs> {
+        spec.uid.map(|(uid, gid)| crate::content::git::RunAs {
+            uid,
+            gid,
+            via: None,
+        })
     }
     /// What enforces limits here, for the admin page ("cgroup v1 (memory, cpu, pids)").
     fn describe(&self) -> String;

@@ -824,7 +824,6 @@ impl Cell {
         }
         step("creating");
         let dir = self.workspace_dir(&ws.id);
-        let ids = ws.sandbox_uid.map(|u| (u, u));
         if let Some(parent) = dir.parent() {
             use std::os::unix::fs::PermissionsExt;
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
@@ -894,7 +893,7 @@ impl Cell {
                     repo,
                     dest: &dest,
                     auth: &auth,
-                    run_as: ids,
+                    run_as: runtime.git_as(&base),
                     egress: &egress,
                 })
                 .await

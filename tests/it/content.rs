@@ -251,7 +251,11 @@ async fn clone_runs_as_the_given_user() {
         repo: &repo,
         dest: &dest,
         auth: &GitAuth::None,
-        run_as: Some((uid, gid)),
+        run_as: Some(git::RunAs {
+            uid,
+            gid,
+            via: None,
+        }),
         egress: &crate::image::loopback(),
     })
     .await
@@ -627,7 +631,11 @@ async fn clone_over_ssh_with_a_key() {
             repo: &repo,
             dest: &dest,
             auth: &auth,
-            run_as: Some((uid, uid)),
+            run_as: Some(git::RunAs {
+                uid,
+                gid: uid,
+                via: None,
+            }),
             egress: &crate::image::loopback(),
         })
         .await

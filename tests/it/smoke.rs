@@ -591,3 +591,171 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
     );
     sigterm_and_wait(&mut p);
 }
+
+#[test]
+fn the_trial_runs_workspaces_with_its_data_and_binary_under_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    // Like root's home: mode 0700, which no workspace uid may enter. The binary sits in it too
+    // (`cargo run` from a clone under /root), and `up` makes `./devcell-data` beside it.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let _unmounts = crate::harness::Unmounts(home.path().to_owned());
+    let bin = home.path().join("bin/devcell");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    if std::fs::hard_link(BIN, &bin).is_err() {
+        std::fs::copy(BIN, &bin).unwrap();
+    }
+    let trial = home.path().join("trial");
+    std::fs::create_dir(&trial).unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = devcell(home.path());
+        c.current_dir(&trial).args(args);
+        let mut own = Command::new(&bin);
+        own.args(c.get_args())
+            .current_dir(&trial)
+            .env_clear()
+            .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        own
+    };
+    let mut p = spawn(cmd(&["up", "--listen", "127.0.0.1:0"]));
+    let (ok, token, err) = run(cmd(&["admin", "token"]));
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+
+    let repos = tempfile::tempdir().unwrap();
+    let bare = crate::runtime::bare_repo(
+        repos.path(),
+        "app",
+        &[
+            ("README.md", "app\n"),
+            (".gitpod.yml", "tasks:\n  - command: echo task-says-hello\n"),
+        ],
+    );
+    let create = || {
+        let (s, w) = post(
+            &format!("{}/api/v1/workspaces", p.url),
+            &token,
+            &serde_json::json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+        );
+        assert_eq!(s, 201, "{w}");
+        w["id"].as_str().unwrap().to_owned()
+    };
+    let running = |id: &str| {
+        wait_workspace(&p.url, &token, id, "running", |w| {
+            assert_ne!(w["phase"], "failed", "{w:#}");
+            w["phase"] == "running"
+        })
+    };
+    let a = create();
+    running(&a);
+    let (s, out) = post(
+        &format!("{}/api/v1/workspaces/{a}/exec", p.url),
+        &token,
+        &serde_json::json!({ "command": ["sh", "-c", "cat README.md && echo more >> README.md"] }),
+    );
+    assert_eq!((s, out["stdout"].as_str()), (200, Some("app\n")), "{out}");
+    // The task log is read from the workspace's files.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, tasks) = get(
+            &format!("{}/api/v1/workspaces/{a}/tasks", p.url),
+            Some(&token),
+        );
+        if tasks.to_string().contains("task-says-hello") {
+            break;
+        }
+        assert!(Instant::now() < until, "no task output: {tasks:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A second workspace starts while the first runs; the first then goes, disk and all,
+    // though the second's launcher saw its disk mounted.
+    let b = create();
+    running(&b);
+    // The launchers' own mount namespaces (where the workspace's directory is bound under
+    // /run/devcell/rebase) hold no other workspace's disk.
+    let a_dir = trial.join(format!("devcell-data/workspaces/{a}"));
+    let mut launchers = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path().join("mountinfo")) else {
+            continue;
+        };
+        if info.contains(" /run/devcell/rebase/ws ") {
+            launchers += 1;
+            assert!(
+                !info.contains(a_dir.to_str().unwrap()),
+                "the second workspace's namespace holds the first one's disk: {info}"
+            );
+        }
+    }
+    assert!(
+        launchers >= 2,
+        "{launchers} sandboxes run in a launcher's namespace"
+    );
+    let a_disk = trial.join(format!("devcell-data/disks/{a}.ext4"));
+    assert!(a_disk.exists());
+    let (s, _) = post(
+        &format!("{}/api/v1/workspaces/{a}/stop", p.url),
+        &token,
+        &Value::Null,
+    );
+    assert_eq!(s, 202);
+    // Stopped with its git state, read by git in a sandbox of the workspace.
+    let w = wait_workspace(&p.url, &token, &a, "stopped", |w| w["phase"] == "stopped");
+    assert_eq!(
+        w["git"][0]["uncommitted"],
+        serde_json::json!(["README.md"]),
+        "{w:#}"
+    );
+    let (s, _) = {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "DELETE",
+            ])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("{}/api/v1/workspaces/{a}", p.url))
+            .output()
+            .unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), ())
+    };
+    assert_eq!(s, "204");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let loops: String = std::fs::read_dir("/sys/block")
+            .unwrap()
+            .flatten()
+            .filter_map(|d| std::fs::read_to_string(d.path().join("loop/backing_file")).ok())
+            .collect();
+        let gone =
+            !mounts.contains(a_dir.to_str().unwrap()) && !loops.contains(a_disk.to_str().unwrap());
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the deleted workspace's disk is still mounted or bound: {loops}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (s, out) = post(
+        &format!("{}/api/v1/workspaces/{b}/exec", p.url),
+        &token,
+        &serde_json::json!({ "command": ["cat", "README.md"] }),
+    );
+    assert_eq!((s, out["stdout"].as_str()), (200, Some("app\n")), "{out}");
+    post(
+        &format!("{}/api/v1/workspaces/{b}/stop", p.url),
+        &token,
+        &Value::Null,
+    );
+    wait_workspace(&p.url, &token, &b, "stopped", |w| w["phase"] == "stopped");
+    sigterm_and_wait(&mut p);
+}
