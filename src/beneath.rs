@@ -93,7 +93,11 @@ impl Dir {
     /// A regular file beneath this directory opened for reading with its size, or `None`
     /// when it (or a directory on its way) does not exist. Anything but a regular file is
     /// refused (a fifo would block the cell).
-    fn open_regular(&self, rel: &Path, links: bool) -> io::Result<Option<(std::fs::File, u64)>> {
+    pub(crate) fn open_regular(
+        &self,
+        rel: &Path,
+        links: bool,
+    ) -> io::Result<Option<(std::fs::File, u64)>> {
         let fd = match self.open_at(rel, OFlags::RDONLY | OFlags::NONBLOCK, links) {
             Ok(fd) => fd,
             // NotADirectory: a file where a directory of the path would be.

@@ -340,8 +340,22 @@ impl<R: tokio::io::AsyncRead + Unpin + Send + 'static> OrEmpty<R> for Option<R> 
 /// in one bash, with output appended to the task's log.
 async fn run_task(a: Arc<Agent>, index: usize) {
     let task = a.spec.tasks[index].clone();
-    let marker = Path::new(&a.spec.workdir).join(format!(".devcell-init-done-{index}"));
-    let first_start = !marker.exists();
+    // Whether `init` ran is the cell's bookkeeping, not the repository's: it is kept in the
+    // user's state directory (so it travels with the home when that is backed up), never in
+    // /workspace, where git and the delete confirmation would see it.
+    let state = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| a.run_dir.clone())
+        .join(".local/state/devcell");
+    let marker = state.join(format!("init-done-{index}"));
+    // Before this moved, the marker sat in the repository: it still counts, and goes.
+    let old = Path::new(&a.spec.workdir).join(format!(".devcell-init-done-{index}"));
+    let first_start = !marker.exists() && !old.exists();
+    if old.exists() {
+        let _ = std::fs::create_dir_all(&state);
+        let _ = std::fs::write(&marker, b"");
+        let _ = std::fs::remove_file(&old);
+    }
     let mut script = String::from("set -e\n");
     if let Some(b) = &task.before {
         script.push_str(b);
@@ -352,7 +366,11 @@ async fn run_task(a: Arc<Agent>, index: usize) {
             script.push_str(i);
             script.push('\n');
         }
-        script.push_str(&format!(": > '{}'\n", marker.display()));
+        script.push_str(&format!(
+            "mkdir -p '{}' && : > '{}'\n",
+            state.display(),
+            marker.display()
+        ));
     }
     if let Some(c) = &task.command {
         script.push_str(c);

@@ -164,6 +164,15 @@ async fn a_workspace_starts_runs_its_tasks_executes_commands_and_stops_with_its_
         exec(&c, &id, "cat /workspace/init.txt").await["stdout"],
         "initialized\n"
     );
+    // The cell keeps its bookkeeping out of the repository, and the user has the sandbox's
+    // own name whatever the host calls uid 1000.
+    let out = exec(
+        &c,
+        &id,
+        "git status --porcelain --untracked-files=all; id -un; id -gn; getent passwd dev | cut -d: -f6",
+    )
+    .await;
+    assert_eq!(out["stdout"], "dev\ndev\n/home/dev\n", "{out}");
 
     // Work that is not pushed is recorded when the workspace stops.
     exec(
@@ -181,7 +190,7 @@ async fn a_workspace_starts_runs_its_tasks_executes_commands_and_stops_with_its_
     assert_eq!(g["dir"], "app", "{ws:#}");
     assert_eq!(g["clean"], false);
     assert!(g["uncommitted"].to_string().contains("README.md"), "{g}");
-    assert!(g["untracked"].to_string().contains("notes.txt"), "{g}");
+    assert_eq!(g["untracked"], json!(["notes.txt"]), "{g}");
     let (s, b) = c
         .owner(
             Method::POST,
