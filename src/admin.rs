@@ -32,6 +32,8 @@ pub enum Request {
     SetAdmin { user: String, admin: bool },
     /// A consistent copy of the database at `path`.
     DbBackup { path: PathBuf },
+    /// Stops every workspace and unmounts their disks (`devcell down`).
+    Down,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -72,6 +74,21 @@ pub async fn execute(cell: &Cell, req: Request) -> Response {
                     "is no longer a cell administrator"
                 };
                 (Some(u.email.clone()), format!("{} {what}", u.email))
+            }),
+        Request::Down => cell
+            .down(std::time::Duration::from_secs(600))
+            .await
+            .and_then(|(stopped, still)| {
+                if still > 0 {
+                    Err(crate::service::Error::Internal(format!(
+                        "{still} workspace(s) did not stop within 10 minutes"
+                    )))
+                } else {
+                    Ok((
+                        None,
+                        format!("stopped {stopped} workspace(s); their disks are unmounted"),
+                    ))
+                }
             }),
         Request::DbBackup { path } => {
             let path = if path.is_absolute() {

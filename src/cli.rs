@@ -40,6 +40,16 @@ pub enum Command {
     },
     /// Run the cell with layered configuration: defaults < file < DEVCELL_* env < flags.
     Serve(ServeArgs),
+    /// Stop every workspace as a stop does (git state, snapshot), end their sandboxes and
+    /// unmount their disks; with --purge then remove the data directory. Workspaces keep
+    /// running when `up` or `serve` stops; this is how they end.
+    Down {
+        #[command(flatten)]
+        data: DataArg,
+        /// Remove the data directory afterwards (the database, every file and backup in it).
+        #[arg(long)]
+        purge: bool,
+    },
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -290,6 +300,21 @@ pub enum WsCmd {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// The output of the workspace's tasks; with --follow, new output as it comes until the
+    /// workspace stops.
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// The workspace's ports: what listens, how they are shared, and their URLs.
+    Ports {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Print the workspace's page in the dashboard (and open it in a browser when there is one).
+    Open { id: String },
     /// Run a command in a running workspace: `devcell ws exec ID -- CMD ARGS...`. Exits with the
     /// command's exit code.
     Exec {
@@ -377,6 +402,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Admin(cmd) => admin(cmd).await,
+        Command::Down { data, purge } => down(&data, purge).await,
         Command::Db(DbCmd::Backup { path, data }) => {
             let path = if path.is_absolute() {
                 path
@@ -538,7 +564,85 @@ async fn run_cell(config: Config, owner: Option<(String, Option<String>)>) -> Re
     drop(out);
     wait_for_signal().await;
     tracing::info!("shutting down");
+    let data = running.cell.config().data_dir.clone();
+    let running_now = running
+        .cell
+        .active_workspaces()
+        .map_or(0, |w| w.iter().filter(|w| w.lifecycle.is_active()).count());
     running.stop().await;
+    if running_now > 0 {
+        eprintln!(
+            "{running_now} workspace(s) keep running; `devcell down --data {}` stops them (snapshot first)",
+            data.display()
+        );
+    }
+    Ok(())
+}
+
+/// How long `down` waits for the workspaces to stop (each stop snapshots its files).
+const DOWN_WITHIN: Duration = Duration::from_secs(600);
+
+async fn down(d: &DataArg, purge: bool) -> Result<()> {
+    let data = data_dir(d)?;
+    if !data.join(server::DB_FILE).exists() {
+        bail!(
+            "no devcell database in {} (pass --data DIR)",
+            data.display()
+        );
+    }
+    let (stopped, still) = match crate::admin::call(&data, &crate::admin::Request::Down).await? {
+        Some(crate::admin::Response::Ok { value, .. }) => {
+            if purge {
+                bail!(
+                    "{value}; a cell still runs on {}: stop it (Ctrl-C or SIGTERM), then run `devcell down --purge` again",
+                    data.display()
+                );
+            }
+            println!("{value}");
+            return Ok(());
+        }
+        Some(crate::admin::Response::Error { message }) => bail!("{message}"),
+        None => {
+            // No cell runs: one is started here, without serving anyone, for the stops.
+            let env = env_vars();
+            let overrides = Overrides {
+                data_dir: Some(data.clone()),
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                log_format: None,
+                public_url: None,
+            };
+            let file = config::config_file(None, &env);
+            let mut config = config::load(file.as_deref(), &env, &overrides)
+                .map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
+            config.log.level = "warn".into();
+            init_logging(config.log.format, &config.log.level);
+            let running = server::start(config, Options::default()).await?;
+            let result = running.cell.down(DOWN_WITHIN).await;
+            running.stop().await;
+            result?
+        }
+    };
+    println!("stopped {stopped} workspace(s); their disks are unmounted");
+    if still > 0 {
+        bail!(
+            "{still} workspace(s) did not stop within {}",
+            secs(DOWN_WITHIN)
+        );
+    }
+    if purge {
+        let data = std::path::absolute(&data)?;
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        if let Some(m) = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .find(|m| Path::new(m).starts_with(&data))
+        {
+            bail!("{m} is still mounted; nothing was removed");
+        }
+        std::fs::remove_dir_all(&data)
+            .with_context(|| format!("cannot remove {}", data.display()))?;
+        println!("removed {}", data.display());
+    }
     Ok(())
 }
 

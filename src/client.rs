@@ -321,6 +321,109 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
             )
             .await;
         }
+        WsCmd::Logs { id, follow } => {
+            let mut seen: Vec<String> = Vec::new();
+            loop {
+                let tasks = check(
+                    http.get(api(&format!("workspaces/{id}/tasks"))?)
+                        .bearer_auth(&saved.token)
+                        .send()
+                        .await?,
+                )
+                .await?;
+                let tasks = tasks.as_array().cloned().unwrap_or_default();
+                let several = tasks.len() > 1;
+                for (i, t) in tasks.iter().enumerate() {
+                    let log = t["log"].as_str().unwrap_or("");
+                    if seen.len() <= i {
+                        seen.push(String::new());
+                        if several || !follow {
+                            println!(
+                                "== {} ({}) ==",
+                                t["name"].as_str().unwrap_or("task"),
+                                t["state"].as_str().unwrap_or("?")
+                            );
+                        }
+                    }
+                    print!("{}", new_output(&seen[i], log));
+                    seen[i] = log.to_owned();
+                }
+                std::io::stdout().flush()?;
+                if !follow {
+                    break;
+                }
+                let w = check(
+                    http.get(api(&format!("workspaces/{id}"))?)
+                        .bearer_auth(&saved.token)
+                        .send()
+                        .await?,
+                )
+                .await?;
+                if w["phase"] != "running" && w["phase"] != "initializing" {
+                    eprintln!("the workspace is {}", w["phase"].as_str().unwrap_or("?"));
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        WsCmd::Ports { id, out } => {
+            let ports = check(
+                http.get(api(&format!("workspaces/{id}/ports"))?)
+                    .bearer_auth(&saved.token)
+                    .send()
+                    .await?,
+            )
+            .await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&ports)?);
+            } else {
+                let rows: Vec<Vec<String>> = ports
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p["port"].to_string(),
+                            p["configured"].as_str().unwrap_or("").to_owned(),
+                            if p["listening"] == true { "yes" } else { "no" }.to_owned(),
+                            p["visibility"].as_str().unwrap_or("").to_owned(),
+                            p["url"].as_str().unwrap_or("").to_owned(),
+                        ]
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    println!(
+                        "nothing listens and no port is configured; start a server in the workspace"
+                    );
+                } else {
+                    print_table(&["PORT", "NAME", "LISTENING", "SHARED WITH", "URL"], &rows);
+                }
+            }
+        }
+        WsCmd::Open { id } => {
+            // The workspace must exist and be the caller's to see.
+            check(
+                http.get(api(&format!("workspaces/{id}"))?)
+                    .bearer_auth(&saved.token)
+                    .send()
+                    .await?,
+            )
+            .await?;
+            let page = saved.url.join(&format!("workspaces/{id}"))?;
+            println!("{page}");
+            let graphical = std::env::var_os("DISPLAY").is_some()
+                || std::env::var_os("WAYLAND_DISPLAY").is_some();
+            if graphical {
+                let opener = std::env::var("BROWSER").unwrap_or_else(|_| "xdg-open".into());
+                let _ = std::process::Command::new(opener)
+                    .arg(page.as_str())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+            }
+        }
         WsCmd::Exec { id, command, out } => {
             let r = check(
                 http.post(api(&format!("workspaces/{id}/exec"))?)
@@ -340,6 +443,26 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// What `now` adds to `before` (a task log's end, as the API shows it): the part after their
+/// overlap, or all of `now` when the window moved past everything seen.
+fn new_output<'a>(before: &str, now: &'a str) -> &'a str {
+    if let Some(rest) = now.strip_prefix(before) {
+        return rest;
+    }
+    // The window moved: find the longest end of `before` that starts `now`.
+    let max = before.len().min(now.len());
+    for len in (1..=max).rev() {
+        let start = before.len() - len;
+        if before.is_char_boundary(start)
+            && now.is_char_boundary(len)
+            && now.starts_with(&before[start..])
+        {
+            return &now[len..];
+        }
+    }
+    now
 }
 
 /// Asks for a start, stop or restart, then waits for one of `until` and reports it; exit code 1
@@ -427,4 +550,19 @@ fn report(w: &Value, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_output;
+
+    #[test]
+    fn followed_logs_print_each_line_once() {
+        assert_eq!(new_output("", "a\nb\n"), "a\nb\n");
+        assert_eq!(new_output("a\nb\n", "a\nb\nc\n"), "c\n");
+        // The 64 KiB window moved on: only what follows the overlap is new.
+        assert_eq!(new_output("a\nb\nc\n", "b\nc\nd\n"), "d\n");
+        assert_eq!(new_output("a\nb\n", "a\nb\n"), "");
+        assert_eq!(new_output("old\n", "new\n"), "new\n");
+    }
 }

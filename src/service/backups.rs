@@ -342,7 +342,11 @@ impl Cell {
     /// The owner takes a snapshot now (the workspace may be running or stopped).
     pub async fn backup_now(&self, actor: &Actor, id: &WorkspaceId) -> Result<Snapshot> {
         let ws = self.owned(actor, id)?;
-        if !ws.backup.released && !self.workspace_dir(id).join("workspace").is_dir() {
+        // After `devcell down` a stopped workspace's disk is not mounted: its files are on the disk.
+        let has_files = !ws.backup.released
+            && (self.workspace_dir(id).join("workspace").is_dir()
+                || self.files(id, 0).image.exists());
+        if !ws.backup.released && !has_files {
             return Err(Error::Conflict {
                 code: "no_files",
                 message: "the workspace has no files yet; start it first".into(),
@@ -446,6 +450,8 @@ impl Cell {
         {
             return Ok(false);
         }
+        // The files are removed from its disk, not from beneath an empty mount point.
+        self.attach_files(ws, false).map_err(Error::Internal)?;
         // Recorded first: a crash in the middle leaves a workspace that restores on start.
         self.store().write(|tx| -> Result<()> {
             if let Some(mut w) = tx.workspace(&ws.id)? {

@@ -197,7 +197,7 @@ impl Cell {
     }
 
     /// A workspace's files and the disk they may take (`bytes` 0: as it is).
-    fn files(&self, id: &WorkspaceId, bytes: u64) -> disk::Files {
+    pub(crate) fn files(&self, id: &WorkspaceId, bytes: u64) -> disk::Files {
         disk::Files {
             dir: self.workspace_dir(id),
             image: self
@@ -1170,6 +1170,45 @@ impl Cell {
         })?;
         self.wake_reconciler();
         Ok(())
+    }
+
+    /// Stops every workspace as a stop does (git state, snapshot) and unmounts every disk, for
+    /// `devcell down`: waits until nothing runs or `within` has passed. Returns how many were
+    /// stopped and how many still ran at the deadline.
+    pub async fn down(&self, within: std::time::Duration) -> Result<(usize, usize)> {
+        let mut stopped = 0;
+        self.store().write(|tx| -> Result<()> {
+            for mut w in tx.all_workspaces()? {
+                if w.lifecycle.desired == Desired::Running {
+                    w.lifecycle.set_desired(Desired::Stopped)?;
+                    tx.put_workspace(&w)?;
+                    stopped += 1;
+                }
+            }
+            Ok(())
+        })?;
+        self.wake_reconciler();
+        let deadline = tokio::time::Instant::now() + within;
+        let still = loop {
+            let active = self
+                .store()
+                .read(|tx| tx.all_workspaces())?
+                .iter()
+                .filter(|w| w.lifecycle.is_active())
+                .count();
+            if active == 0 || tokio::time::Instant::now() >= deadline {
+                break active;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        for w in self.store().read(|tx| tx.all_workspaces())? {
+            if !w.lifecycle.is_active()
+                && let Err(e) = self.detach_files(&w.id)
+            {
+                tracing::warn!(workspace = %w.id, error = %e, "a disk stays mounted");
+            }
+        }
+        Ok((stopped, still))
     }
 
     /// After the cell (re)starts: workspaces whose sandbox still answers are running again;

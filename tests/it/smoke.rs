@@ -536,7 +536,17 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
     // A real workspace through the CLI: start, exec (its exit code becomes ours), stop.
     let repos = home.path().join("repos");
     std::fs::create_dir_all(&repos).unwrap();
-    let bare = crate::runtime::bare_repo(&repos, "cli", &[("README.md", "from the cli\n")]);
+    let bare = crate::runtime::bare_repo(
+        &repos,
+        "cli",
+        &[
+            ("README.md", "from the cli\n"),
+            (
+                ".gitpod.yml",
+                "tasks:\n  - name: web\n    command: echo serving-now && python3 -m http.server 8000\nports:\n  - port: 8000\n    name: docs\n",
+            ),
+        ],
+    );
     let (ok, out, err) = cmd(&[
         "ws",
         "create",
@@ -566,6 +576,39 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from the cli\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    // The daily loop: the task's output, the ports with their URLs, the page.
+    let until = Instant::now() + Duration::from_secs(20);
+    let (logs, ports) = loop {
+        let (ok, logs, err) = cmd(&["ws", "logs", &run_id]);
+        assert!(ok, "{err}");
+        let (ok, ports, err) = cmd(&["ws", "ports", &run_id]);
+        assert!(ok, "{err}");
+        if logs.contains("serving-now") && ports.contains("yes") {
+            break (logs, ports);
+        }
+        assert!(Instant::now() < until, "{logs}\n{ports}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(logs.starts_with("== web (running) ==\n"), "{logs}");
+    assert!(ports.starts_with("PORT"), "{ports}");
+    let row = ports
+        .lines()
+        .find(|l| l.starts_with("8000"))
+        .unwrap_or_else(|| panic!("{ports}"));
+    assert!(row.contains("docs") && row.contains("private"), "{row}");
+    assert!(
+        row.contains(&format!("8000-{}.localhost", run_id.replace('_', "-"))),
+        "{row}"
+    );
+    let (ok, out, err) = cmd(&["ws", "open", &run_id]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("{}/workspaces/{run_id}", p.url),
+        "{out}"
+    );
+    let (ok, _, err) = cmd(&["ws", "open", "ws_01m9300000000000000000000x"]);
+    assert!(!ok && err.contains("not_found"), "{err}");
     let (ok, out, err) = cmd(&["ws", "stop", &run_id]);
     assert!(ok && out.contains("stopped"), "{out} {err}");
     let (ok, _, _) = cmd(&["ws", "delete", &run_id]);
@@ -751,11 +794,39 @@ fn the_trial_runs_workspaces_with_its_data_and_binary_under_a_private_directory(
         &serde_json::json!({ "command": ["cat", "README.md"] }),
     );
     assert_eq!((s, out["stdout"].as_str()), (200, Some("app\n")), "{out}");
-    post(
-        &format!("{}/api/v1/workspaces/{b}/stop", p.url),
-        &token,
-        &Value::Null,
-    );
-    wait_workspace(&p.url, &token, &b, "stopped", |w| w["phase"] == "stopped");
+
+    // The cell stops; the second workspace keeps running, its disk mounted...
     sigterm_and_wait(&mut p);
+    let b_dir = trial.join(format!("devcell-data/workspaces/{b}"));
+    let mounted = |dir: &Path| {
+        std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains(dir.to_str().unwrap())
+    };
+    let sandbox_runs = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(b.as_str()))
+        })
+    };
+    assert!(mounted(&b_dir) && sandbox_runs());
+    // ...until `down` stops it as a stop does (snapshot first) and unmounts its disk.
+    let (ok, out, err) = run(cmd(&["down"]));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("stopped 1 workspace(s)"), "{out}");
+    assert!(!mounted(&b_dir), "the disk is still mounted after down");
+    assert!(!sandbox_runs(), "the sandbox still runs after down");
+    {
+        use devcell::store::Reader;
+        let db = trial.join("devcell-data").join(devcell::server::DB_FILE);
+        let store = devcell::store::Store::open(&db).unwrap();
+        let wsid = devcell::domain::WorkspaceId::parse(&b).unwrap();
+        let w = store.read(|tx| tx.workspace(&wsid)).unwrap().unwrap();
+        assert_eq!(w.lifecycle.phase, devcell::domain::Phase::Stopped);
+        assert_eq!(w.snapshots.len(), 1, "{:?}", w.backup);
+    }
+    // --purge then takes the data directory away, which a plain rm -rf could not do before.
+    let (ok, out, err) = run(cmd(&["down", "--purge"]));
+    assert!(ok, "{out}{err}");
+    assert!(!trial.join("devcell-data").exists(), "{out}");
 }
