@@ -248,13 +248,7 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
             }
         }
         WsCmd::Get { id, out } => {
-            let w = check(
-                http.get(api(&format!("workspaces/{id}"))?)
-                    .bearer_auth(&saved.token)
-                    .send()
-                    .await?,
-            )
-            .await?;
+            let w = get_json(&http, &saved, &format!("workspaces/{id}")).await?;
             if out.json {
                 println!("{}", serde_json::to_string_pretty(&w)?);
             } else {
@@ -324,13 +318,7 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
         WsCmd::Logs { id, follow } => {
             let mut seen: Vec<String> = Vec::new();
             loop {
-                let tasks = check(
-                    http.get(api(&format!("workspaces/{id}/tasks"))?)
-                        .bearer_auth(&saved.token)
-                        .send()
-                        .await?,
-                )
-                .await?;
+                let tasks = get_json(&http, &saved, &format!("workspaces/{id}/tasks")).await?;
                 let tasks = tasks.as_array().cloned().unwrap_or_default();
                 let several = tasks.len() > 1;
                 for (i, t) in tasks.iter().enumerate() {
@@ -352,13 +340,7 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
                 if !follow {
                     break;
                 }
-                let w = check(
-                    http.get(api(&format!("workspaces/{id}"))?)
-                        .bearer_auth(&saved.token)
-                        .send()
-                        .await?,
-                )
-                .await?;
+                let w = get_json(&http, &saved, &format!("workspaces/{id}")).await?;
                 if w["phase"] != "running" && w["phase"] != "initializing" {
                     eprintln!("the workspace is {}", w["phase"].as_str().unwrap_or("?"));
                     break;
@@ -367,13 +349,7 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
             }
         }
         WsCmd::Ports { id, out } => {
-            let ports = check(
-                http.get(api(&format!("workspaces/{id}/ports"))?)
-                    .bearer_auth(&saved.token)
-                    .send()
-                    .await?,
-            )
-            .await?;
+            let ports = get_json(&http, &saved, &format!("workspaces/{id}/ports")).await?;
             if out.json {
                 println!("{}", serde_json::to_string_pretty(&ports)?);
             } else {
@@ -403,13 +379,7 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
         }
         WsCmd::Open { id } => {
             // The workspace must exist and be the caller's to see.
-            check(
-                http.get(api(&format!("workspaces/{id}"))?)
-                    .bearer_auth(&saved.token)
-                    .send()
-                    .await?,
-            )
-            .await?;
+            get_json(&http, &saved, &format!("workspaces/{id}")).await?;
             let page = saved.url.join(&format!("workspaces/{id}"))?;
             println!("{page}");
             let graphical = std::env::var_os("DISPLAY").is_some()
@@ -443,6 +413,12 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `GET /api/v1/{path}` with the saved token, as JSON (an API error becomes the error).
+async fn get_json(http: &reqwest::Client, saved: &Saved, path: &str) -> Result<Value> {
+    let url = saved.url.join(&format!("api/v1/{path}"))?;
+    check(http.get(url).bearer_auth(&saved.token).send().await?).await
 }
 
 /// What `now` adds to `before` (a task log's end, as the API shows it): the part after their
