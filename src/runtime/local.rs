@@ -242,10 +242,7 @@ impl LocalRuntime {
     /// The bubblewrap arguments for a workspace (without the launcher), with the paths as the
     /// launcher's namespace shows them (`rebase`).
     fn bwrap_args(&self, spec: &SandboxSpec, rebase: Option<&Rebase>) -> Vec<String> {
-        let seen = |p: &Path| match rebase {
-            Some(r) => r.map(p).to_string_lossy().into_owned(),
-            None => p.to_string_lossy().into_owned(),
-        };
+        let seen = |p: &Path| seen_by_launcher(rebase, p);
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         push(NAMESPACES);
@@ -350,10 +347,7 @@ impl LocalRuntime {
         rebase: Option<&Rebase>,
         argv: &[String],
     ) -> Vec<String> {
-        let seen = |p: &Path| match rebase {
-            Some(r) => r.map(p).to_string_lossy().into_owned(),
-            None => p.to_string_lossy().into_owned(),
-        };
+        let seen = |p: &Path| seen_by_launcher(rebase, p);
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         push(NAMESPACES);
@@ -980,6 +974,14 @@ impl Launch {
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// Where the launcher shows the host's `path`: under the rebase mount when it binds it there.
+fn seen_by_launcher(rebase: Option<&Rebase>, path: &Path) -> String {
+    match rebase {
+        Some(r) => r.map(path).to_string_lossy().into_owned(),
+        None => path.to_string_lossy().into_owned(),
     }
 }
 
