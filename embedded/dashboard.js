@@ -193,6 +193,12 @@
         term.write("\r\n\x1b[1mThis terminal was closed: your access to this workspace ended. Sign in again to continue.\x1b[0m\r\n");
         return;
       }
+      // 1000: its shell exited; there is nothing to reconnect to.
+      if (ev.code === 1000) {
+        pane.closed = true;
+        term.write("\x1b[1mThe shell exited. Open a new terminal to go on.\x1b[0m\r\n");
+        return;
+      }
       setTimeout(function retry() {
         if (pane.closed) return;
         if (lastPhase === "running") attach(pane, path); else setTimeout(retry, 1000);

@@ -315,6 +315,14 @@ pub enum WsCmd {
     },
     /// Print the workspace's page in the dashboard (and open it in a browser when there is one).
     Open { id: String },
+    /// A shell in a running workspace, in this terminal (window size changes follow). The
+    /// shell's exit ends it; a lost connection leaves the shell running for `--terminal`.
+    Shell {
+        id: String,
+        /// Attach to this terminal again instead of opening a new one.
+        #[arg(long)]
+        terminal: Option<String>,
+    },
     /// Run a command in a running workspace: `devcell ws exec ID -- CMD ARGS...`. Exits with the
     /// command's exit code.
     Exec {

@@ -26,10 +26,20 @@ pub enum Control {
 pub struct Terminal {
     pub id: String,
     writer: Mutex<pty_process::OwnedWritePty>,
-    scrollback: std::sync::Mutex<VecDeque<u8>>,
-    live: broadcast::Sender<Bytes>,
+    output: std::sync::Mutex<Output>,
     alive: AtomicBool,
 }
+
+/// What the terminal printed, and the live feed of what it prints next: `None` once its
+/// program has exited, so attached clients get the last output and then a close.
+struct Output {
+    scrollback: VecDeque<u8>,
+    live: Option<broadcast::Sender<Bytes>>,
+}
+
+/// The close code an attached client gets when the terminal's program has exited (a normal
+/// close: there is nothing to reconnect to).
+pub const EXITED: u16 = 1000;
 
 impl Terminal {
     /// Starts `bash -l` on a new pseudo-terminal in `cwd`.
@@ -55,8 +65,10 @@ impl Terminal {
         let term = Arc::new(Terminal {
             id,
             writer: Mutex::new(writer),
-            scrollback: Default::default(),
-            live,
+            output: std::sync::Mutex::new(Output {
+                scrollback: VecDeque::new(),
+                live: Some(live),
+            }),
             alive: AtomicBool::new(true),
         });
         let t = term.clone();
@@ -71,6 +83,9 @@ impl Terminal {
             let _ = child.wait().await;
             t.alive.store(false, Ordering::SeqCst);
             t.output(b"\r\n[process exited]\r\n");
+            if let Ok(mut out) = t.output.lock() {
+                out.live = None;
+            }
         });
         Ok(term)
     }
@@ -78,11 +93,13 @@ impl Terminal {
     fn output(&self, data: &[u8]) {
         // Appending and broadcasting under one lock keeps a new client's replay and its live
         // stream free of gaps and duplicates.
-        if let Ok(mut sb) = self.scrollback.lock() {
-            sb.extend(data);
-            let excess = sb.len().saturating_sub(SCROLLBACK);
-            sb.drain(..excess);
-            let _ = self.live.send(Bytes::copy_from_slice(data));
+        if let Ok(mut out) = self.output.lock() {
+            out.scrollback.extend(data);
+            let excess = out.scrollback.len().saturating_sub(SCROLLBACK);
+            out.scrollback.drain(..excess);
+            if let Some(live) = &out.live {
+                let _ = live.send(Bytes::copy_from_slice(data));
+            }
         }
     }
 
@@ -111,22 +128,35 @@ impl Terminal {
 
     /// Serves one attached client until it goes away; the shell keeps running.
     pub async fn attach(self: Arc<Self>, mut ws: WebSocket, on_input: impl Fn() + Send + 'static) {
-        let (replay, mut rx) = match self.scrollback.lock() {
-            Ok(sb) => (
-                sb.iter().copied().collect::<Vec<u8>>(),
-                self.live.subscribe(),
+        let (replay, rx) = match self.output.lock() {
+            Ok(out) => (
+                out.scrollback.iter().copied().collect::<Vec<u8>>(),
+                out.live.as_ref().map(|l| l.subscribe()),
             ),
             Err(_) => return,
         };
         if !replay.is_empty() && ws.send(Message::Binary(replay.into())).await.is_err() {
             return;
         }
+        let exited = || {
+            Message::Close(Some(axum::extract::ws::CloseFrame {
+                code: EXITED,
+                reason: "the program exited".into(),
+            }))
+        };
+        let Some(mut rx) = rx else {
+            let _ = ws.send(exited()).await;
+            return;
+        };
         loop {
             tokio::select! {
                 out = rx.recv() => match out {
                     Ok(data) => if ws.send(Message::Binary(data)).await.is_err() { break },
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = ws.send(exited()).await;
+                        break;
+                    }
                 },
                 msg = ws.recv() => match msg {
                     Some(Ok(Message::Binary(data))) => {

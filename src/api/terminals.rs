@@ -214,7 +214,17 @@ async fn relay(
             let out = match m {
                 TMessage::Binary(b) => AxMessage::Binary(b),
                 TMessage::Text(t) => AxMessage::Text(t.as_str().into()),
-                TMessage::Close(_) => break,
+                // The agent's reason to close (the shell exited) reaches the client as is.
+                TMessage::Close(Some(f)) => {
+                    let _ = c_tx
+                        .send(AxMessage::Close(Some(axum::extract::ws::CloseFrame {
+                            code: f.code.into(),
+                            reason: f.reason.as_str().into(),
+                        })))
+                        .await;
+                    return;
+                }
+                TMessage::Close(None) => break,
                 _ => continue,
             };
             if c_tx.send(out).await.is_err() {

@@ -609,6 +609,7 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
     );
     let (ok, _, err) = cmd(&["ws", "open", "ws_01m9300000000000000000000x"]);
     assert!(!ok && err.contains("not_found"), "{err}");
+    shell_in_the_current_terminal(home.path(), &run_id);
     let (ok, out, err) = cmd(&["ws", "stop", &run_id]);
     assert!(ok && out.contains("stopped"), "{out} {err}");
     let (ok, _, _) = cmd(&["ws", "delete", &run_id]);
@@ -633,6 +634,98 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
         200
     );
     sigterm_and_wait(&mut p);
+}
+
+/// `devcell ws shell`: from a pipe (input's end is Ctrl-D), then in a real terminal whose
+/// size changes while the shell runs, left as it was found.
+fn shell_in_the_current_terminal(home: &Path, id: &str) {
+    use std::io::{Read, Write};
+    let mut piped = devcell(home);
+    piped
+        .args(["ws", "shell", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = piped.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo shell-$((6*7)) in $(pwd)\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("shell-42 in /workspace/"), "{text}");
+
+    let (pty, pts) = pty_process::blocking::open().unwrap();
+    pty.resize(pty_process::Size::new(30, 100)).unwrap();
+    let before = rustix::termios::tcgetattr(&pty).unwrap();
+    let mut cmd = pty_process::blocking::Command::new(BIN)
+        .args(["ws", "shell", id])
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME");
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DEVCELL_")) {
+        cmd = cmd.env_remove(k);
+    }
+    let mut child = cmd.spawn(pts).unwrap();
+    let pty = std::sync::Arc::new(pty);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let reader = pty.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = (&*reader).read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut expect = |needle: &str| {
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(at) = seen.find(needle) {
+                seen.drain(..at + needle.len());
+                return;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => panic!("no {needle:?} in the shell's output: {seen}"),
+            }
+        }
+    };
+    // In raw mode the local terminal does not echo: what shows is the remote shell's output.
+    (&*pty).write_all(b"stty size; echo size-shown\r").unwrap();
+    expect("30 100");
+    expect("size-shown");
+    pty.resize(pty_process::Size::new(40, 120)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    (&*pty).write_all(b"stty size; echo resized\r").unwrap();
+    expect("40 120");
+    expect("resized");
+    (&*pty).write_all(b"exit\r").unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < until,
+            "ws shell did not end with the shell"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let after = rustix::termios::tcgetattr(&*pty).unwrap();
+    assert_eq!(
+        after.local_modes, before.local_modes,
+        "the terminal is left in raw mode"
+    );
 }
 
 #[test]

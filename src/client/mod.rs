@@ -12,6 +12,8 @@ use url::Url;
 
 use crate::cli::{WsCmd, print_table};
 
+mod shell;
+
 #[derive(Serialize, Deserialize)]
 struct Saved {
     url: Url,
@@ -393,6 +395,9 @@ pub async fn ws(cmd: WsCmd) -> Result<i32> {
                     .stderr(std::process::Stdio::null())
                     .spawn();
             }
+        }
+        WsCmd::Shell { id, terminal } => {
+            return shell::shell(&http, &saved, &id, terminal.as_deref()).await;
         }
         WsCmd::Exec { id, command, out } => {
             let r = check(
