@@ -338,26 +338,33 @@ fn ssr_bench() {
             repo: "https://git.example.com/team/app.git".into(),
             phase: if i % 3 == 0 { "running" } else { "stopped" }.into(),
             class: "small".into(),
-            last_activity: "2026-11-29 10:00 UTC".into(),
-            stops_at: "2026-11-29 10:30 UTC".into(),
+            last_activity: ui::When {
+                iso: "2026-11-29T10:00:00Z".into(),
+                text: "2026-11-29 10:00 UTC (5 min ago)".into(),
+            },
+            stops_at: Some(ui::When {
+                iso: "2026-11-29T10:30:00Z".into(),
+                text: "2026-11-29 10:30 UTC (in 25 min)".into(),
+            }),
             wanted_running: i % 3 == 0,
         })
         .collect();
     let json_rows: Vec<serde_json::Value> = rows
         .iter()
-        .map(|r| serde_json::json!({ "id": r.id, "name": r.name, "repo": r.repo, "phase": r.phase, "class": r.class, "last_activity": r.last_activity, "stops_at": r.stops_at }))
+        .map(|r| serde_json::json!({ "id": r.id, "name": r.name, "repo": r.repo, "phase": r.phase, "class": r.class, "last_activity": r.last_activity.iso, "stops_at": r.stops_at.as_ref().map(|w| &w.iso) }))
         .collect();
     let mut html_times = Vec::new();
     let mut json_times = Vec::new();
     let mut size = 0;
     for _ in 0..30 {
         let t = Instant::now();
-        let html = ui::workspaces_page(
-            "owner@example.com".into(),
-            "token".into(),
-            rows.clone(),
-            None,
-        );
+        let viewer = ui::Viewer {
+            email: "owner@example.com".into(),
+            csrf: "token".into(),
+            admin: true,
+            owner: true,
+        };
+        let html = ui::workspaces_page(viewer, rows.clone(), None);
         html_times.push(t.elapsed());
         size = html.len();
         let t = Instant::now();

@@ -14,6 +14,39 @@
     });
   }
 
+  // Times: the server writes "2026-12-05 12:54 UTC (3 min ago)" in <time datetime>; here the
+  // same format in the viewer's time zone, with the relative part kept current.
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function relative(ms) {
+    var s = Math.round(ms / 1000), future = s > 0, a = Math.abs(s);
+    if (future) {
+      var m = Math.ceil(a / 60);
+      if (m <= 0) return "now";
+      if (m < 60) return "in " + m + " min";
+      return "in " + Math.floor(m / 60) + " h" + (m % 60 ? " " + (m % 60) + " min" : "");
+    }
+    if (a < 60) return "just now";
+    if (a < 3600) return Math.floor(a / 60) + " min ago";
+    if (a < 86400) return Math.floor(a / 3600) + " h ago";
+    var d = Math.floor(a / 86400);
+    return d === 1 ? "1 day ago" : d + " days ago";
+  }
+  function localTime(iso) {
+    var t = new Date(iso);
+    if (isNaN(t)) return null;
+    return t.getFullYear() + "-" + pad(t.getMonth() + 1) + "-" + pad(t.getDate()) + " " +
+      pad(t.getHours()) + ":" + pad(t.getMinutes()) + " (" + relative(t - Date.now()) + ")";
+  }
+  function localizeTimes(root) {
+    (root || document).querySelectorAll("time[datetime]").forEach(function (el) {
+      var text = localTime(el.getAttribute("datetime"));
+      if (text && el.textContent !== text) el.textContent = text;
+      if (!el.title) el.title = new Date(el.getAttribute("datetime")).toString();
+    });
+  }
+  localizeTimes();
+  setInterval(localizeTimes, 30000);
+
   // Live regions: every element with data-live is re-rendered by the server and swapped in
   // when it changed (rows added or gone, Start becoming Stop, new tasks and ports, the
   // timeline), so the page never needs a reload and no markup is written twice. A region the
@@ -21,8 +54,8 @@
   // its signature changes (task logs stream on their own, below).
   function refreshLive() {
     var regions = document.querySelectorAll("[data-live]");
-    if (!regions.length) return;
-    fetch(location.pathname + location.search, { credentials: "same-origin" }).then(function (r) {
+    if (!regions.length) return Promise.resolve();
+    return fetch(location.pathname + location.search, { credentials: "same-origin" }).then(function (r) {
       return r.ok ? r.text() : null;
     }).then(function (html) {
       if (!html) return;
@@ -34,6 +67,7 @@
         if (changed) {
           mine.innerHTML = next.innerHTML;
           if (next.dataset.sig !== undefined) mine.dataset.sig = next.dataset.sig;
+          localizeTimes(mine);
         }
       });
     }).catch(function () {});
@@ -47,26 +81,39 @@
     if (!page) return;
     var id = page.dataset.workspace;
     api("/api/v1/workspaces/" + id).then(function (w) {
+      // What the page leads with (terminal, Start, Retry, progress) follows the state: when
+      // that changes, every live section is fetched again at once, so each says what is true now.
+      var mode = { running: "running", stopped: "stopped", failed: "failed" }[w.phase] || "busy";
+      var changed = page.dataset.mode !== mode;
+      page.dataset.mode = mode;
       var phase = document.getElementById("phase");
-      if (phase && phase.textContent !== w.phase) phase.textContent = w.phase;
+      if (phase && phase.textContent !== w.phase) { phase.textContent = w.phase; phase.className = "badge " + w.phase; }
       var message = document.getElementById("message");
-      if (message) message.textContent = w.message || "";
+      if (message && w.message) message.textContent = w.message;
       var warning = document.getElementById("stop-warning");
       if (warning) {
         warning.textContent = w.stop_warning || "";
         warning.hidden = !w.stop_warning;
       }
-      var stops = document.getElementById("stops-at");
-      if (stops) stops.textContent = w.stops_at ? new Date(w.stops_at).toLocaleTimeString() + (w.stop_reason === "max_lifetime" ? " (maximum lifetime)" : " (if idle)") : "—";
+      var stops = document.querySelector("#stops-at time");
+      if (stops && w.stops_at && stops.getAttribute("datetime") !== w.stops_at) {
+        stops.setAttribute("datetime", w.stops_at);
+        localizeTimes(stops.parentNode);
+      }
+      var reason = document.getElementById("stop-reason");
+      if (reason && w.stops_at) reason.textContent = w.stop_reason === "max_lifetime" ? "maximum lifetime" : "if idle";
       lastPhase = w.phase;
-      if (w.phase === "running" && !terminalOpened) {
-        terminalOpened = true;
-        openTerminal(id);
-      } else if (w.phase !== "running" && terminalOpened) {
+      if (w.phase !== "running" && terminalOpened) {
         // Its shells ended with the sandbox; a restart opens new ones.
         terminalOpened = false;
         closeTerminals();
       }
+      return (changed ? refreshLive() : Promise.resolve()).then(function () {
+        if (w.phase === "running" && !terminalOpened && document.getElementById("terminal")) {
+          terminalOpened = true;
+          openTerminal(id);
+        }
+      });
     }).catch(function () {});
   }
 

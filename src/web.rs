@@ -20,6 +20,8 @@ pub fn router() -> Router<AppState> {
         .route("/logout", post(logout))
         .route("/invite/{secret}", get(invite_form).post(invite_submit))
         .route("/assets/style.css", get(stylesheet))
+        .route("/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
         .route(
             "/assets/dashboard.js",
             get(|| {
@@ -70,6 +72,10 @@ pub fn router() -> Router<AppState> {
         .route("/port-login", get(port_login))
 }
 
+async fn favicon() -> impl IntoResponse {
+    asset("image/svg+xml", include_bytes!("../embedded/favicon.svg")).await
+}
+
 async fn stylesheet() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
@@ -104,7 +110,6 @@ async fn home(
     match listed {
         Ok(page) => {
             let details = st.cell.list_details(&page.items);
-            let now = st.cell.now();
             let rows = page
                 .items
                 .iter()
@@ -119,21 +124,13 @@ async fn home(
                         .unwrap_or_default(),
                     phase: w.lifecycle.phase.as_str().into(),
                     class,
-                    last_activity: short_time(w.last_activity),
-                    stops_at: plan
-                        .map(|p| format!("{} ({})", short_time(p.at), time_left(p.at - now)))
-                        .unwrap_or_else(|| "—".into()),
+                    last_activity: when(&st, w.last_activity),
+                    stops_at: plan.map(|p| when(&st, p.at)),
                     wanted_running: w.lifecycle.desired == crate::domain::Desired::Running,
                 })
                 .collect();
             let more = page.next_cursor.map(|c| format!("/?after={c}"));
-            Html(ui::workspaces_page(
-                actor.user.email.clone(),
-                csrf,
-                rows,
-                more,
-            ))
-            .into_response()
+            Html(ui::workspaces_page(viewer(&st, &actor, &csrf), rows, more)).into_response()
         }
         Err(e) => error_page(e),
     }
@@ -467,38 +464,70 @@ async fn workspace_page(
         Ok(w) => w,
         Err(e) => return error_page(e),
     };
-    let tasks = st.cell.tasks(&actor, &id).await.unwrap_or_default();
-    let ports = st.cell.ports(&actor, &id).await.unwrap_or_default();
+    let phase = w.lifecycle.phase;
+    let live = matches!(
+        phase,
+        crate::domain::Phase::Running | crate::domain::Phase::Initializing
+    );
+    // Tasks and ports belong to the session that runs now: a stopped workspace's last logs
+    // and a task not yet started this session are not shown as if they were current.
+    let tasks = if live {
+        st.cell.tasks(&actor, &id).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let ports = if phase == crate::domain::Phase::Running {
+        st.cell.ports(&actor, &id).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let plan = st.cell.stop_plan(&w);
+    let viewer = viewer(&st, &actor, &csrf);
     Html(ui::workspace_page(ui::WorkspaceView {
+        viewer,
         id: w.id.to_string(),
         name: w.name.clone(),
-        phase: w.lifecycle.phase.as_str().into(),
+        phase: phase.as_str().into(),
         desired: w.lifecycle.desired.as_str().into(),
-        message: (w.lifecycle.phase == crate::domain::Phase::Failed)
+        message: (phase == crate::domain::Phase::Failed)
             .then(|| w.lifecycle.history.last().and_then(|c| c.message.clone()))
             .flatten(),
         repos: w.repos.iter().map(|r| r.url.as_str().to_owned()).collect(),
-        csrf,
         history: w
             .lifecycle
             .history
             .iter()
+            .rev()
             .map(|c| {
                 (
                     c.phase.as_str().to_owned(),
-                    short_time(c.at),
+                    when(&st, c.at),
                     c.message.clone().unwrap_or_default(),
                 )
             })
             .collect(),
         tasks: tasks
             .into_iter()
-            .map(|t| (t.index, t.name, t.state, t.log))
+            .map(|t| {
+                let log = if t.state == "pending" {
+                    String::new()
+                } else {
+                    t.log
+                };
+                (t.index, t.name, t.state, log)
+            })
             .collect(),
         ports: ports
             .into_iter()
-            .map(|p| (p.port, p.listening, p.visibility.as_str().to_owned(), p.url))
+            .map(|p| {
+                (
+                    p.port,
+                    p.configured.unwrap_or_default(),
+                    p.listening,
+                    p.visibility.as_str().to_owned(),
+                    p.url,
+                )
+            })
             .collect(),
         git: git_views(&w.git),
         timeout_min: w.timeout.as_secs() / 60,
@@ -510,16 +539,13 @@ async fn workspace_page(
                 p.users_can_extend,
             )
         },
-        stops_at: plan
-            .as_ref()
-            .map(|p| {
-                let why = match p.reason {
-                    crate::domain::StopReason::Inactivity => "if idle",
-                    crate::domain::StopReason::MaxLifetime => "maximum lifetime",
-                };
-                format!("{} ({why})", short_time(p.at))
-            })
-            .unwrap_or_else(|| "—".into()),
+        stops_at: plan.as_ref().map(|p| {
+            let why = match p.reason {
+                crate::domain::StopReason::Inactivity => "if idle",
+                crate::domain::StopReason::MaxLifetime => "maximum lifetime",
+            };
+            (when(&st, p.at), why.to_owned())
+        }),
         stop_warning: plan.and_then(|p| p.warning),
         backups: w
             .snapshots
@@ -527,20 +553,29 @@ async fn workspace_page(
             .rev()
             .map(|b| ui::BackupView {
                 id: b.id.clone(),
-                taken_at: short_time(b.taken_at),
+                taken_at: when(&st, b.taken_at),
                 trigger: b.trigger.clone(),
                 files: b.files,
-                size: human_bytes(b.bytes),
+                size: crate::human::bytes(b.bytes),
             })
             .collect(),
-        backup_state: match (&w.backup.pending, &w.backup.last_error) {
-            (Some(_), Some(e)) => format!("Backup pending (retrying): {e}"),
-            (Some(_), None) => "Backup pending".into(),
-            _ if w.backup.released => "Files are in the backup only; starting restores them".into(),
-            _ => "Backed up".into(),
+        backup_state: match (&w.backup.pending, &w.backup.last_error, w.snapshots.last()) {
+            (Some(_), Some(e), _) => format!("A backup is pending and being retried: {e}"),
+            (Some(_), None, _) => "A backup is being taken.".into(),
+            _ if w.backup.released => {
+                "Its files are in the backup only; starting it restores them.".into()
+            }
+            (None, _, Some(_)) => {
+                "Backed up: the newest backup is first below. Another is taken when it stops."
+                    .into()
+            }
+            (None, _, None) => {
+                "No backup yet: one is taken when it stops, and every so often while it runs."
+                    .into()
+            }
         },
         can_restore: matches!(
-            w.lifecycle.phase,
+            phase,
             crate::domain::Phase::Stopped | crate::domain::Phase::Failed
         ),
     }))
@@ -608,17 +643,28 @@ async fn change(
     }
 }
 
-fn class_names(st: &AppState, actor: &crate::service::Actor) -> Vec<String> {
+/// The classes the caller may choose, the default first, each with its sizes for the label.
+fn class_names(st: &AppState, actor: &crate::service::Actor) -> Vec<(String, String)> {
     let orgs = st.cell.list_orgs(actor).unwrap_or_default();
     orgs.first()
         .and_then(|(o, _)| st.cell.usable_classes(actor, &o.id).ok())
         .map(|cs| {
-            let mut v: Vec<_> = cs
-                .iter()
-                .map(|c| (c.is_default, c.spec.name.clone()))
-                .collect();
-            v.sort_by_key(|c| std::cmp::Reverse(c.0));
-            v.into_iter().map(|(_, n)| n).collect()
+            let mut v: Vec<_> = cs.iter().collect();
+            v.sort_by_key(|c| std::cmp::Reverse(c.is_default));
+            v.into_iter()
+                .map(|c| {
+                    let spec = &c.spec;
+                    let cpus = spec.cpu_millis as f64 / 1000.0;
+                    let label = format!(
+                        "{} — {cpus} CPU{}, {} memory, {} disk",
+                        spec.name,
+                        if cpus == 1.0 { "" } else { "s" },
+                        crate::human::bytes(spec.memory_bytes),
+                        crate::human::bytes(spec.disk_bytes)
+                    );
+                    (spec.name.clone(), label)
+                })
+                .collect()
         })
         .unwrap_or_default()
 }
@@ -626,7 +672,7 @@ fn class_names(st: &AppState, actor: &crate::service::Actor) -> Vec<String> {
 async fn new_form(State(st): State<AppState>, headers: HeaderMap) -> Response {
     match signed_in(&st, &headers) {
         Ok((actor, csrf)) => Html(ui::new_workspace_page(ui::NewWorkspaceView {
-            csrf,
+            viewer: viewer(&st, &actor, &csrf),
             classes: class_names(&st, &actor),
             ..Default::default()
         }))
@@ -663,7 +709,7 @@ async fn new_submit(
         return error_page(e);
     }
     let mut view = ui::NewWorkspaceView {
-        csrf: csrf.clone(),
+        viewer: viewer(&st, &actor, &csrf),
         classes: Vec::new(),
         repo: f.repo.clone(),
         branch: f.branch.clone(),
@@ -711,7 +757,12 @@ async fn new_submit(
                 _ => "",
             };
             view.classes = class_names(&st, &actor);
-            view.error = Some((field.to_owned(), e.to_string()));
+            // Beside its field the message needs no field name ("repos[0].url: ...").
+            let message = match &e {
+                Error::Invalid(f) if !field.is_empty() => f.reason.clone(),
+                _ => e.to_string(),
+            };
+            view.error = Some((field.to_owned(), message));
             (status, Html(ui::new_workspace_page(view))).into_response()
         }
     }
@@ -743,7 +794,10 @@ fn org_view(
         .cell
         .list_members(actor, &org.id)?
         .into_iter()
-        .map(|(m, u)| (u.id.to_string(), u.email, m.role.as_str().to_owned()))
+        .map(|(m, u)| {
+            let me = u.id == actor.user.id;
+            (u.id.to_string(), u.email, m.role.as_str().to_owned(), me)
+        })
         .collect();
     let gib = |b: u64| format!("{}", b as f64 / (1u64 << 30) as f64);
     let classes = st
@@ -761,8 +815,8 @@ fn org_view(
         })
         .collect();
     Ok(ui::OrgView {
+        viewer: viewer(st, actor, &csrf),
         name: org.name,
-        csrf,
         members,
         classes,
         default_timeout_min: policy.default_timeout.as_secs() / 60,
@@ -792,7 +846,7 @@ fn org_view(
                 (
                     i.id.to_string(),
                     i.role.as_str().to_owned(),
-                    short_time(i.expires_at),
+                    when(st, i.expires_at),
                 )
             })
             .collect(),
@@ -804,7 +858,7 @@ fn org_view(
             .map(|d| {
                 (
                     d.name.clone(),
-                    short_time(d.deleted_at),
+                    when(st, d.deleted_at),
                     d.reason.clone(),
                     git_summary(&d.git),
                 )
@@ -1203,26 +1257,26 @@ fn usage_line(u: &crate::service::DataUsage) -> String {
     let parts = u
         .parts
         .iter()
-        .map(|(name, b)| format!("{name} {}", human_bytes(*b)))
+        .map(|(name, b)| format!("{name} {}", crate::human::bytes(*b)))
         .collect::<Vec<_>>()
         .join(", ");
     let mut line = format!(
         "{}{} ({parts})",
         if u.partial { "at least " } else { "" },
-        human_bytes(u.total)
+        crate::human::bytes(u.total)
     );
     if u.filesystem_bytes > 0 {
         line += &format!(
             "; {} free of {} on its filesystem",
-            human_bytes(u.filesystem_free),
-            human_bytes(u.filesystem_bytes)
+            crate::human::bytes(u.filesystem_free),
+            crate::human::bytes(u.filesystem_bytes)
         );
     }
     line
 }
 
 async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    let (actor, _) = match signed_in(&st, &headers) {
+    let (actor, csrf) = match signed_in(&st, &headers) {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -1230,16 +1284,12 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
         Ok(f) => f,
         Err(e) => return error_page(e),
     };
-    let when = |t: Option<time::OffsetDateTime>| {
-        t.map(crate::api::dto::rfc3339)
-            .unwrap_or_else(|| "—".into())
-    };
     let uptime = (st.cell.now() - facts.started_at).whole_seconds().max(0) as u64;
     let facts_rows = vec![
         ("Version".to_string(), facts.version.to_string()),
         (
             "Uptime".to_string(),
-            humantime::format_duration(std::time::Duration::from_secs(uptime)).to_string(),
+            crate::human::duration(std::time::Duration::from_secs(uptime)),
         ),
         ("Data directory".to_string(), facts.data_dir),
         ("Data directory size".to_string(), usage_line(&facts.usage)),
@@ -1253,8 +1303,8 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
         .map(|w| ui::LoopRow {
             name: w.name.to_string(),
             state: w.state.as_str().to_string(),
-            last_run: when(w.last_run),
-            next_run: when(w.next_run),
+            last_run: w.last_run.map(|t| when(&st, t)),
+            next_run: w.next_run.map(|t| when(&st, t)),
             last_error: w.last_error.clone().unwrap_or_default(),
         })
         .collect();
@@ -1271,10 +1321,9 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
         }),
         Err(e) => return error_page(e),
     }
-    Html(ui::admin_page(sections, loops)).into_response()
+    Html(ui::admin_page(viewer(&st, &actor, &csrf), sections, loops)).into_response()
 }
 
-/// `2026-11-29 14:03 UTC`: precise enough for a table.
 /// "in 27 min", "in 3 h 5 min", "now": how long until a workspace stops.
 fn time_left(d: time::Duration) -> String {
     let minutes = (d.whole_seconds() + 59).max(0) / 60;
@@ -1286,9 +1335,51 @@ fn time_left(d: time::Duration) -> String {
     }
 }
 
+/// `2026-11-29 14:03 UTC`: precise enough for a table.
 fn short_time(t: time::OffsetDateTime) -> String {
     let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
     t.format(&f).unwrap_or_default()
+}
+
+/// A moment as every page shows it (`ui::When`): "2026-12-05 12:54 UTC (3 min ago)"; the
+/// page's script renders the same in the viewer's time zone.
+fn when(st: &AppState, t: time::OffsetDateTime) -> ui::When {
+    let d = t - st.cell.now();
+    let relative = if d.whole_seconds() > 0 {
+        time_left(d)
+    } else {
+        ago(-d)
+    };
+    ui::When {
+        iso: crate::api::dto::rfc3339(t),
+        text: format!("{} ({relative})", short_time(t)),
+    }
+}
+
+/// "just now", "3 min ago", "2 h ago", "4 days ago".
+fn ago(d: time::Duration) -> String {
+    let s = d.whole_seconds().max(0);
+    match s {
+        0..60 => "just now".into(),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86_400 => format!("{} h ago", s / 3600),
+        86_400..172_800 => "1 day ago".into(),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// Who is looking, for the header: administrators see Admin, owners their organization.
+fn viewer(st: &AppState, actor: &crate::service::Actor, csrf: &str) -> ui::Viewer {
+    ui::Viewer {
+        email: actor.user.email.clone(),
+        csrf: csrf.to_owned(),
+        admin: st.cell.require_admin(actor).is_ok(),
+        owner: st
+            .cell
+            .list_orgs(actor)
+            .map(|orgs| orgs.iter().any(|(_, r)| *r == crate::domain::Role::Owner))
+            .unwrap_or(false),
+    }
 }
 
 async fn confirm_delete(
@@ -1311,9 +1402,9 @@ async fn confirm_delete(
         Ok(w) => {
             let git = git_views(&state);
             Html(ui::confirm_delete_page(
+                viewer(&st, &actor, &csrf),
                 w.id.to_string(),
                 w.name.clone(),
-                csrf,
                 w.lifecycle.is_active(),
                 git,
             ))
@@ -1445,22 +1536,6 @@ async fn restore_form(
     match result {
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
         Err(e) => workspace_error(e, &id),
-    }
-}
-
-/// `1536` → `1.5 KiB`.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }
 

@@ -95,18 +95,18 @@ impl Cell {
                 "Schedule".into(),
                 format!(
                     "at every stop and every {} while running; local files released {} after a verified backup",
-                    humantime::format_duration(c.interval),
-                    humantime::format_duration(c.release_after)
+                    crate::human::duration(c.interval),
+                    crate::human::duration(c.release_after)
                 ),
             ),
             ("Snapshots held".into(), snapshots.to_string()),
             (
                 "Since this start".into(),
                 format!(
-                    "{} taken, {} failed, {} MiB added",
+                    "{} taken, {} failed, {} added",
                     stats.taken.load(Ordering::Relaxed),
                     stats.failed.load(Ordering::Relaxed),
-                    stats.bytes_added.load(Ordering::Relaxed) >> 20
+                    crate::human::bytes(stats.bytes_added.load(Ordering::Relaxed))
                 ),
             ),
             ("Backups owed (retrying)".into(), owed.to_string()),
@@ -587,7 +587,7 @@ impl Cell {
     ) -> Result<()> {
         let reason = format!(
             "dormant: stopped for more than {}",
-            humantime::format_duration(period)
+            crate::human::duration(period)
         );
         tracing::info!(workspace = %w.id, git = ?w.git, "{reason}; deleting");
         self.remove_files(&w.id)?;

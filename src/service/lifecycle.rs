@@ -1378,11 +1378,11 @@ fn timeout_message(reason: StopReason, ws: &Workspace, policy: &Policy) -> Strin
     match reason {
         StopReason::Inactivity => format!(
             "stopped by the inactivity timeout: no activity for {}",
-            humantime::format_duration(ws.timeout)
+            crate::human::duration(ws.timeout)
         ),
         StopReason::MaxLifetime => format!(
             "stopped at the maximum lifetime of {}",
-            humantime::format_duration(policy.max_lifetime)
+            crate::human::duration(policy.max_lifetime)
         ),
     }
 }

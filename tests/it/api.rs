@@ -1141,7 +1141,11 @@ async fn the_login_page_says_what_went_wrong_and_sign_out_everywhere_ends_every_
     let owner = c.cell().find_user(None).unwrap();
     let (second, csrf) = c.session(&owner.id).await;
     for cookie in [&first, &second] {
-        assert!(c.page_with(cookie, "/").await.contains("Signed in as"));
+        assert!(
+            c.page_with(cookie, "/")
+                .await
+                .contains("action=\"/logout\"")
+        );
     }
     let (s, to) = c
         .post_form(&second, "/logout-all", &[("_csrf", &csrf)])

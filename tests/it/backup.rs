@@ -735,7 +735,7 @@ async fn deleted_workspaces_keep_their_snapshots_for_the_grace_period_and_dorman
         .await;
     assert_eq!(s, StatusCode::OK, "{gone}");
     assert_eq!(gone[0]["id"], dormant.as_str(), "newest first: {gone:#}");
-    assert_eq!(gone[0]["reason"], "dormant: stopped for more than 1day");
+    assert_eq!(gone[0]["reason"], "dormant: stopped for more than 1 day");
     assert_eq!(
         gone[0]["git"][0]["untracked"],
         json!(["wip.txt"]),

@@ -236,8 +236,8 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
         wait_for(
             &b,
             "port 3000 listening",
-            "var r = document.querySelector('tr[data-port=\"3000\"]'); return r ? r.textContent : ''",
-            |t| t.contains("listening") && !t.contains("not listening"),
+            "var r = document.querySelector('tr[data-port=\"3000\"] a[target=_blank]'); return r ? r.textContent : ''",
+            |t| t.contains("Open"),
         )
         .await;
         wait_for(
@@ -438,8 +438,15 @@ async fn a_user_creates_works_in_and_stops_a_workspace_in_the_browser() {
             "{classes}"
         );
 
-        // Sign out, join through the invitation as a member: the organization page is refused.
+        // Sign out from the user menu, join through the invitation as a member: the
+        // organization page is refused.
         b.goto(&c.url("/")).await.unwrap();
+        b.find(Locator::Css("details.menu summary"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         b.find(Locator::Css("form[action='/logout'] button"))
             .await
             .unwrap()
@@ -562,7 +569,7 @@ async fn pages_fit_a_phone_follow_the_dark_scheme_and_show_keyboard_focus() {
                 scroll <= width,
                 "{path} scrolls sideways on a phone: {scroll} px of content in {width} px"
             );
-            assert_eq!(facts[2], "rgb(21, 23, 26)", "{path} is not dark");
+            assert_eq!(facts[2], "rgb(18, 20, 23)", "{path} is not dark");
         }
         // On the list, the running workspace's Stop button is on screen, not scrolled away
         // inside a table; links are readable on the dark background.

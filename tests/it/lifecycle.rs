@@ -124,7 +124,7 @@ async fn idle_workspaces_are_warned_then_stopped_and_activity_keeps_them_running
     assert_eq!(w["desired"], "stopped");
     assert_eq!(
         stop_message(&w),
-        "stopped by the inactivity timeout: no activity for 30m",
+        "stopped by the inactivity timeout: no activity for 30 min",
         "{w:#}"
     );
     assert!(w.get("stops_at").is_none(), "{w:#}");
@@ -177,7 +177,7 @@ async fn the_maximum_lifetime_stops_even_a_busy_workspace() {
     let w = c.wait_phase(&id, "stopped", START_WITHIN).await;
     assert_eq!(
         stop_message(&w),
-        "stopped at the maximum lifetime of 1h",
+        "stopped at the maximum lifetime of 1 h",
         "{w:#}"
     );
 }
@@ -194,7 +194,7 @@ async fn a_cell_that_was_down_past_a_deadline_stops_the_workspace_when_it_starts
     let w = c.wait_phase(&id, "stopped", START_WITHIN).await;
     assert_eq!(
         stop_message(&w),
-        "stopped by the inactivity timeout: no activity for 30m",
+        "stopped by the inactivity timeout: no activity for 30 min",
         "{w:#}"
     );
 }

@@ -1494,7 +1494,7 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
     assert!(
         list.contains(&format!("action=\"/workspaces/{id}/stop\""))
             && list.contains(">small<")
-            && list.contains(" UTC<")
+            && list.contains(" UTC (just now)<")
             && (list.contains(" UTC (in 2 h)<") || list.contains(" UTC (in 1 h 59 min)<")),
         "{list}"
     );

@@ -8,6 +8,38 @@ pub const XTERM_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xterm.js")
 pub const XTERM_CSS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xterm.css"));
 pub const XTERM_FIT_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/addon-fit.js"));
 
+/// Who is looking at a page: the header's navigation and user menu come from it.
+#[derive(Clone, Debug, Default)]
+pub struct Viewer {
+    pub email: String,
+    pub csrf: String,
+    /// A cell administrator: the header links to /admin.
+    pub admin: bool,
+    /// Owns an organization: the header links to its settings.
+    pub owner: bool,
+}
+
+/// A moment as every page shows it: `text` is the server's rendering ("2026-12-05 12:54 UTC
+/// (3 min ago)"), which the page's script replaces with the same format in the viewer's time
+/// zone, keeping the relative part current.
+#[derive(Clone, Debug, Default)]
+pub struct When {
+    /// RFC 3339.
+    pub iso: String,
+    pub text: String,
+}
+
+fn when(w: When) -> impl IntoView {
+    view! { <time datetime=w.iso>{w.text}</time> }
+}
+
+fn when_or_dash(w: Option<When>) -> impl IntoView {
+    match w {
+        Some(w) => when(w).into_any(),
+        None => view! { <span class="muted">"—"</span> }.into_any(),
+    }
+}
+
 /// One workspace as the list shows it.
 #[derive(Clone, Debug)]
 pub struct WorkspaceRow {
@@ -16,18 +48,38 @@ pub struct WorkspaceRow {
     pub repo: String,
     pub phase: String,
     pub class: String,
-    pub last_activity: String,
+    pub last_activity: When,
     /// When the timeout or lifetime will stop it (running workspaces).
-    pub stops_at: String,
+    pub stops_at: Option<When>,
     /// Its owner asked for it to run.
     pub wanted_running: bool,
 }
 
 #[component]
-fn Shell(title: String, children: Children) -> impl IntoView {
+fn Shell(
+    title: String,
+    #[prop(optional)] viewer: Option<Viewer>,
+    #[prop(optional)] section: &'static str,
+    children: Children,
+) -> impl IntoView {
+    let current = move |s: &str| (s == section).then_some("page");
     view! {
         <header class="top">
-            <a class="brand" href="/">"devcell"</a>
+            <a class="brand" href="/"><span class="logo" aria-hidden="true">"◧"</span>" devcell"</a>
+            {viewer.map(|v| view! {
+                <nav class="main" aria-label="Main">
+                    <a href="/" aria-current=current("workspaces")>"Workspaces"</a>
+                    {v.owner.then(|| view! { <a href="/org" aria-current=current("org")>"Organization"</a> })}
+                    {v.admin.then(|| view! { <a href="/admin" aria-current=current("admin")>"Admin"</a> })}
+                </nav>
+                <details class="menu">
+                    <summary aria-label="Account">{v.email.clone()}</summary>
+                    <div class="menu-items">
+                        <form method="post" action="/logout"><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit" class="plain">"Sign out"</button></form>
+                        <form method="post" action="/logout-all"><input type="hidden" name="_csrf" value=v.csrf/><button type="submit" class="plain">"Sign out everywhere"</button></form>
+                    </div>
+                </details>
+            })}
         </header>
         <main>
             <h1>{title}</h1>
@@ -54,31 +106,20 @@ fn Login(error: Option<String>, next: Option<String>) -> impl IntoView {
 }
 
 #[component]
-fn Workspaces(
-    user: String,
-    csrf: String,
-    rows: Vec<WorkspaceRow>,
-    more: Option<String>,
-) -> impl IntoView {
+fn Workspaces(viewer: Viewer, rows: Vec<WorkspaceRow>, more: Option<String>) -> impl IntoView {
     let empty = rows.is_empty();
-    let csrf_rows = csrf.clone();
+    let csrf_rows = viewer.csrf.clone();
     view! {
-        <Shell title="Workspaces".to_string()>
-            <p class="who">"Signed in as " {user}</p>
-            <form method="post" action="/logout" class="inline">
-                <input type="hidden" name="_csrf" value=csrf.clone()/>
-                <button type="submit">"Sign out"</button>
-            </form>
-            " "
-            <form method="post" action="/logout-all" class="inline">
-                <input type="hidden" name="_csrf" value=csrf/>
-                <button type="submit">"Sign out everywhere"</button>
-            </form>
-            <nav><a href="/org">"Organization"</a> " · " <a href="/admin">"Admin"</a></nav>
-            <p><a href="/new" class="button">"New workspace"</a></p>
-            {empty.then(|| view! { <p class="empty">"No workspaces yet. Create one with " <code>"devcell ws create --repo URL"</code> "."</p> })}
-            <table class="workspaces">
-                <thead><tr><th>"Name"</th><th>"Repository"</th><th>"Class"</th><th>"Phase"</th><th>"Last activity"</th><th>"Stops at"</th><th>"Actions"</th></tr></thead>
+        <Shell title="Workspaces".to_string() viewer=viewer section="workspaces">
+            <div class="actions"><a href="/new" class="button primary">"New workspace"</a></div>
+            {empty.then(|| view! {
+                <div class="empty">
+                    <p><strong>"No workspaces yet."</strong></p>
+                    <p class="muted">"A workspace is a git repository ready to code in: a terminal, its tasks running and its ports shared. Create one from a repository URL with New workspace."</p>
+                </div>
+            })}
+            <table class="workspaces" hidden=empty>
+                <thead><tr><th>"Name"</th><th>"Repository"</th><th>"Class"</th><th>"State"</th><th>"Last activity"</th><th>"Stops"</th><th><span class="visually-hidden">"Actions"</span></th></tr></thead>
                 <tbody data-live="list">
                     {rows.into_iter().map(|r| {
                         let (verb, label) = if r.wanted_running { ("stop", "Stop") } else { ("start", "Start") };
@@ -87,14 +128,15 @@ fn Workspaces(
                         let open = format!("/workspaces/{}", r.id);
                         let token = csrf_rows.clone();
                         let name_label = r.name.clone();
+                        let phase = r.phase.clone();
                         view! {
                             <tr data-id=r.id.clone()>
                                 <td><a href=open.clone()>{r.name}</a></td><td><code>{r.repo}</code></td><td data-label="Class">{r.class}</td>
-                                <td class="phase" data-label="Phase">{r.phase}</td><td data-label="Last activity">{r.last_activity}</td><td data-label="Stops at">{r.stops_at}</td>
+                                <td class="phase" data-label="State"><span class=format!("badge {phase}")>{r.phase}</span></td><td data-label="Last activity">{when(r.last_activity)}</td><td data-label="Stops">{when_or_dash(r.stops_at)}</td>
                                 <td class="actions">
-                                    <a href=open aria-label=format!("Open {name_label}")>"Open"</a>
+                                    <a href=open class="button" aria-label=format!("Open {name_label}")>"Open"</a>
                                     <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=token/><button type="submit" aria-label=format!("{label} {name_label}")>{label}</button></form>
-                                    <a href=delete aria-label=format!("Delete {name_label}")>"Delete"</a>
+                                    <a href=delete class="button danger" aria-label=format!("Delete {name_label}")>"Delete"</a>
                                 </td>
                             </tr>
                         }
@@ -156,7 +198,11 @@ pub fn invite_page(v: InviteView) -> String {
 }
 
 fn page(title: &str, body: String) -> String {
-    page_with(title, body, "")
+    page_with(
+        title,
+        body,
+        "<script defer src=\"/assets/dashboard.js\"></script>",
+    )
 }
 
 /// A page whose scripts talk to the API: the session's CSRF token goes in a meta tag.
@@ -175,37 +221,37 @@ fn live_page(title: &str, body: String, csrf: &str, terminal: bool) -> String {
 
 fn page_with(title: &str, body: String, head: &str) -> String {
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · devcell</title><link rel=\"stylesheet\" href=\"/assets/style.css\">{head}</head><body>{body}</body></html>"
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · devcell</title><link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\"><link rel=\"stylesheet\" href=\"/assets/style.css\">{head}</head><body>{body}</body></html>"
     )
 }
 
 /// One workspace, as its page shows it.
 #[derive(Clone, Debug)]
 pub struct WorkspaceView {
+    pub viewer: Viewer,
     pub id: String,
     pub name: String,
     pub phase: String,
     pub desired: String,
     pub message: Option<String>,
     pub repos: Vec<String>,
-    pub csrf: String,
-    /// (phase, time, message) oldest first.
-    pub history: Vec<(String, String, String)>,
+    /// (phase, time, message) newest first.
+    pub history: Vec<(String, When, String)>,
     /// (index, name, state, log tail)
     pub tasks: Vec<(usize, String, String, String)>,
-    /// (port, listening, visibility, url)
-    pub ports: Vec<(u16, bool, String, String)>,
+    /// (port, name, listening, visibility, url)
+    pub ports: Vec<(u16, String, bool, String, String)>,
     pub git: Vec<GitView>,
     pub timeout_min: u64,
     /// The organization's bounds: (default, maximum) in minutes, and whether users may change it.
     pub timeout_limits: (u64, u64, bool),
-    /// When the workspace stops by itself ("—" when it does not run), and why.
-    pub stops_at: String,
+    /// When the workspace stops by itself, and why ("if idle", "maximum lifetime").
+    pub stops_at: Option<(When, String)>,
     /// The warning shown shortly before a timeout stops the workspace.
     pub stop_warning: Option<String>,
     /// Snapshots, newest first.
     pub backups: Vec<BackupView>,
-    /// "backed up", or "backup pending: <reason>".
+    /// What is true of its backup now, in a sentence.
     pub backup_state: String,
     /// Restoring needs a stopped workspace.
     pub can_restore: bool,
@@ -214,75 +260,154 @@ pub struct WorkspaceView {
 #[derive(Clone, Debug)]
 pub struct BackupView {
     pub id: String,
-    pub taken_at: String,
+    pub taken_at: When,
     pub trigger: String,
     pub files: u64,
     pub size: String,
 }
 
+/// What a workspace page leads with: the page reloads when this changes.
+pub fn workspace_mode(phase: &str) -> &'static str {
+    match phase {
+        "running" => "running",
+        "stopped" => "stopped",
+        "failed" => "failed",
+        _ => "busy",
+    }
+}
+
+fn post_button(
+    action: String,
+    csrf: String,
+    label: &'static str,
+    class: &'static str,
+) -> impl IntoView {
+    view! { <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=csrf/><button type="submit" class=class>{label}</button></form> }
+}
+
 #[component]
 fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
-    let start = format!("/workspaces/{}/start", v.id);
-    let stop = format!("/workspaces/{}/stop", v.id);
-    let restart = format!("/workspaces/{}/restart", v.id);
-    let running = v.desired == "running";
-    let can_restart = v.phase == "running";
+    let id = v.id.clone();
+    let csrf = v.viewer.csrf.clone();
+    let start = format!("/workspaces/{id}/start");
+    let stop = format!("/workspaces/{id}/stop");
+    let restart = format!("/workspaces/{id}/restart");
+    let delete = format!("/workspaces/{id}/delete");
+    let mode = workspace_mode(&v.phase);
+    let running = mode == "running";
+    let tasks_live = running || v.phase == "initializing";
+    let no_ports = v.ports.is_empty();
+    let no_backups = v.backups.is_empty();
     let task_sig = v
         .tasks
         .iter()
         .map(|(i, name, _, _)| format!("{i}:{name}"))
-        .fold(can_restart.to_string(), |sig, t| sig + "|" + &t);
-    view! {
-        <Shell title=v.name.clone()>
-            <section data-workspace=v.id.clone()>
-                <p>"Phase: " <strong id="phase">{v.phase}</strong> " " <span id="message" class="error">{v.message}</span></p>
-                <p class="warning" id="stop-warning" role="status" hidden=v.stop_warning.is_none()>{v.stop_warning.clone()}</p>
-                <p>"Stops at: " <span id="stops-at">{v.stops_at.clone()}</span></p>
-                <ul class="repos">{v.repos.into_iter().map(|r| view! { <li><code>{r}</code></li> }).collect_view()}</ul>
-                <div data-live="controls">
-                {if running {
-                    view! {
-                        <div class="actions">
-                            <form method="post" action=stop><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Stop"</button></form>
-                            {can_restart.then(|| view! {
-                                <form method="post" action=restart.clone()><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit" title="Stop (saving git state and a backup) and start again with fresh tasks and terminals">"Restart"</button></form>
-                            })}
-                        </div>
-                    }.into_any()
-                } else {
-                    view! { <form method="post" action=start><input type="hidden" name="_csrf" value=v.csrf.clone()/><button type="submit">"Start"</button></form> }.into_any()
-                }}
+        .fold(format!("{tasks_live}"), |sig, t| sig + "|" + &t);
+    let (stops, stop_reason) = match v.stops_at {
+        Some((w, why)) => (Some(w), why),
+        None => (None, String::new()),
+    };
+    let lead = match mode {
+        "running" => view! {
+            <p class="muted">"Stops "<span id="stops-at">{when_or_dash(stops)}</span>" ("<span id="stop-reason">{stop_reason}</span>")"</p>
+            <div class="actions">
+                {post_button(stop, csrf.clone(), "Stop", "")}
+                <form method="post" action=restart class="inline"><input type="hidden" name="_csrf" value=csrf.clone()/><button type="submit" title="Stop (saving git state and a backup) and start again with fresh tasks and terminals">"Restart"</button></form>
+            </div>
+            <div id="terminal-tabs" class="tabs" role="tablist"><button type="button" id="new-terminal">"+ New terminal"</button></div>
+            <div id="terminal" class="terminal" aria-label="Terminal"></div>
+        }.into_any(),
+        "stopped" => view! {
+            <div class="panel" id="state-panel">
+                <p><strong>"This workspace is stopped."</strong>" Its files are kept. Start it to get a terminal, run its tasks and open its ports."</p>
+                <div class="actions">{post_button(start, csrf.clone(), "Start", "primary")}<a class="button danger" href=delete.clone()>"Delete…"</a></div>
+            </div>
+        }.into_any(),
+        "failed" => view! {
+            <div class="panel bad" id="state-panel" role="alert">
+                <p><strong>"It did not start: "</strong><span id="message">{v.message.clone().unwrap_or_else(|| "no reason was recorded".into())}</span></p>
+                <p class="muted">"Its files are kept. Fix what the message names (the repository's address, its access, the class) and retry, or delete it."</p>
+                <div class="actions">{post_button(start, csrf.clone(), "Retry", "primary")}<a class="button danger" href=delete.clone()>"Delete…"</a></div>
+            </div>
+        }.into_any(),
+        _ => {
+            let doing = if v.phase == "stopping" {
+                "Stopping: saving its git state and a backup."
+            } else {
+                "Starting: the terminal opens as soon as it runs."
+            };
+            view! {
+                <div class="panel" id="state-panel" role="status">
+                    <p><span class="spinner" aria-hidden="true"></span><strong>{doing}</strong></p>
+                    {(v.desired == "running").then(|| view! { <div class="actions">{post_button(stop.clone(), csrf.clone(), "Stop", "")}</div> })}
                 </div>
-                <div id="terminal-tabs" class="tabs" role="tablist"><button type="button" id="new-terminal">"+ New terminal"</button></div>
-                <div id="terminal" class="terminal" aria-label="Terminal"></div>
-                <h2>"Tasks"</h2>
+            }.into_any()
+        }
+    };
+    view! {
+        <Shell title=v.name.clone() viewer=v.viewer.clone() section="workspaces">
+            <section data-workspace=id.clone() data-mode=mode>
+                <p class="status-line">
+                    <span id="phase" class=format!("badge {}", v.phase)>{v.phase.clone()}</span>
+                    {v.repos.into_iter().map(|r| view! { <code class="repo">{r}</code> }).collect_view()}
+                </p>
+                <p class="warning" id="stop-warning" role="status" hidden=v.stop_warning.is_none()>{v.stop_warning.clone()}</p>
+                // Swapped in live when the state changes (the signature), never while a
+                // terminal is open in it.
+                <div data-live="lead" data-sig=mode>{lead}</div>
+                <div data-live="ports">
+                {running.then(|| view! {
+                    <h2>"Ports"</h2>
+                    {no_ports.then(|| view! { <p class="muted">"No port is configured and nothing listens yet. Start a server in the terminal (on 0.0.0.0 or localhost) and it shows here."</p> })}
+                    <table class="ports" hidden=no_ports><tbody>
+                    {v.ports.into_iter().map(|(port, name, listening, visibility, url)| {
+                        let action = format!("/workspaces/{id}/ports/{port}");
+                        let token = csrf.clone();
+                        view! { <tr data-port=port.to_string()><td><strong>{port.to_string()}</strong>" "<span class="muted">{name}</span></td>
+                            <td>{if listening { view! { <a class="button" href=url target="_blank" rel="noopener noreferrer">"Open ↗"</a> }.into_any() } else { view! { <span class="muted">"waiting for a server"</span> }.into_any() }}</td>
+                            <td><form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=token/>
+                                <label>"Visible to " <select name="visibility">
+                                    <option value="private" selected=visibility == "private">"only me"</option>
+                                    <option value="org" selected=visibility == "org">"my organization"</option>
+                                    <option value="public" selected=visibility == "public">"anyone with the link"</option>
+                                </select></label><button type="submit">"Share"</button></form></td></tr> }
+                    }).collect_view()}
+                    </tbody></table>
+                })}
+                </div>
                 // Replaced live only when the task list itself changes (logs stream on their own).
                 <div data-live="tasks" data-sig=task_sig>
-                {v.tasks.is_empty().then(|| view! { <p class="muted">{if can_restart { "No tasks in the repository's configuration." } else { "Tasks show here once the repository's configuration is read." }}</p> })}
-                {v.tasks.into_iter().map(|(i, name, state, log)| view! {
-                    <details open=true><summary>{name}" — " <span data-task-state=i.to_string()>{state}</span></summary><pre class="log" data-task-log=i.to_string()>{log}</pre></details>
-                }).collect_view()}
+                {tasks_live.then(|| view! {
+                    <h2>"Tasks"</h2>
+                    {v.tasks.is_empty().then(|| view! { <p class="muted">"The repository's configuration (.gitpod.yml or devcontainer.json) names no tasks."</p> })}
+                    {v.tasks.into_iter().map(|(i, name, state, log)| view! {
+                        <details open=true><summary>{name}" — " <span data-task-state=i.to_string()>{state}</span></summary><pre class="log" data-task-log=i.to_string()>{log}</pre></details>
+                    }).collect_view()}
+                })}
                 </div>
-                <h2>"Ports"</h2>
-                <div data-live="ports">
-                {v.ports.is_empty().then(|| view! { <p class="muted">"Nothing listens yet."</p> })}
-                <table class="ports"><tbody>
-                {v.ports.into_iter().map(|(port, listening, visibility, url)| {
-                    let action = format!("/workspaces/{}/ports/{port}", v.id);
-                    let token = v.csrf.clone();
-                    view! { <tr data-port=port.to_string()><td><a href=url target="_blank" rel="noopener noreferrer">{port.to_string()}</a></td><td>{if listening { "listening" } else { "not listening" }}</td>
-                        <td><form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=token/>
-                            <label>"Visible to " <select name="visibility">
-                                <option value="private" selected=visibility == "private">"only me"</option>
-                                <option value="org" selected=visibility == "org">"my organization"</option>
-                                <option value="public" selected=visibility == "public">"anyone with the link"</option>
-                            </select></label><button type="submit">"Share"</button></form></td></tr> }
+                <h2>"Backups"</h2>
+                <div data-live="backups">
+                <p id="backup-state">{v.backup_state}</p>
+                <table class="backups" hidden=no_backups><thead><tr><th>"Taken"</th><th>"Why"</th><th>"Contents"</th><th><span class="visually-hidden">"Actions"</span></th></tr></thead><tbody>
+                {v.backups.into_iter().map(|b| {
+                    let download = format!("/api/v1/workspaces/{id}/backups/{}/archive", b.id);
+                    let restore = format!("/workspaces/{id}/backups/{}/restore", b.id);
+                    let token = csrf.clone();
+                    let short = b.id.chars().take(8).collect::<String>();
+                    view! { <tr data-snapshot=b.id.clone()><td>{when(b.taken_at)}" "<code class="muted">{short}</code></td><td>{b.trigger}</td><td>{b.files.to_string()}" files, "{b.size}</td>
+                        <td class="actions"><a class="button" href=download download="">"Download"</a>
+                        {v.can_restore.then(|| view! { <form method="post" action=restore class="inline"><input type="hidden" name="_csrf" value=token/><button type="submit">"Restore"</button></form> })}</td></tr> }
                 }).collect_view()}
                 </tbody></table>
                 </div>
+                <h2>"Git"</h2>
+                <div data-live="git">
+                {v.git.is_empty().then(|| view! { <p class="muted">"Uncommitted and unpushed work is recorded each time the workspace stops."</p> })}
+                {git_list(v.git)}
+                </div>
                 <h2>"Timeout"</h2>
-                <form method="post" action=format!("/workspaces/{}/timeout", v.id) class="inline">
-                    <input type="hidden" name="_csrf" value=v.csrf.clone()/>
+                <form method="post" action=format!("/workspaces/{id}/timeout") class="inline">
+                    <input type="hidden" name="_csrf" value=csrf.clone()/>
                     <label for="timeout_min">"Stop after inactivity of (minutes) "</label>
                     <input id="timeout_min" name="timeout_min" type="number" min="1" max=v.timeout_limits.1.to_string() value=v.timeout_min.to_string() disabled=!v.timeout_limits.2 aria-describedby="timeout-limits"/>
                     <button type="submit" disabled=!v.timeout_limits.2>"Set"</button>
@@ -292,37 +417,17 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
                 } else {
                     format!("An owner fixed the timeout at {} minutes.", v.timeout_limits.0)
                 }}</p>
-                <h2>"Backups"</h2>
-                <div data-live="backups">
-                <p id="backup-state">{v.backup_state}</p>
-                {v.backups.is_empty().then(|| view! { <p class="muted">"Taken when the workspace stops, and every so often while it runs."</p> })}
-                <table class="backups"><tbody>
-                {v.backups.into_iter().map(|b| {
-                    let download = format!("/api/v1/workspaces/{}/backups/{}/archive", v.id, b.id);
-                    let restore = format!("/workspaces/{}/backups/{}/restore", v.id, b.id);
-                    let token = v.csrf.clone();
-                    let short = b.id.chars().take(8).collect::<String>();
-                    view! { <tr data-snapshot=b.id.clone()><td><code>{short}</code></td><td>{b.taken_at}</td><td>{b.trigger}</td><td>{b.files.to_string()}" files, "{b.size}</td>
-                        <td><a href=download download="">"Download"</a></td>
-                        <td>{v.can_restore.then(|| view! { <form method="post" action=restore class="inline"><input type="hidden" name="_csrf" value=token/><button type="submit">"Restore"</button></form> })}</td></tr> }
-                }).collect_view()}
-                </tbody></table>
-                </div>
-                <h2>"Git"</h2>
-                <div data-live="git">
-                {v.git.is_empty().then(|| view! { <p class="muted">"Recorded when the workspace stops."</p> })}
-                {git_list(v.git)}
-                </div>
                 <h2>"Timeline"</h2>
-                <ol class="timeline" data-live="timeline">{v.history.into_iter().map(|(p, at, m)| view! { <li><strong>{p}</strong>" " {at}" " <span class="muted">{m}</span></li> }).collect_view()}</ol>
+                <ol class="timeline" data-live="timeline" reversed=true>{v.history.into_iter().map(|(p, at, m)| view! { <li><span class=format!("badge {p}")>{p.clone()}</span>" " {when(at)}" " <span class="muted">{m}</span></li> }).collect_view()}</ol>
+                {(mode != "stopped" && mode != "failed").then(|| view! { <p class="danger-zone"><a class="button danger" href=delete>"Delete…"</a></p> })}
             </section>
         </Shell>
     }
 }
 
-/// A workspace: phase (live), controls, and its terminal once it runs.
+/// A workspace: what state it is in and what helps now (its terminal once it runs).
 pub fn workspace_page(v: WorkspaceView) -> String {
-    let (title, csrf) = (v.name.clone(), v.csrf.clone());
+    let (title, csrf) = (v.name.clone(), v.viewer.csrf.clone());
     let body = Owner::new().with(|| view! { <WorkspaceDetail v=v/> }.to_html());
     live_page(&title, body, &csrf, true)
 }
@@ -332,8 +437,9 @@ pub fn workspace_page(v: WorkspaceView) -> String {
 /// class, image; anything else goes above the form).
 #[derive(Clone, Debug, Default)]
 pub struct NewWorkspaceView {
-    pub csrf: String,
-    pub classes: Vec<String>,
+    pub viewer: Viewer,
+    /// (name, name with its sizes), the default first.
+    pub classes: Vec<(String, String)>,
     pub repo: String,
     pub branch: String,
     pub more: String,
@@ -363,26 +469,27 @@ fn NewWorkspace(v: NewWorkspaceView) -> impl IntoView {
         .map(|(_, m)| view! { <p class="error" role="alert">{m.clone()}</p> });
     let chosen = v.class.clone();
     view! {
-        <Shell title="New workspace".to_string()>
+        <Shell title="New workspace".to_string() viewer=v.viewer.clone() section="workspaces">
             {general}
             <form method="post" action="/new" class="card">
-                <input type="hidden" name="_csrf" value=v.csrf.clone()/>
+                <input type="hidden" name="_csrf" value=v.viewer.csrf.clone()/>
                 <label for="repo">"Repository URL"</label>
                 <input id="repo" name="repo" required placeholder="https://github.com/team/app.git" value=v.repo.clone()/>
                 {at(repo_e)}
                 <label for="branch">"Branch (optional)"</label>
                 <input id="branch" name="branch" value=v.branch.clone()/>
                 {at(branch_e)}
-                <label for="more">"More repositories (optional, one URL per line, `#branch` after a URL)"</label>
-                <textarea id="more" name="more" rows="2">{v.more.clone()}</textarea>
+                <label for="more">"More repositories (optional)"</label>
+                <small id="more-hint">"One URL per line; add #branch after a URL for a branch other than its default."</small>
+                <textarea id="more" name="more" rows="2" aria-describedby="more-hint">{v.more.clone()}</textarea>
                 {at(more_e)}
                 <label for="class">"Class"</label>
-                <select id="class" name="class">{v.classes.iter().map(|c| view! { <option value=c.clone() selected=*c == chosen>{c.clone()}</option> }).collect_view()}</select>
+                <select id="class" name="class">{v.classes.iter().map(|(c, label)| view! { <option value=c.clone() selected=*c == chosen>{label.clone()}</option> }).collect_view()}</select>
                 {at(class_e)}
                 <label for="image">"Image (optional; default: the repository's, else the host's tools)"</label>
                 <input id="image" name="image" placeholder="registry.example.com/team/dev:latest" value=v.image.clone()/>
                 {at(image_e)}
-                <button type="submit">"Create and start"</button>
+                <div class="actions"><button type="submit" class="primary">"Create and start"</button><a class="button" href="/">"Cancel"</a></div>
             </form>
         </Shell>
     }
@@ -424,15 +531,10 @@ pub fn login_page_to(error: Option<String>, next: Option<String>) -> String {
 
 /// The signed-in user's workspaces.
 /// `more`: the link to the next page of workspaces, when there is one.
-pub fn workspaces_page(
-    user: String,
-    csrf: String,
-    rows: Vec<WorkspaceRow>,
-    more: Option<String>,
-) -> String {
-    let token = csrf.clone();
-    let body = Owner::new()
-        .with(|| view! { <Workspaces user=user csrf=csrf rows=rows more=more/> }.to_html());
+pub fn workspaces_page(viewer: Viewer, rows: Vec<WorkspaceRow>, more: Option<String>) -> String {
+    let token = viewer.csrf.clone();
+    let body =
+        Owner::new().with(|| view! { <Workspaces viewer=viewer rows=rows more=more/> }.to_html());
     live_page("Workspaces", body, &token, false)
 }
 
@@ -463,10 +565,10 @@ fn class_fields(c: ClassView, form: String) -> impl IntoView {
 
 #[derive(Clone, Debug, Default)]
 pub struct OrgView {
+    pub viewer: Viewer,
     pub name: String,
-    pub csrf: String,
-    /// (user id, email, role)
-    pub members: Vec<(String, String, String)>,
+    /// (user id, email, role, is the viewer)
+    pub members: Vec<(String, String, String, bool)>,
     pub classes: Vec<ClassView>,
     pub default_timeout_min: u64,
     pub max_timeout_min: u64,
@@ -483,17 +585,19 @@ pub struct OrgView {
     pub dormancy_days: String,
     pub backup_home: bool,
     /// Pending invitations: (id, role, expires).
-    pub invitations: Vec<(String, String, String)>,
+    pub invitations: Vec<(String, String, When)>,
     /// A fresh invitation link to show once.
     pub new_invitation: Option<String>,
     /// Deleted workspaces, newest first: (name, when, why, what its repositories held).
-    pub deleted: Vec<(String, String, String, String)>,
+    pub deleted: Vec<(String, When, String, String)>,
+    /// A refusal to show above everything.
     pub message: Option<String>,
 }
 
 #[component]
 fn OrgSettings(v: OrgView) -> impl IntoView {
-    let csrf = v.csrf.clone();
+    let csrf = v.viewer.csrf.clone();
+    let owners = v.members.iter().filter(|m| m.2 == "owner").count();
     let class_choices: Vec<(String, String, bool)> = v
         .classes
         .iter()
@@ -506,24 +610,31 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
         })
         .collect();
     view! {
-        <Shell title=v.name.clone()>
-            <nav><a href="/">"Workspaces"</a> " · " <a href="/admin">"Admin"</a></nav>
+        <Shell title=v.name.clone() viewer=v.viewer.clone() section="org">
             {v.message.map(|m| view! { <p class="error" role="alert">{m}</p> })}
             <h2>"Members"</h2>
-            <table class="members"><thead><tr><th>"Email"</th><th>"Role"</th><th></th></tr></thead><tbody>
-                {v.members.into_iter().map(|(id, email, role)| {
+            <table class="members"><thead><tr><th>"Email"</th><th>"Role"</th><th><span class="visually-hidden">"Actions"</span></th></tr></thead><tbody>
+                {v.members.into_iter().map(|(id, email, role, me)| {
                     let action = format!("/org/members/{id}/role");
                     let remove = format!("/org/members/{id}/remove");
                     let other = if role == "owner" { "member" } else { "owner" };
                     let label = format!("Make {other}");
-                    let remove_label = format!("Remove {email} from the organization");
                     let row = email.clone();
                     let csrf2 = csrf.clone();
                     let csrf = csrf.clone();
-                    view! { <tr data-member=row><td>{email}</td><td>{role}" "
-                        <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=csrf/><input type="hidden" name="role" value=other/><button type="submit">{label}</button></form>
-                    </td><td>
-                        <form method="post" action=remove class="inline"><input type="hidden" name="_csrf" value=csrf2/><button type="submit" class="danger" aria-label=remove_label>"Remove"</button></form>
+                    // The last owner cannot step down, and nobody removes themselves here.
+                    let may_change = !(me && role == "owner" && owners <= 1);
+                    let who = email.clone();
+                    view! { <tr data-member=row><td>{email}{me.then(|| view! { " " <span class="muted">"(you)"</span> })}</td><td>{role}</td><td class="actions">
+                        {may_change.then(|| view! { <form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=csrf/><input type="hidden" name="role" value=other/><button type="submit">{label}</button></form> })}
+                        {(!me).then(|| view! {
+                            <details class="confirm"><summary class="button danger">"Remove…"</summary>
+                                <div class="confirm-body">
+                                    <p>"Their workspaces in this organization stop (files kept) and their open terminals close. You can then delete those workspaces or give them to another member."</p>
+                                    <form method="post" action=remove class="inline"><input type="hidden" name="_csrf" value=csrf2/><button type="submit" class="danger">{format!("Remove {who}")}</button></form>
+                                </div>
+                            </details>
+                        })}
                     </td></tr> }
                 }).collect_view()}
             </tbody></table>
@@ -531,7 +642,7 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                 <input type="hidden" name="_csrf" value=csrf.clone()/>
                 <label for="invite-role">"Invite as "</label>
                 <select id="invite-role" name="role"><option value="member">"member"</option><option value="owner">"owner"</option></select>
-                <button type="submit">"Create invitation link"</button>
+                <button type="submit" class="primary">"Create invitation link"</button>
             </form>
             {v.new_invitation.map(|l| view! { <p class="invite">"Send this one-time link: " <code id="invitation-link">{l}</code></p> })}
             {(!v.invitations.is_empty()).then(|| view! { <h3>"Pending invitations"</h3> })}
@@ -539,7 +650,7 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                 {v.invitations.into_iter().map(|(id, role, expires)| {
                     let action = format!("/org/invitations/{id}/revoke");
                     let csrf = csrf.clone();
-                    view! { <tr data-invitation=id.clone()><td>{format!("as {role}")}</td><td>{format!("expires {expires}")}</td>
+                    view! { <tr data-invitation=id.clone()><td>{format!("as {role}")}</td><td>"expires "{when(expires)}</td>
                         <td><form method="post" action=action class="inline"><input type="hidden" name="_csrf" value=csrf/><button type="submit">"Revoke"</button></form></td></tr> }
                 }).collect_view()}
             </tbody></table>
@@ -548,11 +659,11 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                 {v.classes.into_iter().map(|c| {
                     let form = format!("class-{}", c.id);
                     let action = format!("/org/classes/{}", c.id);
-                    let token = v.csrf.clone();
+                    let token = v.viewer.csrf.clone();
                     let row = c.id.clone();
                     let delete = format!("/org/classes/{}/delete", c.id);
                     let delete_label = format!("Delete the class {}", c.name);
-                    let token2 = v.csrf.clone();
+                    let token2 = v.viewer.csrf.clone();
                     view! { <tr data-class=row>
                         <td hidden><form id=form.clone() method="post" action=action><input type="hidden" name="_csrf" value=token/></form></td>
                         {class_fields(c, form.clone())}
@@ -560,9 +671,9 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                         <td><form method="post" action=delete class="inline"><input type="hidden" name="_csrf" value=token2/><button type="submit" class="danger" aria-label=delete_label>"Delete"</button></form></td></tr> }
                 }).collect_view()}
                 <tr data-class="new">
-                    <td hidden><form id="class-new" method="post" action="/org/classes"><input type="hidden" name="_csrf" value=v.csrf.clone()/></form></td>
+                    <td hidden><form id="class-new" method="post" action="/org/classes"><input type="hidden" name="_csrf" value=v.viewer.csrf.clone()/></form></td>
                     {class_fields(ClassView { cpu_cores: "2".into(), memory_gib: "4".into(), disk_gib: "20".into(), max_processes: 1024, ..Default::default() }, "class-new".into())}
-                    <td><button type="submit" form="class-new">"Add class"</button></td></tr>
+                    <td><button type="submit" form="class-new" class="primary">"Add class"</button></td></tr>
             </tbody></table>
             <h2>"Policy"</h2>
             <form method="post" action="/org/policy" class="card policy">
@@ -603,14 +714,14 @@ fn OrgSettings(v: OrgView) -> impl IntoView {
                 <small id="dormancy_days-hint">"Empty keeps stopped workspaces forever; their git state is kept in the record of deletions."</small>
                 <label><input aria-describedby="backup_home-hint" name="backup_home" type="checkbox" checked=v.backup_home/>" Back up home directories"</label>
                 <small id="backup_home-hint">"Off: only /workspace (the repositories) is backed up."</small>
-                <button type="submit">"Save policy"</button>
+                <button type="submit" class="primary">"Save policy"</button>
             </form>
             {(!v.deleted.is_empty()).then(|| view! {
                 <h2 id="deleted">"Deleted workspaces"</h2>
                 <p class="hint">"What each held when it went, recorded before anything was deleted."</p>
                 <table class="deleted"><thead><tr><th>"Workspace"</th><th>"Deleted"</th><th>"Why"</th><th>"Its repositories then"</th></tr></thead><tbody>
-                    {v.deleted.into_iter().map(|(name, when, why, git)| view! {
-                        <tr><td>{name}</td><td>{when}</td><td>{why}</td><td>{git}</td></tr>
+                    {v.deleted.into_iter().map(|(name, at, why, git)| view! {
+                        <tr><td>{name}</td><td>{when(at)}</td><td>{why}</td><td>{git}</td></tr>
                     }).collect_view()}
                 </tbody></table>
             })}
@@ -630,8 +741,8 @@ pub fn org_page(v: OrgView) -> String {
 pub struct LoopRow {
     pub name: String,
     pub state: String,
-    pub last_run: String,
-    pub next_run: String,
+    pub last_run: Option<When>,
+    pub next_run: Option<When>,
     pub last_error: String,
 }
 
@@ -645,14 +756,13 @@ pub struct AdminSection {
 }
 
 #[component]
-fn Admin(sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> impl IntoView {
+fn Admin(viewer: Viewer, sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> impl IntoView {
     let index: Vec<(String, String)> = sections
         .iter()
         .map(|s| (format!("#{}", s.id), s.title.clone()))
         .collect();
     view! {
-        <Shell title="Admin".to_string()>
-            <nav><a href="/">"Workspaces"</a> " · " <a href="/org">"Organization"</a></nav>
+        <Shell title="Admin".to_string() viewer=viewer section="admin">
             <nav class="sections" aria-label="Admin sections">
                 {index.into_iter().map(|(href, title)| view! { <a href=href>{title}</a>" " }).collect_view()}
                 <a href="#loops">"Loops"</a>
@@ -666,7 +776,7 @@ fn Admin(sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> impl IntoView {
             <section id="loops" data-section="loops">
                 <h2>"Loops"</h2>
                 <table class="loops"><thead><tr><th>"Loop"</th><th>"State"</th><th>"Last run"</th><th>"Next run"</th><th>"Last error"</th></tr></thead><tbody>
-                    {loops.into_iter().map(|l| { let key = l.name.clone(); view! { <tr data-loop=key><td>{l.name}</td><td>{l.state}</td><td>{l.last_run}</td><td>{l.next_run}</td><td>{l.last_error}</td></tr> } }).collect_view()}
+                    {loops.into_iter().map(|l| { let key = l.name.clone(); view! { <tr data-loop=key><td>{l.name}</td><td>{l.state}</td><td>{when_or_dash(l.last_run)}</td><td>{when_or_dash(l.next_run)}</td><td>{l.last_error}</td></tr> } }).collect_view()}
                 </tbody></table>
             </section>
         </Shell>
@@ -674,8 +784,9 @@ fn Admin(sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> impl IntoView {
 }
 
 /// The admin page (owners only; the server checks).
-pub fn admin_page(sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> String {
-    let body = Owner::new().with(|| view! { <Admin sections=sections loops=loops/> }.to_html());
+pub fn admin_page(viewer: Viewer, sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> String {
+    let body = Owner::new()
+        .with(|| view! { <Admin viewer=viewer sections=sections loops=loops/> }.to_html());
     page("Admin", body)
 }
 
@@ -709,23 +820,24 @@ fn git_list(git: Vec<GitView>) -> impl IntoView {
 
 #[component]
 fn ConfirmDelete(
+    viewer: Viewer,
     id: String,
     name: String,
-    csrf: String,
     running: bool,
     git: Vec<GitView>,
 ) -> impl IntoView {
     let action = format!("/workspaces/{id}/delete");
+    let keep = format!("/workspaces/{id}");
     let known = !git.is_empty();
     view! {
-        <Shell title=format!("Delete {name}?")>
+        <Shell title=format!("Delete {name}?") viewer=viewer.clone() section="workspaces">
             {running.then(|| view! { <p class="warn">"It is running: deleting stops it, backs its files up, then removes it."</p> })}
             {(!known).then(|| view! { <p>"Its repositories' git state is unknown (its files are only in the backup, or were never cloned)."</p> })}
             {git_list(git)}
-            <form method="post" action=action>
-                <input type="hidden" name="_csrf" value=csrf/>
+            <form method="post" action=action class="actions">
+                <input type="hidden" name="_csrf" value=viewer.csrf.clone()/>
                 <button type="submit" class="danger">"Delete it and its files"</button>
-                " " <a href="/">"Keep it"</a>
+                <a class="button" href=keep>"Keep it"</a>
             </form>
         </Shell>
     }
@@ -733,14 +845,14 @@ fn ConfirmDelete(
 
 /// The confirmation before a delete, naming unpushed and uncommitted work.
 pub fn confirm_delete_page(
+    viewer: Viewer,
     id: String,
     name: String,
-    csrf: String,
     running: bool,
     git: Vec<GitView>,
 ) -> String {
     let body = Owner::new().with(|| {
-        view! { <ConfirmDelete id=id name=name csrf=csrf running=running git=git/> }.to_html()
+        view! { <ConfirmDelete viewer=viewer id=id name=name running=running git=git/> }.to_html()
     });
     page("Delete workspace", body)
 }
@@ -752,16 +864,22 @@ mod tests {
     #[test]
     fn workspaces_page_lists_rows_and_escapes_text() {
         let html = workspaces_page(
-            "ann@example.com".into(),
-            "tok".into(),
+            Viewer {
+                email: "ann@example.com".into(),
+                csrf: "tok".into(),
+                ..Default::default()
+            },
             vec![WorkspaceRow {
                 id: "ws_1".into(),
                 name: "<app>".into(),
                 repo: "https://x/y".into(),
                 phase: "stopped".into(),
                 class: "small".into(),
-                last_activity: "2026-11-29 10:00 UTC".into(),
-                stops_at: "—".into(),
+                last_activity: When {
+                    iso: "2026-11-29T10:00:00Z".into(),
+                    text: "2026-11-29 10:00 UTC (6 days ago)".into(),
+                },
+                stops_at: None,
                 wanted_running: false,
             }],
             None,
@@ -770,6 +888,13 @@ mod tests {
         assert!(html.contains("stopped"));
         assert!(html.contains("name=\"_csrf\""));
         assert!(!html.contains("<app>"));
+        assert!(
+            html.contains("<time datetime=\"2026-11-29T10:00:00Z\">"),
+            "times carry their instant for the viewer's time zone: {html}"
+        );
+        // The header names who is signed in and offers the way out; no admin link for a member.
+        assert!(html.contains("ann@example.com") && html.contains("action=\"/logout\""));
+        assert!(!html.contains("href=\"/admin\""), "{html}");
         assert!(
             !html.contains("rel=\"next\""),
             "a last page links to no next one"
@@ -780,16 +905,74 @@ mod tests {
 
     #[test]
     fn a_full_workspaces_page_links_to_the_next() {
-        let html = workspaces_page(
-            "a@b".into(),
-            "t".into(),
-            vec![],
-            Some("/?after=ws_9".into()),
-        );
+        let html = workspaces_page(Viewer::default(), vec![], Some("/?after=ws_9".into()));
         assert!(
             html.contains("href=\"/?after=ws_9\" rel=\"next\""),
             "{html}"
         );
+    }
+
+    fn workspace(phase: &str, message: Option<&str>) -> WorkspaceView {
+        WorkspaceView {
+            viewer: Viewer {
+                email: "ann@example.com".into(),
+                csrf: "tok".into(),
+                admin: true,
+                owner: true,
+            },
+            id: "ws_1".into(),
+            name: "app".into(),
+            phase: phase.into(),
+            desired: if phase == "running" {
+                "running"
+            } else {
+                "stopped"
+            }
+            .into(),
+            message: message.map(str::to_owned),
+            repos: vec!["https://x/y".into()],
+            history: vec![],
+            tasks: vec![],
+            ports: vec![],
+            git: vec![],
+            timeout_min: 30,
+            timeout_limits: (30, 480, true),
+            stops_at: None,
+            stop_warning: None,
+            backups: vec![],
+            backup_state: "No backup yet".into(),
+            can_restore: phase != "running",
+        }
+    }
+
+    #[test]
+    fn a_workspace_page_leads_with_what_helps_in_its_state() {
+        let running = workspace_page(workspace("running", None));
+        assert!(running.contains("id=\"terminal\"") && running.contains("/workspaces/ws_1/stop"));
+        assert!(
+            running.contains("href=\"/admin\""),
+            "administrators see Admin"
+        );
+
+        let stopped = workspace_page(workspace("stopped", None));
+        assert!(
+            !stopped.contains("id=\"terminal\""),
+            "no empty terminal: {stopped}"
+        );
+        assert!(!stopped.contains("new-terminal"), "{stopped}");
+        assert!(stopped.contains("This workspace is stopped."));
+        assert!(stopped.contains("action=\"/workspaces/ws_1/start\""));
+        assert!(stopped.contains("href=\"/workspaces/ws_1/delete\""));
+
+        let failed = workspace_page(workspace("failed", Some("repository not found: x")));
+        assert!(failed.contains("repository not found: x"), "{failed}");
+        assert!(failed.contains(">Retry<") && failed.contains("/workspaces/ws_1/start"));
+        assert!(failed.contains("href=\"/workspaces/ws_1/delete\""));
+        assert!(
+            !failed.contains("/workspaces/ws_1/stop"),
+            "a failed workspace is not stopped again"
+        );
+        assert!(!failed.contains("id=\"terminal\""));
     }
 
     #[test]
