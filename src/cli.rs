@@ -354,9 +354,20 @@ fn load_config(a: &ServeArgs) -> Result<Config> {
         .map_err(|e| anyhow!("invalid configuration:\n{e}"))
 }
 
+/// The configured level, with the backup library's step-by-step progress (about fifteen
+/// lines per snapshot, some empty) kept to warnings: the cell logs one line per backup
+/// itself. Naming `rustic_core` in the level turns it back on.
+fn quiet_libraries(level: &str) -> String {
+    if level.contains("rustic") {
+        level.to_owned()
+    } else {
+        format!("{level},rustic_core=warn")
+    }
+}
+
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(quiet_libraries(level)))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -122,7 +122,11 @@ fn Workspaces(viewer: Viewer, rows: Vec<WorkspaceRow>, more: Option<String>) -> 
                 <thead><tr><th>"Name"</th><th>"Repository"</th><th>"Class"</th><th>"State"</th><th>"Last activity"</th><th>"Stops"</th><th><span class="visually-hidden">"Actions"</span></th></tr></thead>
                 <tbody data-live="list">
                     {rows.into_iter().map(|r| {
-                        let (verb, label) = if r.wanted_running { ("stop", "Stop") } else { ("start", "Start") };
+                        let (verb, label) = match (r.phase.as_str(), r.wanted_running) {
+                            ("failed", _) => ("start", "Retry"),
+                            (_, true) => ("stop", "Stop"),
+                            _ => ("start", "Start"),
+                        };
                         let action = format!("/workspaces/{}/{verb}", r.id);
                         let delete = format!("/workspaces/{}/delete", r.id);
                         let open = format!("/workspaces/{}", r.id);
