@@ -55,17 +55,23 @@ pub(super) async fn shell(
 
     let mut attached = terminal.map(str::to_owned);
     let mut keys = read_keys();
+    let mut ends_line = true;
     let mut resized = signal(SignalKind::window_change())?;
     let raw = RawMode::enter();
     let ending = loop {
         tokio::select! {
             key = keys.recv() => match key {
-                Some(k) => if tx.send(Message::Binary(k.into())).await.is_err() { break Ending::Lost },
-                // Standard input ended (a pipe, not a terminal): that is Ctrl-D for the shell,
-                // and the output keeps coming until it exits.
+                Some(k) => {
+                    ends_line = k.last() == Some(&b'\n');
+                    if tx.send(Message::Binary(k.into())).await.is_err() { break Ending::Lost }
+                }
+                // Standard input ended (a pipe, not a terminal): the shell is asked to exit
+                // after what came, and its output keeps coming until it does. (Not Ctrl-D: typed
+                // ahead of the shell's first prompt, the terminal's line discipline eats it.)
                 None => {
                     keys = closed();
-                    if tx.send(Message::Binary(vec![4u8].into())).await.is_err() { break Ending::Lost }
+                    let exit: &[u8] = if ends_line { b"exit\n" } else { b"\nexit\n" };
+                    if tx.send(Message::Binary(exit.to_vec().into())).await.is_err() { break Ending::Lost }
                 }
             },
             _ = resized.recv() => {

@@ -636,31 +636,37 @@ fn admin_commands_work_without_a_running_cell_and_the_cli_client_manages_workspa
     sigterm_and_wait(&mut p);
 }
 
-/// `devcell ws shell`: from a pipe (input's end is Ctrl-D), then in a real terminal whose
-/// size changes while the shell runs, left as it was found.
+/// `devcell ws shell`: from a pipe (the input's end ends the shell; twice, because the second
+/// gets a shell that starts after its input arrived), then in a real terminal whose size
+/// changes while the shell runs, left as it was found.
 fn shell_in_the_current_terminal(home: &Path, id: &str) {
     use std::io::{Read, Write};
-    let mut piped = devcell(home);
-    piped
-        .args(["ws", "shell", id])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = piped.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"echo shell-$((6*7)) in $(pwd)\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("shell-42 in /workspace/"), "{text}");
+    for input in [
+        &b"echo shell-$((6*7)) in $(pwd)\n"[..],
+        b"echo shell-$((6*7)) in $(pwd)",
+    ] {
+        let mut piped = devcell(home);
+        piped
+            .args(["ws", "shell", id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = piped.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output()));
+        let out = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ws shell did not end when its input did")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("shell-42 in /workspace/"), "{text}");
+    }
 
     let (pty, pts) = pty_process::blocking::open().unwrap();
     pty.resize(pty_process::Size::new(30, 100)).unwrap();
