@@ -34,12 +34,15 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
-# Python tools the tests call: a real OpenAPI validator, and moto as the S3 endpoint.
+# Python tools the tests call: a real OpenAPI validator, moto as the S3 endpoint, and
+# Schemathesis.
 venv="$cache/venv"
-if ! "$venv/bin/python" -c 'import openapi_spec_validator, moto, boto3, flask' 2>/dev/null; then
-  echo "installing openapi-spec-validator and moto[server] into $venv"
+# Schemathesis, pinned, fuzzes the API against its document.
+if ! "$venv/bin/python" -c 'import openapi_spec_validator, moto, boto3, flask, schemathesis' 2>/dev/null \
+  || [ "$("$venv/bin/python" -c 'import schemathesis; print(schemathesis.__version__)' 2>/dev/null)" != 4.32.5 ]; then
+  echo "installing openapi-spec-validator, moto[server] and schemathesis into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7' 'moto[server]>=5'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7' 'moto[server]>=5' 'schemathesis==4.32.5'
 fi
 export DEVCELL_TEST_VENV="$venv"
 

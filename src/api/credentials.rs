@@ -97,6 +97,12 @@ pub(super) async fn create_git_credential(
             username: req.username.unwrap_or_else(|| "git".into()),
             token,
         },
+        (None, Some(_)) if req.registry => {
+            return Err(ApiError::field(
+                "ssh_private_key",
+                "a registry login is `username` and `token`, not an SSH key",
+            ));
+        }
         (None, Some(private_key)) => NewCredential::SshKey { private_key },
         _ => {
             return Err(ApiError::field(

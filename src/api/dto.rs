@@ -8,6 +8,71 @@ use crate::domain::entities::{ApiToken, Class, Invitation, Membership, Org, User
 use crate::domain::{Policy, Role};
 use crate::workers::Status;
 
+/// Integers of request bodies. The document is OpenAPI 3.1, whose JSON Schema counts a whole
+/// number spelled as a float (`2.0`) as an integer, so the API takes that spelling too.
+mod whole {
+    use serde::de::{Deserializer, Error, Visitor};
+
+    struct Whole;
+
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number, not negative")
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is the first f64 past u64::MAX.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::custom(format!(
+                    "{v} is not a whole number of this range"
+                )))
+            }
+        }
+    }
+
+    pub fn int<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        let v = d.deserialize_any(Whole)?;
+        T::try_from(v).map_err(|_| D::Error::custom(format!("{v} is out of range")))
+    }
+
+    pub fn opt<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+        struct Maybe;
+        impl<'de> Visitor<'de> for Maybe {
+            type Value = Option<u64>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number or null")
+            }
+            fn visit_none<E: Error>(self) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+                d.deserialize_any(Whole).map(Some)
+            }
+        }
+        match d.deserialize_option(Maybe)? {
+            None => Ok(None),
+            Some(v) => T::try_from(v)
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("{v} is out of range"))),
+        }
+    }
+}
+
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -111,6 +176,7 @@ impl From<&ApiToken> for TokenDto {
 pub struct CreateToken {
     pub name: String,
     /// Lifetime in seconds; without it the token lives until revoked.
+    #[serde(default, deserialize_with = "whole::opt")]
     pub expires_in_s: Option<u64>,
 }
 
@@ -227,9 +293,13 @@ pub struct AcceptedInvitation {
 pub struct ClassInputDto {
     pub name: String,
     /// CPU in thousandths of a core.
+    #[serde(deserialize_with = "whole::int")]
     pub cpu_millis: u32,
+    #[serde(deserialize_with = "whole::int")]
     pub memory_bytes: u64,
+    #[serde(deserialize_with = "whole::int")]
     pub disk_bytes: u64,
+    #[serde(deserialize_with = "whole::int")]
     pub max_processes: u32,
     #[serde(default)]
     pub is_default: bool,
@@ -305,15 +375,23 @@ impl From<&Policy> for PolicyDto {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyPatchDto {
+    #[serde(default, deserialize_with = "whole::opt")]
     pub default_timeout_s: Option<u64>,
+    #[serde(default, deserialize_with = "whole::opt")]
     pub max_timeout_s: Option<u64>,
     pub users_can_extend: Option<bool>,
+    #[serde(default, deserialize_with = "whole::opt")]
     pub max_lifetime_s: Option<u64>,
     pub allowed_classes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "whole::opt")]
     pub max_running_per_user: Option<u32>,
+    #[serde(default, deserialize_with = "whole::opt")]
     pub backup_keep_last: Option<u32>,
+    #[serde(default, deserialize_with = "whole::opt")]
     pub backup_keep_within_s: Option<u64>,
+    #[serde(default, deserialize_with = "whole::opt")]
     pub deleted_backup_grace_s: Option<u64>,
+    #[serde(default, deserialize_with = "whole::opt")]
     pub dormancy_s: Option<u64>,
     pub outbound_network: Option<bool>,
     pub backup_home: Option<bool>,
@@ -340,6 +418,7 @@ pub struct CreateWorkspace {
     pub class: Option<String>,
     pub image: Option<String>,
     /// Inactivity timeout in seconds, within the organization's policy.
+    #[serde(default, deserialize_with = "whole::opt")]
     pub timeout_s: Option<u64>,
     /// Start it right away.
     #[serde(default)]
@@ -361,6 +440,7 @@ pub struct UpdateWorkspace {
     pub class: Option<String>,
     /// An image reference, or an empty string to clear it.
     pub image: Option<String>,
+    #[serde(default, deserialize_with = "whole::opt")]
     pub timeout_s: Option<u64>,
 }
 
@@ -583,6 +663,7 @@ pub struct ExecDto {
     /// Working directory inside the workspace (default: the first repository).
     pub cwd: Option<String>,
     /// Seconds before the command is killed (default 60, at most 3600).
+    #[serde(default, deserialize_with = "whole::opt")]
     pub timeout_s: Option<u64>,
     /// Text fed to standard input.
     pub stdin: Option<String>,
@@ -677,7 +758,9 @@ pub struct CellDto {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NewTerminalDto {
+    #[serde(default, deserialize_with = "whole::opt")]
     pub cols: Option<u16>,
+    #[serde(default, deserialize_with = "whole::opt")]
     pub rows: Option<u16>,
 }
 

@@ -72,13 +72,32 @@ impl From<Error> for ApiError {
             Error::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg),
             Error::Csrf => ApiError::new(StatusCode::FORBIDDEN, "csrf", msg),
             Error::NotFound { what } => ApiError::not_found(what),
-            Error::Invalid(f) => ApiError::field(f.field.clone(), f.to_string()),
+            Error::Invalid(f) => {
+                let mut e = ApiError::field(f.field.clone(), f.to_string());
+                // Well formed, but at odds with the cell's state: a conflict, not bad input.
+                if let Some(code) = f.conflict {
+                    e.status = StatusCode::CONFLICT;
+                    e.body.code = code.into();
+                }
+                e
+            }
             Error::Rule(r) => match r {
                 RuleError::TooManyRunning { .. } => {
                     ApiError::new(StatusCode::CONFLICT, "too_many_running", msg)
                 }
-                RuleError::ClassNotAllowed { .. } => ApiError::field("class", msg),
-                _ => ApiError::field("timeout_s", msg),
+                RuleError::ClassNotAllowed { .. } => {
+                    let mut e = ApiError::field("class", msg);
+                    e.status = StatusCode::CONFLICT;
+                    e.body.code = "class_not_allowed".into();
+                    e
+                }
+                RuleError::TimeoutTooShort { .. } => ApiError::field("timeout_s", msg),
+                RuleError::TimeoutLocked | RuleError::TimeoutTooLong { .. } => {
+                    let mut e = ApiError::field("timeout_s", msg);
+                    e.status = StatusCode::CONFLICT;
+                    e.body.code = "timeout_not_allowed".into();
+                    e
+                }
             },
             Error::Lifecycle(_) => ApiError::new(StatusCode::CONFLICT, "illegal_transition", msg),
             Error::Conflict { code, .. } => ApiError::new(StatusCode::CONFLICT, code, msg),

@@ -5,6 +5,7 @@ mod auth;
 mod credentials;
 pub mod dto;
 pub mod error;
+mod openapi;
 mod ops;
 mod orgs;
 mod terminals;
@@ -17,6 +18,7 @@ use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
+use openapi::Constraints;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -83,8 +85,110 @@ pub fn ops_router() -> Router<AppState> {
     ops::routes()
 }
 
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+/// The OpenAPI document, with this cell's own limits on class sizes.
+async fn openapi_json(
+    axum::extract::State(st): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    openapi::class_limits(&mut doc, &st.cell.class_limits());
+    axum::Json(doc)
+}
+
+/// Adds to every operation the error statuses the extractors and the authentication give it,
+/// so the document lists every status an operation can really answer.
+struct Statuses;
+
+impl Statuses {
+    fn error(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+            .into()
+    }
+}
+
+impl utoipa::Modify for Statuses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::security::SecurityRequirement;
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                (&mut item.get, false),
+                (&mut item.head, false),
+                (&mut item.options, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.patch, true),
+                (&mut item.delete, true),
+            ];
+            for (op, mutating) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                // `security(())` marks an operation anonymous callers may use; one that also
+                // lists the schemes (invitations) takes a credential when there is one.
+                let (anonymous, credentials) = match &op.security {
+                    None => (false, true),
+                    Some(reqs) => (
+                        reqs.iter().any(|r| *r == SecurityRequirement::default()),
+                        reqs.iter().any(|r| *r != SecurityRequirement::default()),
+                    ),
+                };
+                let params = op.parameters.as_deref().unwrap_or_default();
+                let in_path = params
+                    .iter()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Path));
+                let in_query = params
+                    .iter()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                let body = op.request_body.is_some();
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| Self::error(description));
+                };
+                if !anonymous {
+                    add("401", "`unauthenticated`: no valid token or session");
+                }
+                if credentials && mutating {
+                    add(
+                        "403",
+                        "`csrf`: a session caller without its X-CSRF-Token header",
+                    );
+                }
+                if body {
+                    add("400", "`malformed_json`: the body is not JSON");
+                    add(
+                        "413",
+                        "`body_too_large`: the body is larger than the cell accepts",
+                    );
+                    add(
+                        "415",
+                        "`unsupported_media_type`: the body is not sent as application/json",
+                    );
+                    add(
+                        "422",
+                        "`invalid_field`: a field is missing, unknown or invalid",
+                    );
+                }
+                if in_path {
+                    add(
+                        "404",
+                        "`not_found`: no such resource, or not visible to the caller",
+                    );
+                }
+                if in_query {
+                    add("422", "`invalid_field`: a query parameter is invalid");
+                }
+            }
+        }
+    }
 }
 
 struct Security;
@@ -116,7 +220,7 @@ impl utoipa::Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "devcell API", description = "The JSON API of a devcell cell. Errors are `{code, message}` with a stable code."),
-    modifiers(&Security),
+    modifiers(&Security, &Statuses, &Constraints),
     security(("token" = []), ("session" = [])),
     paths(
         auth::login, auth::login_link, auth::logout, auth::logout_all, auth::me, auth::update_me, auth::change_password,

@@ -315,7 +315,7 @@ fn class_input(d: ClassInputDto) -> ClassInput {
 
 /// Add a workspace class (owners).
 #[utoipa::path(post, path = "/api/v1/orgs/{org}/classes", tag = "classes", params(("org" = String, Path)), request_body = ClassInputDto,
-    responses((status = 201, body = ClassDto), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = ClassDto), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`name_taken`"), (status = 422, body = ErrorBody)))]
 pub(super) async fn create_class(
     State(st): State<AppState>,
     Auth(a): Auth,
@@ -328,7 +328,7 @@ pub(super) async fn create_class(
 
 /// Replace a workspace class (owners).
 #[utoipa::path(put, path = "/api/v1/classes/{id}", tag = "classes", params(("id" = String, Path)), request_body = ClassInputDto,
-    responses((status = 200, body = ClassDto), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = ClassDto), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`name_taken`"), (status = 422, body = ErrorBody)))]
 pub(super) async fn update_class(
     State(st): State<AppState>,
     Auth(a): Auth,
@@ -367,7 +367,8 @@ pub(super) async fn get_policy(
 
 /// Change the organization's policy (owners); absent fields keep their value.
 #[utoipa::path(patch, path = "/api/v1/orgs/{org}/policy", tag = "orgs", params(("org" = String, Path)), request_body = PolicyPatchDto,
-    responses((status = 200, body = PolicyDto), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = PolicyDto), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`policy_conflict` (settings at odds with each other) or `unknown_class`"), (status = 422, body = ErrorBody)))]
 pub(super) async fn update_policy(
     State(st): State<AppState>,
     Auth(a): Auth,

@@ -11,6 +11,7 @@ use super::ErrorBody;
 use super::dto::*;
 use super::{ApiError, ApiResult, AppState, Auth, Json, Path, Query};
 use crate::domain::{OrgId, WorkspaceId};
+use crate::service::MAX_PAGE;
 use crate::service::{WorkspaceInput, WorkspacePatch};
 
 fn ws_id(s: &str) -> Result<WorkspaceId, ApiError> {
@@ -135,7 +136,7 @@ pub(super) async fn backup_archive(
 
 /// The caller's workspaces, newest first, a page at a time (or an organization's, for its owners).
 #[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces", params(WorkspaceQuery),
-    responses((status = 200, body = WorkspaceList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = WorkspaceList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody, description = "`not_found`: no such organization"), (status = 422, body = ErrorBody)))]
 pub(super) async fn list_workspaces(
     State(st): State<AppState>,
     Auth(a): Auth,
@@ -145,12 +146,16 @@ pub(super) async fn list_workspaces(
         Some(o) => Some(OrgId::parse(&o).map_err(|_| ApiError::not_found("organization"))?),
         None => None,
     };
-    let page = st.cell.list_workspaces(
-        &a,
-        org.as_ref(),
-        q.cursor.as_deref(),
-        q.limit.unwrap_or(100),
-    )?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("a page size from 1 to {MAX_PAGE}"),
+        ));
+    }
+    let page = st
+        .cell
+        .list_workspaces(&a, org.as_ref(), q.cursor.as_deref(), limit)?;
     Ok(Json(WorkspaceList {
         items: page.items.iter().map(|w| dto(&st, w)).collect(),
         next_cursor: page.next_cursor,
@@ -159,7 +164,9 @@ pub(super) async fn list_workspaces(
 
 /// Create a workspace from one or more git repositories.
 #[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces", request_body = CreateWorkspace,
-    responses((status = 201, body = WorkspaceDto), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = WorkspaceDto), (status = 404, body = ErrorBody, description = "`not_found`: no such organization"),
+        (status = 409, body = ErrorBody, description = "`unknown_class`, `no_class`, `class_not_allowed`, `timeout_not_allowed`, `no_organization`, `too_many_running` or `no_runtime`"),
+        (status = 422, body = ErrorBody)))]
 pub(super) async fn create_workspace(
     State(st): State<AppState>,
     Auth(a): Auth,
@@ -294,7 +301,8 @@ pub(super) async fn workspace_events(
 
 /// Change a workspace's name, class, image or timeout (its owner).
 #[utoipa::path(patch, path = "/api/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)), request_body = UpdateWorkspace,
-    responses((status = 200, body = WorkspaceDto), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = WorkspaceDto), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`unknown_class`, `class_not_allowed` or `timeout_not_allowed`"), (status = 422, body = ErrorBody)))]
 pub(super) async fn update_workspace(
     State(st): State<AppState>,
     Auth(a): Auth,

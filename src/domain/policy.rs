@@ -239,8 +239,13 @@ impl Policy {
                 format!("must be at least {}", human(&MIN_TIMEOUT)),
             );
         }
+        // Settings at odds with each other: each may be fine alone, so a change to one can
+        // clash with the others the organization already has.
+        let clash = |field: &str, reason: String| {
+            Err(FieldError::conflict(field, "policy_conflict", reason))
+        };
         if self.default_timeout > self.max_timeout {
-            return err(
+            return clash(
                 "default_timeout",
                 format!(
                     "must not be longer than the maximum timeout ({})",
@@ -249,7 +254,7 @@ impl Policy {
             );
         }
         if self.max_timeout > self.max_lifetime {
-            return err(
+            return clash(
                 "max_timeout",
                 format!(
                     "must not be longer than the maximum lifetime ({})",

@@ -12,6 +12,10 @@ use std::fmt;
 pub struct FieldError {
     pub field: String,
     pub reason: String,
+    /// Set when the field is well formed but clashes with what the cell holds (a name in use,
+    /// a class the policy does not allow): the stable code the API answers 409 with. Unset,
+    /// the input itself is invalid.
+    pub conflict: Option<&'static str>,
 }
 
 impl FieldError {
@@ -19,6 +23,19 @@ impl FieldError {
         FieldError {
             field: field.into(),
             reason: reason.into(),
+            conflict: None,
+        }
+    }
+
+    /// A well-formed field that clashes with the cell's state, with the code to answer.
+    pub fn conflict(
+        field: impl Into<String>,
+        code: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
+        FieldError {
+            conflict: Some(code),
+            ..FieldError::new(field, reason)
         }
     }
 }
@@ -330,7 +347,8 @@ pub fn validate_display_name(s: &str) -> Result<String, FieldError> {
     if name.is_empty() {
         return err("enter a name");
     }
-    if name.chars().count() > MAX_DISPLAY_NAME_LEN {
+    // Counted before trimming, so the limit is one a client can check on what it sends.
+    if s.chars().count() > MAX_DISPLAY_NAME_LEN {
         return err("is longer than 100 characters");
     }
     if name.chars().any(char::is_control) {

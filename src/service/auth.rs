@@ -402,14 +402,14 @@ impl Cell {
         name: &str,
         expires_in: Option<Duration>,
     ) -> Result<NewToken> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 100 {
-            return Err(crate::domain::FieldError::new(
+        // The same shape as a display name: 1 to 100 characters, none of them control ones.
+        let name = crate::domain::validate::validate_display_name(name).map_err(|e| {
+            crate::domain::FieldError::new(
                 "name",
-                "give the token a name of 1 to 100 characters",
+                format!("give the token a name of 1 to 100 characters: {}", e.reason),
             )
-            .into());
-        }
+        })?;
+        let name = name.as_str();
         if let Some(d) = expires_in
             && (d < Duration::from_secs(60) || d > Duration::from_secs(3 * 365 * 86400))
         {

@@ -27,12 +27,15 @@ pub enum NewCredential {
 
 /// A user name and a token (or password), checked; `user_hint` says what the name is.
 fn login(username: String, token: String, user_hint: &str) -> Result<(String, String)> {
+    // Lengths count what was sent, before trimming.
+    let long = token.chars().count() > 4096;
     let token = token.trim().to_owned();
-    if token.is_empty() || token.len() > 4096 || token.chars().any(char::is_control) {
+    if token.is_empty() || long || token.chars().any(char::is_control) {
         return Err(FieldError::new("token", "a token of 1 to 4096 printable characters").into());
     }
+    let long = username.chars().count() > 200;
     let username = username.trim().to_owned();
-    if username.is_empty() || username.len() > 200 || username.contains(':') {
+    if username.is_empty() || long || username.contains(':') {
         return Err(FieldError::new("username", user_hint).into());
     }
     Ok((username, token))
@@ -152,7 +155,9 @@ impl Cell {
                 ("token", Some(username), token)
             }
             NewCredential::SshKey { private_key } => {
-                if !private_key.contains("PRIVATE KEY-----") || private_key.len() > 16 * 1024 {
+                if !private_key.contains("PRIVATE KEY-----")
+                    || private_key.chars().count() > 16 * 1024
+                {
                     return Err(FieldError::new(
                         "ssh_private_key",
                         "an unencrypted private key in OpenSSH or PEM form",

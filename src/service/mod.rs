@@ -22,7 +22,7 @@ pub use credentials::NewCredential;
 pub use lifecycle::{ExecInput, PortView, StopPlan, TaskView, TimeoutPass};
 pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};
 pub use ports::{PortHost, host_name};
-pub use workspaces::{WorkspaceInput, WorkspacePage, WorkspacePatch};
+pub use workspaces::{MAX_PAGE, WorkspaceInput, WorkspacePage, WorkspacePatch};
 
 use crate::config::Config;
 use crate::domain::entities::{Membership, User};

@@ -403,8 +403,9 @@ impl Cell {
         self.store().write(|tx| -> Result<()> {
             let existing = tx.classes(org)?;
             if existing.iter().any(|c| c.spec.name == class.spec.name) {
-                return Err(FieldError::new(
+                return Err(FieldError::conflict(
                     "name",
+                    "name_taken",
                     format!("a class named {} exists already", class.spec.name),
                 )
                 .into());
@@ -435,8 +436,9 @@ impl Cell {
                 .iter()
                 .any(|c| c.id != class.id && c.spec.name == input.spec.name)
             {
-                return Err(FieldError::new(
+                return Err(FieldError::conflict(
                     "name",
+                    "name_taken",
                     format!("a class named {} exists already", input.spec.name),
                 )
                 .into());
@@ -528,8 +530,9 @@ impl Cell {
             let classes = tx.classes(org)?;
             for c in &p.allowed_classes {
                 if !classes.iter().any(|k| &k.id == c) {
-                    return Err(FieldError::new(
+                    return Err(FieldError::conflict(
                         "allowed_classes",
+                        "unknown_class",
                         format!("{c} is not a class of this organization"),
                     )
                     .into());

@@ -73,6 +73,10 @@ fn validate_repos(repos: &[(String, Option<String>)]) -> Result<Vec<RepoSpec>> {
 }
 
 fn validate_image(image: Option<String>) -> Result<Option<String>> {
+    // Lengths count what was sent, before trimming.
+    if image.as_ref().is_some_and(|i| i.chars().count() > 512) {
+        return Err(FieldError::new("image", "is longer than 512 characters").into());
+    }
     let Some(image) = image.map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()) else {
         return Ok(None);
     };
@@ -126,6 +130,27 @@ fn default_name(repo: &RepoSpec) -> String {
 }
 
 /// Whether this process runs as root (then each sandbox gets its own host uid).
+/// A field the organization's policy refuses. Too short a timeout is invalid anywhere; a
+/// timeout or class the policy does not allow is a conflict with this organization's policy.
+fn policy_refusal(e: crate::domain::RuleError) -> FieldError {
+    use crate::domain::RuleError;
+    match e {
+        RuleError::TimeoutTooShort { .. } => FieldError::new("timeout_s", e.to_string()),
+        RuleError::ClassNotAllowed { .. } => {
+            FieldError::conflict("class", "class_not_allowed", e.to_string())
+        }
+        _ => FieldError::conflict("timeout_s", "timeout_not_allowed", e.to_string()),
+    }
+}
+
+/// A workspace name's length as sent, before trimming: the limit a client can check.
+fn check_name_length(name: Option<&str>) -> Result<()> {
+    if name.is_some_and(|n| n.chars().count() > 63) {
+        return Err(FieldError::new("name", "is longer than 63 characters").into());
+    }
+    Ok(())
+}
+
 pub(crate) fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")
@@ -145,8 +170,9 @@ impl Cell {
                 .next()
                 .map(|m| m.org)
                 .ok_or_else(|| {
-                    FieldError::new(
+                    FieldError::conflict(
                         "org",
+                        "no_organization",
                         "you belong to no organization; accept an invitation first",
                     )
                     .into()
@@ -164,11 +190,15 @@ impl Cell {
         };
         match (found, class) {
             (Some(k), _) => Ok(k.id.clone()),
-            (None, Some(c)) => {
-                Err(FieldError::new("class", format!("no class {c} in this organization")).into())
-            }
-            (None, None) => Err(FieldError::new(
+            (None, Some(c)) => Err(FieldError::conflict(
                 "class",
+                "unknown_class",
+                format!("no class {c} in this organization"),
+            )
+            .into()),
+            (None, None) => Err(FieldError::conflict(
+                "class",
+                "no_class",
                 "this organization has no workspace classes; an owner must add one",
             )
             .into()),
@@ -176,6 +206,7 @@ impl Cell {
     }
 
     pub fn create_workspace(&self, actor: &Actor, input: WorkspaceInput) -> Result<Workspace> {
+        check_name_length(input.name.as_deref())?;
         let repos = validate_repos(&input.repos)?;
         let org_id = self.pick_org(actor, input.org)?;
         for (i, r) in repos.iter().enumerate() {
@@ -204,13 +235,11 @@ impl Cell {
             .ok_or(Error::NotFound {
                 what: "organization",
             })?;
-        org.policy
-            .check_class(&class)
-            .map_err(|e| FieldError::new("class", e.to_string()))?;
+        org.policy.check_class(&class).map_err(policy_refusal)?;
         let timeout = org
             .policy
             .resolve_timeout(input.timeout)
-            .map_err(|e| FieldError::new("timeout_s", e.to_string()))?;
+            .map_err(policy_refusal)?;
         let now = self.now();
         let ws = Workspace {
             id: WorkspaceId::from_ulid(new_ulid()),
@@ -368,24 +397,21 @@ impl Cell {
                 what: "organization",
             })?
             .policy;
+        check_name_length(patch.name.as_deref())?;
         if let Some(n) = patch.name {
             validate_workspace_name(n.trim())?;
             ws.name = n.trim().to_owned();
         }
         if let Some(c) = patch.class {
             let class = self.resolve_class(&ws.org, Some(&c))?;
-            policy
-                .check_class(&class)
-                .map_err(|e| FieldError::new("class", e.to_string()))?;
+            policy.check_class(&class).map_err(policy_refusal)?;
             ws.class = class;
         }
         if let Some(i) = patch.image {
             ws.image = validate_image(i)?;
         }
         if let Some(t) = patch.timeout {
-            ws.timeout = policy
-                .resolve_timeout(Some(t))
-                .map_err(|e| FieldError::new("timeout_s", e.to_string()))?;
+            ws.timeout = policy.resolve_timeout(Some(t)).map_err(policy_refusal)?;
         }
         self.store().write(|tx| tx.put_workspace(&ws))?;
         Ok(ws)
@@ -407,8 +433,9 @@ impl Cell {
                 .workspace(id)?
                 .ok_or(Error::NotFound { what: "workspace" })?;
             if tx.membership(&ws.org, to)?.is_none() {
-                return Err(FieldError::new(
+                return Err(FieldError::conflict(
                     "owner",
+                    "not_a_member",
                     "not a member of the workspace's organization",
                 )
                 .into());

@@ -183,7 +183,7 @@ async fn removing_a_member_stops_their_workspaces_and_closes_what_they_had_open(
         .await;
     assert_eq!(
         (s, b["code"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_field")),
+        (StatusCode::CONFLICT, Some("not_a_member")),
         "a former member cannot be given the workspace: {b}"
     );
     let (s, moved) = c

@@ -77,7 +77,8 @@ async fn bad_input_gets_stable_error_codes() {
             Some(json!({ "repos": [{ "url": "https://git.example.com/a.git" }], "class": "huge" })),
         )
         .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    // Well formed, but no class of the organization: a conflict with what the cell holds.
+    assert_error(s, &b, StatusCode::CONFLICT, "unknown_class");
     assert_eq!(b["field"], "class");
 
     let (s, b) = c
@@ -225,7 +226,8 @@ async fn workspaces_are_created_listed_in_pages_updated_and_deleted() {
             Some(json!({ "timeout_s": 86400 })),
         )
         .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(s, StatusCode::CONFLICT, "{err}");
+    assert_eq!(err["code"], "timeout_not_allowed");
     assert_eq!(err["field"], "timeout_s");
 
     let (s, _) = c
@@ -724,7 +726,8 @@ async fn owners_manage_classes_and_policies_with_validation() {
             Some(json!({ "default_timeout_s": 36000, "max_timeout_s": 3600 })),
         )
         .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["code"], "policy_conflict");
     let (_, p) = c
         .owner(Method::GET, &format!("/api/v1/orgs/{org}/policy"), None)
         .await;
@@ -765,13 +768,13 @@ async fn owners_manage_classes_and_policies_with_validation() {
         .await;
     assert_eq!(
         (s, b["field"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("class")),
+        (StatusCode::CONFLICT, Some("class")),
         "{b}"
     );
     let (s, b) = c.call(Method::POST, "/api/v1/workspaces", Some(&member), Some(json!({ "repos": [{ "url": "https://git.example.com/a.git" }], "class": "gpu-less", "timeout_s": 7200 }))).await;
     assert_eq!(
         (s, b["field"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("timeout_s")),
+        (StatusCode::CONFLICT, Some("timeout_s")),
         "locked timeout: {b}"
     );
 
