@@ -10,10 +10,10 @@
 //! workspace stores. It needs root (loop devices); an unprivileged cell runs without disk limits
 //! and says so.
 //!
-//! The rule the rest of the cell relies on: a workspace's image is mounted exactly while its
-//! files are on this host. It is made at the first start, mounted again after a host restart
-//! before anything reads the files, unmounted when the files are released to the backup, and
-//! deleted with the workspace. Files of a workspace that predates the image are never hidden
+//! The rule the rest of the cell relies on: a workspace's image is mounted while the workspace
+//! runs and while an operation uses its files (`Cell::use_files`), and not otherwise, so a
+//! stopped workspace holds no mount. It is made at the first start and deleted with the
+//! workspace. Files of a workspace that predates the image are never hidden
 //! under a mount: such a workspace keeps running without a limit.
 
 use std::os::unix::fs::MetadataExt;

@@ -130,8 +130,10 @@ impl Cell {
             .ok()
             .flatten()
             .is_some_and(|o| o.policy.backup_home);
-        // Never a snapshot of an empty mount point: the disk is mounted first.
-        let attached = self.attach_files(ws, false);
+        // Never a snapshot of an empty mount point: the disk is mounted first (and, for a
+        // stopped workspace, unmounted again when the snapshot is done).
+        let in_use = self.use_files(ws, false);
+        let attached = in_use.as_ref().map(|_| ()).map_err(Clone::clone);
         // The backup reads the files by path, as root: a running workspace is held still
         // meanwhile, so that no file is swapped for a link to a host file under it.
         let held = if ws.lifecycle.is_active() {
@@ -170,6 +172,7 @@ impl Cell {
         };
         // The workspace goes on the moment its files are read.
         drop(held);
+        drop(in_use);
         let now = self.now();
         match result {
             Ok(taken) => {
@@ -323,7 +326,7 @@ impl Cell {
             .runtime
             .clone()
             .ok_or("this cell has no runtime to hold files")?;
-        self.attach_files(ws, true)?;
+        let _in_use = self.use_files(ws, true)?;
         let spec = self.sandbox_spec(ws, false)?;
         let (workspace, snapshot) = (ws.id.to_string(), snapshot.to_owned());
         tokio::task::spawn_blocking(move || {
@@ -451,7 +454,7 @@ impl Cell {
             return Ok(false);
         }
         // The files are removed from its disk, not from beneath an empty mount point.
-        self.attach_files(ws, false).map_err(Error::Internal)?;
+        let in_use = self.use_files(ws, false).map_err(Error::Internal)?;
         // Recorded first: a crash in the middle leaves a workspace that restores on start.
         self.store().write(|tx| -> Result<()> {
             if let Some(mut w) = tx.workspace(&ws.id)? {
@@ -464,8 +467,9 @@ impl Cell {
         for sub in ["workspace", "home"] {
             remove_dir(&dir.join(sub))?;
         }
-        // Its disk is mounted again when the files come back.
-        self.detach_files(&ws.id)?;
+        // Its disk is unmounted (the workspace is stopped), and mounted again when the files
+        // come back.
+        drop(in_use);
         Ok(true)
     }
 

@@ -59,6 +59,32 @@ const SYNC_CLONES_AFTER: Duration = Duration::from_secs(1);
 /// Task logs returned by the API are cut to their last this many bytes.
 const LOG_TAIL: usize = 64 * 1024;
 
+/// One operation's use of a workspace's files (`Cell::use_files`); the last use of a
+/// workspace that does not run unmounts its disk when it ends.
+pub struct FilesInUse {
+    cell: Cell,
+    id: WorkspaceId,
+}
+
+impl Drop for FilesInUse {
+    fn drop(&mut self) {
+        let mut users = self
+            .cell
+            .inner
+            .file_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let left = users.get_mut(&self.id).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == Some(0) {
+            users.remove(&self.id);
+            self.cell.unmount_if_idle(&self.id);
+        }
+    }
+}
+
 impl Cell {
     pub(crate) fn wake_reconciler(&self) {
         self.inner.wake.notify_one();
@@ -229,6 +255,66 @@ impl Cell {
         runtime
             .attach_files(&self.files(&ws.id, bytes), create)
             .map_err(|e| e.to_string())
+    }
+
+    /// Mounts a workspace's files (as `attach_files`) for one operation: the disk stays
+    /// mounted while any such use lasts or the workspace runs, and is unmounted when the last
+    /// use of a workspace that does not run ends (so a stopped workspace holds no mount and
+    /// its data directory can be removed). Mounting and the last use's unmount are serialised
+    /// per cell, so an unmount never races a start's mount.
+    pub(crate) fn use_files(
+        &self,
+        ws: &Workspace,
+        create: bool,
+    ) -> std::result::Result<FilesInUse, String> {
+        let mut users = self
+            .inner
+            .file_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.attach_files(ws, create)?;
+        *users.entry(ws.id.clone()).or_insert(0) += 1;
+        Ok(FilesInUse {
+            cell: self.clone(),
+            id: ws.id.clone(),
+        })
+    }
+
+    /// Keeps a workspace's files on the host (its disk mounted at `workspace_dir`) while the
+    /// returned guard lives, to look at a stopped workspace's files from the host.
+    pub fn hold_files(&self, id: &WorkspaceId) -> Result<FilesInUse> {
+        let ws = self
+            .load(id)?
+            .ok_or(Error::NotFound { what: "workspace" })?;
+        self.use_files(&ws, false).map_err(Error::Internal)
+    }
+
+    /// Unmounts a workspace's disk when nothing uses its files and it does not run (after a
+    /// failed start, for one).
+    pub(crate) fn settle_files(&self, id: &WorkspaceId) {
+        let users = self
+            .inner
+            .file_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if users.get(id).copied().unwrap_or(0) == 0 {
+            self.unmount_if_idle(id);
+        }
+    }
+
+    /// Unmounts the disk of a workspace that does not run; the caller holds `file_users`.
+    fn unmount_if_idle(&self, id: &WorkspaceId) {
+        let idle = match self.load(id) {
+            Ok(Some(w)) => match w.lifecycle.phase {
+                Phase::Stopped | Phase::Failed => true,
+                Phase::Pending => w.lifecycle.desired != Desired::Running,
+                _ => false,
+            },
+            _ => false,
+        };
+        if idle && let Err(e) = self.detach_files(id) {
+            tracing::warn!(workspace = %id, error = %e, "the stopped workspace's disk stays mounted");
+        }
     }
 
     /// Unmounts the disk of a workspace's files (they are released to the backup).
@@ -754,6 +840,7 @@ impl Cell {
                         Some(e),
                         &[Desired::Running, Desired::Stopped, Desired::Deleted],
                     )?;
+                    self.settle_files(&ws.id);
                 }
             }
             (
@@ -830,8 +917,9 @@ impl Cell {
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
                 .map_err(|e| e.to_string())?;
         }
-        // The disk comes first: everything below writes onto it.
-        self.attach_files(ws, true)?;
+        // The disk comes first: everything below writes onto it. It stays mounted while the
+        // workspace runs; a failed start unmounts it (`settle_files`).
+        let _in_use = self.use_files(ws, true)?;
         step("disk ready");
         // Files released after a verified backup come back before anything runs.
         self.restore_released(ws).await?;
@@ -1116,18 +1204,22 @@ impl Cell {
         id: &WorkspaceId,
     ) -> Result<Vec<crate::domain::entities::GitState>> {
         let ws = self.get_workspace(actor, id)?;
-        if ws.backup.released || self.attach_files(&ws, false).is_err() {
+        if ws.backup.released {
             return Ok(ws.git);
         }
+        let Ok(_in_use) = self.use_files(&ws, false) else {
+            return Ok(ws.git);
+        };
         let now = self.read_git_state(&ws).await;
         Ok(if now.is_empty() { ws.git } else { now })
     }
 
     /// stopping → stopped: records each repository's git state, then ends the sandbox.
     async fn take_down(&self, ws: &Workspace, runtime: &dyn crate::runtime::Runtime) -> Result<()> {
-        if let Err(e) = self.attach_files(ws, false) {
-            tracing::error!(workspace = %ws.id, error = %e, "the workspace's disk is not mounted");
-        }
+        // Once stopped (not restarting), the disk is unmounted when this use ends.
+        let _in_use = self
+            .use_files(ws, false)
+            .inspect_err(|e| tracing::error!(workspace = %ws.id, error = %e, "the workspace's disk is not mounted"));
         let states = self.read_git_state(ws).await;
         self.agent(&ws.id).shutdown().await;
         runtime
@@ -1214,13 +1306,20 @@ impl Cell {
     /// After the cell (re)starts: workspaces whose sandbox still answers are running again;
     /// the others (host rebooted, sandbox gone) are marked stopped with their files kept.
     pub async fn recover(&self) -> Result<()> {
-        // After a host restart no disk is mounted: every workspace whose files are on this
-        // host gets its disk back before anything reads them (task logs, git state, backups).
+        // After a host restart no disk is mounted: every workspace that runs (or is on its way
+        // up or down) gets its disk back before anything reads its files. A stopped one's disk
+        // is mounted only while something uses its files (`use_files`), and unmounted here if
+        // an older cell left it mounted.
         for ws in self.store().read(|tx| tx.all_workspaces())? {
             if ws.lifecycle.phase == Phase::Deleted || ws.backup.released {
                 continue;
             }
-            if let Err(e) = self.attach_files(&ws, false) {
+            let wanted = ws.lifecycle.is_active()
+                || (ws.lifecycle.phase == Phase::Pending
+                    && ws.lifecycle.desired == Desired::Running);
+            if !wanted {
+                self.settle_files(&ws.id);
+            } else if let Err(e) = self.attach_files(&ws, false) {
                 tracing::error!(workspace = %ws.id, error = %e, "the workspace's disk is not mounted");
             }
         }

@@ -145,6 +145,9 @@ struct Inner {
     /// Workspaces whose activity the agents reported but the store has not seen yet.
     activity:
         std::sync::Mutex<std::collections::HashMap<crate::domain::WorkspaceId, OffsetDateTime>>,
+    /// How many operations use each workspace's files now (see `Cell::use_files`); mounting
+    /// and unmounting happen under this lock.
+    file_users: std::sync::Mutex<std::collections::HashMap<crate::domain::WorkspaceId, usize>>,
 }
 
 impl Cell {
@@ -193,6 +196,7 @@ impl Cell {
                 egress,
                 redeemed: Default::default(),
                 activity: Default::default(),
+                file_users: Default::default(),
             }),
         }
     }

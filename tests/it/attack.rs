@@ -378,6 +378,7 @@ async fn a_restore_writes_nothing_through_a_link_that_replaced_a_directory() {
     .await;
     assert_eq!(s, StatusCode::OK, "{w}");
     victim.assert_untouched("after the restore");
+    let _files = c.cell().hold_files(&id.parse().unwrap()).unwrap();
     let d = c
         .data_dir()
         .join("workspaces")

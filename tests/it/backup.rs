@@ -255,7 +255,10 @@ async fn stopping_backs_up_released_files_come_back_on_start_and_snapshots_resto
 
     // After the release delay the local files go; the record says so.
     let files = c.data_dir().join("workspaces").join(&id).join("workspace");
-    assert!(files.join("keep/notes.txt").exists());
+    {
+        let _held = c.cell().hold_files(&id.parse().unwrap()).unwrap();
+        assert!(files.join("keep/notes.txt").exists());
+    }
     clock.advance(Duration::from_secs(61));
     c.wait_for(&id, "released", |w| w["backup"]["files_released"] == true)
         .await;
@@ -308,10 +311,13 @@ async fn stopping_backs_up_released_files_come_back_on_start_and_snapshots_resto
         .map(|b| b["trigger"].as_str().unwrap())
         .collect();
     assert_eq!(triggers, ["before-restore", "stop", "stop"], "{w:#}");
-    assert_eq!(
-        std::fs::read_to_string(files.join("keep/notes.txt")).unwrap(),
-        "v1\n"
-    );
+    {
+        let _held = c.cell().hold_files(&id.parse().unwrap()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(files.join("keep/notes.txt")).unwrap(),
+            "v1\n"
+        );
+    }
     // Unknown snapshots and running workspaces are refused with stable codes.
     let (s, e) = c
         .owner(
@@ -384,6 +390,7 @@ async fn a_failing_store_keeps_the_files_and_the_backup_pending_until_it_works()
             .starts_with("stopped — backup pending: "),
         "{last}"
     );
+    let held = c.cell().hold_files(&id.parse().unwrap()).unwrap();
     let files = c.data_dir().join("workspaces").join(&id).join("workspace");
     assert_eq!(
         std::fs::read_to_string(files.join("fragile/work.txt")).unwrap(),
@@ -401,6 +408,7 @@ async fn a_failing_store_keeps_the_files_and_the_backup_pending_until_it_works()
     let w = c.workspace(&id).await;
     assert_eq!(w["backup"]["state"], "pending", "{w:#}");
     assert!(w["backup"]["next_attempt"].is_string(), "{w:#}");
+    drop(held);
 
     // The store comes back: the next retry snapshots the files, then the deletion proceeds.
     std::fs::remove_file(&store_dir).unwrap();
@@ -640,10 +648,12 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
         "{w:#}"
     );
     let files = c.data_dir().join("workspaces").join(&id).join("workspace");
+    let held = c.cell().hold_files(&id.parse().unwrap()).unwrap();
     assert_eq!(
         std::fs::read_to_string(files.join("cloud/s3.txt")).unwrap(),
         "while-s3-was-down\n"
     );
+    drop(held);
     // Past the release delay nothing is released while the backup is owed.
     clock.advance(Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(500)).await;

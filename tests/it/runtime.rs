@@ -487,10 +487,12 @@ async fn workspaces_keep_running_through_a_cell_restart() {
     // ... and its files are backed up on the way, as at any stop.
     assert_eq!(ws["backup"]["state"], "ok", "{ws:#}");
     assert_eq!(ws["backups"].as_array().unwrap().len(), 1, "{ws:#}");
+    let wsid = devcell::domain::WorkspaceId::parse(&id).unwrap();
     let file = c
         .cell()
-        .workspace_dir(&devcell::domain::WorkspaceId::parse(&id).unwrap())
+        .workspace_dir(&wsid)
         .join("workspace/keep/file.txt");
+    let _held = c.cell().hold_files(&wsid).unwrap();
     assert_eq!(std::fs::read_to_string(file).unwrap(), "kept\n");
     c.stop().await;
 }
@@ -1802,17 +1804,27 @@ async fn the_class_disk_size_holds_and_the_disk_follows_the_files() {
         c.wait_phase(w, "stopped", START_WITHIN).await;
     }
 
-    // A host restart unmounts everything; the restarted cell mounts the disks of workspaces
-    // whose files are here before anything reads them.
-    let data = c.stop_keep_data().await;
-    devcell::runtime::disk::unmount_all_under(data.path());
+    // Stopped, the workspaces hold no mount (the data directory can go); their files are on
+    // their disks, mounted while something uses them.
     assert!(!devcell::runtime::disk::is_mount_point(&dir));
-    let c = TestCell::restart(data).await;
-    let until = Instant::now() + Duration::from_secs(10);
-    while !devcell::runtime::disk::is_mount_point(&dir) && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    {
+        let _held = c.cell().hold_files(&id.parse().unwrap()).unwrap();
+        assert!(devcell::runtime::disk::is_mount_point(&dir));
+        assert!(dir.join("workspace/disk/notes.txt").exists());
     }
-    assert!(dir.join("workspace/disk/notes.txt").exists());
+    assert!(!devcell::runtime::disk::is_mount_point(&dir));
+    // A host restart unmounts everything; a restarted cell mounts no stopped workspace's disk
+    // (and unmounts one an older cell left mounted).
+    let data = c.stop_keep_data().await;
+    let held = devcell::runtime::disk::is_mount_point(&dir);
+    devcell::runtime::disk::unmount_all_under(data.path());
+    assert!(
+        !held,
+        "a stopped workspace's disk was still mounted when the cell stopped"
+    );
+    let c = TestCell::restart(data).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!devcell::runtime::disk::is_mount_point(&dir));
 
     // Deleting the workspace deletes its disk.
     let (s, body) = c
@@ -2083,4 +2095,59 @@ fn a_launcher_started_ahead_runs_the_request_it_is_given_later() {
     assert!(out.status.success(), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), before);
+}
+
+/// A stopped workspace holds no mount, and the operations that mount its disk for a moment (a
+/// backup here) never unmount it from under a start racing them: the started workspace always
+/// sees its files.
+#[tokio::test]
+async fn a_backup_racing_a_start_never_hides_the_files_from_the_started_workspace() {
+    let c = TestCell::start().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "race", &[("README.md", "x\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    let out = exec(
+        &c,
+        &id,
+        "echo mine > /workspace/race.txt && cat /workspace/race.txt",
+    )
+    .await;
+    assert_eq!(out["stdout"], "mine\n", "{out:#}");
+    let dir = c
+        .cell()
+        .workspace_dir(&devcell::domain::WorkspaceId::parse(&id).unwrap());
+    assert!(devcell::runtime::disk::is_mount_point(&dir));
+    for round in 0..4 {
+        let (s, body) = c
+            .owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        c.wait_phase(&id, "stopped", START_WITHIN).await;
+        assert!(
+            !devcell::runtime::disk::is_mount_point(&dir),
+            "round {round}: a stopped workspace keeps its disk mounted"
+        );
+        let (backup_path, start_path) = (
+            format!("/api/v1/workspaces/{id}/backups"),
+            format!("/api/v1/workspaces/{id}/start"),
+        );
+        let backup = c.owner(Method::POST, &backup_path, None);
+        let start = c.owner(Method::POST, &start_path, None);
+        let ((bs, bbody), (ss, sbody)) = tokio::join!(backup, start);
+        assert!(bs.is_success(), "round {round}: {bbody}");
+        assert_eq!(ss, StatusCode::ACCEPTED, "round {round}: {sbody}");
+        c.wait_phase(&id, "running", START_WITHIN).await;
+        let out = exec(&c, &id, "cat /workspace/race.txt").await;
+        assert_eq!(out["stdout"], "mine\n", "round {round}: {out:#}");
+        assert!(
+            devcell::runtime::disk::is_mount_point(&dir),
+            "round {round}"
+        );
+    }
+    c.stop().await;
 }
