@@ -125,6 +125,31 @@ impl Cell {
                 "it is not under a directory the operator lists in workspace.file_repos",
             ));
         }
+        // The clone runs as the workspace's own uid when the cell is root: a repository under
+        // a directory closed to other users (anything in /root) is out of its reach, which
+        // git would report as "not found".
+        let target = real.as_deref().unwrap_or(&path);
+        if self.inner.runtime.is_some()
+            && rustix::process::geteuid().is_root()
+            && !crate::runtime::rebase::walkable(target)
+        {
+            let closed = target
+                .ancestors()
+                .skip(1)
+                .find(|d| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 == 0)
+                })
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "a parent directory".into());
+            return Err(Error::Conflict {
+                code: "file_repo_unreachable",
+                message: format!(
+                    "{} cannot be cloned: workspaces clone as their own user, which cannot enter {closed} (closed to other users); keep file repositories in a directory everyone may enter, such as /srv/git, or `chmod o+x {closed}`",
+                    url.as_str()
+                ),
+            });
+        }
         Ok(())
     }
 

@@ -2151,3 +2151,41 @@ async fn a_backup_racing_a_start_never_hides_the_files_from_the_started_workspac
     }
     c.stop().await;
 }
+
+/// A `file://` repository the workspaces' user cannot reach (under a directory closed to other
+/// users, as anything in /root is) is refused when the workspace is created, naming the
+/// directory and what to do, rather than failing later as "repository not found".
+#[tokio::test]
+async fn a_file_repository_behind_a_closed_directory_is_refused_with_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = TestCell::start().await;
+    let outer = tempfile::tempdir().unwrap();
+    let closed = outer.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    let bare = bare_repo(&closed, "private", &[("README.md", "x\n")]);
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (s, body) = c
+        .owner(
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({ "repos": [{ "url": format!("file://{}", bare.display()) }] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "file_repo_unreachable", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&closed.display().to_string()) && message.contains("/srv/git"),
+        "{message}"
+    );
+    // Opened to others, the same repository is accepted.
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    c.stop().await;
+}
