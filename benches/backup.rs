@@ -1,10 +1,14 @@
-//! Backup and restore throughput against the stock restic CLI on the same data, in one run.
-//! Run: `cargo bench --bench backup` (DEVCELL_BENCH_BACKUP_MB sets the data size; default 1024).
+//! Backup and restore times against the stock restic CLI on the same data, in one run, for
+//! several kinds of workspace data (source and blobs, text-heavy, zero-heavy, incompressible,
+//! many tiny files, one huge file).
+//! Run: `cargo bench --bench backup`; `DEVCELL_BENCH_BACKUP_MB` sets the size per mix (default
+//! 256), `DEVCELL_BENCH_MIXES=text-heavy,one-huge` picks mixes, `DEVCELL_BENCH_ONLY_DEVCELL=1`
+//! times devcell's full backups alone (for a profiler).
 //!
-//! Data: a workspace of many small source-like files and a few large incompressible ones.
-//! Prints MB/s for restic and for devcell's store (rustic_core), the ratios (two rounds in
-//! turns, and their means), and the time of an incremental backup of the unchanged workspace
-//! as a fraction of the full one.
+//! Both sides are timed alike: restic as a whole process, devcell with its store opened afresh
+//! (key derivation included). Prints, per mix, the full-backup ratio (two rounds in turns and
+//! their mean), incremental backups of the unchanged workspace (restic; devcell in the same
+//! process and after a restart) and the restore ratio.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,37 +34,192 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Writes about `mb` MiB: 40% in small text files (1–64 KiB), 60% in four large files.
-fn generate(root: &Path, mb: usize) -> (usize, u64) {
-    let total = mb * 1024 * 1024;
-    let small_budget = total * 2 / 5;
-    let (mut files, mut bytes) = (0usize, 0u64);
-    let mut written = 0;
-    let mut i = 0u64;
-    while written < small_budget {
-        let size = 1024 + (i as usize * 7919) % (63 * 1024);
-        let dir = root.join(format!("src/mod{:03}", i % 400));
-        std::fs::create_dir_all(&dir).unwrap();
-        let line = format!("pub fn item_{i}() -> u64 {{ {i} * 31 + 7 }} // generated\n");
-        let text = line.repeat(size / line.len() + 1);
-        std::fs::write(dir.join(format!("f{i}.rs")), &text.as_bytes()[..size]).unwrap();
-        written += size;
-        files += 1;
-        bytes += size as u64;
-        i += 1;
+/// Words for natural-language text: compressible the way prose and documentation are.
+const WORDS: &[&str] = &[
+    "the",
+    "workspace",
+    "cell",
+    "backup",
+    "snapshot",
+    "restore",
+    "file",
+    "commit",
+    "branch",
+    "terminal",
+    "port",
+    "server",
+    "request",
+    "answer",
+    "developer",
+    "repository",
+    "change",
+    "and",
+    "of",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "with",
+    "as",
+    "was",
+    "on",
+    "be",
+    "at",
+    "by",
+    "this",
+    "had",
+    "not",
+    "are",
+    "but",
+    "from",
+    "or",
+    "have",
+    "an",
+    "they",
+    "which",
+];
+
+/// About `bytes` of prose: words from `WORDS` in a deterministic order, in lines.
+fn prose(seed: u64, bytes: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(bytes + 16);
+    let mut col = 0;
+    while out.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let w = WORDS[(x % WORDS.len() as u64) as usize];
+        out.extend_from_slice(w.as_bytes());
+        col += w.len() + 1;
+        if col > 72 {
+            out.push(b'\n');
+            col = 0;
+        } else {
+            out.push(b' ');
+        }
     }
-    let large = (total - small_budget) / 4;
-    std::fs::create_dir_all(root.join("assets")).unwrap();
-    for n in 0..4 {
-        std::fs::write(
-            root.join(format!("assets/blob{n}.bin")),
-            noise(n + 1, large),
-        )
-        .unwrap();
-        files += 1;
-        bytes += large as u64;
+    out.truncate(bytes);
+    out
+}
+
+/// One kind of workspace data.
+#[derive(Clone, Copy)]
+enum Mix {
+    /// 40% small source-like files (1–64 KiB), 60% in four incompressible files.
+    Source,
+    /// Many small natural-language text files (2–10 KiB).
+    Text,
+    /// Four large files, each half zeros and half random (disk images, sparse data).
+    Zeros,
+    /// Four large random files (media, archives).
+    Incompressible,
+    /// Very many tiny files (0–512 bytes): metadata-bound.
+    Tiny,
+    /// One huge random file.
+    Huge,
+}
+
+impl Mix {
+    const ALL: [Mix; 6] = [
+        Mix::Source,
+        Mix::Text,
+        Mix::Zeros,
+        Mix::Incompressible,
+        Mix::Tiny,
+        Mix::Huge,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mix::Source => "source+blobs",
+            Mix::Text => "text-heavy",
+            Mix::Zeros => "zero-heavy",
+            Mix::Incompressible => "incompressible",
+            Mix::Tiny => "many-tiny",
+            Mix::Huge => "one-huge",
+        }
     }
-    (files, bytes)
+
+    /// Writes about `mb` MiB of this mix under `root`: (files, bytes).
+    fn generate(self, root: &Path, mb: usize) -> (usize, u64) {
+        let total = mb * 1024 * 1024;
+        let (mut files, mut bytes) = (0usize, 0u64);
+        let mut put = |rel: String, data: &[u8]| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+            files += 1;
+            bytes += data.len() as u64;
+        };
+        let halves = |n: u64, len: usize| {
+            let mut v = vec![0u8; len / 2];
+            v.extend(noise(n + 1, len - len / 2));
+            v
+        };
+        match self {
+            Mix::Source => {
+                let small = total * 2 / 5;
+                let (mut written, mut i) = (0, 0u64);
+                while written < small {
+                    let size = 1024 + (i as usize * 7919) % (63 * 1024);
+                    let line =
+                        format!("pub fn item_{i}() -> u64 {{ {i} * 31 + 7 }} // generated\n");
+                    let text = line.repeat(size / line.len() + 1);
+                    put(
+                        format!("src/mod{:03}/f{i}.rs", i % 400),
+                        &text.as_bytes()[..size],
+                    );
+                    written += size;
+                    i += 1;
+                }
+                for n in 0..4 {
+                    put(
+                        format!("assets/blob{n}.bin"),
+                        &noise(n + 1, (total - small) / 4),
+                    );
+                }
+            }
+            Mix::Text => {
+                let (mut written, mut i) = (0, 0u64);
+                while written < total {
+                    let size = 2048 + (i as usize * 7919) % (8 * 1024);
+                    put(
+                        format!("docs/d{:03}/page{i}.txt", i % 200),
+                        &prose(i + 1, size),
+                    );
+                    written += size;
+                    i += 1;
+                }
+            }
+            Mix::Zeros => {
+                for n in 0..4 {
+                    put(format!("images/disk{n}.img"), &halves(n, total / 4));
+                }
+            }
+            Mix::Incompressible => {
+                for n in 0..4 {
+                    put(format!("media/clip{n}.bin"), &noise(n + 1, total / 4));
+                }
+            }
+            Mix::Tiny => {
+                // Tiny files are few bytes each: a tenth of the budget in files of up to 512.
+                let (mut written, mut i) = (0, 0u64);
+                while written < total / 10 {
+                    let size = (i as usize * 131) % 512;
+                    put(
+                        format!("node_modules/p{:04}/f{i}.js", i % 2000),
+                        &prose(i + 7, size),
+                    );
+                    written += size.max(64);
+                    i += 1;
+                }
+            }
+            Mix::Huge => put("data/huge.bin".into(), &noise(99, total)),
+        }
+        (files, bytes)
+    }
 }
 
 /// The benchmark workspace, with the snapshot it follows (if any).
@@ -98,8 +257,109 @@ fn settle() {
     assert!(Command::new("sync").status().unwrap().success());
 }
 
-fn mbps(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / 1024.0 / 1024.0 / d.as_secs_f64()
+/// One mix, timed: every step starts after `sync`, both tools are timed the same way — restic
+/// as a whole process, devcell with a store opened afresh (key derivation included), as a
+/// restarted cell would — and the full backups run twice, in turns.
+fn run_mix(base: &Path, mix: Mix, mb: usize, only_devcell: bool) {
+    let root = base.join(mix.name());
+    let ws = root.join("ws_bench");
+    let files_dir = ws.join("workspace");
+    let (files, bytes) = mix.generate(&files_dir, mb);
+    let open = |name: &str| {
+        BackupStore::local(
+            &root.join(name),
+            PASSWORD,
+            &root.join(format!("{name}-cache")),
+        )
+        .unwrap()
+    };
+    // Created outside the timing, as restic's `init` is.
+    for name in ["devcell-1", "devcell-2"] {
+        open(name).list().unwrap();
+    }
+    let restic_full = |repo: &Path| {
+        restic(repo, &["init"]);
+        settle();
+        restic(repo, &["backup", "--host", "devcell", ws.to_str().unwrap()])
+    };
+    let devcell_full = |name: &str| {
+        settle();
+        let t = Instant::now();
+        let taken = open(name).snapshot(&source(&ws, None)).unwrap();
+        assert_eq!(taken.files as usize, files);
+        (t.elapsed(), taken)
+    };
+    if only_devcell {
+        let (d, _) = devcell_full("devcell-1");
+        println!("{:>15}: devcell full {:.2} s", mix.name(), d.as_secs_f64());
+        return;
+    }
+    let (r1, r2) = (root.join("restic-1"), root.join("restic-2"));
+    let r_full_1 = restic_full(&r1);
+    let (d_full_1, first) = devcell_full("devcell-1");
+    let (d_full_2, _) = devcell_full("devcell-2");
+    let r_full_2 = restic_full(&r2);
+
+    // The unchanged workspace again: restic as a new process; devcell in the same process
+    // (its fingerprint of the unchanged tree) and after a restart (a new store, no memory of
+    // the last snapshot but its id, as a restarted cell has).
+    settle();
+    let r_incr = restic(&r1, &["backup", "--host", "devcell", ws.to_str().unwrap()]);
+    let warm = open("devcell-1");
+    warm.list().unwrap();
+    let second = warm.snapshot(&source(&ws, Some(&first.id))).unwrap();
+    settle();
+    let t = Instant::now();
+    let third = warm.snapshot(&source(&ws, Some(&second.id))).unwrap();
+    let d_incr_warm = t.elapsed();
+    settle();
+    let t = Instant::now();
+    let fourth = open("devcell-1")
+        .snapshot(&source(&ws, Some(&third.id)))
+        .unwrap();
+    let d_incr_restart = t.elapsed();
+
+    // Restore into new directories, once each.
+    settle();
+    let r_restore = restic(
+        &r1,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            root.join("restic-restore").to_str().unwrap(),
+        ],
+    );
+    settle();
+    let target = root.join("devcell-restore");
+    let t = Instant::now();
+    open("devcell-1")
+        .restore(&fourth.id, "ws_bench", &target)
+        .unwrap();
+    let d_restore = t.elapsed();
+    assert_eq!(
+        std::fs::read_dir(target.join("workspace")).unwrap().count(),
+        std::fs::read_dir(&files_dir).unwrap().count()
+    );
+
+    let mean = |a: Duration, b: Duration| (a + b) / 2;
+    let (r_full, d_full) = (mean(r_full_1, r_full_2), mean(d_full_1, d_full_2));
+    let ratio = |r: Duration, d: Duration| r.as_secs_f64() / d.as_secs_f64();
+    println!(
+        "{:>15}: {files:>6} files {:>5.0} MiB | full: restic {:5.2} s, devcell {:5.2} s, ratio {:.2} (rounds {:.2} {:.2}) | incremental: restic {:.2} s, devcell {:.2} s in-process, {:.2} s after a restart | restore: ratio {:.2}",
+        mix.name(),
+        bytes as f64 / 1048576.0,
+        r_full.as_secs_f64(),
+        d_full.as_secs_f64(),
+        ratio(r_full, d_full),
+        ratio(r_full_1, d_full_1),
+        ratio(r_full_2, d_full_2),
+        r_incr.as_secs_f64(),
+        d_incr_warm.as_secs_f64(),
+        d_incr_restart.as_secs_f64(),
+        ratio(r_restore, d_restore),
+    );
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 fn main() {
@@ -114,122 +374,16 @@ fn main() {
     let mb: usize = std::env::var("DEVCELL_BENCH_BACKUP_MB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+        .unwrap_or(256);
+    let wanted = std::env::var("DEVCELL_BENCH_MIXES").unwrap_or_default();
+    let only_devcell = std::env::var_os("DEVCELL_BENCH_ONLY_DEVCELL").is_some();
     let tmp = tempfile::tempdir().unwrap();
-    let ws = tmp.path().join("ws_bench");
-    let files_dir = ws.join("workspace");
-    let (files, bytes) = generate(&files_dir, mb);
     println!(
-        "data: {files} files, {:.0} MiB (small source files and four large incompressible ones)",
-        bytes as f64 / 1048576.0
+        "backup bench: about {mb} MiB per mix; ratio = restic time / devcell time (target >= 1.0)"
     );
-
-    // Each tool backs up and restores the same data twice, in turns: restic first in round
-    // one, devcell first in round two. Every timed step starts after `sync` (no writeback of
-    // an earlier step bleeds into it) and nothing is deleted until the end: ext4 is slow to
-    // allocate inodes next to ones deleted moments ago, which would penalise whoever restores
-    // after the other's restore was removed.
-    let store_at = |name: &str| {
-        let store = BackupStore::local(
-            &tmp.path().join(name),
-            PASSWORD,
-            &tmp.path().join(format!("{name}-cache")),
-        )
-        .unwrap();
-        // Created and opened outside the timing, as restic's `init` is.
-        store.list().unwrap();
-        store
-    };
-    let restic_full = |repo: &Path| {
-        restic(repo, &["init"]);
-        settle();
-        restic(repo, &["backup", "--host", "devcell", ws.to_str().unwrap()])
-    };
-    let restic_restore = |repo: &Path, target: &Path| {
-        settle();
-        restic(
-            repo,
-            &["restore", "latest", "--target", target.to_str().unwrap()],
-        )
-    };
-    let devcell_full = |store: &BackupStore| {
-        settle();
-        let t = Instant::now();
-        let taken = store.snapshot(&source(&ws, None)).unwrap();
-        assert_eq!(taken.files as usize, files);
-        (t.elapsed(), taken)
-    };
-    let devcell_restore = |store: &BackupStore, id: &str, target: &Path| {
-        settle();
-        let t = Instant::now();
-        store.restore(id, "ws_bench", target).unwrap();
-        let d = t.elapsed();
-        assert_eq!(
-            std::fs::read(target.join("workspace/assets/blob0.bin")).unwrap(),
-            std::fs::read(files_dir.join("assets/blob0.bin")).unwrap()
-        );
-        d
-    };
-    let (r1, r2) = (tmp.path().join("restic-1"), tmp.path().join("restic-2"));
-    let (s1, s2) = (store_at("devcell-1"), store_at("devcell-2"));
-
-    // Round one: restic first.
-    let r_full_1 = restic_full(&r1);
-    let (d_full_1, first) = devcell_full(&s1);
-    // Round two: devcell first.
-    let (d_full_2, taken_2) = devcell_full(&s2);
-    let r_full_2 = restic_full(&r2);
-
-    // The unchanged workspace again, once each.
-    settle();
-    let r_incr = restic(&r1, &["backup", "--host", "devcell", ws.to_str().unwrap()]);
-    settle();
-    let t = Instant::now();
-    let second = s1.snapshot(&source(&ws, Some(&first.id))).unwrap();
-    let d_incr = t.elapsed();
-
-    let r_restore_1 = restic_restore(&r1, &tmp.path().join("restic-restore-1"));
-    let d_restore_1 = devcell_restore(&s1, &second.id, &tmp.path().join("devcell-restore-1"));
-    let d_restore_2 = devcell_restore(&s2, &taken_2.id, &tmp.path().join("devcell-restore-2"));
-    let r_restore_2 = restic_restore(&r2, &tmp.path().join("restic-restore-2"));
-
-    let mean = |a: Duration, b: Duration| (a + b) / 2;
-    let (r_full, d_full) = (mean(r_full_1, r_full_2), mean(d_full_1, d_full_2));
-    let (r_restore, d_restore) = (
-        mean(r_restore_1, r_restore_2),
-        mean(d_restore_1, d_restore_2),
-    );
-    let ratio = |r: Duration, d: Duration| r.as_secs_f64() / d.as_secs_f64();
-    println!(
-        "rounds (restic first, then devcell first): full backup ratios {:.2} and {:.2}; restore ratios {:.2} and {:.2}",
-        ratio(r_full_1, d_full_1),
-        ratio(r_full_2, d_full_2),
-        ratio(r_restore_1, d_restore_1),
-        ratio(r_restore_2, d_restore_2)
-    );
-    println!("means of the two rounds:");
-    println!(
-        "full backup:    restic {:7.1} MB/s ({:.2} s)   devcell {:7.1} MB/s ({:.2} s)   ratio {:.2} (target >= 1.0)",
-        mbps(bytes, r_full),
-        r_full.as_secs_f64(),
-        mbps(bytes, d_full),
-        d_full.as_secs_f64(),
-        r_full.as_secs_f64() / d_full.as_secs_f64()
-    );
-    println!(
-        "restore:        restic {:7.1} MB/s ({:.2} s)   devcell {:7.1} MB/s ({:.2} s)   ratio {:.2} (target >= 1.0)",
-        mbps(bytes, r_restore),
-        r_restore.as_secs_f64(),
-        mbps(bytes, d_restore),
-        d_restore.as_secs_f64(),
-        r_restore.as_secs_f64() / d_restore.as_secs_f64()
-    );
-    println!(
-        "incremental of the unchanged workspace: restic {:.2} s ({:.1}% of its full), devcell {:.2} s ({:.1}% of its full; target <= 5%), {} bytes added",
-        r_incr.as_secs_f64(),
-        100.0 * r_incr.as_secs_f64() / r_full.as_secs_f64(),
-        d_incr.as_secs_f64(),
-        100.0 * d_incr.as_secs_f64() / d_full.as_secs_f64(),
-        second.added_bytes
-    );
+    for mix in Mix::ALL {
+        if wanted.is_empty() || wanted.split(',').any(|w| w == mix.name()) {
+            run_mix(tmp.path(), mix, mb, only_devcell);
+        }
+    }
 }
