@@ -133,9 +133,48 @@ pub struct BackupStore {
     key: Mutex<Option<rustic_core::repofile::MasterKey>>,
     /// One operation at a time.
     lock: Mutex<()>,
-    /// Per workspace, the last snapshot this process took and verified, with the fingerprint
-    /// of the files it holds (see [`fingerprint`]).
-    prints: Mutex<std::collections::HashMap<String, (String, [u8; 32])>>,
+    /// Per workspace, the last snapshot taken and verified, with the fingerprint of the files
+    /// it holds (see [`fingerprint`]); kept in the cache directory, so that a restarted cell
+    /// backs an unchanged workspace up without walking it through rustic again.
+    prints: Mutex<Prints>,
+}
+
+type Prints = std::collections::HashMap<String, (String, [u8; 32])>;
+
+/// Where the fingerprints live: the cell's own cache directory, never a workspace's.
+const PRINTS_FILE: &str = "devcell-fingerprints.json";
+
+/// The fingerprints saved by an earlier process; none when the file is missing or damaged
+/// (the next backups then take the long way).
+fn load_prints(cache: &Path) -> Prints {
+    let Ok(text) = std::fs::read_to_string(cache.join(PRINTS_FILE)) else {
+        return Prints::new();
+    };
+    let saved: std::collections::HashMap<String, (String, String)> =
+        serde_json::from_str(&text).unwrap_or_default();
+    saved
+        .into_iter()
+        .filter_map(|(ws, (snap, print))| {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(print, &mut bytes).ok()?;
+            Some((ws, (snap, bytes)))
+        })
+        .collect()
+}
+
+/// Saves the fingerprints whole (a temporary file renamed into place).
+fn save_prints(cache: &Path, prints: &Prints) -> std::io::Result<()> {
+    let saved: std::collections::HashMap<&String, (&String, String)> = prints
+        .iter()
+        .map(|(ws, (snap, print))| (ws, (snap, hex::encode(print))))
+        .collect();
+    std::fs::create_dir_all(cache)?;
+    let tmp = cache.join(format!("{PRINTS_FILE}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, cache.join(PRINTS_FILE))
 }
 
 impl BackupStore {
@@ -158,7 +197,7 @@ impl BackupStore {
             cache: cache.to_owned(),
             key: Mutex::new(None),
             lock: Mutex::new(()),
-            prints: Mutex::default(),
+            prints: Mutex::new(load_prints(cache)),
         }
     }
 
@@ -319,6 +358,9 @@ impl BackupStore {
             && let Ok(mut prints) = self.prints.lock()
         {
             prints.insert(src.workspace.to_owned(), (taken.id.clone(), p));
+            if let Err(e) = save_prints(&self.cache, &prints) {
+                tracing::warn!(error = %e, "backup fingerprints not saved; a restarted cell walks unchanged workspaces again");
+            }
         }
         tracing::debug!(
             ms = t.elapsed().as_millis() as u64,

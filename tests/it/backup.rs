@@ -146,6 +146,46 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
         "# sneaky\n"
     );
 
+    // A restarted cell (a new store on the same repository and cache) remembers the
+    // fingerprint of the last snapshot: unchanged files need no walk, and a change made while
+    // it was down, however sneaky, is still seen.
+    let saved = std::fs::read_to_string(tmp.path().join("cache/devcell-fingerprints.json"))
+        .expect("the fingerprints are kept in the cache directory");
+    assert!(saved.contains(&fourth.id), "{saved}");
+    let restarted = BackupStore::local(&repo, "pw-1", &tmp.path().join("cache")).unwrap();
+    let fifth = restarted
+        .snapshot(&Source {
+            verified_parent: Some(&fourth.id),
+            ..source(true)
+        })
+        .unwrap();
+    assert_eq!((fifth.files, fifth.added_bytes), (3, 0), "{fifth:?}");
+    assert_eq!(tree(&fifth.id), tree(&fourth.id));
+    let old_mtime = std::fs::metadata(&readme).unwrap().modified().unwrap();
+    write(&readme, b"# hidden\n");
+    std::fs::File::options()
+        .write(true)
+        .open(&readme)
+        .unwrap()
+        .set_modified(old_mtime)
+        .unwrap();
+    let again = BackupStore::local(&repo, "pw-1", &tmp.path().join("cache")).unwrap();
+    let sixth = again
+        .snapshot(&Source {
+            verified_parent: Some(&fifth.id),
+            ..source(true)
+        })
+        .unwrap();
+    assert_ne!(tree(&sixth.id), tree(&fifth.id));
+    let hidden = tmp.path().join("hidden");
+    again
+        .restore(&sixth.id, "ws_01backuptest", &hidden)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(hidden.join("workspace/app/README.md")).unwrap(),
+        "# hidden\n"
+    );
+
     // Our restore of the first snapshot brings back its content exactly.
     let back = tmp.path().join("restored");
     store.restore(&first.id, "ws_01backuptest", &back).unwrap();
@@ -160,12 +200,12 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
     // Another workspace's id does not reach this one's snapshots.
     assert!(store.restore(&first.id, "ws_other", &back).is_err());
 
-    // Forget + prune: restic sees the other three and a consistent repository.
+    // Forget + prune: restic sees the other five and a consistent repository.
     assert_eq!(store.forget(std::slice::from_ref(&first.id)).unwrap(), 1);
     store.prune().unwrap();
     let listed: Value =
         serde_json::from_str(&restic(&repo, "pw-1", &["snapshots", "--json"])).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert_eq!(listed.as_array().unwrap().len(), 5);
     assert!(listed.to_string().contains(&second.id), "{listed}");
     restic(&repo, "pw-1", &["check"]);
     // The wrong password opens nothing.
