@@ -5,6 +5,9 @@
 //! 256), `DEVCELL_BENCH_MIXES=text-heavy,one-huge` picks mixes, `DEVCELL_BENCH_ONLY_DEVCELL=1`
 //! times devcell's full backups alone (for a profiler).
 //!
+//! Then the same mixes through the product's path: a real cell, a running workspace and
+//! `POST /api/v1/workspaces/{id}/backups`, against restic on the workspace's files.
+//!
 //! Both sides are timed alike: restic as a whole process, devcell with its store opened afresh
 //! (key derivation included). Prints, per mix, the full-backup ratio (two rounds in turns and
 //! their mean), incremental backups of the unchanged workspace (restic; devcell in the same
@@ -373,6 +376,171 @@ fn run_mix(base: &Path, mix: Mix, mb: usize, only_devcell: bool) {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// The product's path: a real cell (`devcell up`), a running workspace, its files on the
+/// workspace's own disk, and `POST /api/v1/workspaces/{id}/backups` timed from the client,
+/// against restic as a whole process on the same directory. Needs root (sandboxes, disks).
+fn api_path(base: &Path, mixes: &[Mix], mb: usize) {
+    use std::io::BufRead;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !rustix::process::geteuid().is_root() {
+        println!("through the API: not measured (the cell needs root for its sandboxes and disks)");
+        return;
+    }
+    let root = base.join("api");
+    std::fs::create_dir_all(root.join("repos/src")).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        let ok = Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.email=b@e", "-c", "user.name=bench"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    let src = root.join("repos/src");
+    git(&src, &["init", "-q", "-b", "main"]);
+    std::fs::write(src.join("README.md"), "bench\n").unwrap();
+    git(&src, &["add", "-A"]);
+    git(&src, &["commit", "-q", "-m", "bench"]);
+    git(
+        &root.join("repos"),
+        &["clone", "-q", "--bare", "src", "app.git"],
+    );
+    assert!(
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(root.join("repos"))
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let bin = env!("CARGO_BIN_EXE_devcell");
+    let data = root.join("data");
+    // The cell refuses DEVCELL_ variables it does not know, such as this bench's own.
+    let mut up = Command::new(bin);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DEVCELL_")) {
+        up.env_remove(k);
+    }
+    let mut cell = up
+        .args(["up", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("DEVCELL_WORKSPACE__FILE_REPOS", root.join("repos"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(root.join("cell.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(cell.stdout.take().unwrap()).lines();
+    let url = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!(
+                "the cell ended before it was ready: {}",
+                std::fs::read_to_string(root.join("cell.log")).unwrap_or_default()
+            );
+        };
+        if let Some(u) = line.strip_prefix("devcell is ready: ") {
+            break u.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let token = String::from_utf8(
+        Command::new(bin)
+            .env_remove("DEVCELL_BENCH_BACKUP_MB")
+            .env_remove("DEVCELL_BENCH_MIXES")
+            .env_remove("DEVCELL_BENCH_ONLY_DEVCELL")
+            .args(["admin", "token", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let api = |method: &str, path: &str, body: Option<&str>| -> serde_json::Value {
+        let mut c = Command::new("curl");
+        c.args(["-sf", "-X", method, "-H"])
+            .arg(format!("authorization: Bearer {token}"))
+            .args(["-H", "content-type: application/json"])
+            .arg(format!("{url}/api/v1/{path}"));
+        if let Some(b) = body {
+            c.args(["-d", b]);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{method} {path} failed");
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let repo_url = format!("file://{}", root.join("repos/app.git").display());
+    let ws = api(
+        "POST",
+        "workspaces",
+        Some(&format!(
+            r#"{{"repos":[{{"url":"{repo_url}"}}],"start":true}}"#
+        )),
+    );
+    let id = ws["id"].as_str().unwrap().to_owned();
+    let until = Instant::now() + Duration::from_secs(60);
+    while api("GET", &format!("workspaces/{id}"), None)["phase"] != "running" {
+        assert!(Instant::now() < until, "the workspace did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let files_dir = data.join("workspaces").join(&id).join("workspace");
+    let owner = std::fs::metadata(&files_dir).unwrap();
+    println!("through the API (a running workspace, POST /backups) against restic on its files:");
+    for (n, mix) in mixes.iter().enumerate() {
+        let bench_dir = files_dir.join("app/bench");
+        let (files, bytes) = mix.generate(&bench_dir, mb);
+        assert!(
+            Command::new("chown")
+                .arg("-R")
+                .arg(format!("{}:{}", owner.uid(), owner.gid()))
+                .arg(&bench_dir)
+                .status()
+                .unwrap()
+                .success()
+        );
+        // Both tools read the files cold: whoever went second would find them cached.
+        let cold = || {
+            settle();
+            std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        };
+        cold();
+        let t = Instant::now();
+        let snap = api("POST", &format!("workspaces/{id}/backups"), None);
+        let d = t.elapsed();
+        assert!(snap["id"].is_string(), "{snap}");
+        let repo = root.join(format!("restic-{n}"));
+        restic(&repo, &["init"]);
+        cold();
+        let r = restic(
+            &repo,
+            &["backup", "--host", "devcell", files_dir.to_str().unwrap()],
+        );
+        println!(
+            "{:>15}: {files:>6} files {:>5.0} MiB | full: restic {:5.2} s, devcell {:5.2} s, ratio {:.2}",
+            mix.name(),
+            bytes as f64 / 1048576.0,
+            r.as_secs_f64(),
+            d.as_secs_f64(),
+            r.as_secs_f64() / d.as_secs_f64()
+        );
+        std::fs::remove_dir_all(&bench_dir).unwrap();
+        std::fs::remove_dir_all(&repo).unwrap();
+    }
+    let _ = cell.kill();
+    let _ = cell.wait();
+    let _ = Command::new(bin)
+        .env_remove("DEVCELL_BENCH_BACKUP_MB")
+        .env_remove("DEVCELL_BENCH_MIXES")
+        .args(["down", "--purge", "--data"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .status();
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -392,9 +560,14 @@ fn main() {
     println!(
         "backup bench: about {mb} MiB per mix; ratio = restic time / devcell time (target >= 1.0)"
     );
-    for mix in Mix::ALL {
-        if wanted.is_empty() || wanted.split(',').any(|w| w == mix.name()) {
-            run_mix(tmp.path(), mix, mb, only_devcell);
-        }
+    let mixes: Vec<Mix> = Mix::ALL
+        .into_iter()
+        .filter(|m| wanted.is_empty() || wanted.split(',').any(|w| w == m.name()))
+        .collect();
+    for &mix in &mixes {
+        run_mix(tmp.path(), mix, mb, only_devcell);
+    }
+    if !only_devcell {
+        api_path(tmp.path(), &mixes, mb);
     }
 }
