@@ -348,6 +348,7 @@ impl BackupStore {
         // Taken before anything is read: a change made during the backup makes the next
         // fingerprint differ, so it is never mistaken for unchanged.
         let print = fingerprint(src.dir, src.include_home);
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "fingerprint taken");
         let repo = self.open()?.to_indexed_ids().map_err(|e| self.err(e))?;
         tracing::debug!(
             ms = t.elapsed().as_millis() as u64,
@@ -425,9 +426,11 @@ impl BackupStore {
             .map_err(|e| self.err(e))?
             .sanitize()
             .map_err(|e| self.err(e))?;
+        let tb = std::time::Instant::now();
         let written = repo
             .backup(&opts, &sources, snap)
             .map_err(|e| self.err(e))?;
+        tracing::debug!(ms = tb.elapsed().as_millis() as u64, "rustic backup done");
         let summary = written.summary.clone().unwrap_or_default();
         let id = written.id.to_hex().as_str().to_owned();
 
