@@ -420,11 +420,14 @@ fn api_path(base: &Path, mixes: &[Mix], mb: usize) {
     let bin = env!("CARGO_BIN_EXE_devcell");
     let data = root.join("data");
     // The cell refuses DEVCELL_ variables it does not know, such as this bench's own.
-    let mut up = Command::new(bin);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DEVCELL_")) {
-        up.env_remove(k);
-    }
-    let mut cell = up
+    let devcell = || {
+        let mut c = Command::new(bin);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DEVCELL_")) {
+            c.env_remove(k);
+        }
+        c
+    };
+    let mut cell = devcell()
         .args(["up", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data)
         .env("DEVCELL_WORKSPACE__FILE_REPOS", root.join("repos"))
@@ -447,10 +450,7 @@ fn api_path(base: &Path, mixes: &[Mix], mb: usize) {
     };
     std::thread::spawn(move || for _ in lines {});
     let token = String::from_utf8(
-        Command::new(bin)
-            .env_remove("DEVCELL_BENCH_BACKUP_MB")
-            .env_remove("DEVCELL_BENCH_MIXES")
-            .env_remove("DEVCELL_BENCH_ONLY_DEVCELL")
+        devcell()
             .args(["admin", "token", "--data"])
             .arg(&data)
             .output()
@@ -532,9 +532,7 @@ fn api_path(base: &Path, mixes: &[Mix], mb: usize) {
     }
     let _ = cell.kill();
     let _ = cell.wait();
-    let _ = Command::new(bin)
-        .env_remove("DEVCELL_BENCH_BACKUP_MB")
-        .env_remove("DEVCELL_BENCH_MIXES")
+    let _ = devcell()
         .args(["down", "--purge", "--data"])
         .arg(&data)
         .stdout(std::process::Stdio::null())

@@ -128,8 +128,9 @@ impl Cell {
         // The clone runs as the workspace's own uid when the cell is root: a repository under
         // a directory closed to other users (anything in /root) is out of its reach, which
         // git would report as "not found".
-        let target = real.as_deref().unwrap_or(&path);
-        if self.inner.runtime.is_some()
+        // A repository that does not exist (yet) is not judged here: its clone says so.
+        if let Some(target) = real.as_deref()
+            && self.inner.runtime.is_some()
             && rustix::process::geteuid().is_root()
             && !crate::runtime::rebase::walkable(target)
         {

@@ -122,14 +122,24 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
     // The sneakiest change: same size, modification time set back. It is still seen (the
     // change time moved) and the snapshot holds the new bytes.
     let readme = ws.join("workspace/app/README.md");
-    let old_mtime = std::fs::metadata(&readme).unwrap().modified().unwrap();
-    write(&readme, b"# sneaky\n");
-    std::fs::File::options()
-        .write(true)
-        .open(&readme)
-        .unwrap()
-        .set_modified(old_mtime)
-        .unwrap();
+    // New bytes of the same size, the modification time set back to what it was.
+    let sneak = |text: &[u8]| {
+        let old_mtime = std::fs::metadata(&readme).unwrap().modified().unwrap();
+        write(&readme, text);
+        std::fs::File::options()
+            .write(true)
+            .open(&readme)
+            .unwrap()
+            .set_modified(old_mtime)
+            .unwrap();
+    };
+    // The README as `store` restores it from snapshot `id`.
+    let restored = |store: &BackupStore, id: &str, name: &str| {
+        let dir = tmp.path().join(name);
+        store.restore(id, "ws_01backuptest", &dir).unwrap();
+        std::fs::read_to_string(dir.join("workspace/app/README.md")).unwrap()
+    };
+    sneak(b"# sneaky\n");
     let fourth = store
         .snapshot(&Source {
             verified_parent: Some(&third.id),
@@ -137,14 +147,7 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
         })
         .unwrap();
     assert_ne!(tree(&fourth.id), tree(&third.id));
-    let sneaky = tmp.path().join("sneaky");
-    store
-        .restore(&fourth.id, "ws_01backuptest", &sneaky)
-        .unwrap();
-    assert_eq!(
-        std::fs::read_to_string(sneaky.join("workspace/app/README.md")).unwrap(),
-        "# sneaky\n"
-    );
+    assert_eq!(restored(&store, &fourth.id, "sneaky"), "# sneaky\n");
 
     // A restarted cell (a new store on the same repository and cache) remembers the
     // fingerprint of the last snapshot: unchanged files need no walk, and a change made while
@@ -161,14 +164,7 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
         .unwrap();
     assert_eq!((fifth.files, fifth.added_bytes), (3, 0), "{fifth:?}");
     assert_eq!(tree(&fifth.id), tree(&fourth.id));
-    let old_mtime = std::fs::metadata(&readme).unwrap().modified().unwrap();
-    write(&readme, b"# hidden\n");
-    std::fs::File::options()
-        .write(true)
-        .open(&readme)
-        .unwrap()
-        .set_modified(old_mtime)
-        .unwrap();
+    sneak(b"# hidden\n");
     let again = BackupStore::local(&repo, "pw-1", &tmp.path().join("cache")).unwrap();
     let sixth = again
         .snapshot(&Source {
@@ -177,14 +173,7 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
         })
         .unwrap();
     assert_ne!(tree(&sixth.id), tree(&fifth.id));
-    let hidden = tmp.path().join("hidden");
-    again
-        .restore(&sixth.id, "ws_01backuptest", &hidden)
-        .unwrap();
-    assert_eq!(
-        std::fs::read_to_string(hidden.join("workspace/app/README.md")).unwrap(),
-        "# hidden\n"
-    );
+    assert_eq!(restored(&again, &sixth.id, "hidden"), "# hidden\n");
 
     // Our restore of the first snapshot brings back its content exactly.
     let back = tmp.path().join("restored");
