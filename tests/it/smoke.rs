@@ -34,6 +34,16 @@ struct Proc {
     printed: Vec<String>,
 }
 
+/// A test that fails midway leaves no cell running behind it.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn spawn(mut cmd: Command) -> Proc {
     let started = Instant::now();
     let mut child = cmd
