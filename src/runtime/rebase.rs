@@ -92,10 +92,19 @@ impl Rebase {
 /// Whether a uid that neither owns nor shares a group with them can walk down to `path`:
 /// every directory above it searchable by others.
 pub fn walkable(path: &Path) -> bool {
-    absolute(path).ancestors().skip(1).all(|dir| {
-        dir.as_os_str().is_empty()
-            || std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-    })
+    closed_ancestor(path).is_none()
+}
+
+/// The first directory above `path` that such a uid cannot search (or that cannot be read).
+pub fn closed_ancestor(path: &Path) -> Option<PathBuf> {
+    absolute(path)
+        .ancestors()
+        .skip(1)
+        .find(|dir| {
+            !dir.as_os_str().is_empty()
+                && !std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+        })
+        .map(Path::to_path_buf)
 }
 
 /// `path` from the root (a relative data directory is relative to the cell's working

@@ -132,17 +132,9 @@ impl Cell {
         if let Some(target) = real.as_deref()
             && self.inner.runtime.is_some()
             && rustix::process::geteuid().is_root()
-            && !crate::runtime::rebase::walkable(target)
+            && let Some(closed) = crate::runtime::rebase::closed_ancestor(target)
         {
-            let closed = target
-                .ancestors()
-                .skip(1)
-                .find(|d| {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 == 0)
-                })
-                .map(|d| d.display().to_string())
-                .unwrap_or_else(|| "a parent directory".into());
+            let closed = closed.display();
             return Err(Error::Conflict {
                 code: "file_repo_unreachable",
                 message: format!(

@@ -52,14 +52,7 @@ async fn removing_a_member_stops_their_workspaces_and_closes_what_they_had_open(
     let repos = tempfile::tempdir().unwrap();
     let bare = bare_repo(repos.path(), "team", &[("README.md", "team\n")]);
     let (addr, server) = crate::content::serve_git_http(repos.path().to_owned()).await;
-    let c = TestCell::start_with(
-        |cfg| {
-            cfg.workspace.allow_destinations = vec![addr.to_string()];
-            cfg.workspace.plain_http_credentials = vec![addr.to_string()];
-        },
-        None,
-    )
-    .await;
+    let c = crate::content::cell_trusting_git_at(addr).await;
     let org = c.org_id().await;
     let (member, token) = c.add_user("leaver@example.com", "member").await;
     let as_member = |m: Method, path: String, body: Option<Value>| {

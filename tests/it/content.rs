@@ -272,6 +272,19 @@ async fn clone_runs_as_the_given_user() {
 
 /// Serves the repositories under `root` with `git http-backend` as CGI, behind HTTP Basic
 /// authentication for `dev:s3cret-token`.
+/// A cell configured to clone from the git server at `addr` on this host's loopback, over
+/// plain HTTP with credentials: the operator allows both.
+pub async fn cell_trusting_git_at(addr: SocketAddr) -> crate::harness::TestCell {
+    crate::harness::TestCell::start_with(
+        |cfg| {
+            cfg.workspace.allow_destinations = vec![addr.to_string()];
+            cfg.workspace.plain_http_credentials = vec![addr.to_string()];
+        },
+        None,
+    )
+    .await
+}
+
 pub async fn serve_git_http(root: PathBuf) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -991,15 +991,7 @@ async fn private_repositories_clone_with_a_stored_token_that_goes_nowhere_else()
         &[("README.md", "secret project\n")],
     );
     let (addr, server) = crate::content::serve_git_http(repos.path().to_owned()).await;
-    // A git server on this host's loopback without TLS: the operator allows both.
-    let c = TestCell::start_with(
-        |cfg| {
-            cfg.workspace.allow_destinations = vec![addr.to_string()];
-            cfg.workspace.plain_http_credentials = vec![addr.to_string()];
-        },
-        None,
-    )
-    .await;
+    let c = crate::content::cell_trusting_git_at(addr).await;
     let url = format!(
         "http://{addr}/{}",
         bare.file_name().unwrap().to_string_lossy()

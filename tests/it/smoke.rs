@@ -116,21 +116,11 @@ fn run(mut cmd: Command) -> (bool, String, String) {
     )
 }
 
-fn get(url: &str, token: Option<&str>) -> (u16, Value) {
-    let mut args = vec![
-        "-s".to_owned(),
-        "-o".into(),
-        "-".into(),
-        "-w".into(),
-        "\n%{http_code}".into(),
-        url.to_owned(),
-    ];
-    if let Some(t) = token {
-        args.push("-H".into());
-        args.push(format!("Authorization: Bearer {t}"));
-    }
+/// curl with `args`, answering (status, JSON body or null).
+fn curl(args: &[String]) -> (u16, Value) {
     let out = Command::new("curl")
-        .args(&args)
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
         .output()
         .expect("curl is needed: apt-get install -y curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -139,27 +129,40 @@ fn get(url: &str, token: Option<&str>) -> (u16, Value) {
         code.trim().parse().unwrap_or(0),
         serde_json::from_str(body).unwrap_or(Value::Null),
     )
+}
+
+fn bearer(token: &str) -> [String; 2] {
+    ["-H".into(), format!("Authorization: Bearer {token}")]
+}
+
+fn get(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut args = vec![url.to_owned()];
+    args.extend(token.into_iter().flat_map(bearer));
+    curl(&args)
 }
 
 /// A JSON POST with a bearer token, by curl; answers (status, body).
 fn post(url: &str, token: &str, body: &Value) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .args(["-H", "Content-Type: application/json", "--data-binary"])
-        .arg(body.to_string())
-        .arg(url)
-        .output()
-        .expect("curl is needed: apt-get install -y curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    let mut args: Vec<String> = vec!["-X".into(), "POST".into()];
+    args.extend(bearer(token));
+    args.extend([
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "--data-binary".into(),
+        body.to_string(),
+        url.to_owned(),
+    ]);
+    curl(&args)
 }
 
-/// Polls a workspace through the API until `check` holds.
+/// A DELETE with a bearer token, by curl; answers its status.
+fn delete(url: &str, token: &str) -> u16 {
+    let mut args: Vec<String> = vec!["-X".into(), "DELETE".into()];
+    args.extend(bearer(token));
+    args.push(url.to_owned());
+    curl(&args).0
+}
+
 fn wait_workspace(
     url: &str,
     token: &str,
@@ -860,24 +863,10 @@ fn the_trial_runs_workspaces_with_its_data_and_binary_under_a_private_directory(
         serde_json::json!(["README.md"]),
         "{w:#}"
     );
-    let (s, _) = {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "DELETE",
-            ])
-            .args(["-H", &format!("Authorization: Bearer {token}")])
-            .arg(format!("{}/api/v1/workspaces/{a}", p.url))
-            .output()
-            .unwrap();
-        (String::from_utf8_lossy(&out.stdout).into_owned(), ())
-    };
-    assert_eq!(s, "204");
+    assert_eq!(
+        delete(&format!("{}/api/v1/workspaces/{a}", p.url), &token),
+        204
+    );
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
