@@ -3,7 +3,8 @@
 //! many tiny files, one huge file).
 //! Run: `cargo bench --bench backup`; `DEVCELL_BENCH_BACKUP_MB` sets the size per mix (default
 //! 256), `DEVCELL_BENCH_MIXES=text-heavy,one-huge` picks mixes, `DEVCELL_BENCH_ONLY_DEVCELL=1`
-//! times devcell's full backups alone (for a profiler).
+//! times devcell's full backups alone (for a profiler), `DEVCELL_BENCH_CELL_LOG=devcell=debug`
+//! prints the cell's log (its `RUST_LOG`) after each backup through the API.
 //!
 //! Then the same mixes through the product's path: a real cell, a running workspace and
 //! `POST /api/v1/workspaces/{id}/backups`, against restic on the workspace's files.
@@ -431,7 +432,10 @@ fn api_path(base: &Path, mixes: &[Mix], mb: usize) {
         .args(["up", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data)
         .env("DEVCELL_WORKSPACE__FILE_REPOS", root.join("repos"))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("DEVCELL_BENCH_CELL_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(root.join("cell.log")).unwrap())
         .spawn()
@@ -490,6 +494,7 @@ fn api_path(base: &Path, mixes: &[Mix], mb: usize) {
     let files_dir = data.join("workspaces").join(&id).join("workspace");
     let owner = std::fs::metadata(&files_dir).unwrap();
     println!("through the API (a running workspace, POST /backups) against restic on its files:");
+    let mut logged = 0;
     for (n, mix) in mixes.iter().enumerate() {
         let bench_dir = files_dir.join("app/bench");
         let (files, bytes) = mix.generate(&bench_dir, mb);
@@ -527,6 +532,13 @@ fn api_path(base: &Path, mixes: &[Mix], mb: usize) {
             d.as_secs_f64(),
             r.as_secs_f64() / d.as_secs_f64()
         );
+        if std::env::var_os("DEVCELL_BENCH_CELL_LOG").is_some() {
+            let log = std::fs::read_to_string(root.join("cell.log")).unwrap_or_default();
+            for line in log.lines().skip(logged) {
+                println!("    cell: {line}");
+            }
+            logged = log.lines().count();
+        }
         std::fs::remove_dir_all(&bench_dir).unwrap();
         std::fs::remove_dir_all(&repo).unwrap();
     }

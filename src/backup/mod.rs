@@ -6,11 +6,16 @@
 //! `<workspace id>/home/...` when the policy backs up homes), tagged with the workspace and
 //! organization ids. The agent's run directory is never included.
 //!
+//! rustic_core writes every snapshot; the cell walks the workspace itself (`source`) and
+//! stores small files' contents ahead of it (`small`), in the same format, for speed.
+//!
 //! rustic_core is blocking and takes no locks of its own: every operation here runs on the
 //! caller's thread (use `spawn_blocking`) and holds the store's mutex, so a prune never runs
 //! beside a backup.
 
 pub mod s3;
+mod small;
+mod source;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,51 +34,16 @@ use time::OffsetDateTime;
 /// metadata; the change time moves with every write and cannot be set back by a workspace.
 /// `None` when anything cannot be read (the backup then takes the long way).
 pub fn fingerprint(dir: &Path, include_home: bool) -> Option<[u8; 32]> {
-    use sha2::Digest;
-    use std::os::unix::fs::MetadataExt;
-    fn walk(dir: &Path, rel: &str, top: bool, home: bool, h: &mut sha2::Sha256) -> Option<()> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .ok()?
-            .collect::<Result<_, _>>()
-            .ok()?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if top
-                && (name == "run"
-                    || name == STATE
-                    || name == RESTORING
-                    || (name == "home" && !home))
-            {
-                continue;
-            }
-            let m = std::fs::symlink_metadata(e.path()).ok()?;
-            let path = format!("{rel}/{name}");
-            h.update(path.as_bytes());
-            h.update([0]);
-            for n in [
-                m.mode() as u64,
-                m.uid() as u64,
-                m.gid() as u64,
-                m.size(),
-                m.mtime() as u64,
-                m.mtime_nsec() as u64,
-                m.ctime() as u64,
-                m.ctime_nsec() as u64,
-                m.ino(),
-            ] {
-                h.update(n.to_le_bytes());
-            }
-            if m.is_dir() {
-                walk(&e.path(), &path, false, home, h)?;
-            }
-        }
-        Some(())
+    source::survey(dir, &skipped(include_home)).map(|s| s.print)
+}
+
+/// The names at the top of a workspace directory that no snapshot holds.
+fn skipped(include_home: bool) -> Vec<&'static str> {
+    let mut skip = vec!["run", STATE, RESTORING];
+    if !include_home {
+        skip.push("home");
     }
-    let mut h = sha2::Sha256::new();
-    walk(dir, "", true, include_home, &mut h)?;
-    Some(h.finalize().into())
+    skip
 }
 
 /// The cell's own directory for the sandbox, never backed up.
@@ -266,16 +236,10 @@ impl BackupStore {
     /// saved.
     fn same_tree(
         &self,
-        repo: &Repository<rustic_core::IndexedIdsStatus>,
-        parent: &str,
+        repo: &Repository<impl rustic_core::Open>,
+        p: &SnapshotFile,
         mut snap: SnapshotFile,
     ) -> Result<Taken, BackupError> {
-        let p = repo
-            .get_snapshots(&[parent])
-            .map_err(|e| self.err(e))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| self.err(format!("snapshot {parent} is not in the store")))?;
         let mut summary = p.summary.clone().unwrap_or_default();
         summary.files_new = 0;
         summary.files_changed = 0;
@@ -345,16 +309,25 @@ impl BackupStore {
 
     fn snapshot_locked(&self, src: &Source<'_>) -> Result<Taken, BackupError> {
         let t = std::time::Instant::now();
-        // Taken before anything is read: a change made during the backup makes the next
+        let repo = self.open()?;
+        // Taken before any file is read: a change made during the backup makes the next
         // fingerprint differ, so it is never mistaken for unchanged.
-        let print = fingerprint(src.dir, src.include_home);
+        let survey = source::survey(src.dir, &skipped(src.include_home));
+        let print = survey.as_ref().map(|s| s.print);
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "fingerprint taken");
-        let repo = self.open()?.to_indexed_ids().map_err(|e| self.err(e))?;
-        tracing::debug!(
-            ms = t.elapsed().as_millis() as u64,
-            "backup store open and indexed"
-        );
-        let taken = self.snapshot_indexed(repo, src, print.as_ref())?;
+        let snap = SnapshotOptions::default()
+            .host(HOST.to_string())
+            .label(src.trigger.to_string())
+            .command(format!("devcell backup ({})", src.trigger))
+            .add_tags(&format!("{},{}", src.workspace, src.org))
+            .and_then(|o| o.to_snapshot())
+            .map_err(|e| self.err(e))?;
+        // A parent gone from the store (pruned by hand) leaves rustic to choose.
+        let parent = src
+            .verified_parent
+            .and_then(|p| repo.get_snapshots(&[p]).ok())
+            .and_then(|s| s.into_iter().next());
+        let taken = self.snapshot_open(repo, src, parent.as_ref(), snap, survey)?;
         if let Some(p) = print
             && let Ok(mut prints) = self.prints.lock()
         {
@@ -370,11 +343,117 @@ impl BackupStore {
         Ok(taken)
     }
 
+    fn snapshot_open(
+        &self,
+        repo: Repository<OpenStatus>,
+        src: &Source<'_>,
+        parent: Option<&SnapshotFile>,
+        snap: SnapshotFile,
+        survey: Option<source::Survey>,
+    ) -> Result<Taken, BackupError> {
+        // Nothing changed since the last verified snapshot (same fingerprint): a new snapshot
+        // of the same tree, without loading the index or rustic walking every file again.
+        if let (Some(parent), Some(survey)) = (parent, &survey) {
+            let unchanged = self
+                .prints
+                .lock()
+                .ok()
+                .and_then(|p| p.get(src.workspace).cloned())
+                .is_some_and(|(id, p)| id == parent.id.to_hex().as_str() && p == survey.print);
+            if unchanged {
+                match self.same_tree(&repo, parent, snap.clone()) {
+                    Ok(taken) => return Ok(taken),
+                    Err(e) => tracing::warn!(error = %e, "unchanged files backed up the long way"),
+                }
+            }
+        }
+        let t = std::time::Instant::now();
+        let repo = repo.to_indexed().map_err(|e| self.err(e))?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "backup store indexed");
+        let packed = match &survey {
+            Some(survey) => self.pack_small(&repo, src.dir, parent, survey),
+            None => small::Packed::default(),
+        };
+        if packed.blobs == 0 {
+            return self.snapshot_indexed(repo, src, parent, snap, survey, 0);
+        }
+        // The index now names blobs rustic's loaded one does not: load it again.
+        let repo = repo
+            .drop_index()
+            .to_indexed_ids()
+            .map_err(|e| self.err(e))?;
+        self.snapshot_indexed(repo, src, parent, snap, survey, packed.bytes)
+    }
+
+    /// Stores the small files changed since `parent` (all of them without one) ahead of
+    /// rustic (see [`small`]). Only a shortcut: on failure rustic stores them itself.
+    fn pack_small(
+        &self,
+        repo: &Repository<rustic_core::IndexedFullStatus>,
+        dir: &Path,
+        parent: Option<&SnapshotFile>,
+        survey: &source::Survey,
+    ) -> small::Packed {
+        let t = std::time::Instant::now();
+        // A file changed since the parent was taken has a later change time (which a workspace
+        // cannot set back); a second of slack for coarse clocks. Unchanged ones rustic skips by
+        // their metadata without reading them.
+        let since = parent.map(|p| p.time.timestamp().as_second() - 1);
+        let config = repo.config();
+        let below = config.chunk_min_size().min(config.chunk_size()) as u64;
+        let files: Vec<PathBuf> = survey
+            .small(below)
+            .filter(|(_, ctime)| since.is_none_or(|s| *ctime >= s))
+            .map(|(rel, _)| rel.to_owned())
+            .collect();
+        if files.is_empty() {
+            return small::Packed::default();
+        }
+        let key = match self.key.lock().ok().and_then(|k| k.clone()) {
+            Some(key) => key,
+            None => return small::Packed::default(),
+        };
+        let known = |id: &small::BlobId| {
+            hex::encode(id)
+                .parse::<rustic_core::Id>()
+                .is_ok_and(|id| repo.get_index_entry(&rustic_core::DataId::from(id)).is_ok())
+        };
+        let job = small::Job {
+            backend: self.backend.as_ref(),
+            key: &key,
+            zstd: config.zstd().ok().flatten(),
+            pack_size: config.packsize(rustic_core::repofile::BlobType::Data).0 as usize,
+            dir,
+            files: &files,
+            below,
+            known: &known,
+        };
+        match small::pack(&job) {
+            Ok(packed) => {
+                tracing::debug!(
+                    ms = t.elapsed().as_millis() as u64,
+                    files = files.len(),
+                    blobs = packed.blobs,
+                    packs = packed.packs,
+                    "small files packed"
+                );
+                packed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "small files not packed ahead; rustic stores them");
+                small::Packed::default()
+            }
+        }
+    }
+
     fn snapshot_indexed(
         &self,
-        repo: Repository<rustic_core::IndexedIdsStatus>,
+        repo: Repository<impl rustic_core::IndexedIds>,
         src: &Source<'_>,
-        print: Option<&[u8; 32]>,
+        parent: Option<&SnapshotFile>,
+        snap: SnapshotFile,
+        survey: Option<source::Survey>,
+        packed_bytes: u64,
     ) -> Result<Taken, BackupError> {
         let dir = src.dir.to_string_lossy();
         let mut globs = vec![
@@ -393,43 +472,27 @@ impl BackupStore {
         // The parent is the workspace's last snapshot whatever its trigger: rustic's own
         // choice groups by label, and a "stop" snapshot after "interval" ones would then read
         // every file again instead of only the changed ones.
-        // A parent gone from the store (pruned by hand) leaves rustic to choose.
-        if let Some(parent) = src.verified_parent
-            && repo.get_snapshots(&[parent]).is_ok_and(|s| !s.is_empty())
-        {
-            opts.parent_opts.parents = vec![parent.to_owned()];
+        if let Some(parent) = parent {
+            opts.parent_opts.parents = vec![parent.id.to_hex().as_str().to_owned()];
         }
-        let snap = SnapshotOptions::default()
-            .host(HOST.to_string())
-            .label(src.trigger.to_string())
-            .command(format!("devcell backup ({})", src.trigger))
-            .add_tags(&format!("{},{}", src.workspace, src.org))
-            .and_then(|o| o.to_snapshot())
-            .map_err(|e| self.err(e))?;
-        // Nothing changed since the last verified snapshot (same fingerprint): a new snapshot
-        // of the same tree, without rustic walking and comparing every file again.
-        if let (Some(parent), Some(print)) = (src.verified_parent, print) {
-            let unchanged = self
-                .prints
-                .lock()
-                .ok()
-                .and_then(|p| p.get(src.workspace).cloned())
-                .is_some_and(|(id, p)| id == parent && p == *print);
-            if unchanged {
-                match self.same_tree(&repo, parent, snap.clone()) {
-                    Ok(taken) => return Ok(taken),
-                    Err(e) => tracing::warn!(error = %e, "unchanged files backed up the long way"),
-                }
+        let tb = std::time::Instant::now();
+        let written = match survey {
+            // The entries already walked (see `source`).
+            Some(survey) => {
+                let files =
+                    source::WorkspaceSource::new(src.dir, survey).map_err(|e| self.err(e))?;
+                repo.archive(&opts, &files, snap, &[src.dir.to_path_buf()])
+            }
+            // Something could not be read on the way: rustic walks by itself and skips it.
+            None => {
+                let sources = PathList::from_string(&dir)
+                    .map_err(|e| self.err(e))?
+                    .sanitize()
+                    .map_err(|e| self.err(e))?;
+                repo.backup(&opts, &sources, snap)
             }
         }
-        let sources = PathList::from_string(&dir)
-            .map_err(|e| self.err(e))?
-            .sanitize()
-            .map_err(|e| self.err(e))?;
-        let tb = std::time::Instant::now();
-        let written = repo
-            .backup(&opts, &sources, snap)
-            .map_err(|e| self.err(e))?;
+        .map_err(|e| self.err(e))?;
         tracing::debug!(ms = tb.elapsed().as_millis() as u64, "rustic backup done");
         let summary = written.summary.clone().unwrap_or_default();
         let id = written.id.to_hex().as_str().to_owned();
@@ -447,15 +510,12 @@ impl BackupStore {
         let stored = stored
             .first()
             .ok_or_else(|| unverified("not in the store".into()))?;
-        if let Some(previous) = src.verified_parent
-            && let Ok(p) = repo.get_snapshots(&[previous])
-            && p.first().is_some_and(|p| p.tree == stored.tree)
-        {
+        if parent.is_some_and(|p| p.tree == stored.tree) {
             return Ok(Taken {
                 id,
                 files: summary.total_files_processed,
                 bytes: summary.total_bytes_processed,
-                added_bytes: summary.data_added,
+                added_bytes: summary.data_added + packed_bytes,
             });
         }
         let repo = repo
@@ -487,7 +547,7 @@ impl BackupStore {
             id,
             files,
             bytes: summary.total_bytes_processed,
-            added_bytes: summary.data_added,
+            added_bytes: summary.data_added + packed_bytes,
         })
     }
 

@@ -202,6 +202,227 @@ fn the_store_is_a_restic_repository_that_stock_restic_reads() {
     assert!(wrong.list().is_err());
 }
 
+/// Every kind of entry a workspace holds, written by the cell's own walk and pack writer, as
+/// stock restic records the same tree: the nodes `restic ls` shows match field for field, and
+/// `restic restore` brings back the same bytes, modes, owners, link targets and attributes.
+#[test]
+fn small_files_links_and_special_entries_read_back_from_stock_restic_as_restic_stores_them() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws_01kinds");
+    let files = ws.join("workspace");
+    // Many small files (one blob each, packed by the cell), some identical.
+    for i in 0..400u32 {
+        write(
+            &files.join(format!("src/m{}/f{i}.txt", i % 7)),
+            format!("file {i}: {}\n", "text ".repeat((i % 50) as usize)).as_bytes(),
+        );
+    }
+    for i in 0..20 {
+        write(&files.join(format!("dup/d{i}.txt")), b"the same bytes\n");
+    }
+    let noise: Vec<u8> = (0..700_000u64)
+        .map(|i| (i.wrapping_mul(6364136223846793005) >> 33) as u8)
+        .collect();
+    // Around the one-blob limit (512 KiB) and beyond the 1 MiB chunk.
+    write(&files.join("edge/below.bin"), &noise[..512 * 1024 - 1]);
+    write(&files.join("edge/at.bin"), &noise[..512 * 1024]);
+    write(&files.join("edge/above.bin"), &noise[..512 * 1024 + 1]);
+    let large: Vec<u8> = noise.iter().chain(noise.iter()).copied().collect();
+    write(&files.join("edge/large.bin"), &large);
+    write(&files.join("edge/empty"), b"");
+    // A link out of the workspace is kept as a link, never followed.
+    std::os::unix::fs::symlink("/etc/shadow", files.join("shadow-link")).unwrap();
+    std::fs::hard_link(files.join("dup/d0.txt"), files.join("hard.txt")).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(files.join("pipe"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    write(&files.join("bin/tool"), b"#!/bin/sh\n");
+    std::fs::set_permissions(
+        files.join("bin/tool"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    std::fs::create_dir_all(files.join("tmp")).unwrap();
+    std::fs::set_permissions(files.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // Workspace files belong to uids the host has no name for.
+    for f in ["src/m0/f0.txt", "bin/tool", "shadow-link"] {
+        lchown(files.join(f), Some(4242), Some(4343)).unwrap();
+    }
+    rustix::fs::setxattr(
+        files.join("src/m1/f1.txt"),
+        "user.devcell",
+        b"kept",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+
+    let repo = tmp.path().join("repo");
+    let store = BackupStore::local(&repo, "pw-1", &tmp.path().join("cache")).unwrap();
+    let taken = store
+        .snapshot(&Source {
+            dir: &ws,
+            workspace: "ws_01kinds",
+            org: "org_01test",
+            include_home: false,
+            trigger: "manual",
+            verified_parent: None,
+        })
+        .unwrap();
+    restic(&repo, "pw-1", &["check", "--read-data"]);
+    let blobs = restic(&repo, "pw-1", &["list", "blobs"]);
+    let mut ids: Vec<&str> = blobs.lines().collect();
+    let listed = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), listed, "a blob is stored twice");
+
+    // Stock restic's own backup of the same directory records the same nodes.
+    let theirs = tmp.path().join("restic-repo");
+    restic(&theirs, "pw-1", &["init"]);
+    restic(&theirs, "pw-1", &["backup", files.to_str().unwrap()]);
+    let nodes = |repo: &Path, snapshot: &str, prefix: &str| -> Vec<Value> {
+        let out = restic(repo, "pw-1", &["ls", "--json", snapshot]);
+        let mut nodes: Vec<Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|n| n["struct_type"] == "node")
+            .filter_map(|n| {
+                let path = n["path"].as_str()?.strip_prefix(prefix)?.to_owned();
+                let mut keep = json!({ "path": path });
+                for k in [
+                    "type",
+                    "mode",
+                    "uid",
+                    "gid",
+                    "size",
+                    "mtime",
+                    "inode",
+                    "permissions",
+                ] {
+                    keep[k] = n[k].clone();
+                }
+                Some(keep)
+            })
+            .collect();
+        nodes.sort_by_key(|n| n["path"].as_str().unwrap_or_default().to_owned());
+        nodes
+    };
+    let ours = nodes(&repo, &taken.id, "/ws_01kinds/workspace");
+    let stock = nodes(&theirs, "latest", files.to_str().unwrap());
+    assert!(ours.len() > 430, "{}", ours.len());
+    assert_eq!(ours, stock);
+
+    // restic's restore brings back the bytes, modes, owners, links and attributes.
+    let out = tmp.path().join("out");
+    restic(
+        &repo,
+        "pw-1",
+        &["restore", &taken.id, "--target", out.to_str().unwrap()],
+    );
+    let back = out.join("ws_01kinds/workspace");
+    for entry in [
+        "src/m3/f10.txt",
+        "src/m0/f399.txt",
+        "dup/d7.txt",
+        "hard.txt",
+    ] {
+        assert_eq!(
+            std::fs::read(back.join(entry)).unwrap(),
+            std::fs::read(files.join(entry)).unwrap(),
+            "{entry}"
+        );
+    }
+    for name in ["below.bin", "at.bin", "above.bin", "large.bin", "empty"] {
+        assert_eq!(
+            std::fs::read(back.join("edge").join(name)).unwrap(),
+            std::fs::read(files.join("edge").join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(back.join("shadow-link")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+    let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+    for f in ["src/m0/f0.txt", "bin/tool", "tmp", "pipe", "shadow-link"] {
+        let (a, b) = (meta(&files.join(f)), meta(&back.join(f)));
+        assert_eq!(
+            (a.mode(), a.uid(), a.gid()),
+            (b.mode(), b.uid(), b.gid()),
+            "{f}"
+        );
+    }
+    let mut value = [0u8; 16];
+    let n = rustix::fs::getxattr(back.join("src/m1/f1.txt"), "user.devcell", &mut value).unwrap();
+    assert_eq!(&value[..n], b"kept");
+
+    // Another workspace with the same files stores none of their contents again.
+    let before = blobs.lines().filter(|l| l.starts_with("data ")).count();
+    assert!(before > 300, "{blobs}");
+    let other = tmp.path().join("ws_01other");
+    assert!(
+        Command::new("cp")
+            .args(["-a", ws.to_str().unwrap(), other.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let copy = store
+        .snapshot(&Source {
+            dir: &other,
+            workspace: "ws_01other",
+            org: "org_01test",
+            include_home: false,
+            trigger: "manual",
+            verified_parent: None,
+        })
+        .unwrap();
+    assert_eq!(copy.files, taken.files);
+    let data_blobs = || {
+        restic(&repo, "pw-1", &["list", "blobs"])
+            .lines()
+            .filter(|l| l.starts_with("data "))
+            .count()
+    };
+    assert_eq!(data_blobs(), before, "{copy:?}");
+
+    // Small files changed after a snapshot are in the next one.
+    write(
+        &files.join("src/m2/f2.txt"),
+        b"changed after the first snapshot\n",
+    );
+    write(
+        &files.join("src/new.txt"),
+        b"new after the first snapshot\n",
+    );
+    let next = store
+        .snapshot(&Source {
+            dir: &ws,
+            workspace: "ws_01kinds",
+            org: "org_01test",
+            include_home: false,
+            trigger: "manual",
+            verified_parent: Some(&taken.id),
+        })
+        .unwrap();
+    let again = tmp.path().join("again");
+    store.restore(&next.id, "ws_01kinds", &again).unwrap();
+    assert_eq!(
+        std::fs::read(again.join("workspace/src/m2/f2.txt")).unwrap(),
+        b"changed after the first snapshot\n"
+    );
+    assert_eq!(
+        std::fs::read(again.join("workspace/src/new.txt")).unwrap(),
+        b"new after the first snapshot\n"
+    );
+    restic(&repo, "pw-1", &["check", "--read-data"]);
+}
+
 fn fast_backups(c: &mut devcell::config::Config) {
     c.backup.loop_interval = Duration::from_millis(100);
     c.backup.cleanup_interval = Duration::from_millis(100);
