@@ -367,21 +367,13 @@ impl BackupStore {
                 }
             }
         }
-        let t = std::time::Instant::now();
-        let repo = repo.to_indexed().map_err(|e| self.err(e))?;
-        tracing::debug!(ms = t.elapsed().as_millis() as u64, "backup store indexed");
         let packed = match &survey {
             Some(survey) => self.pack_small(&repo, src.dir, parent, survey),
             None => small::Packed::default(),
         };
-        if packed.blobs == 0 {
-            return self.snapshot_indexed(repo, src, parent, snap, survey, 0);
-        }
-        // The index now names blobs rustic's loaded one does not: load it again.
-        let repo = repo
-            .drop_index()
-            .to_indexed_ids()
-            .map_err(|e| self.err(e))?;
+        let t = std::time::Instant::now();
+        let repo = repo.to_indexed_ids().map_err(|e| self.err(e))?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "backup store indexed");
         self.snapshot_indexed(repo, src, parent, snap, survey, packed.bytes)
     }
 
@@ -389,7 +381,7 @@ impl BackupStore {
     /// rustic (see [`small`]). Only a shortcut: on failure rustic stores them itself.
     fn pack_small(
         &self,
-        repo: &Repository<rustic_core::IndexedFullStatus>,
+        repo: &Repository<OpenStatus>,
         dir: &Path,
         parent: Option<&SnapshotFile>,
         survey: &source::Survey,
@@ -409,15 +401,36 @@ impl BackupStore {
         if files.is_empty() {
             return small::Packed::default();
         }
-        let key = match self.key.lock().ok().and_then(|k| k.clone()) {
-            Some(key) => key,
-            None => return small::Packed::default(),
+        let Some(key) = self.key.lock().ok().and_then(|k| k.clone()) else {
+            return small::Packed::default();
         };
-        let known = |id: &small::BlobId| {
-            hex::encode(id)
-                .parse::<rustic_core::Id>()
-                .is_ok_and(|id| repo.get_index_entry(&rustic_core::DataId::from(id)).is_ok())
+        // The data blobs the store holds, from its index files (rustic loads them again for
+        // the backup, with these packs).
+        let stored: Result<std::collections::HashSet<rustic_core::Id>, _> = repo
+            .stream_files::<rustic_core::repofile::IndexFile>()
+            .and_then(|files| {
+                let mut ids = std::collections::HashSet::new();
+                for file in files {
+                    let (_, index) = file?;
+                    for pack in index.packs {
+                        ids.extend(
+                            pack.blobs
+                                .iter()
+                                .filter(|b| b.tpe == rustic_core::repofile::BlobType::Data)
+                                .map(|b| *b.id),
+                        );
+                    }
+                }
+                Ok(ids)
+            });
+        let stored = match stored {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "small files not packed ahead: the index did not read");
+                return small::Packed::default();
+            }
         };
+        let known = |id: &small::BlobId| stored.contains(&rustic_core::Id::new(*id));
         let job = small::Job {
             backend: self.backend.as_ref(),
             key: &key,
