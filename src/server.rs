@@ -220,6 +220,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         metrics,
         workers: supervisor.statuses(),
         ready: ready.clone(),
+        flashes: Default::default(),
     };
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let mut stop = stop_rx;

@@ -899,9 +899,43 @@ async fn org_page(State(st): State<AppState>, headers: HeaderMap) -> Response {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    match org_view(&st, &actor, csrf, None, None) {
+    let flash = st.flashes.take(&csrf);
+    match org_view(&st, &actor, csrf, flash.invitation, flash.message) {
         Ok(v) => Html(ui::org_page(v)).into_response(),
         Err(e) => error_page(e),
+    }
+}
+
+/// What a form's answer has to say on the page the browser is sent back to: kept in the
+/// cell's memory under the session's CSRF token for a minute, and shown once. Not a cookie:
+/// port origins share the dashboard's cookie domain and could plant one.
+#[derive(Default)]
+pub struct Flashes(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Flash)>>,
+);
+
+#[derive(Default)]
+pub struct Flash {
+    message: Option<String>,
+    /// A new invitation's link (a secret: shown to the owner who made it, once).
+    invitation: Option<String>,
+}
+
+impl Flashes {
+    const KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn put(&self, session_csrf: &str, flash: Flash) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, (at, _)| at.elapsed() < Self::KEPT);
+        m.insert(session_csrf.to_owned(), (std::time::Instant::now(), flash));
+    }
+
+    fn take(&self, session_csrf: &str) -> Flash {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(session_csrf)
+            .filter(|(at, _)| at.elapsed() < Self::KEPT)
+            .map(|(_, f)| f)
+            .unwrap_or_default()
     }
 }
 
@@ -926,8 +960,21 @@ async fn org_invite(
         let role = parse_role(&f.role)?;
         st.cell.create_invitation(&actor, &org.id, role)
     });
-    match result.and_then(|inv| org_view(&st, &actor, csrf, Some(inv.url), None)) {
-        Ok(v) => Html(ui::org_page(v)).into_response(),
+    match result {
+        Ok(inv) if !csrf.is_empty() => {
+            st.flashes.put(
+                &csrf,
+                Flash {
+                    message: None,
+                    invitation: Some(inv.url),
+                },
+            );
+            Redirect::to("/org").into_response()
+        }
+        Ok(inv) => match org_view(&st, &actor, csrf, Some(inv.url), None) {
+            Ok(v) => Html(ui::org_page(v)).into_response(),
+            Err(e) => error_page(e),
+        },
         Err(e) => error_page(e),
     }
 }
@@ -1551,6 +1598,17 @@ fn back_to_org(
 ) -> Response {
     match result {
         Ok(()) => Redirect::to("/org").into_response(),
+        // Said on the organization page, which the browser goes back to.
+        Err(e) if refused(&e) && !csrf.is_empty() => {
+            st.flashes.put(
+                &csrf,
+                Flash {
+                    message: Some(e.to_string()),
+                    invitation: None,
+                },
+            );
+            Redirect::to("/org").into_response()
+        }
         Err(e) if refused(&e) => match org_view(st, actor, csrf, None, Some(e.to_string())) {
             Ok(v) => (status, Html(ui::org_page(v))).into_response(),
             Err(e) => error_page(e),

@@ -41,6 +41,8 @@ pub struct AppState {
     pub workers: StatusBoard,
     /// Set once startup is complete; `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
+    /// What dashboard forms have to say on the page they send the browser back to.
+    pub flashes: Arc<crate::web::Flashes>,
 }
 
 /// A JSON body whose rejections use the API's error format.

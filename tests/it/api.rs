@@ -940,15 +940,25 @@ async fn the_organization_page_manages_members_invitations_classes_and_the_whole
         "{s}"
     );
 
-    // Pending invitations are listed and can be revoked.
-    let (s, page) = c
+    // A new invitation's link shows once, on the organization page the browser goes back to.
+    let (s, to) = c
         .post_form(
             &cookie,
             "/org/invite",
             &[("_csrf", &csrf), ("role", "member")],
         )
         .await;
-    assert!(s.is_success(), "{s} {page}");
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/org"));
+    let page = c.page_with(&cookie, "/org").await;
+    assert!(page.contains("id=\"invitation-link\""), "{page}");
+    assert!(page.contains("/invite/"), "{page}");
+    assert!(
+        !c.page_with(&cookie, "/org")
+            .await
+            .contains("id=\"invitation-link\""),
+        "the link shows once"
+    );
+    // Pending invitations are listed and can be revoked.
     let (_, invs) = c
         .owner(
             Method::GET,
@@ -1064,12 +1074,17 @@ async fn the_organization_page_manages_members_invitations_classes_and_the_whole
         page.contains("value=\"30\"") && page.contains("Backups always kept"),
         "{page}"
     );
-    // No class at all, or a number that is not one: said on the page, nothing saved.
-    let (s, page) = post_policy(policy_form(None, "3")).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    // No class at all, or a number that is not one: said on the organization page the
+    // browser goes back to (once), nothing saved.
+    let (s, to) = post_policy(policy_form(None, "3")).await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/org"));
+    let page = c.page_with(&cookie, "/org").await;
     assert!(page.contains("check at least one class"), "{page}");
-    let (s, page) = post_policy(policy_form(Some(&first), "lots")).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let page = c.page_with(&cookie, "/org").await;
+    assert!(!page.contains("check at least one class"), "{page}");
+    let (s, to) = post_policy(policy_form(Some(&first), "lots")).await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/org"));
+    let page = c.page_with(&cookie, "/org").await;
     assert!(
         page.contains("backup_keep_last") && page.contains("whole number"),
         "{page}"
