@@ -47,56 +47,55 @@ impl Survey {
 /// Walks `dir` without following links, leaving out the names in `skip` at its top.
 /// `None` when anything cannot be read (the backup then lets rustic walk).
 pub fn survey(dir: &Path, skip: &[&str]) -> Option<Survey> {
-    fn walk(
-        dir: &Path,
-        rel: &Path,
-        skip: &[&str],
-        h: &mut sha2::Sha256,
-        out: &mut Vec<Entry>,
-    ) -> Option<()> {
+    fn sorted(dir: &Path) -> Option<std::vec::IntoIter<std::fs::DirEntry>> {
         let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
             .ok()?
             .collect::<Result<_, _>>()
             .ok()?;
         entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            if skip.iter().any(|s| name == *s) {
-                continue;
-            }
-            // Relative to the directory's handle, without following a link.
-            let m = e.metadata().ok()?;
-            let rel = rel.join(&name);
-            h.update(b"/");
-            h.update(rel.as_os_str().as_encoded_bytes());
-            h.update([0]);
-            for n in [
-                m.mode() as u64,
-                m.uid() as u64,
-                m.gid() as u64,
-                m.size(),
-                m.mtime() as u64,
-                m.mtime_nsec() as u64,
-                m.ctime() as u64,
-                m.ctime_nsec() as u64,
-                m.ino(),
-            ] {
-                h.update(n.to_le_bytes());
-            }
-            let is_dir = m.is_dir();
-            out.push(Entry {
-                rel: rel.clone(),
-                meta: m,
-            });
-            if is_dir {
-                walk(&e.path(), &rel, &[], h, out)?;
-            }
-        }
-        Some(())
+        Some(entries.into_iter())
     }
     let mut h = sha2::Sha256::new();
     let mut entries = Vec::new();
-    walk(dir, Path::new(""), skip, &mut h, &mut entries)?;
+    // Depth first without recursion: a workspace can nest directories as deep as it likes.
+    let mut open = vec![(PathBuf::new(), sorted(dir)?)];
+    while let Some((rel, next)) = open.last_mut() {
+        let Some(e) = next.next() else {
+            open.pop();
+            continue;
+        };
+        let name = e.file_name();
+        let rel = rel.join(&name);
+        if open.len() == 1 && skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        // Relative to the directory's handle, without following a link.
+        let m = e.metadata().ok()?;
+        h.update(b"/");
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        for n in [
+            m.mode() as u64,
+            m.uid() as u64,
+            m.gid() as u64,
+            m.size(),
+            m.mtime() as u64,
+            m.mtime_nsec() as u64,
+            m.ctime() as u64,
+            m.ctime_nsec() as u64,
+            m.ino(),
+        ] {
+            h.update(n.to_le_bytes());
+        }
+        let is_dir = m.is_dir();
+        entries.push(Entry {
+            rel: rel.clone(),
+            meta: m,
+        });
+        if is_dir {
+            open.push((rel, sorted(&e.path())?));
+        }
+    }
     Some(Survey {
         print: h.finalize().into(),
         entries,
@@ -313,6 +312,28 @@ fn go_mode(mode: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A workspace can nest directories deeper than any path may be long; the walk (on a
+    /// blocking thread's 2 MiB stack) gives up there instead of overflowing.
+    #[test]
+    fn a_tree_nested_beyond_the_longest_path_is_refused_not_overflowed() {
+        use rustix::fs::{Mode, OFlags};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut fd = rustix::fs::open(tmp.path(), OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for _ in 0..2500 {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            fd = rustix::fs::openat(&fd, "d", OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        rustix::fs::mkdirat(&fd, "bottom", Mode::from_raw_mode(0o755)).unwrap();
+        let dir = tmp.path().to_owned();
+        let walked = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || survey(&dir, &[]).is_some())
+            .unwrap()
+            .join()
+            .expect("the walk overflowed its stack");
+        assert!(!walked, "a path longer than PATH_MAX cannot have been read");
+    }
 
     #[test]
     fn modes_are_go_file_modes() {

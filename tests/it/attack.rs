@@ -1110,3 +1110,62 @@ async fn a_repository_whose_configuration_links_out_reveals_nothing() {
     victim.assert_untouched("after the starts");
     c.stop().await;
 }
+
+/// A workspace nests directories deeper than any path may be long (each level made relative
+/// to the last) and asks for a backup. The cell's walk used to recurse once per level; on a
+/// blocking thread's 2 MiB stack that overflowed and aborted the whole cell. Now the backup
+/// answers (the levels past the longest path cannot be read by anyone, restic included) and
+/// everything readable is in the snapshot.
+#[test]
+fn a_workspace_nested_deeper_than_any_path_does_not_bring_the_cell_down() {
+    use devcell::backup::{BackupStore, Source};
+    use rustix::fs::{Mode, OFlags};
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws_01deep");
+    std::fs::create_dir_all(ws.join("workspace")).unwrap();
+    std::fs::write(ws.join("workspace/README.md"), b"still here\n").unwrap();
+    let mut fd = rustix::fs::open(ws.join("workspace"), OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..2500 {
+        rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(&fd, "d", OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    let repo = tmp.path().join("repo");
+    let cache = tmp.path().join("cache");
+    let dir = ws.clone();
+    let (r, c) = (repo.clone(), cache.clone());
+    let taken = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let store = BackupStore::local(&r, "pw-1", &c).unwrap();
+            store.snapshot(&Source {
+                dir: &dir,
+                workspace: "ws_01deep",
+                org: "org_01test",
+                include_home: false,
+                trigger: "manual",
+                verified_parent: None,
+            })
+        })
+        .unwrap()
+        .join()
+        .expect("the backup overflowed its stack");
+    let taken = taken.expect("the readable files are backed up");
+    let out = tmp.path().join("out");
+    // (restic cannot restore the levels past the longest path either: only the file.)
+    restic(
+        &repo,
+        "pw-1",
+        &[
+            "restore",
+            &taken.id,
+            "--include",
+            "/ws_01deep/workspace/README.md",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(out.join("ws_01deep/workspace/README.md")).unwrap(),
+        b"still here\n"
+    );
+}
