@@ -263,16 +263,15 @@ fn small_files_links_and_special_entries_read_back_from_stock_restic_as_restic_s
 
     let repo = tmp.path().join("repo");
     let store = BackupStore::local(&repo, "pw-1", &tmp.path().join("cache")).unwrap();
-    let taken = store
-        .snapshot(&Source {
-            dir: &ws,
-            workspace: "ws_01kinds",
-            org: "org_01test",
-            include_home: false,
-            trigger: "manual",
-            verified_parent: None,
-        })
-        .unwrap();
+    let source = |dir, workspace, verified_parent| Source {
+        dir,
+        workspace,
+        org: "org_01test",
+        include_home: false,
+        trigger: "manual",
+        verified_parent,
+    };
+    let taken = store.snapshot(&source(&ws, "ws_01kinds", None)).unwrap();
     restic(&repo, "pw-1", &["check", "--read-data"]);
     let blobs = restic(&repo, "pw-1", &["list", "blobs"]);
     let mut ids: Vec<&str> = blobs.lines().collect();
@@ -372,16 +371,7 @@ fn small_files_links_and_special_entries_read_back_from_stock_restic_as_restic_s
             .unwrap()
             .success()
     );
-    let copy = store
-        .snapshot(&Source {
-            dir: &other,
-            workspace: "ws_01other",
-            org: "org_01test",
-            include_home: false,
-            trigger: "manual",
-            verified_parent: None,
-        })
-        .unwrap();
+    let copy = store.snapshot(&source(&other, "ws_01other", None)).unwrap();
     assert_eq!(copy.files, taken.files);
     let data_blobs = || {
         restic(&repo, "pw-1", &["list", "blobs"])
@@ -401,14 +391,7 @@ fn small_files_links_and_special_entries_read_back_from_stock_restic_as_restic_s
         b"new after the first snapshot\n",
     );
     let next = store
-        .snapshot(&Source {
-            dir: &ws,
-            workspace: "ws_01kinds",
-            org: "org_01test",
-            include_home: false,
-            trigger: "manual",
-            verified_parent: Some(&taken.id),
-        })
+        .snapshot(&source(&ws, "ws_01kinds", Some(&taken.id)))
         .unwrap();
     let again = tmp.path().join("again");
     store.restore(&next.id, "ws_01kinds", &again).unwrap();
