@@ -1063,7 +1063,7 @@ async fn org_policy(
             if allowed.is_empty() && !classes.is_empty() {
                 return Err(crate::domain::FieldError::new(
                     "allowed_classes",
-                    "check at least one class members may use",
+                    "check at least one",
                 )
                 .into());
             }
@@ -1603,18 +1603,45 @@ fn back_to_org(
             st.flashes.put(
                 &csrf,
                 Flash {
-                    message: Some(e.to_string()),
+                    message: Some(org_message(&e)),
                     invitation: None,
                 },
             );
             Redirect::to("/org").into_response()
         }
-        Err(e) if refused(&e) => match org_view(st, actor, csrf, None, Some(e.to_string())) {
+        Err(e) if refused(&e) => match org_view(st, actor, csrf, None, Some(org_message(&e))) {
             Ok(v) => (status, Html(ui::org_page(v))).into_response(),
             Err(e) => error_page(e),
         },
         Err(e) => error_page(e),
     }
+}
+
+/// A refusal as the organization page says it: a field by its label on the page, not by the
+/// API's name for it.
+fn org_message(e: &Error) -> String {
+    let Error::Invalid(f) = e else {
+        return e.to_string();
+    };
+    let label = match f.field.as_str() {
+        "allowed_classes" => "Classes members may use",
+        "default_timeout" => "Inactivity timeout",
+        "max_timeout" => "Longest timeout members may choose",
+        "max_lifetime" => "Maximum lifetime",
+        "max_running_per_user" => "Running workspaces per member",
+        "backup_keep_last" => "Backups always kept per workspace",
+        "backup_keep_within" => "Also keep backups younger than",
+        "deleted_backup_grace" => "Backups of deleted workspaces stay for",
+        "dormancy" => "Delete workspaces stopped for longer than",
+        "name" => "Class name",
+        "cpu_millis" => "CPU cores",
+        "memory_bytes" => "Memory",
+        "disk_bytes" => "Disk",
+        "max_processes" => "Processes",
+        "role" => "Role",
+        _ => return e.to_string(),
+    };
+    format!("{label}: {}", f.reason)
 }
 
 /// The page form of a workspace id: an unknown one is simply not found.

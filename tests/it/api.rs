@@ -1079,14 +1079,20 @@ async fn the_organization_page_manages_members_invitations_classes_and_the_whole
     let (s, to) = post_policy(policy_form(None, "3")).await;
     assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/org"));
     let page = c.page_with(&cookie, "/org").await;
-    assert!(page.contains("check at least one class"), "{page}");
+    assert!(
+        page.contains("Classes members may use: check at least one"),
+        "{page}"
+    );
     let page = c.page_with(&cookie, "/org").await;
-    assert!(!page.contains("check at least one class"), "{page}");
+    assert!(
+        !page.contains("Classes members may use: check at least one"),
+        "{page}"
+    );
     let (s, to) = post_policy(policy_form(Some(&first), "lots")).await;
     assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/org"));
     let page = c.page_with(&cookie, "/org").await;
     assert!(
-        page.contains("backup_keep_last") && page.contains("whole number"),
+        page.contains("Backups always kept per workspace: must be a whole number"),
         "{page}"
     );
     let (_, p) = c
