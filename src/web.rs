@@ -369,26 +369,33 @@ fn workspace_error(e: Error, id: &str) -> Response {
     error_page_back(e, &format!("/workspaces/{id}"), "Back to the workspace")
 }
 
+/// A refusal or failure as a page. Status and message come from the API's classification
+/// (`api::ApiError`), so a page and a JSON answer never disagree: an internal error is logged
+/// there and shows only that the log has details.
 fn error_page_back(e: Error, back: &str, label: &str) -> Response {
-    let (status, title) = match e {
-        Error::NotFound { .. } => (StatusCode::NOT_FOUND, "Not found"),
-        Error::Forbidden(_) | Error::Csrf => (StatusCode::FORBIDDEN, "Not allowed"),
-        Error::Invalid(_) | Error::Rule(_) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, "That did not work")
-        }
-        Error::Conflict { .. } | Error::Lifecycle(_) => (StatusCode::CONFLICT, "Not now"),
-        Error::Unauthenticated | Error::BadCredentials | Error::BadLink => {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Html(ui::login_page(Some(e.to_string()))),
-            )
-                .into_response();
-        }
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "Something went wrong"),
+    if matches!(
+        e,
+        Error::Unauthenticated | Error::BadCredentials | Error::BadLink
+    ) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(ui::login_page(Some(e.to_string()))),
+        )
+            .into_response();
+    }
+    let answer = crate::api::ApiError::from(e);
+    let title = match answer.status {
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::FORBIDDEN => "Not allowed",
+        StatusCode::UNPROCESSABLE_ENTITY => "That did not work",
+        StatusCode::CONFLICT => "Not now",
+        StatusCode::TOO_MANY_REQUESTS => "Too many attempts",
+        StatusCode::SERVICE_UNAVAILABLE => "Not available right now",
+        _ => "Something went wrong",
     };
     (
-        status,
-        Html(ui::error_page(title, e.to_string(), back, label)),
+        answer.status,
+        Html(ui::error_page(title, answer.body.message, back, label)),
     )
         .into_response()
 }
@@ -1670,6 +1677,41 @@ fn git_views(git: &[crate::domain::entities::GitState]) -> Vec<ui::GitView> {
 #[cfg(test)]
 mod tests {
     use super::time_left;
+
+    /// A page and the API answer a failure with the same status; what the API hides (an
+    /// internal error's detail) the page hides too.
+    #[tokio::test]
+    async fn pages_classify_failures_as_the_api_does() {
+        use super::{Error, error_page};
+        use axum::response::IntoResponse;
+        let cases = || {
+            [
+                Error::NotFound { what: "workspace" },
+                Error::Forbidden("owners only".into()),
+                Error::Conflict {
+                    code: "name_taken",
+                    message: "the name is taken".into(),
+                },
+                Error::Unavailable {
+                    message: "the backup store is unreachable".into(),
+                },
+                Error::Internal("disk I/O error at /var/secret".into()),
+            ]
+        };
+        for (for_api, for_page) in cases().into_iter().zip(cases()) {
+            let api = crate::api::ApiError::from(for_api).into_response();
+            let page = error_page(for_page);
+            assert_eq!(page.status(), api.status());
+            let body = axum::body::to_bytes(page.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let body = String::from_utf8_lossy(&body);
+            assert!(
+                !body.contains("/var/secret"),
+                "an internal error's detail stays in the log: {body}"
+            );
+        }
+    }
 
     #[test]
     fn time_left_reads_like_a_person_would_say_it() {
