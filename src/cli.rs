@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
+use crate::client::{OutputArg, WsCmd, print_table};
 use crate::config::{self, Config, LogFormat, Overrides};
 use crate::server::{self, Options};
 
@@ -235,102 +236,6 @@ pub enum DbCmd {
         path: PathBuf,
         #[command(flatten)]
         data: DataArg,
-    },
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct OutputArg {
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum WsCmd {
-    /// List your workspaces.
-    List {
-        #[command(flatten)]
-        out: OutputArg,
-    },
-    /// Create a workspace from one or more repositories.
-    Create {
-        /// Repository URL, optionally with `#branch`; repeat for several repositories.
-        #[arg(long = "repo", required = true)]
-        repos: Vec<String>,
-        #[arg(long)]
-        name: Option<String>,
-        /// Class name or id.
-        #[arg(long)]
-        class: Option<String>,
-        #[arg(long)]
-        image: Option<String>,
-        /// Organization id (default: your first).
-        #[arg(long)]
-        org: Option<String>,
-        #[command(flatten)]
-        out: OutputArg,
-    },
-    /// Show one workspace.
-    Get {
-        id: String,
-        #[command(flatten)]
-        out: OutputArg,
-    },
-    /// Delete a workspace.
-    Delete {
-        id: String,
-        #[command(flatten)]
-        out: OutputArg,
-    },
-    /// Start a workspace and wait until it runs (or fails).
-    Start {
-        id: String,
-        #[command(flatten)]
-        out: OutputArg,
-    },
-    /// Stop a workspace and wait until it is stopped.
-    Stop {
-        id: String,
-        #[command(flatten)]
-        out: OutputArg,
-    },
-    /// Restart a running workspace (stop, then start on the same files) and wait until it runs.
-    Restart {
-        id: String,
-        #[command(flatten)]
-        out: OutputArg,
-    },
-    /// The output of the workspace's tasks; with --follow, new output as it comes until the
-    /// workspace stops.
-    Logs {
-        id: String,
-        #[arg(long, short)]
-        follow: bool,
-    },
-    /// The workspace's ports: what listens, how they are shared, and their URLs.
-    Ports {
-        id: String,
-        #[command(flatten)]
-        out: OutputArg,
-    },
-    /// Print the workspace's page in the dashboard (and open it in a browser when there is one).
-    Open { id: String },
-    /// A shell in a running workspace, in this terminal (window size changes follow). The
-    /// shell's exit ends it; a lost connection leaves the shell running for `--terminal`.
-    Shell {
-        id: String,
-        /// Attach to this terminal again instead of opening a new one.
-        #[arg(long)]
-        terminal: Option<String>,
-    },
-    /// Run a command in a running workspace: `devcell ws exec ID -- CMD ARGS...`. Exits with the
-    /// command's exit code.
-    Exec {
-        id: String,
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-        #[command(flatten)]
-        out: OutputArg,
     },
 }
 
@@ -603,7 +508,7 @@ const DOWN_WITHIN: Duration = Duration::from_secs(600);
 
 async fn down(d: &DataArg, purge: bool) -> Result<()> {
     let data = data_dir(d)?;
-    if !data.join(server::DB_FILE).exists() {
+    if !data.join(crate::store::DB_FILE).exists() {
         bail!(
             "no devcell database in {} (pass --data DIR)",
             data.display()
@@ -685,7 +590,7 @@ fn data_dir(d: &DataArg) -> Result<PathBuf> {
         return Ok(p.clone());
     }
     let trial = PathBuf::from("./devcell-data");
-    if trial.join(server::DB_FILE).exists() {
+    if trial.join(crate::store::DB_FILE).exists() {
         return Ok(trial);
     }
     let env = env_vars();
@@ -704,7 +609,7 @@ async fn local_admin(d: &DataArg, req: crate::admin::Request) -> Result<(Option<
     {
         Some(r) => r,
         None => {
-            let db = data.join(server::DB_FILE);
+            let db = data.join(crate::store::DB_FILE);
             if !db.exists() {
                 bail!(
                     "no devcell database in {} (pass --data DIR)",
@@ -787,28 +692,6 @@ async fn set_admin(data: &DataArg, user: String, admin: bool) -> Result<()> {
     let (_, said) = local_admin(data, crate::admin::Request::SetAdmin { user, admin }).await?;
     println!("{said}");
     Ok(())
-}
-
-/// Prints rows as an aligned table.
-pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        println!("{}", s.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r.clone());
-    }
 }
 
 pub fn secs(d: Duration) -> String {

@@ -24,9 +24,6 @@ use crate::workers::{
     BackupWorker, CleanupWorker, ExpiryWorker, ReconcileWorker, Supervisor, TimeoutWorker,
 };
 
-/// The database file inside the data directory.
-pub const DB_FILE: &str = "devcell.redb";
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot use data directory {path}: {source}")]
@@ -157,14 +154,17 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         path: data.display().to_string(),
         source,
     })?;
-    let store = Store::open(&data.join(DB_FILE))?;
+    let store = Store::open(&data.join(crate::store::DB_FILE))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(data.join(DB_FILE), std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| StartError::DataDir {
-                path: data.display().to_string(),
-                source,
-            })?;
+        std::fs::set_permissions(
+            data.join(crate::store::DB_FILE),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .map_err(|source| StartError::DataDir {
+            path: data.display().to_string(),
+            source,
+        })?;
     }
     let runtime: Option<Arc<dyn Runtime>> = match opts.runtime {
         Some(r) => Some(r),

@@ -6,11 +6,128 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::cli::{WsCmd, print_table};
+#[derive(Args, Debug, Clone)]
+pub struct OutputArg {
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WsCmd {
+    /// List your workspaces.
+    List {
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Create a workspace from one or more repositories.
+    Create {
+        /// Repository URL, optionally with `#branch`; repeat for several repositories.
+        #[arg(long = "repo", required = true)]
+        repos: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Class name or id.
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long)]
+        image: Option<String>,
+        /// Organization id (default: your first).
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Show one workspace.
+    Get {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Delete a workspace.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Start a workspace and wait until it runs (or fails).
+    Start {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Stop a workspace and wait until it is stopped.
+    Stop {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Restart a running workspace (stop, then start on the same files) and wait until it runs.
+    Restart {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// The output of the workspace's tasks; with --follow, new output as it comes until the
+    /// workspace stops.
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// The workspace's ports: what listens, how they are shared, and their URLs.
+    Ports {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Print the workspace's page in the dashboard (and open it in a browser when there is one).
+    Open { id: String },
+    /// A shell in a running workspace, in this terminal (window size changes follow). The
+    /// shell's exit ends it; a lost connection leaves the shell running for `--terminal`.
+    Shell {
+        id: String,
+        /// Attach to this terminal again instead of opening a new one.
+        #[arg(long)]
+        terminal: Option<String>,
+    },
+    /// Run a command in a running workspace: `devcell ws exec ID -- CMD ARGS...`. Exits with the
+    /// command's exit code.
+    Exec {
+        id: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+/// Prints rows as an aligned table.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
 
 mod shell;
 

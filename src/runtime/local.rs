@@ -18,7 +18,7 @@ use super::disk::{Disks, Files};
 use super::rebase::{self, Rebase};
 use super::{Runtime, RuntimeError, SandboxSpec};
 use crate::domain::WorkspaceId;
-use crate::workers::BoxFuture;
+use futures::future::BoxFuture;
 
 /// Inside the sandbox.
 pub const WORKSPACE_MOUNT: &str = "/workspace";

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use crate::content::git::RepoStatus;
 use crate::domain::WorkspaceId;
-use crate::workers::BoxFuture;
+use futures::future::BoxFuture;
 
 pub use local::LocalRuntime;
 

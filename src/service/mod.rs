@@ -314,7 +314,7 @@ impl DataUsage {
     pub fn measure(data: &std::path::Path) -> DataUsage {
         let mut u = DataUsage::default();
         for (name, sub) in [
-            ("database", crate::server::DB_FILE),
+            ("database", crate::store::DB_FILE),
             ("workspace disks", "disks"),
             // Files of workspaces without a disk of their own; mounted disks are counted above.
             ("workspace files", "workspaces"),

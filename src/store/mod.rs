@@ -29,6 +29,9 @@ use crate::domain::{ClassId, CredentialId, InvitationId, OrgId, TokenId, UserId,
 /// The schema this build writes. Bump it together with a new entry in `migrate::MIGRATIONS`.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// The database's file name in the data directory.
+pub const DB_FILE: &str = "devcell.redb";
+
 type Def = TableDefinition<'static, &'static str, &'static [u8]>;
 
 pub(crate) const META: Def = TableDefinition::new("meta");

@@ -8,8 +8,6 @@ mod reconcile;
 mod timeouts;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,7 +22,7 @@ pub use timeouts::TimeoutWorker;
 
 use crate::metrics::{Metrics, WorkerLabels};
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures::future::BoxFuture;
 
 /// What one run of a loop did.
 pub struct Outcome {

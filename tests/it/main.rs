@@ -17,3 +17,4 @@ mod openapi;
 mod roles;
 pub mod runtime;
 mod smoke;
+mod tidy;

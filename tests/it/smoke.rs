@@ -241,7 +241,7 @@ fn a_cell_killed_in_the_middle_of_a_backup_resumes_it_after_restart() {
     // Killed mid-backup: the database says the snapshot is owed and the phase never said stopped.
     {
         use devcell::store::Reader;
-        let store = devcell::store::Store::open(&data.join(devcell::server::DB_FILE)).unwrap();
+        let store = devcell::store::Store::open(&data.join(devcell::store::DB_FILE)).unwrap();
         let wsid = devcell::domain::WorkspaceId::parse(&id).unwrap();
         let w = store.read(|tx| tx.workspace(&wsid)).unwrap().unwrap();
         assert_eq!(w.lifecycle.phase, devcell::domain::Phase::Stopping);
@@ -916,7 +916,7 @@ fn the_trial_runs_workspaces_with_its_data_and_binary_under_a_private_directory(
     assert!(!sandbox_runs(), "the sandbox still runs after down");
     {
         use devcell::store::Reader;
-        let db = trial.join("devcell-data").join(devcell::server::DB_FILE);
+        let db = trial.join("devcell-data").join(devcell::store::DB_FILE);
         let store = devcell::store::Store::open(&db).unwrap();
         let wsid = devcell::domain::WorkspaceId::parse(&b).unwrap();
         let w = store.read(|tx| tx.workspace(&wsid)).unwrap().unwrap();
