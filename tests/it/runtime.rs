@@ -1478,7 +1478,8 @@ async fn dashboard_pages_create_a_workspace_and_serve_the_terminal_assets() {
             &[("_csrf", csrf.as_str()), ("timeout_min", "100000")],
         )
         .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    // The same status the API answers (409 `timeout_not_allowed`).
+    assert_eq!(s, StatusCode::CONFLICT);
     assert!(
         page.contains(&format!("href=\"/workspaces/{id}\">Back to the workspace")),
         "{page}"
