@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod content;
 pub mod domain;
+pub mod edge;
 pub mod human;
 pub mod metrics;
 pub mod proxy;

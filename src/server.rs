@@ -6,17 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiError, AppState};
+use crate::api::AppState;
 use crate::config::Config;
-use crate::metrics::{HttpLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::runtime::{LocalRuntime, Runtime};
 use crate::service::{Cell, Clock, SystemClock};
 use crate::store::Store;
@@ -72,63 +69,6 @@ pub struct Running {
     admin: JoinHandle<()>,
     supervisor: Supervisor,
     grace: Duration,
-}
-
-/// Builds the whole HTTP application for a state.
-pub fn app(state: AppState) -> Router {
-    let max_body = state.cell.config().server.max_body_bytes;
-    Router::new()
-        .merge(api::router())
-        .merge(api::ops_router())
-        .merge(crate::web::router())
-        .merge(crate::proxy::router())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::proxy::gate,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
-        .with_state(state)
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route; the API lives under /api/v1 (see /api/v1/openapi.json)",
-    )
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
-}
-
-async fn count_requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let res = next.run(req).await;
-    st.metrics
-        .http_requests
-        .get_or_create(&HttpLabels {
-            method,
-            route,
-            status: res.status().as_u16(),
-        })
-        .inc();
-    res
 }
 
 pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartError> {
@@ -222,26 +162,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         ready: ready.clone(),
         flashes: Default::default(),
     };
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let mut stop = stop_rx;
-    let server = tokio::spawn(async move {
-        let signal = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        // No Nagle: an event stream writes small events one after another, and each would
-        // wait for the client's delayed acknowledgement (up to 40 ms) behind the one before.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        if let Err(e) = axum::serve(listener, service)
-            .with_graceful_shutdown(signal)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let server = crate::edge::serve(listener, state, stop_rx);
     ready.store(true, Ordering::SeqCst);
     tracing::info!(%addr, elapsed_ms = t0.elapsed().as_millis() as u64, "cell is ready");
     Ok(Running {

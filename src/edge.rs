@@ -1,0 +1,102 @@
+//! The HTTP edge: one router for the API, the dashboard's pages, the port proxy and the
+//! operational routes, with the layers every request passes (body limit, the port-origin gate,
+//! request counting), and the listener that serves it with a graceful shutdown. Failures leave
+//! through one classification (`api::ApiError`), which the pages use as well.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiError, AppState};
+use crate::metrics::HttpLabels;
+
+/// Builds the whole HTTP application for a state.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.cell.config().server.max_body_bytes;
+    Router::new()
+        .merge(api::router())
+        .merge(api::ops_router())
+        .merge(crate::web::router())
+        .merge(crate::proxy::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::proxy::gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; the API lives under /api/v1 (see /api/v1/openapi.json)",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+async fn count_requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let res = next.run(req).await;
+    st.metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: res.status().as_u16(),
+        })
+        .inc();
+    res
+}
+
+/// Serves the application on `listener` until `stop` turns true, then lets open requests
+/// finish (the caller bounds how long).
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        // No Nagle: an event stream writes small events one after another, and each would
+        // wait for the client's delayed acknowledgement (up to 40 ms) behind the one before.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
+        if let Err(e) = axum::serve(listener, service)
+            .with_graceful_shutdown(signal)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
+}
