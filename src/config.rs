@@ -46,6 +46,26 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub backup: BackupConfig,
     pub workspace: WorkspaceConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: HTTPS on the listener from certificate files the operator keeps.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first; read again when it changes and on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the leaf certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Both files, when HTTPS is configured.
+    pub fn files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
 }
 
 impl Default for Config {
@@ -58,6 +78,7 @@ impl Default for Config {
             workers: WorkersConfig::default(),
             backup: BackupConfig::default(),
             workspace: WorkspaceConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -490,6 +511,15 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
         "data_dir",
         "must not be empty".to_string(),
     );
+    check(
+        config.tls.cert_file.is_some() == config.tls.key_file.is_some(),
+        if config.tls.cert_file.is_some() {
+            "tls.key_file"
+        } else {
+            "tls.cert_file"
+        },
+        "set `tls.cert_file` and `tls.key_file` together (or neither, for plain HTTP)".to_string(),
+    );
     let durations = [
         ("auth.session_ttl", config.auth.session_ttl),
         ("auth.login_link_ttl", config.auth.login_link_ttl),
@@ -597,8 +627,8 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
 
 impl Config {
     /// The external base URL, always ending with `/` so that `join("path")` appends to it.
-    /// Without `server.public_url` it is `http://` plus the listen address, with an unspecified
-    /// address replaced by loopback.
+    /// Without `server.public_url` it is `http://` (`https://` with `[tls]` files) plus the listen
+    /// address, with an unspecified address replaced by loopback.
     pub fn public_url(&self) -> Url {
         if let Some(url) = &self.server.public_url {
             let mut url = url.clone();
@@ -615,7 +645,12 @@ impl Config {
             ip => ip,
         };
         // `SocketAddr::new` drops any IPv6 scope id, so this always renders as a valid host.
-        let text = format!("http://{}/", SocketAddr::new(ip, listen.port()));
+        let scheme = if self.tls.files().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let text = format!("{scheme}://{}/", SocketAddr::new(ip, listen.port()));
         match Url::parse(&text) {
             Ok(url) => url,
             Err(_) => unreachable!("a socket address always forms a valid URL authority"),

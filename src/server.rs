@@ -37,6 +37,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Service(#[from] crate::service::Error),
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(String),
 }
 
 pub struct Options {
@@ -64,6 +66,8 @@ pub struct Running {
     pub cell: Cell,
     /// Set when this start created the first owner.
     pub created_owner: bool,
+    /// Whether the listener speaks HTTPS.
+    pub tls: bool,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     admin: JoinHandle<()>,
@@ -83,6 +87,13 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         addr: config.server.listen,
         source,
     })?;
+    // Certificates first: a cell that cannot serve what it was configured to starts nothing.
+    let certs = match config.tls.files() {
+        Some((cert, key)) => {
+            Some(crate::edge::tls::CertFiles::load(cert, key).map_err(StartError::Tls)?)
+        }
+        None => None,
+    };
     if config.server.public_url.is_none() {
         // Links must carry the real port, also when the configuration asked for port 0.
         let mut shown = config.clone();
@@ -162,13 +173,21 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         ready: ready.clone(),
         flashes: Default::default(),
     };
-    let server = crate::edge::serve(listener, state, stop_rx);
+    let tls = certs.is_some();
+    let server = match certs {
+        Some(certs) => {
+            certs.watch(stop_rx.clone());
+            crate::edge::serve_tls(listener, state, stop_rx, certs)
+        }
+        None => crate::edge::serve(listener, state, stop_rx),
+    };
     ready.store(true, Ordering::SeqCst);
     tracing::info!(%addr, elapsed_ms = t0.elapsed().as_millis() as u64, "cell is ready");
     Ok(Running {
         addr,
         cell,
         created_owner,
+        tls,
         shutdown,
         server,
         admin,
@@ -179,7 +198,8 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
 
 impl Running {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting work, drains the loops and connections, within the grace period.

@@ -104,6 +104,22 @@ pub const OPTIONS: &[OptionDoc] = &[
         description: "A bearer token that `/metrics` asks for (`Authorization: Bearer TOKEN`), so a Prometheus elsewhere can scrape it. Without one, `/metrics` answers only clients connecting over loopback and 404 to everyone else.",
     },
     OptionDoc {
+        key: "tls.cert_file",
+        env: "DEVCELL_TLS__CERT_FILE",
+        ty: "path",
+        default: DefaultDoc::Derived("unset: plain HTTP"),
+        secret: false,
+        description: "PEM certificate chain (leaf first) served over HTTPS on `server.listen`, with `tls.key_file`. Read again when the file changes and on SIGHUP; new connections get the new certificate, open ones keep theirs. A file that does not load is logged and the previous certificate kept.",
+    },
+    OptionDoc {
+        key: "tls.key_file",
+        env: "DEVCELL_TLS__KEY_FILE",
+        ty: "path",
+        default: DefaultDoc::Derived("unset: plain HTTP"),
+        secret: false,
+        description: "PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate in `tls.cert_file`.",
+    },
+    OptionDoc {
         key: "workspace.file_repos",
         env: "DEVCELL_WORKSPACE__FILE_REPOS",
         ty: "list of paths (comma-separated in the environment)",

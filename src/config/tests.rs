@@ -510,6 +510,8 @@ fn fully_populated() -> Config {
     config.backup.s3.endpoint = Some(Url::parse("http://127.0.0.1:9000/").unwrap());
     config.backup.s3.tags = Some("team=platform,cost-center=42".to_string());
     config.server.path_ports = true;
+    config.tls.cert_file = Some(PathBuf::from("/etc/devcell/cell.pem"));
+    config.tls.key_file = Some(PathBuf::from("/etc/devcell/cell.key"));
     config.workspace.file_repos = vec!["/srv/git".into(), "/home/shared/repos".into()];
     config.workspace.allow_destinations = vec!["127.0.0.1:5000".into(), "10.0.0.0/8".into()];
     config.workspace.plain_http_credentials = vec!["git.internal:8080".into()];
@@ -596,4 +598,21 @@ fn every_option_loads_from_its_environment_variable_and_the_file() {
     let from_file = load(Some(&file), &[], &no_flags()).unwrap();
     assert_eq!(json(&from_file), values, "{toml_text}");
     assert_eq!(from_file.auth.owner_password.unwrap().expose(), "pw");
+}
+
+#[test]
+fn a_certificate_file_without_its_key_is_refused_naming_the_missing_one() {
+    let err = load_env(&[("DEVCELL_TLS__CERT_FILE", "/etc/devcell/cell.pem")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tls.key_file") && err.contains("together"),
+        "{err}"
+    );
+    let https = load_env(&[
+        ("DEVCELL_TLS__CERT_FILE", "/etc/devcell/cell.pem"),
+        ("DEVCELL_TLS__KEY_FILE", "/etc/devcell/cell.key"),
+    ])
+    .unwrap();
+    assert_eq!(https.public_url().scheme(), "https");
 }

@@ -18,3 +18,4 @@ mod roles;
 pub mod runtime;
 mod smoke;
 mod tidy;
+mod tls;

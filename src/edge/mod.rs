@@ -13,6 +13,8 @@ use axum::response::Response;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod tls;
+
 use crate::api::{self, ApiError, AppState};
 use crate::metrics::HttpLabels;
 
@@ -98,5 +100,62 @@ pub fn serve(
         {
             tracing::error!(error = %e, "HTTP server failed");
         }
+    })
+}
+
+/// Serves the application over TLS on `listener` until `stop` turns true, then lets open
+/// connections finish (the caller bounds how long). A handshake that does not finish within
+/// ten seconds is dropped.
+pub fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+    certs: std::sync::Arc<tls::CertFiles>,
+) -> JoinHandle<()> {
+    let app = app(state);
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(certs.server_config()));
+    tokio::spawn(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (tcp, addr) = tokio::select! {
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+                let stream = match handshake.await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let app = app.layer(axum::Extension(axum::extract::ConnectInfo(addr)));
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let conn = builder
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%addr, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        graceful.shutdown().await;
     })
 }

@@ -1,0 +1,193 @@
+//! HTTPS from the operator's certificate files: a client trusting their CA is served; renewed
+//! files reach new connections without a restart while an open connection keeps working; files
+//! that do not load change nothing; a cell whose files do not load at start does not start.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::TestCell;
+
+/// A test CA that signs leaf certificates for this host.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            issuer: Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// Writes a new leaf certificate for localhost and 127.0.0.1 with its key; returns its DER.
+    fn issue(&self, cert: &Path, key: &Path) -> Vec<u8> {
+        let leaf_key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf = params.signed_by(&leaf_key, &self.issuer).unwrap();
+        // Written aside and renamed in, as a renewal tool would.
+        write_atomically(key, leaf_key.serialize_pem().as_bytes());
+        write_atomically(cert, leaf.pem().as_bytes());
+        leaf.der().to_vec()
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A TLS connection to the cell that trusts only the test CA.
+async fn connect(ca: &Ca, port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("the cell's certificate is trusted through the CA")
+}
+
+fn served_cert(s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// One HTTP/1.1 request on an open connection; the status line of the answer.
+async fn get(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    // Enough for a status line and headers; /healthz answers a few bytes.
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let length: usize = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let head = text.find("\r\n\r\n").unwrap() + 4;
+    let mut body = got.len() - head;
+    while body < length {
+        body += s.read(&mut buf).await.unwrap();
+    }
+    text.lines().next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn https_from_certificate_files_follows_their_renewal_without_dropping_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cell.pem"), tmp.path().join("cell.key"));
+    let ca = Ca::new();
+    let first = ca.issue(&cert, &key);
+    let (c2, k2) = (cert.clone(), key.clone());
+    let c = TestCell::start_with(
+        move |config| {
+            config.tls.cert_file = Some(c2);
+            config.tls.key_file = Some(k2);
+        },
+        None,
+    )
+    .await;
+    assert!(c.url("/").starts_with("https://"), "{}", c.url("/"));
+    let port: u16 = c.url("").rsplit(':').next().unwrap().parse().unwrap();
+
+    // A client trusting the CA gets the dashboard's API over HTTPS.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let res = client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let mut open = connect(&ca, port).await;
+    assert_eq!(served_cert(&open), first);
+    assert!(get(&mut open, "/healthz").await.contains("200"));
+
+    // Renewed files: new connections get the new certificate within seconds, the open one
+    // keeps working.
+    let second = ca.issue(&cert, &key);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let fresh = connect(&ca, port).await;
+        if served_cert(&fresh) == second {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the renewed certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(get(&mut open, "/healthz").await.contains("200"));
+
+    // A key that is not the certificate's: logged, and the certificate in use stays.
+    let stray = KeyPair::generate().unwrap();
+    write_atomically(&key, stray.serialize_pem().as_bytes());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(served_cert(&connect(&ca, port).await), second);
+    let res = client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+}
+
+#[tokio::test]
+async fn a_cell_whose_certificate_files_do_not_load_does_not_start_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cell.pem"), tmp.path().join("cell.key"));
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let mut config = devcell::config::Config {
+        data_dir: tmp.path().join("data"),
+        ..Default::default()
+    };
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.tls.cert_file = Some(cert.clone());
+    config.tls.key_file = Some(key);
+    let err = match devcell::server::start(config, devcell::server::Options::default()).await {
+        Ok(_) => panic!("a cell started without a certificate to serve"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cannot serve HTTPS") && err.contains(&cert.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("data").exists(),
+        "nothing was started or created: {err}"
+    );
+}
