@@ -887,10 +887,13 @@ async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
         "while-s3-was-down\n"
     );
     drop(held);
-    // Past the release delay nothing is released while the backup is owed.
+    // Past the release delay nothing is released while the backup is owed (the disk itself
+    // is unmounted while stopped: held again to look).
     clock.advance(Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = c.cell().hold_files(&id.parse().unwrap()).unwrap();
     assert!(files.join("cloud/s3.txt").exists());
+    drop(held);
 
     // The store comes back (a fresh, empty moto: the worst case); the retry completes.
     let moto = outage.end();
