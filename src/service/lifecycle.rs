@@ -1006,6 +1006,19 @@ impl Cell {
                 .clone()
                 .unwrap_or_else(|| "the workspace configuration".into());
             let pulled = self.pull_image(ws, r, &source).await?;
+            // The first sandbox's launcher may still be on its way into the workspace's
+            // cgroups (it was handed its request a moment ago); stopped now, it could join the
+            // cgroups made next for the image's sandbox and start a second agent beside it,
+            // which the spec might reach instead. Once its agent listens it is inside them and
+            // the stop ends it. (A first sandbox that never comes up is waited for 5 s.)
+            let until = tokio::time::Instant::now() + Duration::from_secs(5);
+            while matches!(
+                agent.status().await,
+                Err(crate::agent::client::ClientError::Unreachable(_))
+            ) && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             runtime.stop(&ws.id).await.map_err(|e| e.to_string())?;
             runtime
                 .start(&sandbox(Some(pulled.rootfs.clone())))
