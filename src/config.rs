@@ -87,8 +87,11 @@ impl Default for Config {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address for the HTTP API and dashboard.
+    /// Address for the HTTP API and dashboard (with `https_listen`: plain HTTP redirecting to it).
     pub listen: SocketAddr,
+    /// With `[tls]` files: HTTPS here, and `listen` only redirects to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_listen: Option<SocketAddr>,
     /// External base URL; normalised by [`load`] to end with `/`. Use [`Config::public_url`].
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_url")]
     pub public_url: Option<Url>,
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            https_listen: None,
             public_url: None,
             max_body_bytes: 1024 * 1024,
             secure_cookies: None,
@@ -520,6 +524,11 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
         },
         "set `tls.cert_file` and `tls.key_file` together (or neither, for plain HTTP)".to_string(),
     );
+    check(
+        config.server.https_listen.is_none() || config.tls.files().is_some(),
+        "server.https_listen",
+        "HTTPS needs `tls.cert_file` and `tls.key_file`".to_string(),
+    );
     let durations = [
         ("auth.session_ttl", config.auth.session_ttl),
         ("auth.login_link_ttl", config.auth.login_link_ttl),
@@ -638,7 +647,10 @@ impl Config {
             }
             return url;
         }
-        let listen = self.server.listen;
+        let listen = match (self.server.https_listen, self.tls.files()) {
+            (Some(https), Some(_)) => https,
+            _ => self.server.listen,
+        };
         let ip = match listen.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),

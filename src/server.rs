@@ -68,6 +68,9 @@ pub struct Running {
     pub created_owner: bool,
     /// Whether the listener speaks HTTPS.
     pub tls: bool,
+    /// The plain HTTP listener that only redirects to HTTPS (with `server.https_listen`).
+    pub redirect_addr: Option<SocketAddr>,
+    redirects: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     admin: JoinHandle<()>,
@@ -75,18 +78,26 @@ pub struct Running {
     grace: Duration,
 }
 
+async fn bind(
+    at: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .map_err(|source| StartError::Listen { addr: at, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr: at, source })?;
+    Ok((listener, addr))
+}
+
 pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartError> {
     let t0 = Instant::now();
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.server.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.server.listen,
-        source,
-    })?;
+    let (listener, addr) = bind(config.server.listen).await?;
+    // With an HTTPS address as well, the plain one only redirects there.
+    let https = match config.server.https_listen {
+        Some(at) if config.tls.files().is_some() => Some(bind(at).await?),
+        _ => None,
+    };
     // Certificates first: a cell that cannot serve what it was configured to starts nothing.
     let certs = match config.tls.files() {
         Some((cert, key)) => {
@@ -98,6 +109,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         // Links must carry the real port, also when the configuration asked for port 0.
         let mut shown = config.clone();
         shown.server.listen = addr;
+        shown.server.https_listen = https.as_ref().map(|(_, a)| *a);
         config.server.public_url = Some(shown.public_url());
     }
     let data = config.data_dir.clone();
@@ -174,12 +186,27 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         flashes: Default::default(),
     };
     let tls = certs.is_some();
-    let server = match certs {
-        Some(certs) => {
+    let public_url = config.public_url();
+    let (addr, redirects, server) = match (certs, https) {
+        (Some(certs), Some((secure, secure_addr))) => {
             certs.watch(stop_rx.clone());
-            crate::edge::serve_tls(listener, state, stop_rx, certs)
+            let redirects = crate::edge::serve_redirects(listener, public_url, stop_rx.clone());
+            let server = crate::edge::serve_tls(secure, state, stop_rx, certs);
+            (secure_addr, Some((addr, redirects)), server)
         }
-        None => crate::edge::serve(listener, state, stop_rx),
+        (Some(certs), None) => {
+            certs.watch(stop_rx.clone());
+            (
+                addr,
+                None,
+                crate::edge::serve_tls(listener, state, stop_rx, certs),
+            )
+        }
+        (None, _) => (addr, None, crate::edge::serve(listener, state, stop_rx)),
+    };
+    let (redirect_addr, redirects) = match redirects {
+        Some((a, task)) => (Some(a), Some(task)),
+        None => (None, None),
     };
     ready.store(true, Ordering::SeqCst);
     tracing::info!(%addr, elapsed_ms = t0.elapsed().as_millis() as u64, "cell is ready");
@@ -188,6 +215,8 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         cell,
         created_owner,
         tls,
+        redirect_addr,
+        redirects,
         shutdown,
         server,
         admin,
@@ -216,6 +245,9 @@ impl Running {
             abort.abort();
         }
         self.admin.abort();
+        if let Some(r) = self.redirects {
+            r.abort();
+        }
         crate::admin::remove_socket(&self.cell.config().data_dir);
     }
 }

@@ -52,6 +52,14 @@ pub const OPTIONS: &[OptionDoc] = &[
         description: "Address for the HTTP API and dashboard.",
     },
     OptionDoc {
+        key: "server.https_listen",
+        env: "DEVCELL_SERVER__HTTPS_LISTEN",
+        ty: "socket address",
+        default: DefaultDoc::Derived("unset: with `[tls]` files, HTTPS on `server.listen`"),
+        secret: false,
+        description: "With `[tls]` files: the address for HTTPS, e.g. `0.0.0.0:443`; `server.listen` (e.g. `0.0.0.0:80`) then answers every request with a permanent redirect to the same path over HTTPS.",
+    },
+    OptionDoc {
         key: "server.public_url",
         env: "DEVCELL_SERVER__PUBLIC_URL",
         ty: "http or https URL",

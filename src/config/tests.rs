@@ -510,6 +510,7 @@ fn fully_populated() -> Config {
     config.backup.s3.endpoint = Some(Url::parse("http://127.0.0.1:9000/").unwrap());
     config.backup.s3.tags = Some("team=platform,cost-center=42".to_string());
     config.server.path_ports = true;
+    config.server.https_listen = Some("0.0.0.0:443".parse().unwrap());
     config.tls.cert_file = Some(PathBuf::from("/etc/devcell/cell.pem"));
     config.tls.key_file = Some(PathBuf::from("/etc/devcell/cell.key"));
     config.workspace.file_repos = vec!["/srv/git".into(), "/home/shared/repos".into()];
@@ -615,4 +616,11 @@ fn a_certificate_file_without_its_key_is_refused_naming_the_missing_one() {
     ])
     .unwrap();
     assert_eq!(https.public_url().scheme(), "https");
+    let err = load_env(&[("DEVCELL_SERVER__HTTPS_LISTEN", "0.0.0.0:443")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.https_listen") && err.contains("tls.cert_file"),
+        "{err}"
+    );
 }

@@ -159,3 +159,33 @@ pub fn serve_tls(
         graceful.shutdown().await;
     })
 }
+
+/// Answers every request on `listener` with a permanent redirect to the same path and query
+/// under `public` (the HTTPS address), until `stop`.
+pub fn serve_redirects(
+    listener: tokio::net::TcpListener,
+    public: url::Url,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let to_https = move |uri: axum::http::Uri| {
+        let public = public.clone();
+        async move {
+            let mut target = public.clone();
+            target.set_path(uri.path());
+            target.set_query(uri.query());
+            axum::response::Redirect::permanent(target.as_str())
+        }
+    };
+    let app = Router::new().fallback(to_https);
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP redirect server failed");
+        }
+    })
+}

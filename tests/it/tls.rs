@@ -191,3 +191,52 @@ async fn a_cell_whose_certificate_files_do_not_load_does_not_start_and_says_why(
         "nothing was started or created: {err}"
     );
 }
+
+#[tokio::test]
+async fn with_an_https_address_the_plain_one_redirects_every_path_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cell.pem"), tmp.path().join("cell.key"));
+    let ca = Ca::new();
+    ca.issue(&cert, &key);
+    let mut config = devcell::config::Config {
+        data_dir: tmp.path().join("data"),
+        ..Default::default()
+    };
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.https_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.tls.cert_file = Some(cert);
+    config.tls.key_file = Some(key);
+    let running = devcell::server::start(config, devcell::server::Options::default())
+        .await
+        .unwrap();
+    let plain = running
+        .redirect_addr
+        .expect("a plain listener that redirects");
+    let secure = running.addr;
+    assert_ne!(plain, secure);
+    assert_eq!(running.url(), format!("https://{secure}"));
+
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = client
+        .get(format!("http://{plain}/workspaces/ws_1?tab=ports"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        res.headers()["location"],
+        format!("https://{secure}/workspaces/ws_1?tab=ports").as_str()
+    );
+    // The HTTPS address serves the cell itself.
+    let res = client
+        .get(format!("https://localhost:{}/healthz", secure.port()))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    running.stop().await;
+}
