@@ -20,6 +20,11 @@ pub struct WorkerLabels {
     pub worker: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub name: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -32,6 +37,8 @@ pub struct Metrics {
     pub backups: Counter,
     pub backup_failures: Counter,
     pub backup_bytes: Counter,
+    /// Seconds until the served certificate expires, per name it holds.
+    pub certificate_expiry: Family<CertLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -87,8 +94,15 @@ impl Default for Metrics {
             "New data the snapshots added to the backup store, after deduplication",
             backup_bytes.clone(),
         );
+        let certificate_expiry = Family::<CertLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until the certificate served for a name expires",
+            certificate_expiry.clone(),
+        );
         Metrics {
             registry,
+            certificate_expiry,
             backups,
             backup_failures,
             backup_bytes,

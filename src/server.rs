@@ -189,13 +189,13 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
     let public_url = config.public_url();
     let (addr, redirects, server) = match (certs, https) {
         (Some(certs), Some((secure, secure_addr))) => {
-            certs.watch(stop_rx.clone());
+            certs.watch(stop_rx.clone(), state.metrics.clone());
             let redirects = crate::edge::serve_redirects(listener, public_url, stop_rx.clone());
             let server = crate::edge::serve_tls(secure, state, stop_rx, certs);
             (secure_addr, Some((addr, redirects)), server)
         }
         (Some(certs), None) => {
-            certs.watch(stop_rx.clone());
+            certs.watch(stop_rx.clone(), state.metrics.clone());
             (
                 addr,
                 None,

@@ -31,9 +31,16 @@ impl Ca {
 
     /// Writes a new leaf certificate for localhost and 127.0.0.1 with its key; returns its DER.
     fn issue(&self, cert: &Path, key: &Path) -> Vec<u8> {
+        self.issue_until(cert, key, rcgen::date_time_ymd(2100, 1, 1))
+    }
+
+    /// The same, valid until `not_after`.
+    fn issue_until(&self, cert: &Path, key: &Path, not_after: time::OffsetDateTime) -> Vec<u8> {
         let leaf_key = KeyPair::generate().unwrap();
-        let params =
+        let mut params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = not_after;
         let leaf = params.signed_by(&leaf_key, &self.issuer).unwrap();
         // Written aside and renamed in, as a renewal tool would.
         write_atomically(key, leaf_key.serialize_pem().as_bytes());
@@ -151,6 +158,41 @@ async fn https_from_certificate_files_follows_their_renewal_without_dropping_con
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(get(&mut open, "/healthz").await.contains("200"));
+
+    // /metrics says how long the certificate has left, per name it holds.
+    let metrics = client
+        .get(format!("https://localhost:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let left = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "devcell_certificate_expiry_seconds{{name=\"{name}\"}} "
+                ))
+            })
+            .unwrap_or_else(|| panic!("no expiry for {name}: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let until_2100 = 4_102_444_800 - time::OffsetDateTime::now_utc().unix_timestamp();
+    for name in ["localhost", "127.0.0.1"] {
+        assert!(
+            (left(name) - until_2100).abs() < 60,
+            "{name}: {}",
+            left(name)
+        );
+    }
+
+    // A renewal that has already expired is not served.
+    ca.issue_until(&cert, &key, rcgen::date_time_ymd(2021, 1, 1));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(served_cert(&connect(&ca, port).await), second);
 
     // A key that is not the certificate's: logged, and the certificate in use stays.
     let stray = KeyPair::generate().unwrap();
