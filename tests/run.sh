@@ -11,6 +11,9 @@ if ! mkdir -p "$cache" 2>/dev/null || [ ! -w "$cache" ]; then
 fi
 # The cargo target directory lives outside the clone so repeated runs are incremental.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+# No incremental compilation data: every fresh clone has a new path, so it is never reused,
+# and it grew the shared target directory by gigabytes per run until the disk filled.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # Debian packages the tests call.
 need=()
