@@ -27,16 +27,6 @@ use rustic_core::{
 };
 use time::OffsetDateTime;
 
-/// What a backup of `dir` would hold, by metadata only: the path, type, mode, owner, size,
-/// modification and change times and inode of every entry (without `run/` and the cell's
-/// `.cell/`, and without
-/// `home/` unless it is backed up). Rustic's own comparison with a parent trusts the same
-/// metadata; the change time moves with every write and cannot be set back by a workspace.
-/// `None` when anything cannot be read (the backup then takes the long way).
-pub fn fingerprint(dir: &Path, include_home: bool) -> Option<[u8; 32]> {
-    source::survey(dir, &skipped(include_home)).map(|s| s.print)
-}
-
 /// The names at the top of a workspace directory that no snapshot holds.
 fn skipped(include_home: bool) -> Vec<&'static str> {
     let mut skip = vec!["run", STATE, RESTORING];
@@ -104,7 +94,7 @@ pub struct BackupStore {
     /// One operation at a time.
     lock: Mutex<()>,
     /// Per workspace, the last snapshot taken and verified, with the fingerprint of the files
-    /// it holds (see [`fingerprint`]); kept in the cache directory, so that a restarted cell
+    /// it holds (see [`source::Survey::print`]); kept in the cache directory, so that a restarted cell
     /// backs an unchanged workspace up without walking it through rustic again.
     prints: Mutex<Prints>,
 }

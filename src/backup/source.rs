@@ -30,6 +30,9 @@ pub struct Entry {
 /// The walk: a fingerprint of every entry's metadata, and the entries in rustic's order
 /// (depth first, each directory before its contents, names in byte order).
 pub struct Survey {
+    /// The fingerprint: path, type, mode, owner, size, modification and change times and inode
+    /// of every entry. Rustic's own comparison with a parent trusts the same metadata; the
+    /// change time moves with every write and cannot be set back by a workspace.
     pub print: [u8; 32],
     pub entries: Vec<Entry>,
 }

@@ -166,7 +166,9 @@ fn no_test_skips_itself_quietly() {
                 let lower = line.to_lowercase();
                 let printed_skip = (lower.contains("println!") || lower.contains("eprint"))
                     && lower.contains("skip");
-                if line.contains("#[ignore") || printed_skip {
+                // Spelled in two parts so that this file does not hold what it looks for.
+                let ignored = line.contains(concat!("#[", "ignore"));
+                if ignored || printed_skip {
                     quiet.push(format!("{}:{n}: {}", f.display(), line.trim()));
                 }
             }

@@ -29,6 +29,15 @@ impl Ca {
         }
     }
 
+    /// An HTTP client that trusts this CA only and follows no redirect.
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
     /// Writes a new leaf certificate for localhost and 127.0.0.1 with its key; returns its DER.
     fn issue(&self, cert: &Path, key: &Path) -> Vec<u8> {
         self.issue_until(cert, key, rcgen::date_time_ymd(2100, 1, 1))
@@ -128,10 +137,7 @@ async fn https_from_certificate_files_follows_their_renewal_without_dropping_con
     let port: u16 = c.url("").rsplit(':').next().unwrap().parse().unwrap();
 
     // A client trusting the CA gets the dashboard's API over HTTPS.
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
+    let client = ca.client();
     let res = client
         .get(format!("https://localhost:{port}/healthz"))
         .send()
@@ -258,11 +264,7 @@ async fn with_an_https_address_the_plain_one_redirects_every_path_to_it() {
     assert_ne!(plain, secure);
     assert_eq!(running.url(), format!("https://{secure}"));
 
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = ca.client();
     let res = client
         .get(format!("http://{plain}/workspaces/ws_1?tab=ports"))
         .send()
