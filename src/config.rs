@@ -49,7 +49,8 @@ pub struct Config {
     pub tls: TlsConfig,
 }
 
-/// `[tls]`: HTTPS on the listener from certificate files the operator keeps.
+/// `[tls]`: HTTPS, from certificate files the operator keeps or by ACME, and the trust the cell
+/// gives to servers it connects to.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
@@ -59,6 +60,11 @@ pub struct TlsConfig {
     /// PEM private key of the leaf certificate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for every outbound connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_bundle: Option<PathBuf>,
+    pub acme: AcmeConfig,
+    pub dns: DnsConfig,
 }
 
 impl TlsConfig {
@@ -66,6 +72,97 @@ impl TlsConfig {
     pub fn files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
         Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
     }
+}
+
+/// The directory of Let's Encrypt's production ACME server.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `[tls.acme]`: certificates from an ACME server, used when `server.public_url` is https and
+/// no certificate files are given.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// False leaves HTTPS to a proxy in front of the cell, which then speaks plain HTTP.
+    pub enabled: bool,
+    #[serde(with = "url_str")]
+    pub directory: Url,
+    /// PEM CA certificates trusted for the ACME server itself (an internal CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Email addresses the CA may write to about the certificates.
+    pub contact: Vec<String>,
+    pub challenge: AcmeChallenge,
+    /// Names the certificate holds besides the public URL's host.
+    pub names: Vec<String>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            enabled: true,
+            directory: Url::parse(LETS_ENCRYPT).unwrap_or_else(|_| unreachable!("a valid URL")),
+            ca_bundle: None,
+            contact: Vec::new(),
+            challenge: AcmeChallenge::Auto,
+            names: Vec::new(),
+        }
+    }
+}
+
+/// How the cell proves to the ACME server that it answers for a name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    /// HTTP-01 first, then TLS-ALPN-01 when that fails.
+    #[default]
+    Auto,
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+/// `[tls.dns]`: where the cell writes the DNS-01 records that prove it holds
+/// `*.{server.workspace_domain}`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<DnsProvider>,
+    /// RFC 2136: the authoritative server taking dynamic updates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<SocketAddr>,
+    /// The zone holding the records; defaults to `server.workspace_domain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tsig_key_name: Option<String>,
+    pub tsig_algorithm: TsigAlgorithm,
+    /// The TSIG key, base64 as `tsig-keygen` prints it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tsig_secret: Option<Secret>,
+    /// Route 53: the hosted zone's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route53_zone_id: Option<String>,
+    /// Route 53: another endpoint than AWS's (a compatible service).
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_url")]
+    pub route53_endpoint: Option<Url>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsProvider {
+    Rfc2136,
+    Route53,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TsigAlgorithm {
+    #[default]
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
 }
 
 impl Default for Config {
@@ -524,11 +621,88 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
         },
         "set `tls.cert_file` and `tls.key_file` together (or neither, for plain HTTP)".to_string(),
     );
+    let acme = config.acme();
     check(
-        config.server.https_listen.is_none() || config.tls.files().is_some(),
+        config.server.https_listen.is_none() || config.tls.files().is_some() || acme,
         "server.https_listen",
-        "HTTPS needs `tls.cert_file` and `tls.key_file`".to_string(),
+        "HTTPS needs `tls.cert_file` and `tls.key_file`, or an https `server.public_url` (for a certificate by ACME)".to_string(),
     );
+    if acme {
+        // A cell getting its own certificates answers on the standard ports unless told otherwise.
+        if figment.find_value("server.listen").is_err() {
+            config.server.listen = SocketAddr::from(([0, 0, 0, 0], 80));
+        }
+        if config.server.https_listen.is_none() {
+            config.server.https_listen = Some(SocketAddr::from(([0, 0, 0, 0], 443)));
+        }
+        for name in config.acme_names() {
+            check(
+                dns_name_ok(name.trim_start_matches("*.")),
+                if config.tls.acme.names.contains(&name) {
+                    "tls.acme.names"
+                } else {
+                    "server.public_url"
+                },
+                format!("{name:?} is not a domain name a certificate can be issued for"),
+            );
+        }
+        check(
+            config.tls.acme.directory.scheme() == "https",
+            "tls.acme.directory",
+            "must be an https URL".to_string(),
+        );
+        for contact in &config.tls.acme.contact {
+            check(
+                contact.contains('@'),
+                "tls.acme.contact",
+                format!("{contact:?} is not an email address"),
+            );
+        }
+        if config.server.workspace_domain.is_some() {
+            check(
+                config.tls.dns.provider.is_some(),
+                "tls.dns.provider",
+                "the wildcard certificate for `server.workspace_domain` is proven through DNS: set `tls.dns.provider` (rfc2136 or route53) and its keys".to_string(),
+            );
+        }
+    }
+    match config.tls.dns.provider {
+        Some(DnsProvider::Rfc2136) => {
+            for (key, set) in [
+                ("tls.dns.server", config.tls.dns.server.is_some()),
+                (
+                    "tls.dns.tsig_key_name",
+                    config.tls.dns.tsig_key_name.is_some(),
+                ),
+                ("tls.dns.tsig_secret", config.tls.dns.tsig_secret.is_some()),
+            ] {
+                check(set, key, "RFC 2136 updates need it".to_string());
+            }
+            if let Some(secret) = &config.tls.dns.tsig_secret {
+                use base64::Engine;
+                check(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(secret.expose())
+                        .is_ok_and(|k| !k.is_empty()),
+                    "tls.dns.tsig_secret",
+                    "must be base64, as `tsig-keygen` prints it".to_string(),
+                );
+            }
+        }
+        Some(DnsProvider::Route53) => check(
+            config.tls.dns.route53_zone_id.is_some(),
+            "tls.dns.route53_zone_id",
+            "Route 53 updates need the hosted zone's id".to_string(),
+        ),
+        None => {}
+    }
+    if let Some(zone) = &config.tls.dns.zone {
+        check(
+            dns_name_ok(zone),
+            "tls.dns.zone",
+            format!("{zone:?} is not a domain name"),
+        );
+    }
     let durations = [
         ("auth.session_ttl", config.auth.session_ttl),
         ("auth.login_link_ttl", config.auth.login_link_ttl),
@@ -576,15 +750,8 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
         "must not be empty; use e.g. info".to_string(),
     );
     if let Some(domain) = &config.server.workspace_domain {
-        let ok = !domain.is_empty()
-            && domain.len() <= 253
-            && domain.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            });
         check(
-            ok,
+            dns_name_ok(domain),
             "server.workspace_domain",
             format!("{domain:?} is not a domain name like ws.example.com"),
         );
@@ -634,7 +801,54 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
     problems
 }
 
+/// Whether `name` is a DNS name of letters, digits and hyphens (`ws.example.com`).
+fn dns_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
 impl Config {
+    /// Whether the cell gets its certificates by ACME: an https `server.public_url`, no
+    /// certificate files, and `tls.acme.enabled`.
+    pub fn acme(&self) -> bool {
+        self.tls.acme.enabled
+            && self.tls.files().is_none()
+            && self
+                .server
+                .public_url
+                .as_ref()
+                .is_some_and(|u| u.scheme() == "https")
+    }
+
+    /// The names of the cell's own certificate: the public URL's host, then `tls.acme.names`.
+    pub fn acme_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .server
+            .public_url
+            .as_ref()
+            .and_then(|u| u.host_str())
+            .map(|h| h.to_ascii_lowercase())
+            .into_iter()
+            .collect();
+        for name in &self.tls.acme.names {
+            let name = name.to_ascii_lowercase();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Whether the cell speaks HTTPS itself (certificate files or ACME).
+    pub fn serves_tls(&self) -> bool {
+        self.tls.files().is_some() || self.acme()
+    }
+
     /// The external base URL, always ending with `/` so that `join("path")` appends to it.
     /// Without `server.public_url` it is `http://` (`https://` with `[tls]` files) plus the listen
     /// address, with an unspecified address replaced by loopback.
@@ -647,8 +861,8 @@ impl Config {
             }
             return url;
         }
-        let listen = match (self.server.https_listen, self.tls.files()) {
-            (Some(https), Some(_)) => https,
+        let listen = match self.server.https_listen {
+            Some(https) if self.serves_tls() => https,
             _ => self.server.listen,
         };
         let ip = match listen.ip() {
@@ -682,6 +896,22 @@ impl Config {
             Ok(text) => text,
             Err(e) => format!("# the configuration cannot be shown as TOML: {e}\n"),
         }
+    }
+}
+
+/// Serde for `Url` as a string, independent of the `url` crate's optional serde feature.
+mod url_str {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use url::Url;
+
+    pub fn serialize<S: Serializer>(url: &Url, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(url.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Url::parse(&text).map_err(|e| D::Error::custom(format!("invalid URL: {e}")))
     }
 }
 

@@ -20,5 +20,6 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod trust;
 pub mod web;
 pub mod workers;

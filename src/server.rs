@@ -95,14 +95,16 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
     let (listener, addr) = bind(config.server.listen).await?;
     // With an HTTPS address as well, the plain one only redirects there.
     let https = match config.server.https_listen {
-        Some(at) if config.tls.files().is_some() => Some(bind(at).await?),
+        Some(at) if config.serves_tls() => Some(bind(at).await?),
         _ => None,
     };
     // Certificates first: a cell that cannot serve what it was configured to starts nothing.
-    let certs = match config.tls.files() {
-        Some((cert, key)) => {
-            Some(crate::edge::tls::CertFiles::load(cert, key).map_err(StartError::Tls)?)
-        }
+    let served = Arc::new(crate::edge::tls::Served::default());
+    let cert_files = match config.tls.files() {
+        Some((cert, key)) => Some(
+            crate::edge::tls::CertFiles::load(cert, key, served.clone())
+                .map_err(StartError::Tls)?,
+        ),
         None => None,
     };
     if config.server.public_url.is_none() {
@@ -169,6 +171,19 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         config.workers.timeouts_interval,
     ));
 
+    let http01 = Arc::new(crate::edge::acme::Http01::default());
+    if config.acme() {
+        let acme = crate::edge::acme::AcmeWorker::new(
+            cell.clone(),
+            &config,
+            served.clone(),
+            http01.clone(),
+            metrics.clone(),
+        )
+        .map_err(StartError::Tls)?;
+        supervisor.spawn(acme);
+    }
+
     let (shutdown, stop_rx) = watch::channel(false);
     let admin = crate::admin::serve(cell.clone(), &data, stop_rx.clone()).map_err(|source| {
         StartError::DataDir {
@@ -185,24 +200,25 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         ready: ready.clone(),
         flashes: Default::default(),
     };
-    let tls = certs.is_some();
+    let tls = config.serves_tls();
     let public_url = config.public_url();
-    let (addr, redirects, server) = match (certs, https) {
-        (Some(certs), Some((secure, secure_addr))) => {
-            certs.watch(stop_rx.clone(), state.metrics.clone());
-            let redirects = crate::edge::serve_redirects(listener, public_url, stop_rx.clone());
-            let server = crate::edge::serve_tls(secure, state, stop_rx, certs);
+    if let Some(files) = &cert_files {
+        files.watch(stop_rx.clone(), state.metrics.clone(), cell.clone());
+    }
+    let acme_http01 = config.acme().then_some(http01);
+    let (addr, redirects, server) = match (tls, https) {
+        (true, Some((secure, secure_addr))) => {
+            let redirects =
+                crate::edge::serve_redirects(listener, public_url, acme_http01, stop_rx.clone());
+            let server = crate::edge::serve_tls(secure, state, stop_rx, served);
             (secure_addr, Some((addr, redirects)), server)
         }
-        (Some(certs), None) => {
-            certs.watch(stop_rx.clone(), state.metrics.clone());
-            (
-                addr,
-                None,
-                crate::edge::serve_tls(listener, state, stop_rx, certs),
-            )
-        }
-        (None, _) => (addr, None, crate::edge::serve(listener, state, stop_rx)),
+        (true, None) => (
+            addr,
+            None,
+            crate::edge::serve_tls(listener, state, stop_rx, served),
+        ),
+        (false, _) => (addr, None, crate::edge::serve(listener, state, stop_rx)),
     };
     let (redirect_addr, redirects) = match redirects {
         Some((a, task)) => (Some(a), Some(task)),

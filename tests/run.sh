@@ -30,6 +30,8 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v restic >/dev/null || need+=(restic)
+[ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ] || need+=(pebble)
+[ -x /usr/sbin/named ] && [ -x /usr/sbin/tsig-keygen ] || need+=(bind9 bind9-utils)
 [ -x /usr/sbin/mkfs.ext4 ] && [ -x /usr/sbin/resize2fs ] || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(mount)
 if [ ${#need[@]} -gt 0 ]; then

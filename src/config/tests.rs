@@ -513,6 +513,15 @@ fn fully_populated() -> Config {
     config.server.https_listen = Some("0.0.0.0:443".parse().unwrap());
     config.tls.cert_file = Some(PathBuf::from("/etc/devcell/cell.pem"));
     config.tls.key_file = Some(PathBuf::from("/etc/devcell/cell.key"));
+    config.tls.trust_bundle = Some(PathBuf::from("/etc/devcell/ca.pem"));
+    config.tls.acme.ca_bundle = Some(PathBuf::from("/etc/devcell/acme-ca.pem"));
+    config.tls.dns.provider = Some(DnsProvider::Rfc2136);
+    config.tls.dns.server = Some("192.0.2.53:53".parse().unwrap());
+    config.tls.dns.zone = Some("example.com".into());
+    config.tls.dns.tsig_key_name = Some("devcell".into());
+    config.tls.dns.tsig_secret = Some(Secret::new("c2VjcmV0"));
+    config.tls.dns.route53_zone_id = Some("Z123".into());
+    config.tls.dns.route53_endpoint = Some(Url::parse("http://127.0.0.1:5000/").unwrap());
     config.workspace.file_repos = vec!["/srv/git".into(), "/home/shared/repos".into()];
     config.workspace.allow_destinations = vec!["127.0.0.1:5000".into(), "10.0.0.0/8".into()];
     config.workspace.plain_http_credentials = vec!["git.internal:8080".into()];
@@ -562,6 +571,10 @@ fn every_option_loads_from_its_environment_variable_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let pw = write(dir.path(), "pw", "pw\n");
     let pw_text = pw.display().to_string();
+    // A TSIG key must be base64.
+    let tsig = write(dir.path(), "tsig", "c2VjcmV0\n")
+        .display()
+        .to_string();
     let values = json(&fully_populated());
     let mut vars = Vec::new();
     let mut sections: std::collections::BTreeMap<&str, String> = Default::default();
@@ -570,8 +583,13 @@ fn every_option_loads_from_its_environment_variable_and_the_file() {
         let (section, name) = o.key.split_once('.').unwrap_or(("", o.key));
         let lines = sections.entry(section).or_default();
         if o.secret {
-            vars.push((format!("{}_FILE", o.env), pw_text.clone()));
-            lines.push_str(&format!("{name}_file = {:?}\n", pw_text));
+            let file = if o.key == "tls.dns.tsig_secret" {
+                &tsig
+            } else {
+                &pw_text
+            };
+            vars.push((format!("{}_FILE", o.env), file.clone()));
+            lines.push_str(&format!("{name}_file = {file:?}\n"));
             continue;
         }
         let text = match value {
@@ -623,4 +641,99 @@ fn a_certificate_file_without_its_key_is_refused_naming_the_missing_one() {
         err.contains("server.https_listen") && err.contains("tls.cert_file"),
         "{err}"
     );
+}
+
+#[test]
+fn an_https_public_url_without_files_means_acme_on_the_standard_ports() {
+    let acme = load_env(&[("DEVCELL_SERVER__PUBLIC_URL", "https://dev.example.com")]).unwrap();
+    assert!(acme.acme() && acme.serves_tls());
+    assert_eq!(acme.server.listen, "0.0.0.0:80".parse().unwrap());
+    assert_eq!(
+        acme.server.https_listen,
+        Some("0.0.0.0:443".parse().unwrap())
+    );
+    assert_eq!(acme.acme_names(), vec!["dev.example.com".to_string()]);
+
+    // Addresses the operator set stay; extra names join the public URL's host once.
+    let set = load_env(&[
+        (
+            "DEVCELL_SERVER__PUBLIC_URL",
+            "https://dev.example.com:8443/",
+        ),
+        ("DEVCELL_SERVER__LISTEN", "0.0.0.0:8080"),
+        ("DEVCELL_SERVER__HTTPS_LISTEN", "0.0.0.0:8443"),
+        (
+            "DEVCELL_TLS__ACME__NAMES",
+            "dev.example.com,cell.example.com",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(set.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(
+        set.server.https_listen,
+        Some("0.0.0.0:8443".parse().unwrap())
+    );
+    assert_eq!(
+        set.acme_names(),
+        vec!["dev.example.com", "cell.example.com"]
+    );
+
+    // Behind a proxy that terminates TLS: plain HTTP on the usual address.
+    let proxied = load_env(&[
+        ("DEVCELL_SERVER__PUBLIC_URL", "https://dev.example.com"),
+        ("DEVCELL_TLS__ACME__ENABLED", "false"),
+    ])
+    .unwrap();
+    assert!(!proxied.acme() && !proxied.serves_tls());
+    assert_eq!(proxied.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert!(proxied.secure_cookies());
+}
+
+#[test]
+fn acme_settings_that_cannot_work_are_refused_naming_the_key() {
+    let err = |vars: &[(&str, &str)]| load_env(vars).unwrap_err().to_string();
+    let e = err(&[
+        ("DEVCELL_SERVER__PUBLIC_URL", "https://dev.example.com"),
+        ("DEVCELL_SERVER__WORKSPACE_DOMAIN", "ws.example.com"),
+    ]);
+    assert!(
+        e.contains("tls.dns.provider") && e.contains("wildcard"),
+        "{e}"
+    );
+    let e = err(&[
+        ("DEVCELL_SERVER__PUBLIC_URL", "https://dev.example.com"),
+        ("DEVCELL_TLS__ACME__CHALLENGE", "dns-99"),
+    ]);
+    assert!(e.contains("tls.acme.challenge"), "{e}");
+    let e = err(&[
+        ("DEVCELL_SERVER__PUBLIC_URL", "https://dev.example.com"),
+        (
+            "DEVCELL_TLS__ACME__DIRECTORY",
+            "http://ca.internal/directory",
+        ),
+    ]);
+    assert!(
+        e.contains("tls.acme.directory") && e.contains("https"),
+        "{e}"
+    );
+    let e = err(&[
+        ("DEVCELL_SERVER__PUBLIC_URL", "https://dev.example.com"),
+        ("DEVCELL_TLS__ACME__NAMES", "bad_name!"),
+    ]);
+    assert!(
+        e.contains("tls.acme.names") && e.contains("bad_name!"),
+        "{e}"
+    );
+    let e = err(&[
+        ("DEVCELL_TLS__DNS__PROVIDER", "rfc2136"),
+        ("DEVCELL_TLS__DNS__SERVER", "127.0.0.1:53"),
+        ("DEVCELL_TLS__DNS__TSIG_KEY_NAME", "devcell"),
+        ("DEVCELL_TLS__DNS__TSIG_SECRET", "not base64!"),
+    ]);
+    assert!(
+        e.contains("tls.dns.tsig_secret") && e.contains("base64"),
+        "{e}"
+    );
+    let e = err(&[("DEVCELL_TLS__DNS__PROVIDER", "route53")]);
+    assert!(e.contains("tls.dns.route53_zone_id"), "{e}");
 }

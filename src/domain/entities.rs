@@ -213,6 +213,24 @@ pub struct GitCredential {
     pub created_at: OffsetDateTime,
 }
 
+/// A certificate the cell got by ACME, kept so that a restart serves it at once. The private
+/// key is sealed with the cell's key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IssuedCertificate {
+    /// Which of the cell's certificates: `main` (the public URL's host and `tls.acme.names`) or
+    /// `wildcard` (`*.{workspace_domain}`).
+    pub slot: String,
+    pub names: Vec<String>,
+    /// The ACME directory that issued it.
+    pub directory: String,
+    /// PEM chain, leaf first.
+    pub chain_pem: String,
+    pub sealed_key: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub issued_at: OffsetDateTime,
+}
+
 /// A one-time login link (printed by `devcell up`, or made by an admin).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoginLink {

@@ -9,10 +9,12 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod acme;
+pub mod dns;
 pub mod tls;
 
 use crate::api::{self, ApiError, AppState};
@@ -110,10 +112,10 @@ pub fn serve_tls(
     listener: tokio::net::TcpListener,
     state: AppState,
     mut stop: watch::Receiver<bool>,
-    certs: std::sync::Arc<tls::CertFiles>,
+    served: std::sync::Arc<tls::Served>,
 ) -> JoinHandle<()> {
     let app = app(state);
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(certs.server_config()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(served.server_config()));
     tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
@@ -161,10 +163,12 @@ pub fn serve_tls(
 }
 
 /// Answers every request on `listener` with a permanent redirect to the same path and query
-/// under `public` (the HTTPS address), until `stop`.
+/// under `public` (the HTTPS address), until `stop`; with `http01`, ACME's HTTP-01 validation
+/// requests get their key authorization instead.
 pub fn serve_redirects(
     listener: tokio::net::TcpListener,
     public: url::Url,
+    http01: Option<std::sync::Arc<acme::Http01>>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let to_https = move |uri: axum::http::Uri| {
@@ -176,7 +180,27 @@ pub fn serve_redirects(
             axum::response::Redirect::permanent(target.as_str())
         }
     };
-    let app = Router::new().fallback(to_https);
+    let mut app = Router::new().fallback(to_https);
+    if let Some(http01) = http01 {
+        let answer = move |axum::extract::Path(token): axum::extract::Path<String>| {
+            let answer = http01.answer(&token);
+            async move {
+                match answer {
+                    Some(key_authorization) => (
+                        StatusCode::OK,
+                        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+                        key_authorization,
+                    )
+                        .into_response(),
+                    None => (StatusCode::NOT_FOUND, "no such challenge").into_response(),
+                }
+            }
+        };
+        app = app.route(
+            "/.well-known/acme-challenge/{token}",
+            axum::routing::get(answer),
+        );
+    }
     tokio::spawn(async move {
         let signal = async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -1,11 +1,16 @@
-//! HTTPS from certificate files the operator keeps (`tls.cert_file`, `tls.key_file`): the
-//! certificate in use sits behind a lock that rustls asks for every new connection, so a
-//! renewed file is served to new connections without a restart while open ones keep theirs.
-//! The files are read again when they change (checked every few seconds) and on SIGHUP; a file
-//! that does not load (unreadable, not PEM, a key that is not the certificate's, or already
-//! expired) is logged and the certificate in use kept. An expired certificate at start is still
-//! served (it is the best there is) with a warning. `/metrics` shows the seconds left per name.
+//! The certificates the HTTPS listener serves. [`Served`] holds them behind a lock that rustls
+//! asks for every new connection, so a renewed certificate reaches new connections without a
+//! restart while open ones keep theirs; it picks one by the name the client asks for (the
+//! wildcard for port subdomains, else the cell's own) and answers TLS-ALPN-01 validation with the
+//! challenge certificate of the name being validated.
+//!
+//! [`CertFiles`] feeds it from files the operator keeps (`tls.cert_file`, `tls.key_file`): read
+//! again when they change (checked every few seconds) and on SIGHUP; a file that does not load
+//! (unreadable, not PEM, a key that is not the certificate's, or already expired) is logged and
+//! the certificate in use kept. An expired certificate at start is still served (it is the best
+//! there is) with a warning. `/metrics` shows the seconds left per name.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -14,53 +19,230 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
+
+use crate::service::{Cell, CertSource, CertStatus};
 
 /// How often the files' modification times are compared.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// The certificate the listener serves, and where it comes from.
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// A certificate ready to serve, with what operators see of it.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    pub names: Vec<String>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub issuer: String,
+}
+
+impl Loaded {
+    /// The chain and key from PEM text, checked to belong together; `what` names them in errors.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8], what: &str) -> Result<Loaded, String> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{what}: not a PEM certificate chain: {e}"))?;
+        if chain.is_empty() {
+            return Err(format!("{what}: holds no certificate"));
+        }
+        let private = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| format!("{what}: not a PEM private key: {e}"))?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
+            .map_err(|e| format!("{what}: the first certificate does not parse: {e}"))?;
+        let time = |t: x509_parser::time::ASN1Time| {
+            OffsetDateTime::from_unix_timestamp(t.timestamp()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        };
+        let not_before = time(leaf.validity().not_before);
+        let not_after = time(leaf.validity().not_after);
+        let issuer = leaf
+            .issuer()
+            .iter_common_name()
+            .find_map(|cn| cn.as_str().ok().map(str::to_owned))
+            .unwrap_or_else(|| leaf.issuer().to_string());
+        let names = leaf_names(&leaf);
+        let certified = CertifiedKey::from_der(chain, private, &provider())
+            .map_err(|e| format!("{what}: the key does not make a usable certificate: {e}"))?;
+        Ok(Loaded {
+            key: Arc::new(certified),
+            names,
+            not_before,
+            not_after,
+            issuer,
+        })
+    }
+
+    /// A self-signed certificate for `names`: what the cell serves when it has nothing else.
+    pub fn self_signed(names: &[String]) -> Result<Loaded, String> {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(names.to_vec())
+                .map_err(|e| format!("cannot make a self-signed certificate: {e}"))?;
+        Loaded::from_pem(
+            cert.pem().as_bytes(),
+            signing_key.serialize_pem().as_bytes(),
+            "self-signed certificate",
+        )
+    }
+
+    /// Whether this certificate covers `name` (exactly, or by a wildcard of one label).
+    pub fn covers(&self, name: &str) -> bool {
+        self.names.iter().any(|n| matches_name(n, name))
+    }
+}
+
+/// Whether a certificate name (`example.com`, `*.ws.example.com`) covers a host name.
+pub fn matches_name(pattern: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    match pattern.strip_prefix("*.") {
+        Some(parent) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(parent)),
+        None => pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+/// The certificates served, by slot (`main`, `wildcard`, `files`), and TLS-ALPN-01 answers.
+#[derive(Debug, Default)]
+pub struct Served {
+    slots: RwLock<Vec<(String, Loaded)>>,
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl Served {
+    /// Serves `loaded` for `slot` from the next connection on.
+    pub fn set(&self, slot: &str, loaded: Loaded) {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        match slots.iter_mut().find(|(s, _)| s == slot) {
+            Some((_, l)) => *l = loaded,
+            None => slots.push((slot.to_owned(), loaded)),
+        }
+    }
+
+    pub fn get(&self, slot: &str) -> Option<Loaded> {
+        self.slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(s, _)| s == slot)
+            .map(|(_, l)| l.clone())
+    }
+
+    /// Answers TLS-ALPN-01 validation of `name` with `cert` until [`Served::end_challenge`].
+    pub fn challenge(&self, name: &str, cert: Arc<CertifiedKey>) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_ascii_lowercase(), cert);
+    }
+
+    pub fn end_challenge(&self, name: &str) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name.to_ascii_lowercase());
+    }
+
+    /// The rustls configuration serving these certificates over HTTP/1.1 (and answering
+    /// TLS-ALPN-01 validation).
+    pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        config
+    }
+
+    /// Sets the seconds left per name in `metrics` (names no longer served go).
+    pub fn report(&self, metrics: &crate::metrics::Metrics) {
+        let now = OffsetDateTime::now_utc();
+        metrics.certificate_expiry.clear();
+        for (_, loaded) in self.slots.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            for name in &loaded.names {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&crate::metrics::CertLabels { name: name.clone() })
+                    .set((loaded.not_after - now).whole_seconds());
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for Served {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().map(str::to_ascii_lowercase);
+        let validating = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if validating {
+            // Only the challenge certificate answers a validation, never a real one.
+            return self
+                .challenges
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name.as_deref()?)
+                .cloned();
+        }
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let covering = name
+            .as_deref()
+            .and_then(|n| slots.iter().find(|(_, l)| l.covers(n)));
+        covering
+            .or_else(|| slots.first())
+            .map(|(_, l)| l.key.clone())
+    }
+}
+
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+/// The operator's certificate files, served as slot `files`.
 #[derive(Debug)]
 pub struct CertFiles {
     cert: PathBuf,
     key: PathBuf,
-    current: RwLock<Arc<CertifiedKey>>,
-    /// The served leaf's expiry (Unix seconds) and the names it holds.
-    expiry: RwLock<(i64, Vec<String>)>,
+    served: Arc<Served>,
     /// The files' modification times when they were last read.
     read_at: RwLock<(Option<SystemTime>, Option<SystemTime>)>,
+    last_error: RwLock<Option<String>>,
 }
 
 impl CertFiles {
-    /// Loads the files; at start a file that does not load is an error (nothing to serve).
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertFiles>, String> {
+    /// Loads the files into `served`; at start a file that does not load is an error (nothing
+    /// to serve).
+    pub fn load(cert: &Path, key: &Path, served: Arc<Served>) -> Result<Arc<CertFiles>, String> {
         let read_at = (modified(cert), modified(key));
-        let (current, not_after, names) = certified_key(cert, key)?;
-        if not_after <= now() {
+        let loaded = read_files(cert, key)?;
+        if loaded.not_after <= OffsetDateTime::now_utc() {
             tracing::warn!(cert = %cert.display(), "the certificate has expired: clients will refuse it until the file is renewed");
         }
+        served.set("files", loaded);
         Ok(Arc::new(CertFiles {
             cert: cert.to_owned(),
             key: key.to_owned(),
-            current: RwLock::new(Arc::new(current)),
-            expiry: RwLock::new((not_after, names)),
+            served,
             read_at: RwLock::new(read_at),
+            last_error: RwLock::new(None),
         }))
     }
 
     /// Reads the files again; on failure the certificate in use stays.
     pub fn reload(&self) -> Result<(), String> {
         let read_at = (modified(&self.cert), modified(&self.key));
-        let loaded = certified_key(&self.cert, &self.key);
+        let loaded = read_files(&self.cert, &self.key);
         *self.read_at.write().unwrap_or_else(|p| p.into_inner()) = read_at;
-        let (loaded, not_after, names) = loaded?;
-        if not_after <= now() {
+        let loaded = loaded?;
+        if loaded.not_after <= OffsetDateTime::now_utc() {
             return Err(format!(
                 "{} has expired; renew it (the certificate in use stays)",
                 self.cert.display()
             ));
         }
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
-        *self.expiry.write().unwrap_or_else(|p| p.into_inner()) = (not_after, names);
+        self.served.set("files", loaded);
         Ok(())
     }
 
@@ -69,40 +251,37 @@ impl CertFiles {
         *self.read_at.read().unwrap_or_else(|p| p.into_inner()) != now
     }
 
-    /// The rustls configuration serving this certificate over HTTP/1.1.
-    pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
-        let mut config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config
+    fn publish(&self, cell: &Cell) {
+        let Some(loaded) = self.served.get("files") else {
+            return;
+        };
+        cell.publish_certificate_status(CertStatus {
+            slot: "files".into(),
+            names: loaded.names,
+            source: CertSource::Files,
+            issuer: Some(loaded.issuer),
+            not_after: Some(loaded.not_after),
+            next_renewal: None,
+            last_error: self
+                .last_error
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            failures: 0,
+        });
     }
 
-    /// Sets the seconds left per name in `metrics` (names the certificate no longer holds go).
-    fn report(&self, metrics: &crate::metrics::Metrics) {
-        let (not_after, names) = self
-            .expiry
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        metrics.certificate_expiry.clear();
-        for name in names {
-            metrics
-                .certificate_expiry
-                .get_or_create(&crate::metrics::CertLabels { name })
-                .set(not_after - now());
-        }
-    }
-
-    /// Reads the files again whenever they change or SIGHUP arrives, and keeps the metrics
-    /// current, until `stop`.
+    /// Reads the files again whenever they change or SIGHUP arrives, and keeps the metrics and
+    /// the status current, until `stop`.
     pub fn watch(
         self: &Arc<Self>,
         mut stop: tokio::sync::watch::Receiver<bool>,
         metrics: Arc<crate::metrics::Metrics>,
+        cell: Cell,
     ) {
         let files = self.clone();
-        files.report(&metrics);
+        files.served.report(&metrics);
+        files.publish(&cell);
         tokio::spawn(async move {
             let mut hup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -120,65 +299,41 @@ impl CertFiles {
                     _ = tokio::time::sleep(CHECK_EVERY) => false,
                     _ = hangup => true,
                 };
-                files.report(&metrics);
-                if !asked && !files.changed() {
-                    continue;
-                }
-                match files.reload() {
-                    Ok(()) => {
-                        tracing::info!(cert = %files.cert.display(), "certificate read again; new connections get it")
+                files.served.report(&metrics);
+                if asked || files.changed() {
+                    let result = files.reload();
+                    match &result {
+                        Ok(()) => {
+                            tracing::info!(cert = %files.cert.display(), "certificate read again; new connections get it")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the certificate files did not load; still serving the previous certificate")
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the certificate files did not load; still serving the previous certificate")
-                    }
+                    *files.last_error.write().unwrap_or_else(|p| p.into_inner()) = result.err();
                 }
+                files.publish(&cell);
             }
         });
     }
-}
-
-impl ResolvesServerCert for CertFiles {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// The chain and key from PEM files, checked to belong together, with the leaf's expiry (Unix
-/// seconds) and names (DNS names and addresses, else its common name).
-fn certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, i64, Vec<String>), String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: holds no certificate", cert.display()));
-    }
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| {
-        format!(
-            "{}: the first certificate does not parse: {e}",
-            cert.display()
-        )
-    })?;
-    let not_after = leaf.validity().not_after.timestamp();
+fn read_files(cert: &Path, key: &Path) -> Result<Loaded, String> {
+    let chain = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let private = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    Loaded::from_pem(
+        &chain,
+        &private,
+        &format!("{} and {}", cert.display(), key.display()),
+    )
+}
+
+/// The leaf's DNS names and addresses, else its common name.
+fn leaf_names(leaf: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     let mut names: Vec<String> = leaf
         .subject_alternative_name()
         .ok()
@@ -208,12 +363,21 @@ fn certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, i64, Vec<Stri
                 .filter_map(|cn| cn.as_str().ok().map(str::to_owned)),
         );
     }
-    let certified = CertifiedKey::from_der(chain, private, &provider).map_err(|e| {
-        format!(
-            "{} and {} do not make a usable certificate: {e}",
-            cert.display(),
-            key.display()
-        )
-    })?;
-    Ok((certified, not_after, names))
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches_name;
+
+    #[test]
+    fn a_wildcard_covers_one_label_only() {
+        assert!(matches_name("*.ws.example.com", "8080-abc.ws.example.com"));
+        assert!(matches_name("*.ws.example.com", "8080-ABC.WS.example.com."));
+        assert!(!matches_name("*.ws.example.com", "ws.example.com"));
+        assert!(!matches_name("*.ws.example.com", "a.b.ws.example.com"));
+        assert!(!matches_name("*.ws.example.com", "evilws.example.com"));
+        assert!(matches_name("dev.example.com", "DEV.example.com"));
+        assert!(!matches_name("dev.example.com", "x.dev.example.com"));
+    }
 }

@@ -146,7 +146,7 @@ impl Cell {
         Ok(())
     }
 
-    fn sealer(&self) -> Result<&super::secrets::Sealer> {
+    pub(super) fn sealer(&self) -> Result<&super::secrets::Sealer> {
         self.inner.sealer.as_ref().ok_or_else(|| {
             Error::Internal("the cell's secret key is not available; check DATA/secret.key".into())
         })

@@ -4,6 +4,7 @@
 
 mod auth;
 mod backups;
+mod certificates;
 mod credentials;
 mod lifecycle;
 mod orgs;
@@ -18,6 +19,7 @@ use time::OffsetDateTime;
 
 pub use auth::{Credentials, LoginOutcome, NewToken};
 pub use backups::{BackupStats, CleanupPass, retry_after};
+pub use certificates::{CertSource, CertStatus};
 pub use credentials::NewCredential;
 pub use lifecycle::{ExecInput, PortView, StopPlan, TaskView, TimeoutPass};
 pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};
@@ -148,6 +150,8 @@ struct Inner {
     /// How many operations use each workspace's files now (see `Cell::use_files`); mounting
     /// and unmounting happen under this lock.
     file_users: std::sync::Mutex<std::collections::HashMap<crate::domain::WorkspaceId, usize>>,
+    /// What the edge serves, as it last said.
+    certs: certificates::CertStatuses,
 }
 
 impl Cell {
@@ -197,6 +201,7 @@ impl Cell {
                 redeemed: Default::default(),
                 activity: Default::default(),
                 file_users: Default::default(),
+                certs: Default::default(),
             }),
         }
     }

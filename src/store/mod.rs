@@ -68,6 +68,12 @@ pub(crate) const GIT_CREDENTIALS: Def = TableDefinition::new("git_credentials");
 /// table reads as empty).
 pub(crate) const DELETED: Def = TableDefinition::new("deleted_workspaces");
 
+/// Key: certificate slot (`main`, `wildcard`). Certificates got by ACME (added without a schema
+/// bump, like the tables below: a missing table reads as empty).
+pub(crate) const CERTIFICATES: Def = TableDefinition::new("certificates");
+/// Key: ACME directory URL.
+pub(crate) const ACME_ACCOUNTS: Def = TableDefinition::new("acme_accounts");
+
 /// Every table, for copies and for creating a fresh database.
 pub(crate) const ALL_TABLES: &[Def] = &[
     META,
@@ -88,6 +94,8 @@ pub(crate) const ALL_TABLES: &[Def] = &[
     LOGIN_LINKS,
     GIT_CREDENTIALS,
     DELETED,
+    CERTIFICATES,
+    ACME_ACCOUNTS,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -524,6 +532,18 @@ pub trait Reader {
             .map(|(_, r)| r.try_into())
             .collect()
     }
+    fn issued_certificates(&self) -> Result<Vec<crate::domain::entities::IssuedCertificate>> {
+        self.scan::<records::CertificateRecord>("", usize::MAX)?
+            .into_iter()
+            .map(|(_, r)| r.try_into())
+            .collect()
+    }
+    /// The sealed credentials of the ACME account at `directory`.
+    fn acme_account(&self, directory: &str) -> Result<Option<String>> {
+        Ok(self
+            .get::<records::AcmeAccountRecord>(directory)?
+            .map(|r| r.sealed_credentials))
+    }
     /// All expirable credentials as (kind, key, expiry in unix milliseconds), for the expiry loop.
     fn expirables(&self) -> Result<Vec<(&'static str, String, i64)>> {
         let mut out = Vec::new();
@@ -693,6 +713,27 @@ impl WriteTx {
         self.put(
             &format!("{}/{}", c.user, c.id),
             &records::GitCredentialRecord::from(c),
+        )
+    }
+    pub fn put_issued_certificate(
+        &self,
+        c: &crate::domain::entities::IssuedCertificate,
+    ) -> Result<()> {
+        self.put(&c.slot, &records::CertificateRecord::from(c))
+    }
+    pub fn put_acme_account(
+        &self,
+        directory: &str,
+        sealed: &str,
+        at: time::OffsetDateTime,
+    ) -> Result<()> {
+        self.put(
+            directory,
+            &records::AcmeAccountRecord {
+                directory: directory.to_owned(),
+                sealed_credentials: sealed.to_owned(),
+                created_at: records::ms(at),
+            },
         )
     }
     pub fn delete_git_credential(&self, user: &UserId, id: &CredentialId) -> Result<bool> {

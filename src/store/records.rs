@@ -772,3 +772,65 @@ impl From<GitRecord> for GitState {
         }
     }
 }
+
+#[derive(Serialize, Deserialize)]
+pub struct CertificateRecord {
+    pub slot: String,
+    pub names: Vec<String>,
+    pub directory: String,
+    pub chain_pem: String,
+    /// Sealed with the cell's key (see `service::secrets`).
+    pub sealed_key: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub issued_at: i64,
+}
+
+impl Record for CertificateRecord {
+    const TABLE: Def = super::CERTIFICATES;
+    const VERSION: u16 = 1;
+}
+
+impl From<&crate::domain::entities::IssuedCertificate> for CertificateRecord {
+    fn from(c: &crate::domain::entities::IssuedCertificate) -> Self {
+        CertificateRecord {
+            slot: c.slot.clone(),
+            names: c.names.clone(),
+            directory: c.directory.clone(),
+            chain_pem: c.chain_pem.clone(),
+            sealed_key: c.sealed_key.clone(),
+            not_before: ms(c.not_before),
+            not_after: ms(c.not_after),
+            issued_at: ms(c.issued_at),
+        }
+    }
+}
+
+impl TryFrom<CertificateRecord> for crate::domain::entities::IssuedCertificate {
+    type Error = StoreError;
+    fn try_from(r: CertificateRecord) -> Result<Self, StoreError> {
+        Ok(crate::domain::entities::IssuedCertificate {
+            slot: r.slot,
+            names: r.names,
+            directory: r.directory,
+            chain_pem: r.chain_pem,
+            sealed_key: r.sealed_key,
+            not_before: from_ms(r.not_before)?,
+            not_after: from_ms(r.not_after)?,
+            issued_at: from_ms(r.issued_at)?,
+        })
+    }
+}
+
+/// An ACME account: its credentials (key and URL) as JSON, sealed with the cell's key.
+#[derive(Serialize, Deserialize)]
+pub struct AcmeAccountRecord {
+    pub directory: String,
+    pub sealed_credentials: String,
+    pub created_at: i64,
+}
+
+impl Record for AcmeAccountRecord {
+    const TABLE: Def = super::ACME_ACCOUNTS;
+    const VERSION: u16 = 1;
+}

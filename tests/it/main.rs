@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod access;
+pub mod acme;
 mod api;
 mod attack;
 pub mod backup;

@@ -1,0 +1,189 @@
+//! The cell's own certificates: those got by ACME and the account that got them, kept in the
+//! store with private keys sealed, and the live status of every certificate the edge serves
+//! (what `devcell cert status`, the admin page and the dashboard's warning show).
+
+use std::sync::RwLock;
+
+use time::OffsetDateTime;
+
+use super::{Cell, Error, Result};
+use crate::domain::entities::IssuedCertificate;
+use crate::store::Reader;
+
+/// Where a served certificate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertSource {
+    Acme,
+    Files,
+    /// Made by the cell because it has nothing else; browsers warn about it.
+    SelfSigned,
+}
+
+/// One certificate the edge serves, as operators see it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CertStatus {
+    /// `main`, `wildcard` or `files`.
+    pub slot: String,
+    pub names: Vec<String>,
+    pub source: CertSource,
+    pub issuer: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+    /// When the cell next tries to renew it (ACME only).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_renewal: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    /// Failed attempts in a row.
+    pub failures: u32,
+}
+
+impl CertStatus {
+    /// What needs the operator's eye, if anything: a self-signed certificate, one expiring
+    /// within 14 days (or expired), or three failed renewals in a row.
+    pub fn warning(&self, now: OffsetDateTime) -> Option<String> {
+        let names = self.names.join(", ");
+        if self.source == CertSource::SelfSigned {
+            return Some(match &self.last_error {
+                Some(e) => format!(
+                    "{names}: serving a self-signed certificate (browsers will warn) because none could be got: {e}"
+                ),
+                None => format!(
+                    "{names}: serving a self-signed certificate (browsers will warn) until one is issued"
+                ),
+            });
+        }
+        let left = self.not_after.map(|t| t - now);
+        if let Some(left) = left
+            && left <= time::Duration::ZERO
+        {
+            return Some(format!(
+                "{names}: the certificate has expired; {}",
+                self.advice()
+            ));
+        }
+        if let Some(left) = left
+            && left <= time::Duration::days(14)
+        {
+            return Some(format!(
+                "{names}: the certificate expires in {} days; {}",
+                left.whole_days(),
+                self.advice()
+            ));
+        }
+        if self.failures >= 3 {
+            return Some(format!(
+                "{names}: {} renewals failed in a row (last: {}); the current certificate is still served",
+                self.failures,
+                self.last_error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        None
+    }
+
+    fn advice(&self) -> String {
+        match (self.source, &self.last_error) {
+            (CertSource::Files, _) => "renew the files in tls.cert_file and tls.key_file".into(),
+            (_, Some(e)) => format!("renewal keeps failing: {e}"),
+            (_, None) => "renewal has not run yet".into(),
+        }
+    }
+}
+
+/// The statuses the edge last published.
+#[derive(Default)]
+pub(super) struct CertStatuses(RwLock<Vec<CertStatus>>);
+
+impl Cell {
+    /// Certificates got by ACME earlier, to serve at once after a restart.
+    pub fn issued_certificates(&self) -> Result<Vec<IssuedCertificate>> {
+        Ok(self.inner.store.read(|tx| tx.issued_certificates())?)
+    }
+
+    /// The private key (PEM) of an issued certificate.
+    pub fn issued_certificate_key(&self, c: &IssuedCertificate) -> Result<String> {
+        self.sealer()?
+            .open(&c.sealed_key)
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Keeps a newly issued certificate, its key sealed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn save_issued_certificate(
+        &self,
+        slot: &str,
+        names: &[String],
+        directory: &str,
+        chain_pem: &str,
+        key_pem: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<()> {
+        let issued = IssuedCertificate {
+            slot: slot.to_owned(),
+            names: names.to_vec(),
+            directory: directory.to_owned(),
+            chain_pem: chain_pem.to_owned(),
+            sealed_key: self.sealer()?.seal(key_pem),
+            not_before,
+            not_after,
+            issued_at: self.now(),
+        };
+        self.inner
+            .store
+            .write(|tx| tx.put_issued_certificate(&issued).map_err(Error::from))
+    }
+
+    /// The credentials (JSON) of the ACME account at `directory`, if the cell has one.
+    pub fn acme_account(&self, directory: &str) -> Result<Option<String>> {
+        let sealed = self.inner.store.read(|tx| tx.acme_account(directory))?;
+        sealed
+            .map(|s| {
+                self.sealer()?
+                    .open(&s)
+                    .map_err(|e| Error::Internal(e.to_string()))
+            })
+            .transpose()
+    }
+
+    pub fn save_acme_account(&self, directory: &str, credentials_json: &str) -> Result<()> {
+        let sealed = self.sealer()?.seal(credentials_json);
+        let now = self.now();
+        self.inner.store.write(|tx| {
+            tx.put_acme_account(directory, &sealed, now)
+                .map_err(Error::from)
+        })
+    }
+
+    /// What the edge serves now, one entry per certificate.
+    pub fn certificate_status(&self) -> Vec<CertStatus> {
+        self.inner
+            .certs
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the entry for `status.slot`.
+    pub fn publish_certificate_status(&self, status: CertStatus) {
+        let mut all = self
+            .inner
+            .certs
+            .0
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        all.retain(|s| s.slot != status.slot);
+        all.push(status);
+        all.sort_by(|a, b| a.slot.cmp(&b.slot));
+    }
+
+    /// Warnings about the served certificates (see [`CertStatus::warning`]).
+    pub fn certificate_warnings(&self) -> Vec<String> {
+        let now = self.now();
+        self.certificate_status()
+            .iter()
+            .filter_map(|s| s.warning(now))
+            .collect()
+    }
+}
