@@ -95,7 +95,7 @@ impl DnsWriter {
                 let answer = client
                     .append(record, zone.clone(), false)
                     .await
-                    .map_err(|e| format!("the DNS update to {server} failed: {e}"))?;
+                    .map_err(|e| update_failed(server, &e))?;
                 check(answer.response_code(), server, name)
             }
             DnsWriter::Route53 { zone_id, endpoint } => {
@@ -117,7 +117,7 @@ impl DnsWriter {
                 let answer = client
                     .delete_by_rdata(record, zone.clone())
                     .await
-                    .map_err(|e| format!("the DNS update to {server} failed: {e}"))?;
+                    .map_err(|e| update_failed(server, &e))?;
                 check(answer.response_code(), server, name)
             }
             DnsWriter::Route53 { zone_id, endpoint } => {
@@ -135,6 +135,13 @@ fn txt_record(name: &str, value: &str) -> Result<Record, String> {
         TTL,
         RData::TXT(TXT::new(vec![value.to_owned()])),
     ))
+}
+
+fn update_failed(server: &std::net::SocketAddr, e: &hickory_client::ClientError) -> String {
+    tracing::debug!(error = ?e, "DNS update failed");
+    format!(
+        "the DNS update to {server} failed: {e}; check tls.dns.tsig_key_name, tsig_algorithm and tsig_secret (a server that does not know the key answers unsigned, which reads as this error)"
+    )
 }
 
 fn check(code: ResponseCode, server: &std::net::SocketAddr, name: &str) -> Result<(), String> {

@@ -62,6 +62,18 @@ impl Pebble {
     /// Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port` of the names it
     /// is asked for, issuing certificates valid for `validity` seconds (0: pebble's default).
     pub fn start(http_port: u16, tls_port: u16, validity: u64, dns: Option<SocketAddr>) -> Pebble {
+        Self::start_env(http_port, tls_port, validity, dns, &[])
+    }
+
+    /// The same, with more environment for pebble (`PEBBLE_VA_ALWAYS_VALID` where nothing
+    /// pebble can ask serves the records).
+    pub fn start_env(
+        http_port: u16,
+        tls_port: u16,
+        validity: u64,
+        dns: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> Pebble {
         need("/usr/bin/pebble", "pebble");
         need("/usr/bin/pebble-challtestsrv", "pebble");
         let dir = tempfile::tempdir().unwrap();
@@ -121,6 +133,7 @@ impl Pebble {
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -476,4 +489,331 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// BIND, authoritative for `devcell.test` on a loopback port, taking RFC 2136 updates of TXT
+/// records signed with the TSIG key `devcell`.
+pub struct Bind {
+    pub addr: SocketAddr,
+    pub secret: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Bind {
+    pub fn start() -> Bind {
+        need("/usr/sbin/named", "bind9");
+        need("/usr/sbin/tsig-keygen", "bind9-utils");
+        let dir = tempfile::tempdir().unwrap();
+        let key = Command::new("/usr/sbin/tsig-keygen")
+            .args(["-a", "hmac-sha256", "devcell"])
+            .output()
+            .unwrap();
+        let key = String::from_utf8(key.stdout).unwrap();
+        let secret = key
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("secret \""))
+            .unwrap()
+            .trim_end_matches("\";")
+            .to_owned();
+        let port = free_port();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("devcell.test.zone"),
+            "$TTL 60\n\
+             @ IN SOA ns.devcell.test. hostmaster.devcell.test. 1 60 60 600 60\n\
+             @ IN NS ns.devcell.test.\n\
+             ns IN A 127.0.0.1\n\
+             cell IN A 127.0.0.1\n\
+             *.ws IN A 127.0.0.1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("named.conf"),
+            format!(
+                "{key}\n\
+                 options {{ directory \"{d}\"; pid-file \"{d}/named.pid\"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; recursion no; dnssec-validation no; }};\n\
+                 controls {{ }};\n\
+                 zone \"devcell.test\" {{ type primary; file \"{d}/devcell.test.zone\"; update-policy {{ grant devcell zonesub TXT; }}; }};\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("named.log")).unwrap();
+        let mut child = Command::new("/usr/sbin/named")
+            .arg("-g")
+            .arg("-c")
+            .arg(dir.path().join("named.conf"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "named exited: {}",
+                std::fs::read_to_string(dir.path().join("named.log")).unwrap_or_default()
+            );
+            assert!(Instant::now() < until, "named did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Bind {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            secret,
+            child,
+            dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
+    }
+
+    /// The TXT values BIND serves for `name`.
+    pub async fn txt(&self, name: &str) -> Vec<String> {
+        use hickory_client::client::{Client, ClientHandle};
+        use hickory_client::proto::rr::{DNSClass, Name, RecordType};
+        let (stream, sender) = hickory_client::proto::tcp::TcpClientStream::new(
+            self.addr,
+            None,
+            Some(Duration::from_secs(5)),
+            hickory_client::proto::runtime::TokioRuntimeProvider::new(),
+        );
+        let (mut client, bg) = Client::new(stream, sender, None).await.unwrap();
+        tokio::spawn(bg);
+        let answer = client
+            .query(
+                Name::from_ascii(name).unwrap(),
+                DNSClass::IN,
+                RecordType::TXT,
+            )
+            .await
+            .unwrap();
+        answer
+            .answers()
+            .iter()
+            .map(|r| r.data().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn dns01_over_rfc2136_gets_the_wildcard_for_port_subdomains_and_cleans_up_its_record() {
+    let bind = Bind::start();
+    let ports = (free_port(), free_port());
+    let pebble = Pebble::start(ports.0, ports.1, 0, Some(bind.addr));
+    let root = pebble.root().await;
+    let (server, secret) = (bind.addr, bind.secret.clone());
+    let c = acme_cell(
+        &pebble,
+        ports,
+        "cell.devcell.test",
+        devcell::config::AcmeChallenge::Http01,
+        move |config| {
+            config.server.workspace_domain = Some("ws.devcell.test".into());
+            config.tls.dns.provider = Some(devcell::config::DnsProvider::Rfc2136);
+            config.tls.dns.server = Some(server);
+            config.tls.dns.zone = Some("devcell.test".into());
+            config.tls.dns.tsig_key_name = Some("devcell".into());
+            config.tls.dns.tsig_secret = Some(devcell::config::Secret::new(secret));
+        },
+    )
+    .await;
+    // A port's own origin is served the wildcard, the dashboard its own certificate.
+    let port_host = "8080-01jabcdefghjkmnpqrstvwxyz0.ws.devcell.test";
+    let s = wait_issued(
+        &root,
+        port_host,
+        ports.1,
+        Duration::from_secs(40),
+        &pebble,
+        &c,
+    )
+    .await;
+    let wildcard = leaf(&s);
+    let s = wait_issued(
+        &root,
+        "cell.devcell.test",
+        ports.1,
+        Duration::from_secs(20),
+        &pebble,
+        &c,
+    )
+    .await;
+    assert_ne!(leaf(&s), wildcard);
+    let status = c.cell().certificate_status();
+    let w = status.iter().find(|s| s.slot == "wildcard").unwrap();
+    assert_eq!(w.names, vec!["*.ws.devcell.test".to_string()]);
+    assert_eq!(w.source, devcell::service::CertSource::Acme, "{w:?}");
+    // The challenge record is gone once pebble has looked.
+    let left = bind.txt("_acme-challenge.ws.devcell.test.").await;
+    assert!(
+        left.is_empty(),
+        "records left behind: {left:?}\n{}",
+        bind.log()
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_dns_update_with_a_wrong_tsig_key_is_refused_with_what_to_check() {
+    let bind = Bind::start();
+    let mut config = devcell::config::Config::default();
+    config.server.workspace_domain = Some("ws.devcell.test".into());
+    config.tls.dns.provider = Some(devcell::config::DnsProvider::Rfc2136);
+    config.tls.dns.server = Some(bind.addr);
+    config.tls.dns.zone = Some("devcell.test".into());
+    config.tls.dns.tsig_key_name = Some("devcell".into());
+    config.tls.dns.tsig_secret = Some(devcell::config::Secret::new(
+        "zTrrEENZZBuXe5aqA0N/0VhYbWIUynfthtQbrEjD/Bs=",
+    ));
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+        .unwrap()
+        .unwrap();
+    let err = writer
+        .set_txt("_acme-challenge.ws.devcell.test", "x")
+        .await
+        .unwrap_err();
+    assert!(err.contains("tsig"), "{err}");
+    assert!(
+        bind.txt("_acme-challenge.ws.devcell.test.")
+            .await
+            .is_empty()
+    );
+
+    // With the right key the record comes and goes.
+    config.tls.dns.tsig_secret = Some(devcell::config::Secret::new(bind.secret.clone()));
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+        .unwrap()
+        .unwrap();
+    writer
+        .set_txt("_acme-challenge.ws.devcell.test", "proof")
+        .await
+        .unwrap();
+    assert_eq!(
+        bind.txt("_acme-challenge.ws.devcell.test.").await,
+        vec!["proof"]
+    );
+    writer
+        .remove_txt("_acme-challenge.ws.devcell.test", "proof")
+        .await
+        .unwrap();
+    assert!(
+        bind.txt("_acme-challenge.ws.devcell.test.")
+            .await
+            .is_empty()
+    );
+}
+
+/// Runs a boto3 script against moto's Route 53; its printed output.
+fn route53(moto: &crate::backup::Moto, body: &str) -> String {
+    let venv =
+        std::env::var("DEVCELL_TEST_VENV").unwrap_or_else(|_| "/var/cache/devcell/venv".into());
+    let script = format!(
+        "import boto3\n\
+         r = boto3.client('route53', endpoint_url='http://127.0.0.1:{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n{body}",
+        moto.port
+    );
+    let out = Command::new(Path::new(&venv).join("bin/python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn txt_values(moto: &crate::backup::Moto, zone: &str) -> Vec<String> {
+    let out = route53(
+        moto,
+        &format!(
+            "for s in r.list_resource_record_sets(HostedZoneId='{zone}')['ResourceRecordSets']:\n    \
+             if s['Type'] == 'TXT':\n        \
+             for v in s['ResourceRecords']: print(s['Name'], v['Value'])\n"
+        ),
+    );
+    out.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn dns01_through_route53_writes_the_record_and_removes_it_after_validation() {
+    crate::harness::moto_credentials();
+    let moto = crate::backup::Moto::start(free_port());
+    let zone = route53(
+        &moto,
+        "z = r.create_hosted_zone(Name='ws.example.test', CallerReference='devcell')\nprint(z['HostedZone']['Id'].split('/')[-1])\n",
+    );
+    let mut config = devcell::config::Config::default();
+    config.server.workspace_domain = Some("ws.example.test".into());
+    config.tls.dns.provider = Some(devcell::config::DnsProvider::Route53);
+    config.tls.dns.route53_zone_id = Some(zone.clone());
+    config.tls.dns.route53_endpoint =
+        Some(url::Url::parse(&format!("http://127.0.0.1:{}", moto.port)).unwrap());
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+        .unwrap()
+        .unwrap();
+    writer
+        .set_txt("_acme-challenge.ws.example.test", "proof-value")
+        .await
+        .unwrap();
+    let values = txt_values(&moto, &zone);
+    assert!(
+        values.iter().any(|v| v.contains("_acme-challenge.ws.example.test") && v.contains("\"proof-value\"")),
+        "{values:?}"
+    );
+    writer
+        .remove_txt("_acme-challenge.ws.example.test", "proof-value")
+        .await
+        .unwrap();
+    assert!(txt_values(&moto, &zone).is_empty());
+
+    // End to end: pebble cannot ask moto's zone over DNS, so it takes the record as proven
+    // here; what the cell does with Route 53 is the same.
+    let ports = (free_port(), free_port());
+    let pebble = Pebble::start_env(
+        ports.0,
+        ports.1,
+        0,
+        None,
+        &[("PEBBLE_VA_ALWAYS_VALID", "1")],
+    );
+    let root = pebble.root().await;
+    let (z, endpoint) = (zone.clone(), config.tls.dns.route53_endpoint.clone());
+    let c = acme_cell(
+        &pebble,
+        ports,
+        "cell.example.test",
+        devcell::config::AcmeChallenge::Http01,
+        move |config| {
+            config.server.workspace_domain = Some("ws.example.test".into());
+            config.tls.dns.provider = Some(devcell::config::DnsProvider::Route53);
+            config.tls.dns.route53_zone_id = Some(z);
+            config.tls.dns.route53_endpoint = endpoint;
+        },
+    )
+    .await;
+    wait_issued(
+        &root,
+        "3000-x.ws.example.test",
+        ports.1,
+        Duration::from_secs(40),
+        &pebble,
+        &c,
+    )
+    .await;
+    assert!(
+        txt_values(&moto, &zone).is_empty(),
+        "the record was left behind"
+    );
+    c.stop().await;
 }

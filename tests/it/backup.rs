@@ -658,13 +658,13 @@ async fn a_failing_store_keeps_the_files_and_the_backup_pending_until_it_works()
 }
 
 /// moto's S3 server on a free loopback port (from the test virtualenv that tests/run.sh makes).
-struct Moto {
-    port: u16,
+pub struct Moto {
+    pub port: u16,
     child: std::process::Child,
 }
 
 impl Moto {
-    fn start(port: u16) -> Moto {
+    pub fn start(port: u16) -> Moto {
         let venv =
             std::env::var("DEVCELL_TEST_VENV").unwrap_or_else(|_| "/var/cache/devcell/venv".into());
         let exe = Path::new(&venv).join("bin/moto_server");
@@ -787,14 +787,8 @@ impl Drop for Moto {
 }
 
 #[tokio::test]
-// The standard AWS credential chain reads the process environment; nothing else here does.
-#[allow(unsafe_code)]
 async fn s3_backups_survive_the_store_going_away_and_stock_restic_reads_them() {
-    // SAFETY: no other test reads or writes these variables; moto accepts any credentials.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    }
+    crate::harness::moto_credentials();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -17,6 +17,18 @@ pub fn install_crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Credentials for moto (which takes any) where the standard AWS chain looks: the process
+/// environment. Set once, before the first test that talks to moto, always to the same values.
+#[allow(unsafe_code)]
+pub fn moto_credentials() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: only the moto tests call this, through this `Once`; the values never change.
+    ONCE.call_once(|| unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    });
+}
+
 pub struct TestCell {
     pub running: Option<Running>,
     pub url: String,
