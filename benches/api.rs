@@ -363,6 +363,7 @@ fn ssr_bench() {
             csrf: "token".into(),
             admin: true,
             owner: true,
+            warnings: Vec::new(),
         };
         let html = ui::workspaces_page(viewer, rows.clone(), None);
         html_times.push(t.elapsed());

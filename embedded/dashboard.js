@@ -23,6 +23,7 @@
       var m = Math.ceil(a / 60);
       if (m <= 0) return "now";
       if (m < 60) return "in " + m + " min";
+      if (m >= 48 * 60) return "in " + Math.floor(m / (24 * 60)) + " days";
       return "in " + Math.floor(m / 60) + " h" + (m % 60 ? " " + (m % 60) + " min" : "");
     }
     if (a < 60) return "just now";

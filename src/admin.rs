@@ -34,6 +34,8 @@ pub enum Request {
     DbBackup { path: PathBuf },
     /// Stops every workspace and unmounts their disks (`devcell down`).
     Down,
+    /// The certificates served (or, with no cell running, those stored), as JSON.
+    CertStatus,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -90,6 +92,15 @@ pub async fn execute(cell: &Cell, req: Request) -> Response {
                     ))
                 }
             }),
+        Request::CertStatus => {
+            let mut status = cell.certificate_status();
+            if status.is_empty() {
+                status = cell.stored_certificate_status().unwrap_or_default();
+            }
+            serde_json::to_string(&status)
+                .map(|json| (None, json))
+                .map_err(|e| crate::service::Error::Internal(e.to_string()))
+        }
         Request::DbBackup { path } => {
             let path = if path.is_absolute() {
                 path

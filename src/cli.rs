@@ -60,6 +60,9 @@ pub enum Command {
     /// Database operations.
     #[command(subcommand)]
     Db(DbCmd),
+    /// The cell's TLS certificates.
+    #[command(subcommand)]
+    Cert(CertCmd),
     /// Check that a cell answers on /readyz (exit code 0 when ready).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -150,6 +153,18 @@ pub struct DataArg {
     /// Data directory (default: ./devcell-data when it exists, else the configured data_dir).
     #[arg(long)]
     pub data: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCmd {
+    /// Each certificate served: names, source, issuer, expiry, next renewal, last error.
+    Status {
+        #[command(flatten)]
+        data: DataArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -326,6 +341,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Admin(cmd) => admin(cmd).await,
+        Command::Cert(CertCmd::Status { data, json }) => cert_status(&data, json).await,
         Command::Down { data, purge } => down(&data, purge).await,
         Command::Db(DbCmd::Backup { path, data }) => {
             let path = if path.is_absolute() {
@@ -685,6 +701,71 @@ async fn admin(cmd: AdminCmd) -> Result<()> {
         AdminCmd::Grant { data, user } => set_admin(&data, user, true).await?,
         AdminCmd::Revoke { data, user } => set_admin(&data, user, false).await?,
     }
+    Ok(())
+}
+
+async fn cert_status(data: &DataArg, json: bool) -> Result<()> {
+    let (_, text) = local_admin(data, crate::admin::Request::CertStatus).await?;
+    if json {
+        println!("{text}");
+        return Ok(());
+    }
+    let status: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    if status.is_empty() {
+        println!(
+            "no certificate: the cell speaks plain HTTP (set an https server.public_url for one by ACME, or tls.cert_file and tls.key_file)"
+        );
+        return Ok(());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let moment = |v: &serde_json::Value| -> String {
+        v.as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(|t| crate::human::moment(t, now))
+            .unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<Vec<String>> = status
+        .iter()
+        .map(|s| {
+            let source = s["source"].as_str().unwrap_or("-");
+            vec![
+                s["names"]
+                    .as_array()
+                    .map(|n| {
+                        n.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default(),
+                if source == "self-signed" {
+                    "SELF-SIGNED (browsers warn)".into()
+                } else {
+                    source.to_owned()
+                },
+                s["issuer"].as_str().unwrap_or("-").to_owned(),
+                moment(&s["not_after"]),
+                moment(&s["next_renewal"]),
+                match s["last_error"].as_str() {
+                    Some(e) => format!("{} failed: {e}", s["failures"]),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    crate::client::print_table(
+        &[
+            "NAMES",
+            "SOURCE",
+            "ISSUER",
+            "EXPIRES",
+            "NEXT RENEWAL",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
     Ok(())
 }
 

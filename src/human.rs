@@ -1,5 +1,5 @@
 //! Sizes and durations as people read them, the same on every page, message and log line:
-//! "28.9 KiB", "1 day 3 h", "30 min".
+//! "28.9 KiB", "1 day 3 h", "30 min", and moments: "2026-12-05 12:54 UTC (in 3 h)".
 
 /// "0 B", "512 B", "28.9 KiB", "1.2 GiB".
 pub fn bytes(n: u64) -> String {
@@ -30,6 +30,48 @@ pub fn duration(d: std::time::Duration) -> String {
         (d, 0, _) => day_s(d),
         (d, h, _) => format!("{} {h} h", day_s(d)),
     }
+}
+
+/// A moment as every page, table and message shows it: "2026-12-05 12:54 UTC (3 min ago)",
+/// "2027-03-05 12:54 UTC (in 90 days)".
+pub fn moment(t: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
+    let d = t - now;
+    let relative = if d.whole_seconds() > 0 {
+        time_left(d)
+    } else {
+        ago(-d)
+    };
+    format!("{} ({relative})", short_time(t))
+}
+
+/// "in 27 min", "in 3 h 5 min", "in 3 days", "now".
+pub fn time_left(d: time::Duration) -> String {
+    let minutes = (d.whole_seconds() + 59).max(0) / 60;
+    match minutes {
+        0 => "now".into(),
+        m if m < 60 => format!("in {m} min"),
+        m if m >= 48 * 60 => format!("in {} days", m / (24 * 60)),
+        m if m % 60 == 0 => format!("in {} h", m / 60),
+        m => format!("in {} h {} min", m / 60, m % 60),
+    }
+}
+
+/// "just now", "3 min ago", "2 h ago", "4 days ago".
+pub fn ago(d: time::Duration) -> String {
+    let s = d.whole_seconds().max(0);
+    match s {
+        0..60 => "just now".into(),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86_400 => format!("{} h ago", s / 3600),
+        86_400..172_800 => "1 day ago".into(),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// `2026-11-29 14:03 UTC`: precise enough for a table.
+pub fn short_time(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    t.format(&f).unwrap_or_default()
 }
 
 #[cfg(test)]

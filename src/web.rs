@@ -142,10 +142,11 @@ struct Next {
 }
 
 async fn login_form(
+    State(st): State<AppState>,
     query: Result<axum::extract::Query<Next>, axum::extract::rejection::QueryRejection>,
 ) -> Html<String> {
     let next = query.ok().and_then(|q| q.0.next);
-    Html(ui::login_page_to(None, next))
+    Html(ui::login_page_to(None, next, public_warnings(&st)))
 }
 
 #[derive(Deserialize)]
@@ -188,11 +189,23 @@ async fn login_submit(
             } else {
                 StatusCode::UNAUTHORIZED
             };
-            (status, Html(ui::login_page_to(Some(e.to_string()), again))).into_response()
+            (
+                status,
+                Html(ui::login_page_to(
+                    Some(e.to_string()),
+                    again,
+                    public_warnings(&st),
+                )),
+            )
+                .into_response()
         }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Html(ui::login_page_to(Some(e.to_string()), again)),
+            Html(ui::login_page_to(
+                Some(e.to_string()),
+                again,
+                public_warnings(&st),
+            )),
         )
             .into_response(),
     }
@@ -435,6 +448,7 @@ async fn port_login(
                 Html(ui::login_page_to(
                     Some(format!("Sign in to open port {} of this workspace.", q.p)),
                     Some(back),
+                    public_warnings(&st),
                 )),
             )
                 .into_response();
@@ -1375,59 +1389,93 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
         }),
         Err(e) => return error_page(e),
     }
+    sections.push(ui::AdminSection {
+        id: "tls".into(),
+        title: "TLS certificates".into(),
+        facts: certificate_facts(&st),
+    });
     Html(ui::admin_page(viewer(&st, &actor, &csrf), sections, loops)).into_response()
 }
 
-/// "in 27 min", "in 3 h 5 min", "now": how long until a workspace stops.
-fn time_left(d: time::Duration) -> String {
-    let minutes = (d.whole_seconds() + 59).max(0) / 60;
-    match minutes {
-        0 => "now".into(),
-        m if m < 60 => format!("in {m} min"),
-        m if m % 60 == 0 => format!("in {} h", m / 60),
-        m => format!("in {} h {} min", m / 60, m % 60),
+/// One fact per certificate served: its names, then where it comes from, its expiry, the next
+/// renewal and the last error.
+fn certificate_facts(st: &AppState) -> Vec<(String, String)> {
+    let status = st.cell.certificate_status();
+    if status.is_empty() {
+        return vec![(
+            "HTTPS".into(),
+            "off: the cell speaks plain HTTP. Set an https server.public_url for a certificate by ACME, or tls.cert_file and tls.key_file".into(),
+        )];
     }
-}
-
-/// `2026-11-29 14:03 UTC`: precise enough for a table.
-fn short_time(t: time::OffsetDateTime) -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-    t.format(&f).unwrap_or_default()
+    status
+        .into_iter()
+        .map(|s| {
+            let mut parts = vec![match s.source {
+                crate::service::CertSource::Acme => "by ACME".to_string(),
+                crate::service::CertSource::Files => "from tls.cert_file".to_string(),
+                crate::service::CertSource::SelfSigned => "self-signed (browsers warn)".to_string(),
+            }];
+            if let Some(issuer) = &s.issuer
+                && s.source != crate::service::CertSource::SelfSigned
+            {
+                parts.push(format!("issuer {issuer}"));
+            }
+            if let Some(t) = s.not_after
+                && s.source != crate::service::CertSource::SelfSigned
+            {
+                parts.push(format!("expires {}", when(st, t).text));
+            }
+            if let Some(t) = s.next_renewal {
+                parts.push(format!("next renewal {}", when(st, t).text));
+            }
+            if let Some(e) = &s.last_error {
+                parts.push(format!("last error ({} in a row): {e}", s.failures));
+            }
+            (s.names.join(", "), parts.join("; "))
+        })
+        .collect()
 }
 
 /// A moment as every page shows it (`ui::When`): "2026-12-05 12:54 UTC (3 min ago)"; the
 /// page's script renders the same in the viewer's time zone.
 fn when(st: &AppState, t: time::OffsetDateTime) -> ui::When {
-    let d = t - st.cell.now();
-    let relative = if d.whole_seconds() > 0 {
-        time_left(d)
-    } else {
-        ago(-d)
-    };
     ui::When {
         iso: crate::api::dto::rfc3339(t),
-        text: format!("{} ({relative})", short_time(t)),
+        text: crate::human::moment(t, st.cell.now()),
     }
 }
 
-/// "just now", "3 min ago", "2 h ago", "4 days ago".
-fn ago(d: time::Duration) -> String {
-    let s = d.whole_seconds().max(0);
-    match s {
-        0..60 => "just now".into(),
-        60..3600 => format!("{} min ago", s / 60),
-        3600..86_400 => format!("{} h ago", s / 3600),
-        86_400..172_800 => "1 day ago".into(),
-        _ => format!("{} days ago", s / 86_400),
-    }
+/// The certificate warnings everyone sees: a self-signed certificate (browsers warn about it,
+/// and users should know it is not an attack). Administrators see every warning.
+fn public_warnings(st: &AppState) -> Vec<String> {
+    certificate_warnings(st, false)
+}
+
+fn certificate_warnings(st: &AppState, admin: bool) -> Vec<String> {
+    let now = st.cell.now();
+    st.cell
+        .certificate_status()
+        .iter()
+        .filter(|s| admin || s.source == crate::service::CertSource::SelfSigned)
+        .filter_map(|s| s.warning(now))
+        .map(|w| {
+            if admin {
+                format!("{w} (see Admin → TLS certificates or `devcell cert status`)")
+            } else {
+                w
+            }
+        })
+        .collect()
 }
 
 /// Who is looking, for the header: administrators see Admin, owners their organization.
 fn viewer(st: &AppState, actor: &crate::service::Actor, csrf: &str) -> ui::Viewer {
+    let admin = st.cell.require_admin(actor).is_ok();
     ui::Viewer {
         email: actor.user.email.clone(),
         csrf: csrf.to_owned(),
-        admin: st.cell.require_admin(actor).is_ok(),
+        warnings: certificate_warnings(st, admin),
+        admin,
         owner: st
             .cell
             .list_orgs(actor)
@@ -1676,7 +1724,6 @@ fn git_views(git: &[crate::domain::entities::GitState]) -> Vec<ui::GitView> {
 
 #[cfg(test)]
 mod tests {
-    use super::time_left;
 
     /// A page and the API answer a failure with the same status; what the API hides (an
     /// internal error's detail) the page hides too.
@@ -1716,10 +1763,13 @@ mod tests {
     #[test]
     fn time_left_reads_like_a_person_would_say_it() {
         let m = time::Duration::minutes;
-        assert_eq!(time_left(m(27)), "in 27 min");
-        assert_eq!(time_left(time::Duration::seconds(30)), "in 1 min");
-        assert_eq!(time_left(m(120)), "in 2 h");
-        assert_eq!(time_left(m(185)), "in 3 h 5 min");
-        assert_eq!(time_left(time::Duration::seconds(-5)), "now");
+        assert_eq!(crate::human::time_left(m(27)), "in 27 min");
+        assert_eq!(
+            crate::human::time_left(time::Duration::seconds(30)),
+            "in 1 min"
+        );
+        assert_eq!(crate::human::time_left(m(120)), "in 2 h");
+        assert_eq!(crate::human::time_left(m(185)), "in 3 h 5 min");
+        assert_eq!(crate::human::time_left(time::Duration::seconds(-5)), "now");
     }
 }

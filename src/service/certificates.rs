@@ -155,6 +155,34 @@ impl Cell {
         })
     }
 
+    /// The certificates in the store as statuses (for `cert status` when no cell runs).
+    pub fn stored_certificate_status(&self) -> Result<Vec<CertStatus>> {
+        Ok(self
+            .issued_certificates()?
+            .into_iter()
+            .map(|c| {
+                let issuer = x509_parser::pem::parse_x509_pem(c.chain_pem.as_bytes())
+                    .ok()
+                    .and_then(|(_, pem)| {
+                        let cert = pem.parse_x509().ok()?;
+                        cert.issuer()
+                            .iter_common_name()
+                            .find_map(|cn| cn.as_str().ok().map(str::to_owned))
+                    });
+                CertStatus {
+                    slot: c.slot,
+                    names: c.names,
+                    source: CertSource::Acme,
+                    issuer,
+                    not_after: Some(c.not_after),
+                    next_renewal: Some(c.not_before + (c.not_after - c.not_before) * 2 / 3),
+                    last_error: None,
+                    failures: 0,
+                }
+            })
+            .collect())
+    }
+
     /// What the edge serves now, one entry per certificate.
     pub fn certificate_status(&self) -> Vec<CertStatus> {
         self.inner
@@ -185,5 +213,46 @@ impl Cell {
             .iter()
             .filter_map(|s| s.warning(now))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(source: CertSource, days_left: i64, failures: u32) -> CertStatus {
+        CertStatus {
+            slot: "main".into(),
+            names: vec!["dev.example.com".into()],
+            source,
+            issuer: Some("R11".into()),
+            not_after: Some(OffsetDateTime::now_utc() + time::Duration::days(days_left)),
+            next_renewal: None,
+            last_error: (failures > 0).then(|| "the ACME server is down".to_string()),
+            failures,
+        }
+    }
+
+    #[test]
+    fn warnings_come_within_14_days_of_expiry_after_three_failures_and_for_self_signed() {
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(status(CertSource::Acme, 60, 0).warning(now), None);
+        assert_eq!(status(CertSource::Acme, 60, 2).warning(now), None);
+        let w = status(CertSource::Acme, 60, 3).warning(now).unwrap();
+        assert!(w.contains("3 renewals failed") && w.contains("down"), "{w}");
+        let w = status(CertSource::Acme, 10, 1).warning(now).unwrap();
+        assert!(
+            w.contains("expires in 9 days") || w.contains("expires in 10 days"),
+            "{w}"
+        );
+        assert!(w.contains("down"), "{w}");
+        let w = status(CertSource::Files, 5, 0).warning(now).unwrap();
+        assert!(w.contains("tls.cert_file"), "{w}");
+        let w = status(CertSource::Files, -1, 0).warning(now).unwrap();
+        assert!(w.contains("expired"), "{w}");
+        let w = status(CertSource::SelfSigned, 3650, 1)
+            .warning(now)
+            .unwrap();
+        assert!(w.contains("self-signed") && w.contains("down"), "{w}");
     }
 }

@@ -331,6 +331,43 @@ async fn http01_gets_a_certificate_pebble_validated_which_survives_a_restart_wit
     );
     assert!(c.cell().certificate_warnings().is_empty());
 
+    // Operators see it: `devcell cert status` through the admin socket, and the admin page.
+    // Not a blocking spawn: the cell answering the admin socket runs on this test's thread.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_devcell"))
+        .args(["cert", "status", "--data"])
+        .arg(c.data_dir())
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains(name) && table.contains("acme") && table.contains("Pebble Intermediate"),
+        "{table}"
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_devcell"))
+        .args(["cert", "status", "--json", "--data"])
+        .arg(c.data_dir())
+        .output()
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["names"][0], name);
+    assert_eq!(json[0]["source"], "acme");
+    let admin = c.owner_page("/admin").await;
+    assert!(
+        admin.contains("TLS certificates") && admin.contains("by ACME"),
+        "{admin}"
+    );
+    assert!(
+        !admin.contains("cell-warnings"),
+        "no warning while all is well"
+    );
+
     // The plain listener sends browsers to HTTPS.
     let res = c
         .http
@@ -814,6 +851,80 @@ async fn dns01_through_route53_writes_the_record_and_removes_it_after_validation
     assert!(
         txt_values(&moto, &zone).is_empty(),
         "the record was left behind"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_acme_server_unreachable_a_self_signed_certificate_is_served_and_said_everywhere()
+{
+    let ports = (free_port(), free_port());
+    let dead = free_port();
+    let c = TestCell::start_with(
+        move |config| {
+            config.server.listen = SocketAddr::from(([127, 0, 0, 1], ports.0));
+            config.server.https_listen = Some(SocketAddr::from(([127, 0, 0, 1], ports.1)));
+            config.server.public_url = Some(url::Url::parse("https://cell.devcell.test/").unwrap());
+            config.tls.acme.directory =
+                url::Url::parse(&format!("https://127.0.0.1:{dead}/dir")).unwrap();
+        },
+        None,
+    )
+    .await;
+    let until = Instant::now() + Duration::from_secs(20);
+    let main = loop {
+        let status = c.cell().certificate_status();
+        let main = status.iter().find(|s| s.slot == "main").unwrap().clone();
+        if main.failures > 0 {
+            break main;
+        }
+        assert!(Instant::now() < until, "no attempt recorded: {main:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(main.source, devcell::service::CertSource::SelfSigned);
+    let error = main.last_error.unwrap();
+    assert!(
+        error.contains("cannot reach the ACME server") && error.contains(&dead.to_string()),
+        "{error}"
+    );
+    // Still serving, self-signed, and every page says so: the sign-in page to everyone, the
+    // dashboard with the reason to administrators, and `cert status`.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve(
+            "cell.devcell.test",
+            SocketAddr::from(([127, 0, 0, 1], ports.1)),
+        )
+        .build()
+        .unwrap();
+    let login = client
+        .get(format!("https://cell.devcell.test:{}/login", ports.1))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        login.contains("cell-warnings") && login.contains("self-signed"),
+        "{login}"
+    );
+    let home = c.owner_page("/").await;
+    assert!(
+        home.contains("self-signed") && home.contains("cannot reach the ACME server"),
+        "{home}"
+    );
+    // Not a blocking spawn: the cell answering the admin socket runs on this test's thread.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_devcell"))
+        .args(["cert", "status", "--data"])
+        .arg(c.data_dir())
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("SELF-SIGNED") && table.contains("1 failed"),
+        "{table}"
     );
     c.stop().await;
 }

@@ -17,6 +17,9 @@ pub struct Viewer {
     pub admin: bool,
     /// Owns an organization: the header links to its settings.
     pub owner: bool,
+    /// What every page says at its top until it is dealt with (a certificate about to
+    /// expire, a self-signed certificate).
+    pub warnings: Vec<String>,
 }
 
 /// A moment as every page shows it: `text` is the server's rendering ("2026-12-05 12:54 UTC
@@ -60,9 +63,16 @@ fn Shell(
     title: String,
     #[prop(optional)] viewer: Option<Viewer>,
     #[prop(optional)] section: &'static str,
+    /// Warnings for a page without a viewer (the sign-in page).
+    #[prop(optional)]
+    warnings: Vec<String>,
     children: Children,
 ) -> impl IntoView {
     let current = move |s: &str| (s == section).then_some("page");
+    let mut warnings = warnings;
+    if let Some(v) = &viewer {
+        warnings.extend(v.warnings.iter().cloned());
+    }
     view! {
         <header class="top">
             <a class="brand" href="/"><span class="logo" aria-hidden="true">"◧"</span>" devcell"</a>
@@ -82,6 +92,11 @@ fn Shell(
             })}
         </header>
         <main>
+            {(!warnings.is_empty()).then(|| view! {
+                <div class="cell-warnings" role="alert">
+                    {warnings.into_iter().map(|w| view! { <p class="warning">{w}</p> }).collect_view()}
+                </div>
+            })}
             <h1>{title}</h1>
             {children()}
         </main>
@@ -89,9 +104,9 @@ fn Shell(
 }
 
 #[component]
-fn Login(error: Option<String>, next: Option<String>) -> impl IntoView {
+fn Login(error: Option<String>, next: Option<String>, warnings: Vec<String>) -> impl IntoView {
     view! {
-        <Shell title="Sign in".to_string()>
+        <Shell title="Sign in".to_string() warnings=warnings>
             {error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
             <form method="post" action="/login" class="card">
                 {next.map(|n| view! { <input type="hidden" name="next" value=n/> })}
@@ -524,12 +539,14 @@ pub fn error_page(title: &str, message: String, back: &str, back_label: &str) ->
 }
 
 pub fn login_page(error: Option<String>) -> String {
-    login_page_to(error, None)
+    login_page_to(error, None, Vec::new())
 }
 
-/// The sign-in page that goes on to `next` (a path on the dashboard) once signed in.
-pub fn login_page_to(error: Option<String>, next: Option<String>) -> String {
-    let body = Owner::new().with(|| view! { <Login error=error next=next/> }.to_html());
+/// The sign-in page that goes on to `next` (a path on the dashboard) once signed in, with the
+/// cell's warnings for everyone (a self-signed certificate) at its top.
+pub fn login_page_to(error: Option<String>, next: Option<String>, warnings: Vec<String>) -> String {
+    let body =
+        Owner::new().with(|| view! { <Login error=error next=next warnings=warnings/> }.to_html());
     page("Sign in", body)
 }
 
@@ -923,6 +940,7 @@ mod tests {
                 csrf: "tok".into(),
                 admin: true,
                 owner: true,
+                warnings: Vec::new(),
             },
             id: "ws_1".into(),
             name: "app".into(),
