@@ -27,10 +27,15 @@ pub struct S3Backend {
     tagging: Option<String>,
     handle: tokio::runtime::Handle,
     client: OnceLock<Client>,
+    /// An HTTP client trusting `tls.trust_bundle` as well, when it is set.
+    http: Option<aws_sdk_s3::config::SharedHttpClient>,
 }
 
 impl S3Backend {
-    pub fn from_config(c: &S3Config) -> Result<S3Backend, String> {
+    pub fn from_config(
+        c: &S3Config,
+        trust: Option<&crate::trust::Outbound>,
+    ) -> Result<S3Backend, String> {
         let bucket = c.bucket.clone().ok_or("backup.s3.bucket is not set")?;
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| "S3 backups need the cell's async runtime".to_string())?;
@@ -54,6 +59,7 @@ impl S3Backend {
             tagging,
             handle,
             client: OnceLock::new(),
+            http: trust.map(|t| t.aws_http_client()).transpose()?,
         })
     }
 
@@ -62,8 +68,12 @@ impl S3Backend {
     fn client(&self) -> &Client {
         self.client.get_or_init(|| {
             let (region, endpoint) = (self.region.clone(), self.endpoint.clone());
+            let http = self.http.clone();
             self.handle.block_on(async move {
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                if let Some(http) = http {
+                    loader = loader.http_client(http);
+                }
                 if let Some(r) = region {
                     loader = loader.region(aws_config::Region::new(r));
                 }

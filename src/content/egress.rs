@@ -44,7 +44,21 @@ pub struct Egress {
     /// Only the operator's allowed destinations (for an organization whose workspaces have
     /// no outbound network: the cell does not fetch from the internet for them either).
     only_allowed: bool,
+    /// The operator's extra CA certificates (`tls.trust_bundle`), for clones and pulls.
+    trust: Option<Trust>,
 }
+
+/// Shared extra trust; two rules are equal when they share the same.
+#[derive(Debug, Clone)]
+struct Trust(std::sync::Arc<crate::trust::Outbound>);
+
+impl PartialEq for Trust {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Trust {}
 
 impl Egress {
     /// The rule with the operator's allowed destinations: `ADDR`, `ADDR:PORT`, `NET/LEN`,
@@ -57,7 +71,19 @@ impl Egress {
         Ok(Egress {
             allowed,
             only_allowed: false,
+            trust: None,
         })
+    }
+
+    /// The same rule, trusting `trust`'s CA certificates besides the host's.
+    pub fn with_trust(mut self, trust: Option<std::sync::Arc<crate::trust::Outbound>>) -> Egress {
+        self.trust = trust.map(Trust);
+        self
+    }
+
+    /// The extra CA certificates clones and pulls trust, if any.
+    pub fn trust(&self) -> Option<&crate::trust::Outbound> {
+        self.trust.as_ref().map(|t| t.0.as_ref())
     }
 
     /// The same rule reaching only the operator's allowed destinations.
@@ -65,6 +91,7 @@ impl Egress {
         Egress {
             allowed: self.allowed.clone(),
             only_allowed: true,
+            trust: self.trust.clone(),
         }
     }
 

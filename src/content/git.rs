@@ -328,6 +328,11 @@ async fn clone_inner(c: &Clone<'_>) -> Result<(), GitError> {
     {
         cmd.args(p.http_args());
     }
+    // The operator's CA certificates (with the host's) for https repositories: in the
+    // variable, which would otherwise win over any setting (the host's is passed through).
+    if let Some(trust) = c.egress.trust() {
+        cmd.env("GIT_SSL_CAINFO", trust.git_ca_file());
+    }
     let local = c.repo.url.scheme() == RepoScheme::File;
     if local {
         // A repository on this host usually belongs to another uid than `run_as`; reading it

@@ -1048,7 +1048,15 @@ impl Registry {
         egress: &crate::content::egress::Egress,
     ) -> Result<Registry, ImageError> {
         let (resolver, redirects) = egress.for_http();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for cert in egress
+            .trust()
+            .map(|t| t.reqwest_certificates())
+            .unwrap_or_default()
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
             .dns_resolver(resolver)
             .redirect(redirects)
             .connect_timeout(CONNECT_TIMEOUT)

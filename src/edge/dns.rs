@@ -29,6 +29,8 @@ pub enum DnsWriter {
     Route53 {
         zone_id: String,
         endpoint: Option<url::Url>,
+        /// An HTTP client trusting `tls.trust_bundle` as well, when it is set.
+        http: Option<aws_sdk_s3::config::SharedHttpClient>,
     },
 }
 
@@ -78,6 +80,10 @@ impl DnsWriter {
                     .clone()
                     .ok_or("tls.dns.route53_zone_id is not set")?,
                 endpoint: dns.route53_endpoint.clone(),
+                http: match &config.tls.trust_bundle {
+                    Some(bundle) => Some(crate::trust::Outbound::load(bundle)?.aws_http_client()?),
+                    None => None,
+                },
             })),
         }
     }
@@ -98,9 +104,11 @@ impl DnsWriter {
                     .map_err(|e| update_failed(server, &e))?;
                 check(answer.response_code(), server, name)
             }
-            DnsWriter::Route53 { zone_id, endpoint } => {
-                route53_change(zone_id, endpoint, name, value, true).await
-            }
+            DnsWriter::Route53 {
+                zone_id,
+                endpoint,
+                http,
+            } => route53_change(zone_id, endpoint, http, name, value, true).await,
         }
     }
 
@@ -120,9 +128,11 @@ impl DnsWriter {
                     .map_err(|e| update_failed(server, &e))?;
                 check(answer.response_code(), server, name)
             }
-            DnsWriter::Route53 { zone_id, endpoint } => {
-                route53_change(zone_id, endpoint, name, value, false).await
-            }
+            DnsWriter::Route53 {
+                zone_id,
+                endpoint,
+                http,
+            } => route53_change(zone_id, endpoint, http, name, value, false).await,
         }
     }
 }
@@ -180,6 +190,7 @@ async fn rfc2136_client(
 async fn route53_change(
     zone_id: &str,
     endpoint: &Option<url::Url>,
+    http: &Option<aws_sdk_s3::config::SharedHttpClient>,
     name: &str,
     value: &str,
     create: bool,
@@ -192,6 +203,9 @@ async fn route53_change(
     );
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+    }
+    if let Some(http) = http {
+        loader = loader.http_client(http.clone());
     }
     let client = aws_sdk_route53::Client::new(&loader.load().await);
     let record = ResourceRecord::builder()

@@ -176,14 +176,16 @@ impl Cell {
                 None
             }
         };
-        let backups = sealer
-            .as_ref()
-            .and_then(|s| open_backup_store(&config, &config_dir, s.backup_password()));
+        let trust = trust_of(&config);
+        let backups = sealer.as_ref().and_then(|s| {
+            open_backup_store(&config, &config_dir, s.backup_password(), trust.as_deref())
+        });
         let egress = crate::content::egress::Egress::new(&config.workspace.allow_destinations)
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "workspace.allow_destinations ignored");
                 Default::default()
-            });
+            })
+            .with_trust(trust.clone());
         Cell {
             inner: Arc::new(Inner {
                 store,
@@ -378,15 +380,28 @@ pub(crate) fn new_ulid() -> ulid::Ulid {
         .unwrap_or_else(|_| ulid::Ulid::new())
 }
 
+/// The operator's extra CA certificates (`tls.trust_bundle`), loaded once for every client.
+fn trust_of(config: &Config) -> Option<Arc<crate::trust::Outbound>> {
+    let bundle = config.tls.trust_bundle.as_deref()?;
+    match crate::trust::Outbound::load(bundle) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            tracing::error!(error = %e, "tls.trust_bundle cannot be used; connections trust the host's CA certificates only");
+            None
+        }
+    }
+}
+
 /// The backup store the configuration names: S3 when a bucket is set, else `DATA/backups`.
 fn open_backup_store(
     config: &Config,
     data: &std::path::Path,
     password: &str,
+    trust: Option<&crate::trust::Outbound>,
 ) -> Option<Arc<crate::backup::BackupStore>> {
     let cache = data.join("backup-cache");
     let store = if config.backup.s3.bucket.is_some() {
-        crate::backup::s3::S3Backend::from_config(&config.backup.s3)
+        crate::backup::s3::S3Backend::from_config(&config.backup.s3, trust)
             .map(|b| crate::backup::BackupStore::with_backend(Arc::new(b), password, &cache))
     } else {
         crate::backup::BackupStore::local(&backups::local_store_dir(data), password, &cache)

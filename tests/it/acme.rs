@@ -648,12 +648,16 @@ async fn dns01_over_rfc2136_gets_the_wildcard_for_port_subdomains_and_cleans_up_
     let pebble = Pebble::start(ports.0, ports.1, 0, Some(bind.addr));
     let root = pebble.root().await;
     let (server, secret) = (bind.addr, bind.secret.clone());
+    let bundle = pebble.ca_bundle.clone();
     let c = acme_cell(
         &pebble,
         ports,
         "cell.devcell.test",
         devcell::config::AcmeChallenge::Http01,
         move |config| {
+            // The ACME server's CA trusted through the bundle every outbound connection uses.
+            config.tls.acme.ca_bundle = None;
+            config.tls.trust_bundle = Some(bundle);
             config.server.workspace_domain = Some("ws.devcell.test".into());
             config.tls.dns.provider = Some(devcell::config::DnsProvider::Rfc2136);
             config.tls.dns.server = Some(server);

@@ -448,6 +448,93 @@ async fn clone_over_http_with_a_token() {
     server.abort();
 }
 
+/// The git server over HTTPS, with a certificate for 127.0.0.1 from a CA of the test's own;
+/// the CA's PEM file is returned.
+pub async fn serve_git_https(
+    root: PathBuf,
+    dir: &Path,
+) -> (SocketAddr, PathBuf, tokio::task::JoinHandle<()>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let ca_file = dir.join("internal-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let root = Arc::new(root);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (root, acceptor) = (root.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| cgi(root.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_file, task)
+}
+
+#[tokio::test]
+async fn clone_over_https_from_an_internal_ca_works_once_the_operator_trusts_it() {
+    crate::harness::install_crypto();
+    let f = Fixture::new();
+    let (addr, ca_file, server) = serve_git_https(f.tmp.path().to_path_buf(), f.tmp.path()).await;
+    let repo = RepoSpec::new(&format!("https://{addr}/project.git"), None).unwrap();
+    let auth = GitAuth::Token {
+        username: USER.into(),
+        token: TOKEN.into(),
+    };
+    // The host does not know the CA: git refuses the server.
+    let e = clone(&repo, &f.dest("untrusted"), &auth).await.unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+
+    // With `tls.trust_bundle` naming it, the clone goes through.
+    let trust = Arc::new(devcell::trust::Outbound::load(&ca_file).unwrap());
+    let dest = f.dest("trusted");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    git::clone(Clone {
+        repo: &repo,
+        dest: &dest,
+        auth: &auth,
+        run_as: None,
+        egress: &crate::image::loopback().with_trust(Some(trust.clone())),
+    })
+    .await
+    .unwrap();
+    assert!(dest.join("README.md").is_file());
+    // The CA file git reads holds the host's CA certificates too, and goes with the cell.
+    let file = trust.git_ca_file().to_owned();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.matches("BEGIN CERTIFICATE").count() > 10,
+        "the host's CAs are missing"
+    );
+    drop(trust);
+    assert!(!file.exists(), "the CA file outlived the cell");
+    server.abort();
+}
+
 #[tokio::test]
 async fn wrong_or_missing_token_is_an_auth_failure() {
     let f = Fixture::new();
