@@ -285,6 +285,10 @@ impl AcmeWorker {
                 }
                 text
             }
+            instant_acme::Error::Json(e) => format!(
+                "{doing}: the server at {} did not answer as an ACME server does ({e}); check tls.acme.directory",
+                self.directory
+            ),
             other => {
                 let mut causes = vec![other.to_string()];
                 let mut source = std::error::Error::source(other);

@@ -368,6 +368,24 @@ async fn http01_gets_a_certificate_pebble_validated_which_survives_a_restart_wit
         "no warning while all is well"
     );
 
+    // A client asking for TLS-ALPN-01 validation outside a validation gets no certificate at
+    // all, never the real one.
+    let mut probe = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth();
+    probe.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.1))
+        .await
+        .unwrap();
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(probe))
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await;
+    assert!(
+        refused.is_err(),
+        "a validation handshake outside a validation succeeded"
+    );
+
     // The plain listener sends browsers to HTTPS.
     let res = c
         .http
@@ -930,5 +948,237 @@ async fn with_the_acme_server_unreachable_a_self_signed_certificate_is_served_an
         table.contains("SELF-SIGNED") && table.contains("1 failed"),
         "{table}"
     );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_http01_challenge_is_reported_and_auto_falls_back_to_tls_alpn01() {
+    let https = free_port();
+    // Pebble looks for HTTP-01 answers on a port where nothing listens.
+    let nowhere = free_port();
+    let pebble = Pebble::start(nowhere, https, 0, None);
+    let root = pebble.root().await;
+
+    // HTTP-01 alone: the failure is reported with the CA's reason, and nothing else changes.
+    let c = acme_cell(
+        &pebble,
+        (free_port(), https),
+        "only-http.devcell.test",
+        devcell::config::AcmeChallenge::Http01,
+        |_| {},
+    )
+    .await;
+    let until = Instant::now() + Duration::from_secs(30);
+    let main = loop {
+        let status = c.cell().certificate_status();
+        let main = status.iter().find(|s| s.slot == "main").unwrap().clone();
+        if main.failures > 0 {
+            break main;
+        }
+        assert!(Instant::now() < until, "no failure recorded: {main:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let error = main.last_error.unwrap();
+    assert!(
+        error.starts_with("HTTP-01:") && error.to_lowercase().contains("refused"),
+        "{error}"
+    );
+    assert_eq!(main.source, devcell::service::CertSource::SelfSigned);
+    c.stop().await;
+
+    // `auto`: HTTP-01 fails the same way, then TLS-ALPN-01 gets the certificate.
+    let c = acme_cell(
+        &pebble,
+        (free_port(), https),
+        "auto.devcell.test",
+        devcell::config::AcmeChallenge::Auto,
+        |_| {},
+    )
+    .await;
+    wait_issued(
+        &root,
+        "auto.devcell.test",
+        https,
+        Duration::from_secs(40),
+        &pebble,
+        &c,
+    )
+    .await;
+    c.stop().await;
+}
+
+/// An HTTPS server answering every request with `status`, `Retry-After: retry_after` and an
+/// ACME problem document: an ACME server that is overloaded or rate limiting.
+async fn refusing_acme_server(
+    status: u16,
+    retry_after: &str,
+    dir: &Path,
+) -> (u16, PathBuf, tokio::task::JoinHandle<()>) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let ca_file = dir.join("refusing-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let retry_after = retry_after.to_owned();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, retry_after) = (acceptor.clone(), retry_after.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                // A directory and nonces as any ACME server gives them, then the refusal.
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let retry_after = retry_after.clone();
+                        async move {
+                            let base = format!("https://localhost:{port}");
+                            let ok = |body: String| {
+                                hyper::Response::builder()
+                                    .status(200)
+                                    .header("Replay-Nonce", "bm9uY2U")
+                                    .header("Content-Type", "application/json")
+                                    .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+                                    .unwrap()
+                            };
+                            let answer = match req.uri().path() {
+                            "/dir" => ok(format!(
+                                r#"{{"newNonce":"{base}/nonce","newAccount":"{base}/account","newOrder":"{base}/order"}}"#
+                            )),
+                            "/nonce" => ok(String::new()),
+                            _ => hyper::Response::builder()
+                                .status(status)
+                                .header("Retry-After", retry_after)
+                                .header("Replay-Nonce", "bm9uY2U")
+                                .header("Content-Type", "application/problem+json")
+                                .body(http_body_util::Full::new(hyper::body::Bytes::from_static(
+                                    br#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders recently","status":429}"#,
+                                )))
+                                .unwrap(),
+                        };
+                            Ok::<_, std::convert::Infallible>(answer)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, ca_file, task)
+}
+
+#[tokio::test]
+async fn a_rate_limited_cell_waits_as_long_as_the_acme_server_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca_file, server) = refusing_acme_server(429, "7200", dir.path()).await;
+    let c = TestCell::start_with(
+        move |config| {
+            config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            config.server.https_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            config.server.public_url = Some(url::Url::parse("https://cell.devcell.test/").unwrap());
+            config.tls.acme.directory =
+                url::Url::parse(&format!("https://localhost:{port}/dir")).unwrap();
+            config.tls.acme.ca_bundle = Some(ca_file);
+        },
+        None,
+    )
+    .await;
+    let until = Instant::now() + Duration::from_secs(20);
+    let main = loop {
+        let status = c.cell().certificate_status();
+        let main = status.iter().find(|s| s.slot == "main").unwrap().clone();
+        if main.failures > 0 {
+            break main;
+        }
+        assert!(Instant::now() < until, "no attempt recorded: {main:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let error = main.last_error.unwrap();
+    assert!(
+        error.contains("rate limited") && error.contains("too many new orders"),
+        "{error}"
+    );
+    // Not the usual minute: the two hours the server asked for.
+    let wait = main.next_renewal.unwrap() - time::OffsetDateTime::now_utc();
+    assert!(
+        wait > time::Duration::minutes(115) && wait <= time::Duration::minutes(120),
+        "retry in {wait}"
+    );
+    c.stop().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_corrupt_stored_certificate_is_replaced_by_a_new_one_without_a_crash() {
+    let ports = (free_port(), free_port());
+    let pebble = Pebble::start(ports.0, ports.1, 0, None);
+    let root = pebble.root().await;
+    let name = "corrupt.devcell.test";
+    let c = acme_cell(
+        &pebble,
+        ports,
+        name,
+        devcell::config::AcmeChallenge::Http01,
+        |_| {},
+    )
+    .await;
+    let first =
+        leaf(&wait_issued(&root, name, ports.1, Duration::from_secs(30), &pebble, &c).await);
+    let dir = c.stop_keep_data().await;
+
+    // The stored chain is damaged while the cell is down.
+    {
+        use devcell::store::Reader as _;
+        let store = devcell::store::Store::open(&dir.path().join("data/devcell.redb")).unwrap();
+        let mut stored = store.read(|tx| tx.issued_certificates()).unwrap();
+        assert_eq!(stored.len(), 1);
+        stored[0].chain_pem =
+            "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n".into();
+        store
+            .write(|tx| tx.put_issued_certificate(&stored[0]))
+            .unwrap();
+    }
+    let (directory, bundle, n) = (
+        pebble.directory.clone(),
+        pebble.ca_bundle.clone(),
+        name.to_owned(),
+    );
+    let c = TestCell::restart_with(
+        dir,
+        move |config| {
+            config.server.listen = SocketAddr::from(([127, 0, 0, 1], ports.0));
+            config.server.https_listen = Some(SocketAddr::from(([127, 0, 0, 1], ports.1)));
+            config.server.public_url =
+                Some(url::Url::parse(&format!("https://{n}:{}/", ports.1)).unwrap());
+            config.tls.acme.directory = url::Url::parse(&directory).unwrap();
+            config.tls.acme.ca_bundle = Some(bundle);
+            config.tls.acme.challenge = devcell::config::AcmeChallenge::Http01;
+        },
+        None,
+    )
+    .await;
+    // It starts, serves something at once, and gets a new certificate.
+    let fresh =
+        leaf(&wait_issued(&root, name, ports.1, Duration::from_secs(30), &pebble, &c).await);
+    assert_ne!(fresh, first);
     c.stop().await;
 }
