@@ -1182,3 +1182,155 @@ async fn a_corrupt_stored_certificate_is_replaced_by_a_new_one_without_a_crash()
     assert_ne!(fresh, first);
     c.stop().await;
 }
+
+/// Pebble 2.4 offers no renewal information (ARI, RFC 9773): this serves pebble's directory
+/// with a `renewalInfo` endpoint added, whose window says "renew now" for the first certificate
+/// asked about and "in a year" for any later one. Everything else goes to pebble itself.
+async fn ari_in_front_of(pebble: &Pebble) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let cert = std::fs::read(pebble._dir.path().join("cert.pem")).unwrap();
+    let key = std::fs::read(pebble._dir.path().join("key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_slice_iter(&cert)
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(&key).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let directory = pebble.directory.clone();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pebble.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let seen = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, client, directory, seen) = (
+                acceptor.clone(),
+                client.clone(),
+                directory.clone(),
+                seen.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (client, directory, seen) =
+                            (client.clone(), directory.clone(), seen.clone());
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let now = time::OffsetDateTime::now_utc();
+                            let rfc = |t: time::OffsetDateTime| {
+                                t.format(&time::format_description::well_known::Rfc3339)
+                                    .unwrap()
+                            };
+                            let body = if path == "/dir" {
+                                let mut dir: serde_json::Value = client
+                                    .get(&directory)
+                                    .send()
+                                    .await
+                                    .unwrap()
+                                    .json()
+                                    .await
+                                    .unwrap();
+                                dir["renewalInfo"] =
+                                    format!("https://localhost:{port}/renewal-info").into();
+                                dir.to_string()
+                            } else {
+                                let id = path.trim_start_matches("/renewal-info/").to_owned();
+                                let mut seen = seen.lock().unwrap();
+                                if !seen.contains(&id) {
+                                    seen.push(id.clone());
+                                }
+                                let (start, end) = if seen.first() == Some(&id) {
+                                    (
+                                        now - time::Duration::hours(1),
+                                        now + time::Duration::hours(1),
+                                    )
+                                } else {
+                                    (
+                                        now + time::Duration::days(365),
+                                        now + time::Duration::days(366),
+                                    )
+                                };
+                                serde_json::json!({"suggestedWindow": {"start": rfc(start), "end": rfc(end)}})
+                                .to_string()
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("Content-Type", "application/json")
+                                    .header("Retry-After", "3600")
+                                    .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("https://localhost:{port}/dir"), asked)
+}
+
+#[tokio::test]
+async fn a_renewal_window_from_the_ca_brings_renewal_forward() {
+    let ports = (free_port(), free_port());
+    // Pebble's certificates last years: two thirds in is far away.
+    let pebble = Pebble::start(ports.0, ports.1, 0, None);
+    let root = pebble.root().await;
+    let (directory, asked) = ari_in_front_of(&pebble).await;
+    let name = "ari.devcell.test";
+    let c = acme_cell(
+        &pebble,
+        ports,
+        name,
+        devcell::config::AcmeChallenge::Http01,
+        move |config| config.tls.acme.directory = url::Url::parse(&directory).unwrap(),
+    )
+    .await;
+    let first =
+        leaf(&wait_issued(&root, name, ports.1, Duration::from_secs(30), &pebble, &c).await);
+    // The CA says "now" for the first certificate: a new one is served within a few runs.
+    let until = Instant::now() + Duration::from_secs(40);
+    loop {
+        let s = connect_verified(&root, name, ports.1).await.unwrap();
+        if leaf(&s) != first {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not renewed in the CA's window: asked {:?}, {:?}",
+            asked.lock().unwrap(),
+            c.cell().certificate_status()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The new certificate's window is a year out, and that is when renewal is planned.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = c.cell().certificate_status();
+        let main = status.iter().find(|s| s.slot == "main").unwrap().clone();
+        let next = main.next_renewal.unwrap() - time::OffsetDateTime::now_utc();
+        if asked.lock().unwrap().len() >= 2 && next > time::Duration::days(364) {
+            assert!(next < time::Duration::days(367), "{main:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{main:?} asked {:?}",
+            asked.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    c.stop().await;
+}
