@@ -746,7 +746,11 @@ async fn cert_status(data: &DataArg, json: bool) -> Result<()> {
                     source.to_owned()
                 },
                 s["issuer"].as_str().unwrap_or("-").to_owned(),
-                moment(&s["not_after"]),
+                if source == "self-signed" {
+                    "-".into()
+                } else {
+                    moment(&s["not_after"])
+                },
                 moment(&s["next_renewal"]),
                 match s["last_error"].as_str() {
                     Some(e) => format!("{} failed: {e}", s["failures"]),

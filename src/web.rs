@@ -1456,13 +1456,12 @@ fn certificate_warnings(st: &AppState, admin: bool) -> Vec<String> {
     st.cell
         .certificate_status()
         .iter()
-        .filter(|s| admin || s.source == crate::service::CertSource::SelfSigned)
-        .filter_map(|s| s.warning(now))
-        .map(|w| {
+        .filter_map(|s| {
             if admin {
-                format!("{w} (see Admin → TLS certificates or `devcell cert status`)")
+                s.warning(now)
+                    .map(|w| format!("{w} (see Admin → TLS certificates or `devcell cert status`)"))
             } else {
-                w
+                s.public_warning()
             }
         })
         .collect()

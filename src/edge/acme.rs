@@ -297,10 +297,17 @@ impl AcmeWorker {
                     source = s.source();
                 }
                 causes.dedup();
+                let text = causes.join(": ");
+                let hint = if text.contains("dns error") {
+                    "this host cannot resolve its name; an air-gapped cell names an internal ACME server in tls.acme.directory"
+                } else if text.contains("certificate") {
+                    "its certificate is not trusted: put its CA in tls.acme.ca_bundle or tls.trust_bundle"
+                } else {
+                    "is it up, and does tls.acme.ca_bundle or tls.trust_bundle hold its CA?"
+                };
                 format!(
-                    "{doing}: cannot reach the ACME server at {}: {} (is it up, and does tls.acme.ca_bundle or tls.trust_bundle hold its CA?)",
-                    self.directory,
-                    causes.join(": ")
+                    "{doing}: cannot reach the ACME server at {}: {text} ({hint})",
+                    self.directory
                 )
             }
         }

@@ -81,6 +81,17 @@ impl CertStatus {
         None
     }
 
+    /// What everyone may read, signed in or not: only that the certificate is self-signed (the
+    /// reason names the cell's setup, which is for administrators).
+    pub fn public_warning(&self) -> Option<String> {
+        (self.source == CertSource::SelfSigned).then(|| {
+            format!(
+                "{}: this cell serves a self-signed certificate for now, so browsers warn about it; an administrator sees why on the admin page",
+                self.names.join(", ")
+            )
+        })
+    }
+
     fn advice(&self) -> String {
         match (self.source, &self.last_error) {
             (CertSource::Files, _) => "renew the files in tls.cert_file and tls.key_file".into(),

@@ -931,6 +931,10 @@ async fn with_the_acme_server_unreachable_a_self_signed_certificate_is_served_an
         login.contains("cell-warnings") && login.contains("self-signed"),
         "{login}"
     );
+    assert!(
+        !login.contains("ACME") && !login.contains(&dead.to_string()),
+        "the sign-in page tells strangers about the cell's setup: {login}"
+    );
     let home = c.owner_page("/").await;
     assert!(
         home.contains("self-signed") && home.contains("cannot reach the ACME server"),
