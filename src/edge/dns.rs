@@ -90,30 +90,15 @@ impl DnsWriter {
 
     /// Adds the TXT record `name` with `value` (other values of the name stay).
     pub async fn set_txt(&self, name: &str, value: &str) -> Result<(), String> {
-        match self {
-            DnsWriter::Rfc2136 {
-                server,
-                zone,
-                signer,
-            } => {
-                let mut client = rfc2136_client(*server, signer.clone()).await?;
-                let record = txt_record(name, value)?;
-                let answer = client
-                    .append(record, zone.clone(), false)
-                    .await
-                    .map_err(|e| update_failed(server, &e))?;
-                check(answer.response_code(), server, name)
-            }
-            DnsWriter::Route53 {
-                zone_id,
-                endpoint,
-                http,
-            } => route53_change(zone_id, endpoint, http, name, value, true).await,
-        }
+        self.change(name, value, true).await
     }
 
     /// Removes the TXT record `name` with `value`.
     pub async fn remove_txt(&self, name: &str, value: &str) -> Result<(), String> {
+        self.change(name, value, false).await
+    }
+
+    async fn change(&self, name: &str, value: &str, add: bool) -> Result<(), String> {
         match self {
             DnsWriter::Rfc2136 {
                 server,
@@ -122,17 +107,19 @@ impl DnsWriter {
             } => {
                 let mut client = rfc2136_client(*server, signer.clone()).await?;
                 let record = txt_record(name, value)?;
-                let answer = client
-                    .delete_by_rdata(record, zone.clone())
-                    .await
-                    .map_err(|e| update_failed(server, &e))?;
+                let answer = if add {
+                    client.append(record, zone.clone(), false).await
+                } else {
+                    client.delete_by_rdata(record, zone.clone()).await
+                };
+                let answer = answer.map_err(|e| update_failed(server, &e))?;
                 check(answer.response_code(), server, name)
             }
             DnsWriter::Route53 {
                 zone_id,
                 endpoint,
                 http,
-            } => route53_change(zone_id, endpoint, http, name, value, false).await,
+            } => route53_change(zone_id, endpoint, http, name, value, add).await,
         }
     }
 }

@@ -266,6 +266,58 @@ pub async fn wait_issued(
     }
 }
 
+/// The main certificate's status once an attempt to get it has failed.
+async fn first_failure(c: &TestCell, within: Duration) -> devcell::service::CertStatus {
+    let until = Instant::now() + within;
+    loop {
+        let status = c.cell().certificate_status();
+        let main = status.iter().find(|s| s.slot == "main").unwrap().clone();
+        if main.failures > 0 {
+            return main;
+        }
+        assert!(
+            Instant::now() < until,
+            "no failed attempt recorded: {main:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A CA of the test's own, a certificate from it for `names`, and a TLS server configuration
+/// serving that certificate; the CA's PEM is written to `ca_file`.
+pub fn tls_server(names: &[&str], ca_file: &Path) -> rustls::ServerConfig {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    std::fs::write(ca_file, ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap()
+}
+
+/// Pebble on two fresh ports and a cell getting `name` from it by `challenge`.
+async fn pebble_and_cell(
+    name: &str,
+    challenge: devcell::config::AcmeChallenge,
+    validity: u64,
+) -> (Pebble, CertificateDer<'static>, (u16, u16), TestCell) {
+    let ports = (free_port(), free_port());
+    let pebble = Pebble::start(ports.0, ports.1, validity, None);
+    let root = pebble.root().await;
+    let c = acme_cell(&pebble, ports, name, challenge, |_| {}).await;
+    (pebble, root, ports, c)
+}
+
 /// A cell on two fresh loopback ports getting `name` from `pebble` by `challenge`.
 async fn acme_cell(
     pebble: &Pebble,
@@ -298,18 +350,9 @@ async fn acme_cell(
 
 #[tokio::test]
 async fn http01_gets_a_certificate_pebble_validated_which_survives_a_restart_with_its_key_sealed() {
-    let ports = (free_port(), free_port());
-    let pebble = Pebble::start(ports.0, ports.1, 0, None);
-    let root = pebble.root().await;
     let name = "cell.devcell.test";
-    let c = acme_cell(
-        &pebble,
-        ports,
-        name,
-        devcell::config::AcmeChallenge::Http01,
-        |_| {},
-    )
-    .await;
+    let (pebble, root, ports, c) =
+        pebble_and_cell(name, devcell::config::AcmeChallenge::Http01, 0).await;
     let mut s = wait_issued(&root, name, ports.1, Duration::from_secs(30), &pebble, &c).await;
     assert!(get(&mut s, name, "/healthz").await.contains("200"));
     let issued = leaf(&s);
@@ -367,6 +410,27 @@ async fn http01_gets_a_certificate_pebble_validated_which_survives_a_restart_wit
         !admin.contains("cell-warnings"),
         "no warning while all is well"
     );
+    // /metrics: seconds left for the name, from the issued certificate (years, with pebble).
+    let metrics = c
+        .http
+        .get(c.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let left: i64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "devcell_certificate_expiry_seconds{{name=\"{name}\"}} "
+            ))
+        })
+        .unwrap_or_else(|| panic!("no expiry for {name}: {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(left > 300 * 86_400, "{left}");
 
     // A client asking for TLS-ALPN-01 validation outside a validation gets no certificate at
     // all, never the real one.
@@ -431,19 +495,10 @@ async fn http01_gets_a_certificate_pebble_validated_which_survives_a_restart_wit
 
 #[tokio::test]
 async fn tls_alpn01_gets_a_certificate_and_renews_it_while_a_connection_stays_open() {
-    let ports = (free_port(), free_port());
     // Certificates pebble issues for 15 seconds: renewal is due after 10.
-    let mut pebble = Pebble::start(ports.0, ports.1, 15, None);
-    let root = pebble.root().await;
     let name = "alpn.devcell.test";
-    let c = acme_cell(
-        &pebble,
-        ports,
-        name,
-        devcell::config::AcmeChallenge::TlsAlpn01,
-        |_| {},
-    )
-    .await;
+    let (mut pebble, root, ports, c) =
+        pebble_and_cell(name, devcell::config::AcmeChallenge::TlsAlpn01, 15).await;
     let mut open = wait_issued(&root, name, ports.1, Duration::from_secs(30), &pebble, &c).await;
     let first = leaf(&open);
     assert!(get(&mut open, name, "/healthz").await.contains("200"));
@@ -470,16 +525,7 @@ async fn tls_alpn01_gets_a_certificate_and_renews_it_while_a_connection_stays_op
     // shown and retried after a minute.
     pebble.stop();
     let current = leaf(&connect_verified(&root, name, ports.1).await.unwrap());
-    let until = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        let status = c.cell().certificate_status();
-        let main = status.iter().find(|s| s.slot == "main").unwrap().clone();
-        if main.failures > 0 {
-            break main;
-        }
-        assert!(Instant::now() < until, "no failure recorded: {main:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let status = first_failure(&c, Duration::from_secs(40)).await;
     let error = status.last_error.clone().unwrap();
     assert!(
         error.contains("localhost"),
@@ -893,16 +939,7 @@ async fn with_the_acme_server_unreachable_a_self_signed_certificate_is_served_an
         None,
     )
     .await;
-    let until = Instant::now() + Duration::from_secs(20);
-    let main = loop {
-        let status = c.cell().certificate_status();
-        let main = status.iter().find(|s| s.slot == "main").unwrap().clone();
-        if main.failures > 0 {
-            break main;
-        }
-        assert!(Instant::now() < until, "no attempt recorded: {main:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let main = first_failure(&c, Duration::from_secs(20)).await;
     assert_eq!(main.source, devcell::service::CertSource::SelfSigned);
     let error = main.last_error.unwrap();
     assert!(
@@ -972,16 +1009,7 @@ async fn an_unreachable_http01_challenge_is_reported_and_auto_falls_back_to_tls_
         |_| {},
     )
     .await;
-    let until = Instant::now() + Duration::from_secs(30);
-    let main = loop {
-        let status = c.cell().certificate_status();
-        let main = status.iter().find(|s| s.slot == "main").unwrap().clone();
-        if main.failures > 0 {
-            break main;
-        }
-        assert!(Instant::now() < until, "no failure recorded: {main:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let main = first_failure(&c, Duration::from_secs(30)).await;
     let error = main.last_error.unwrap();
     assert!(
         error.starts_with("HTTP-01:") && error.to_lowercase().contains("refused"),
@@ -1018,25 +1046,8 @@ async fn refusing_acme_server(
     retry_after: &str,
     dir: &Path,
 ) -> (u16, PathBuf, tokio::task::JoinHandle<()>) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
     let ca_file = dir.join("refusing-ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
+    let config = tls_server(&["localhost"], &ca_file);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1106,16 +1117,7 @@ async fn a_rate_limited_cell_waits_as_long_as_the_acme_server_asks() {
         None,
     )
     .await;
-    let until = Instant::now() + Duration::from_secs(20);
-    let main = loop {
-        let status = c.cell().certificate_status();
-        let main = status.iter().find(|s| s.slot == "main").unwrap().clone();
-        if main.failures > 0 {
-            break main;
-        }
-        assert!(Instant::now() < until, "no attempt recorded: {main:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let main = first_failure(&c, Duration::from_secs(20)).await;
     let error = main.last_error.unwrap();
     assert!(
         error.contains("rate limited") && error.contains("too many new orders"),
@@ -1133,18 +1135,9 @@ async fn a_rate_limited_cell_waits_as_long_as_the_acme_server_asks() {
 
 #[tokio::test]
 async fn a_corrupt_stored_certificate_is_replaced_by_a_new_one_without_a_crash() {
-    let ports = (free_port(), free_port());
-    let pebble = Pebble::start(ports.0, ports.1, 0, None);
-    let root = pebble.root().await;
     let name = "corrupt.devcell.test";
-    let c = acme_cell(
-        &pebble,
-        ports,
-        name,
-        devcell::config::AcmeChallenge::Http01,
-        |_| {},
-    )
-    .await;
+    let (pebble, root, ports, c) =
+        pebble_and_cell(name, devcell::config::AcmeChallenge::Http01, 0).await;
     let first =
         leaf(&wait_issued(&root, name, ports.1, Duration::from_secs(30), &pebble, &c).await);
     let dir = c.stop_keep_data().await;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::TestCell;
 
@@ -90,32 +89,7 @@ fn served_cert(s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Ve
 
 /// One HTTP/1.1 request on an open connection; the status line of the answer.
 async fn get(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, path: &str) -> String {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let mut got = Vec::new();
-    // Enough for a status line and headers; /healthz answers a few bytes.
-    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the connection closed");
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&got).into_owned();
-    let length: usize = text
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let head = text.find("\r\n\r\n").unwrap() + 4;
-    let mut body = got.len() - head;
-    while body < length {
-        body += s.read(&mut buf).await.unwrap();
-    }
-    text.lines().next().unwrap().to_owned()
+    crate::acme::get(s, "localhost", path).await
 }
 
 #[tokio::test]
@@ -283,4 +257,48 @@ async fn with_an_https_address_the_plain_one_redirects_every_path_to_it() {
         .unwrap();
     assert!(res.status().is_success(), "{}", res.status());
     running.stop().await;
+}
+
+#[tokio::test]
+async fn sighup_reads_the_files_again_even_when_their_times_did_not_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cell.pem"), tmp.path().join("cell.key"));
+    let ca = Ca::new();
+    let first = ca.issue(&cert, &key);
+    let times = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (cert_time, key_time) = (times(&cert), times(&key));
+    let (c2, k2) = (cert.clone(), key.clone());
+    let c = TestCell::start_with(
+        move |config| {
+            config.tls.cert_file = Some(c2);
+            config.tls.key_file = Some(k2);
+        },
+        None,
+    )
+    .await;
+    let port: u16 = c.url("").rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(served_cert(&connect(&ca, port).await), first);
+
+    // New files that look unchanged (as a copy keeping times would leave them): the periodic
+    // check does not see them.
+    let second = ca.issue(&cert, &key);
+    for (path, t) in [(&cert, cert_time), (&key, key_time)] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(served_cert(&connect(&ca, port).await), first);
+
+    // SIGHUP makes the cell read them.
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while served_cert(&connect(&ca, port).await) != second {
+        assert!(Instant::now() < until, "SIGHUP did not reload the files");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.stop().await;
 }
