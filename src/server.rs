@@ -39,6 +39,8 @@ pub enum StartError {
     Service(#[from] crate::service::Error),
     #[error("cannot serve HTTPS: {0}")]
     Tls(String),
+    #[error("tls.trust_bundle does not load, so outbound connections could not trust it: {0}")]
+    Trust(String),
 }
 
 pub struct Options {
@@ -99,6 +101,10 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         _ => None,
     };
     // Certificates first: a cell that cannot serve what it was configured to starts nothing.
+    // A trust bundle that does not load would leave every outbound connection untrusting.
+    if let Some(bundle) = &config.tls.trust_bundle {
+        crate::trust::pem_certificates(bundle).map_err(StartError::Trust)?;
+    }
     let served = Arc::new(crate::edge::tls::Served::default());
     let cert_files = match config.tls.files() {
         Some((cert, key)) => Some(

@@ -78,20 +78,11 @@ impl Pebble {
         need("/usr/bin/pebble-challtestsrv", "pebble");
         let dir = tempfile::tempdir().unwrap();
         // The certificate of pebble's own HTTPS, which the package does not ship.
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
         let ca_bundle = dir.path().join("ca.pem");
-        std::fs::write(&ca_bundle, &ca_pem).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        let (cert, key) = ca_and_leaf(&["localhost", "127.0.0.1"], &ca_bundle);
+        let ca_pem = std::fs::read_to_string(&ca_bundle).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
 
         let dns = match dns {
             Some(addr) => (addr, None),
@@ -283,9 +274,9 @@ async fn first_failure(c: &TestCell, within: Duration) -> devcell::service::Cert
     }
 }
 
-/// A CA of the test's own, a certificate from it for `names`, and a TLS server configuration
-/// serving that certificate; the CA's PEM is written to `ca_file`.
-pub fn tls_server(names: &[&str], ca_file: &Path) -> rustls::ServerConfig {
+/// A CA of the test's own (its PEM written to `ca_file`) and a certificate from it for `names`:
+/// the certificate's and its key's PEM.
+pub fn ca_and_leaf(names: &[&str], ca_file: &Path) -> (String, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -296,11 +287,20 @@ pub fn tls_server(names: &[&str], ca_file: &Path) -> rustls::ServerConfig {
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
+    (leaf.pem(), key.serialize_pem())
+}
+
+/// A TLS server configuration serving a certificate for `names` from a CA of the test's own,
+/// whose PEM is written to `ca_file`.
+pub fn tls_server(names: &[&str], ca_file: &Path) -> rustls::ServerConfig {
+    let (cert, key) = ca_and_leaf(names, ca_file);
     rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
         )
         .unwrap()
 }
@@ -1330,4 +1330,51 @@ async fn a_renewal_window_from_the_ca_brings_renewal_forward() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     c.stop().await;
+}
+
+#[tokio::test]
+async fn route53_behind_an_internal_ca_is_reached_once_the_trust_bundle_names_it() {
+    crate::harness::moto_credentials();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    let (cert, key) = ca_and_leaf(&["127.0.0.1"], &ca_file);
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key).unwrap();
+    let port = free_port();
+    let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let _moto = crate::backup::Moto::start_with(
+        port,
+        &["-c", c.to_str().unwrap(), "-k", k.to_str().unwrap()],
+    );
+    let mut config = devcell::config::Config::default();
+    config.server.workspace_domain = Some("ws.example.test".into());
+    config.tls.dns.provider = Some(devcell::config::DnsProvider::Route53);
+    config.tls.dns.route53_zone_id = Some("Z0NOTCREATED".into());
+    config.tls.dns.route53_endpoint =
+        Some(url::Url::parse(&format!("https://127.0.0.1:{port}")).unwrap());
+
+    // The host does not know the CA: the SDK refuses the server.
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+        .unwrap()
+        .unwrap();
+    let err = writer
+        .set_txt("_acme-challenge.ws.example.test", "v")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("dispatch failure"),
+        "{err}"
+    );
+
+    // Trusting it through tls.trust_bundle (the same client S3 backups use), the request
+    // reaches moto, which answers about the zone (it does not exist there).
+    config.tls.trust_bundle = Some(ca_file);
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+        .unwrap()
+        .unwrap();
+    let err = writer
+        .set_txt("_acme-challenge.ws.example.test", "v")
+        .await
+        .unwrap_err();
+    assert!(err.contains("NoSuchHostedZone"), "{err}");
 }

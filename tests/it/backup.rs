@@ -665,6 +665,11 @@ pub struct Moto {
 
 impl Moto {
     pub fn start(port: u16) -> Moto {
+        Self::start_with(port, &[])
+    }
+
+    /// With more arguments for moto_server (`-c CERT -k KEY` for HTTPS).
+    pub fn start_with(port: u16, args: &[&str]) -> Moto {
         let venv =
             std::env::var("DEVCELL_TEST_VENV").unwrap_or_else(|_| "/var/cache/devcell/venv".into());
         let exe = Path::new(&venv).join("bin/moto_server");
@@ -674,6 +679,7 @@ impl Moto {
         );
         let child = Command::new(exe)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -302,3 +302,24 @@ async fn sighup_reads_the_files_again_even_when_their_times_did_not_change() {
     }
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_trust_bundle_that_does_not_load_stops_the_start_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("ca.pem");
+    std::fs::write(&bundle, "not a certificate").unwrap();
+    let mut config = devcell::config::Config {
+        data_dir: tmp.path().join("data"),
+        ..Default::default()
+    };
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.tls.trust_bundle = Some(bundle.clone());
+    let err = match devcell::server::start(config, devcell::server::Options::default()).await {
+        Ok(_) => panic!("a cell started with a trust bundle it cannot read"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("tls.trust_bundle") && err.contains(&bundle.display().to_string()),
+        "{err}"
+    );
+}
