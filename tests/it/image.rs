@@ -34,28 +34,54 @@ pub struct Registry {
     child: Child,
     dir: tempfile::TempDir,
     pub addr: String,
+    /// With HTTPS: the PEM of the test CA its certificate is from.
+    pub ca: Option<String>,
 }
 
 impl Registry {
     /// Starts `docker-registry` with filesystem storage in a temporary directory, and with
     /// htpasswd Basic authentication when `auth` is set.
     pub async fn start(auth: bool) -> Registry {
+        Self::start_full(auth, false).await
+    }
+
+    /// Over HTTPS on 127.0.0.2 (an address the pull client does not treat as a plain-HTTP
+    /// local registry), with a certificate from a test CA.
+    pub async fn start_tls() -> Registry {
+        Self::start_full(false, true).await
+    }
+
+    async fn start_full(auth: bool, tls: bool) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "docker-registry is missing: apt-get install -y docker-registry"
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let host = if tls { "127.0.0.2" } else { "127.0.0.1" };
+        let port = std::net::TcpListener::bind((host, 0))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{host}:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
              delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("storage").display()
         );
+        let mut ca = None;
+        if tls {
+            let ca_file = dir.path().join("ca.pem");
+            let (cert, key) = crate::acme::ca_and_leaf(&[host], &ca_file);
+            std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+            std::fs::write(dir.path().join("key.pem"), key).unwrap();
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display()
+            ));
+            ca = Some(std::fs::read_to_string(ca_file).unwrap());
+        }
         if auth {
             let htpasswd = dir.path().join("htpasswd");
             let out = Command::new("htpasswd")
@@ -80,19 +106,39 @@ impl Registry {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut registry = Registry { child, dir, addr };
+        let mut registry = Registry {
+            child,
+            dir,
+            addr,
+            ca,
+        };
         registry.wait_ready().await;
         registry
     }
 
+    /// `http://ADDR` or `https://ADDR`.
+    pub fn base(&self) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// A client trusting the registry's test CA, if it has one.
+    pub fn client(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder();
+        if let Some(ca) = &self.ca {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap());
+        }
+        b.build().unwrap()
+    }
+
     async fn wait_ready(&mut self) {
-        let http = reqwest::Client::new();
+        let http = self.client();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("docker-registry exited with {status}: {}", self.log());
             }
-            if let Ok(r) = http.get(format!("http://{}/v2/", self.addr)).send().await
+            if let Ok(r) = http.get(format!("{}/v2/", self.base())).send().await
                 && (r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED)
             {
                 return;
@@ -143,8 +189,8 @@ pub struct Pusher {
 impl Pusher {
     pub fn new(registry: &Registry, auth: bool) -> Pusher {
         Pusher {
-            http: reqwest::Client::new(),
-            base: format!("http://{}", registry.addr),
+            http: registry.client(),
+            base: registry.base(),
             auth: auth.then_some((USER, PASSWORD)),
         }
     }
@@ -843,4 +889,36 @@ async fn bearer_token_flow_and_cache_hits_download_no_blob() {
         .unwrap();
     assert_eq!(again.rootfs, pulled.rootfs);
     assert_eq!(blob_requests(&registry), after_first);
+}
+
+#[tokio::test]
+async fn a_registry_behind_an_internal_ca_is_pulled_from_once_the_trust_bundle_names_it() {
+    crate::harness::install_crypto();
+    let registry = Registry::start_tls().await;
+    let pusher = Pusher::new(&registry, false);
+    let image = test_image("amd64", "tls");
+    let digest = pusher.image("team/app", "v1", &image).await;
+    let reference = registry.image("team/app:v1");
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The host does not know the CA: the pull is refused.
+    let store = ImageStore::new(tmp.path().join("images")).with_egress(loopback());
+    let err = store
+        .pull(&reference, &RegistryAuth::Anonymous, Puller::Operator)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unreachable", "{err}");
+
+    // With tls.trust_bundle naming it, the image comes.
+    let ca_file = tmp.path().join("ca.pem");
+    std::fs::write(&ca_file, registry.ca.as_ref().unwrap()).unwrap();
+    let trust = std::sync::Arc::new(devcell::trust::Outbound::load(&ca_file).unwrap());
+    let store =
+        ImageStore::new(tmp.path().join("images")).with_egress(loopback().with_trust(Some(trust)));
+    let pulled = store
+        .pull(&reference, &RegistryAuth::Anonymous, Puller::Operator)
+        .await
+        .unwrap();
+    assert_eq!(pulled.digest, digest);
+    assert_unpacked(&pulled.rootfs, "tls");
 }
