@@ -257,6 +257,20 @@ pub async fn wait_issued(
     }
 }
 
+/// `devcell_certificate_expiry_seconds` for `name` in a `/metrics` answer.
+pub fn expiry_seconds(metrics: &str, name: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "devcell_certificate_expiry_seconds{{name=\"{name}\"}} "
+            ))
+        })
+        .unwrap_or_else(|| panic!("no expiry for {name}: {metrics}"))
+        .parse()
+        .unwrap()
+}
+
 /// The main certificate's status once an attempt to get it has failed.
 async fn first_failure(c: &TestCell, within: Duration) -> devcell::service::CertStatus {
     let until = Instant::now() + within;
@@ -420,16 +434,7 @@ async fn http01_gets_a_certificate_pebble_validated_which_survives_a_restart_wit
         .text()
         .await
         .unwrap();
-    let left: i64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!(
-                "devcell_certificate_expiry_seconds{{name=\"{name}\"}} "
-            ))
-        })
-        .unwrap_or_else(|| panic!("no expiry for {name}: {metrics}"))
-        .parse()
-        .unwrap();
+    let left = expiry_seconds(&metrics, name);
     assert!(left > 300 * 86_400, "{left}");
 
     // A client asking for TLS-ALPN-01 validation outside a validation gets no certificate at

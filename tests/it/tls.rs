@@ -83,6 +83,19 @@ async fn connect(ca: &Ca, port: u16) -> tokio_rustls::client::TlsStream<tokio::n
         .expect("the cell's certificate is trusted through the CA")
 }
 
+/// A cell serving HTTPS from `cert` and `key`.
+async fn files_cell(cert: &Path, key: &Path) -> TestCell {
+    let (cert, key) = (cert.to_owned(), key.to_owned());
+    TestCell::start_with(
+        move |config| {
+            config.tls.cert_file = Some(cert);
+            config.tls.key_file = Some(key);
+        },
+        None,
+    )
+    .await
+}
+
 fn served_cert(s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
@@ -98,15 +111,7 @@ async fn https_from_certificate_files_follows_their_renewal_without_dropping_con
     let (cert, key) = (tmp.path().join("cell.pem"), tmp.path().join("cell.key"));
     let ca = Ca::new();
     let first = ca.issue(&cert, &key);
-    let (c2, k2) = (cert.clone(), key.clone());
-    let c = TestCell::start_with(
-        move |config| {
-            config.tls.cert_file = Some(c2);
-            config.tls.key_file = Some(k2);
-        },
-        None,
-    )
-    .await;
+    let c = files_cell(&cert, &key).await;
     assert!(c.url("/").starts_with("https://"), "{}", c.url("/"));
     let port: u16 = c.url("").rsplit(':').next().unwrap().parse().unwrap();
 
@@ -148,18 +153,7 @@ async fn https_from_certificate_files_follows_their_renewal_without_dropping_con
         .text()
         .await
         .unwrap();
-    let left = |name: &str| -> i64 {
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "devcell_certificate_expiry_seconds{{name=\"{name}\"}} "
-                ))
-            })
-            .unwrap_or_else(|| panic!("no expiry for {name}: {metrics}"))
-            .parse()
-            .unwrap()
-    };
+    let left = |name: &str| crate::acme::expiry_seconds(&metrics, name);
     let until_2100 = 4_102_444_800 - time::OffsetDateTime::now_utc().unix_timestamp();
     for name in ["localhost", "127.0.0.1"] {
         assert!(
@@ -267,15 +261,7 @@ async fn sighup_reads_the_files_again_even_when_their_times_did_not_change() {
     let first = ca.issue(&cert, &key);
     let times = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
     let (cert_time, key_time) = (times(&cert), times(&key));
-    let (c2, k2) = (cert.clone(), key.clone());
-    let c = TestCell::start_with(
-        move |config| {
-            config.tls.cert_file = Some(c2);
-            config.tls.key_file = Some(k2);
-        },
-        None,
-    )
-    .await;
+    let c = files_cell(&cert, &key).await;
     let port: u16 = c.url("").rsplit(':').next().unwrap().parse().unwrap();
     assert_eq!(served_cert(&connect(&ca, port).await), first);
 
