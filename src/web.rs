@@ -132,7 +132,7 @@ async fn home(
             let more = page.next_cursor.map(|c| format!("/?after={c}"));
             Html(ui::workspaces_page(viewer(&st, &actor, &csrf), rows, more)).into_response()
         }
-        Err(e) => error_page(e),
+        Err(e) => error_page(&st, e),
     }
 }
 
@@ -373,19 +373,19 @@ fn signed_in(
     }
 }
 
-fn error_page(e: Error) -> Response {
-    error_page_back(e, "/", "Back to your workspaces")
+fn error_page(st: &AppState, e: Error) -> Response {
+    error_page_back(st, e, "/", "Back to your workspaces")
 }
 
 /// A refused workspace action: the reason, and the way back to the workspace it was about.
-fn workspace_error(e: Error, id: &str) -> Response {
-    error_page_back(e, &format!("/workspaces/{id}"), "Back to the workspace")
+fn workspace_error(st: &AppState, e: Error, id: &str) -> Response {
+    error_page_back(st, e, &format!("/workspaces/{id}"), "Back to the workspace")
 }
 
 /// A refusal or failure as a page. Status and message come from the API's classification
 /// (`api::ApiError`), so a page and a JSON answer never disagree: an internal error is logged
 /// there and shows only that the log has details.
-fn error_page_back(e: Error, back: &str, label: &str) -> Response {
+fn error_page_back(st: &AppState, e: Error, back: &str, label: &str) -> Response {
     if matches!(
         e,
         Error::Unauthenticated | Error::BadCredentials | Error::BadLink
@@ -408,7 +408,13 @@ fn error_page_back(e: Error, back: &str, label: &str) -> Response {
     };
     (
         answer.status,
-        Html(ui::error_page(title, answer.body.message, back, label)),
+        Html(ui::error_page(
+            title,
+            answer.body.message,
+            back,
+            label,
+            public_warnings(st),
+        )),
     )
         .into_response()
 }
@@ -430,7 +436,7 @@ async fn port_login(
     query: Result<axum::extract::Query<PortLogin>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(axum::extract::Query(q)) = query else {
-        return error_page(Error::NotFound { what: "port" });
+        return error_page(&st, Error::NotFound { what: "port" });
     };
     let actor = match crate::api::auth_identify(&st.cell, &headers) {
         Ok(a) => a,
@@ -455,7 +461,7 @@ async fn port_login(
         }
     };
     let Ok(id) = crate::domain::WorkspaceId::parse(&q.w) else {
-        return error_page(Error::NotFound { what: "workspace" });
+        return error_page(&st, Error::NotFound { what: "workspace" });
     };
     match st.cell.port_grant(&actor, &id, q.p) {
         Ok(grant) => Redirect::to(&format!(
@@ -465,7 +471,7 @@ async fn port_login(
             crate::proxy::encode(&q.next)
         ))
         .into_response(),
-        Err(e) => workspace_error(e, id.as_str()),
+        Err(e) => workspace_error(&st, e, id.as_str()),
     }
 }
 
@@ -479,11 +485,11 @@ async fn workspace_page(
         Err(r) => return *r,
     };
     let Ok(id) = crate::domain::WorkspaceId::parse(&id) else {
-        return error_page(Error::NotFound { what: "workspace" });
+        return error_page(&st, Error::NotFound { what: "workspace" });
     };
     let w = match st.cell.get_workspace(&actor, &id) {
         Ok(w) => w,
-        Err(e) => return error_page(e),
+        Err(e) => return error_page(&st, e),
     };
     let phase = w.lifecycle.phase;
     let live = matches!(
@@ -648,10 +654,10 @@ async fn change(
         Err(r) => return *r,
     };
     if let Err(e) = st.cell.check_csrf(&actor, Some(&f.csrf)) {
-        return error_page(e);
+        return error_page(&st, e);
     }
     let Ok(wsid) = crate::domain::WorkspaceId::parse(&id) else {
-        return error_page(Error::NotFound { what: "workspace" });
+        return error_page(&st, Error::NotFound { what: "workspace" });
     };
     let result = match what {
         Change::Start => st.cell.start_workspace(&actor, &wsid),
@@ -660,7 +666,7 @@ async fn change(
     };
     match result {
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
-        Err(e) => workspace_error(e, &id),
+        Err(e) => workspace_error(&st, e, &id),
     }
 }
 
@@ -727,7 +733,7 @@ async fn new_submit(
         Err(r) => return *r,
     };
     if let Err(e) = st.cell.check_csrf(&actor, Some(&f.csrf)) {
-        return error_page(e);
+        return error_page(&st, e);
     }
     let mut view = ui::NewWorkspaceView {
         viewer: viewer(&st, &actor, &csrf),
@@ -923,7 +929,7 @@ async fn org_page(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let flash = st.flashes.take(&csrf);
     match org_view(&st, &actor, csrf, flash.invitation, flash.message) {
         Ok(v) => Html(ui::org_page(v)).into_response(),
-        Err(e) => error_page(e),
+        Err(e) => error_page(&st, e),
     }
 }
 
@@ -994,9 +1000,9 @@ async fn org_invite(
         }
         Ok(inv) => match org_view(&st, &actor, csrf, Some(inv.url), None) {
             Ok(v) => Html(ui::org_page(v)).into_response(),
-            Err(e) => error_page(e),
+            Err(e) => error_page(&st, e),
         },
-        Err(e) => error_page(e),
+        Err(e) => error_page(&st, e),
     }
 }
 
@@ -1350,7 +1356,7 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
     };
     let facts = match st.cell.admin_facts(&actor) {
         Ok(f) => f,
-        Err(e) => return error_page(e),
+        Err(e) => return error_page(&st, e),
     };
     let uptime = (st.cell.now() - facts.started_at).whole_seconds().max(0) as u64;
     let facts_rows = vec![
@@ -1387,7 +1393,7 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
             title: "Backups".into(),
             facts,
         }),
-        Err(e) => return error_page(e),
+        Err(e) => return error_page(&st, e),
     }
     sections.push(ui::AdminSection {
         id: "tls".into(),
@@ -1493,11 +1499,11 @@ async fn confirm_delete(
         Err(r) => return *r,
     };
     let Ok(wsid) = crate::domain::WorkspaceId::parse(&id) else {
-        return error_page(Error::NotFound { what: "workspace" });
+        return error_page(&st, Error::NotFound { what: "workspace" });
     };
     let state = match st.cell.git_state_now(&actor, &wsid).await {
         Ok(s) => s,
-        Err(e) => return error_page(e),
+        Err(e) => return error_page(&st, e),
     };
     match st.cell.get_workspace(&actor, &wsid) {
         Ok(w) => {
@@ -1511,7 +1517,7 @@ async fn confirm_delete(
             ))
             .into_response()
         }
-        Err(e) => error_page(e),
+        Err(e) => error_page(&st, e),
     }
 }
 
@@ -1531,7 +1537,7 @@ async fn delete_submit(
     });
     match result {
         Ok(()) => Redirect::to("/").into_response(),
-        Err(e) => error_page(e),
+        Err(e) => error_page(&st, e),
     }
 }
 
@@ -1542,7 +1548,7 @@ async fn logout_all(
 ) -> Response {
     if let Ok(actor) = crate::api::auth_identify(&st.cell, &headers) {
         if st.cell.check_csrf(&actor, Some(&f.csrf)).is_err() {
-            return error_page(Error::Csrf);
+            return error_page(&st, Error::Csrf);
         }
         let _ = st.cell.logout_everywhere(&actor);
     }
@@ -1579,7 +1585,7 @@ async fn share_port_form(
     });
     match result {
         Ok(()) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
-        Err(e) => workspace_error(e, &id),
+        Err(e) => workspace_error(&st, e, &id),
     }
 }
 
@@ -1612,7 +1618,7 @@ async fn timeout_form(
     });
     match result {
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
-        Err(e) => workspace_error(e, &id),
+        Err(e) => workspace_error(&st, e, &id),
     }
 }
 
@@ -1636,7 +1642,7 @@ async fn restore_form(
     };
     match result {
         Ok(_) => Redirect::to(&format!("/workspaces/{id}")).into_response(),
-        Err(e) => workspace_error(e, &id),
+        Err(e) => workspace_error(&st, e, &id),
     }
 }
 
@@ -1665,9 +1671,9 @@ fn back_to_org(
         }
         Err(e) if refused(&e) => match org_view(st, actor, csrf, None, Some(org_message(&e))) {
             Ok(v) => (status, Html(ui::org_page(v))).into_response(),
-            Err(e) => error_page(e),
+            Err(e) => error_page(&st, e),
         },
-        Err(e) => error_page(e),
+        Err(e) => error_page(&st, e),
     }
 }
 
@@ -1744,9 +1750,27 @@ mod tests {
                 Error::Internal("disk I/O error at /var/secret".into()),
             ]
         };
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let st = crate::api::AppState {
+            cell: crate::service::Cell::new(
+                store,
+                config,
+                std::sync::Arc::new(crate::service::SystemClock),
+            ),
+            workers: crate::workers::Supervisor::new(metrics.clone()).statuses(),
+            metrics,
+            ready: Default::default(),
+            flashes: Default::default(),
+        };
         for (for_api, for_page) in cases().into_iter().zip(cases()) {
             let api = crate::api::ApiError::from(for_api).into_response();
-            let page = error_page(for_page);
+            let page = error_page(&st, for_page);
             assert_eq!(page.status(), api.status());
             let body = axum::body::to_bytes(page.into_body(), 1 << 20)
                 .await

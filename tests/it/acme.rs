@@ -977,6 +977,15 @@ async fn with_the_acme_server_unreachable_a_self_signed_certificate_is_served_an
         !login.contains("ACME") && !login.contains(&dead.to_string()),
         "the sign-in page tells strangers about the cell's setup: {login}"
     );
+    // Refusals and failures are pages too.
+    let (status, missing) = c
+        .owner_page_status("/workspaces/ws_01jabcdefghjkmnpqrstvwxyz0")
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        missing.contains("cell-warnings") && missing.contains("self-signed"),
+        "{missing}"
+    );
     let home = c.owner_page("/").await;
     assert!(
         home.contains("self-signed") && home.contains("cannot reach the ACME server"),

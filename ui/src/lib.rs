@@ -523,12 +523,18 @@ pub fn new_workspace_page(v: NewWorkspaceView) -> String {
 /// The sign-in page, with an error message after a failed attempt.
 /// A page that says what went wrong, in the same frame as every other page, with a way back.
 /// A page saying why something was refused, with the way back to where the user was.
-pub fn error_page(title: &str, message: String, back: &str, back_label: &str) -> String {
+pub fn error_page(
+    title: &str,
+    message: String,
+    back: &str,
+    back_label: &str,
+    warnings: Vec<String>,
+) -> String {
     let title = title.to_owned();
     let (back, back_label) = (back.to_owned(), back_label.to_owned());
     let body = Owner::new().with(|| {
         view! {
-            <Shell title=title.clone()>
+            <Shell title=title.clone() warnings=warnings>
                 <p class="error" role="alert">{message}</p>
                 <p><a href=back>{back_label}</a></p>
             </Shell>
