@@ -1671,9 +1671,9 @@ fn back_to_org(
         }
         Err(e) if refused(&e) => match org_view(st, actor, csrf, None, Some(org_message(&e))) {
             Ok(v) => (status, Html(ui::org_page(v))).into_response(),
-            Err(e) => error_page(&st, e),
+            Err(e) => error_page(st, e),
         },
-        Err(e) => error_page(&st, e),
+        Err(e) => error_page(st, e),
     }
 }
 
