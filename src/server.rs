@@ -266,9 +266,13 @@ impl Running {
             tracing::warn!("open connections did not finish in time; closing them");
             abort.abort();
         }
+        // Awaited after the abort, so their sockets are closed when `stop` returns (a cell
+        // started again at once binds the same addresses).
         self.admin.abort();
+        let _ = self.admin.await;
         if let Some(r) = self.redirects {
             r.abort();
+            let _ = r.await;
         }
         crate::admin::remove_socket(&self.cell.config().data_dir);
     }

@@ -90,7 +90,7 @@ pub struct AcmeWorker {
     account: Option<Account>,
     /// The latest `Retry-After` the ACME server sent with an error.
     retry_after: Arc<Mutex<Option<SystemTime>>>,
-    dns: Option<DnsWriter>,
+    dns: Option<Arc<DnsWriter>>,
 }
 
 impl AcmeWorker {
@@ -125,7 +125,7 @@ impl AcmeWorker {
                 challenges: vec![ChallengeType::Dns01],
             });
         }
-        let dns = DnsWriter::from_config(config)?;
+        let dns = DnsWriter::from_config(config)?.map(Arc::new);
         let mut worker = AcmeWorker {
             cell,
             served,
@@ -345,21 +345,14 @@ impl AcmeWorker {
             .new_order(&NewOrder::new(identifiers))
             .await
             .map_err(|e| self.explain("placing the order", &e))?;
-        let mut undo = Vec::new();
-        let result = self.prove(&mut order, kind, &mut undo).await;
-        for step in undo {
-            match step {
-                Undo::Http01(token) => self.http01.remove(&token),
-                Undo::TlsAlpn(name) => self.served.end_challenge(&name),
-                Undo::Dns(name, value) => {
-                    if let Some(dns) = &self.dns
-                        && let Err(e) = dns.remove_txt(&name, &value).await
-                    {
-                        tracing::warn!(record = %name, error = %e, "the DNS-01 record was not removed");
-                    }
-                }
-            }
-        }
+        let mut undo = Undoing {
+            steps: Vec::new(),
+            http01: self.http01.clone(),
+            served: self.served.clone(),
+            dns: self.dns.clone(),
+        };
+        let result = self.prove(&mut order, kind, &mut undo.steps).await;
+        undo.finish().await;
         result?;
         let key_pem = order
             .finalize()
@@ -500,6 +493,59 @@ enum Undo {
     Http01(String),
     TlsAlpn(String),
     Dns(String, String),
+}
+
+/// What an order set up to prove itself, taken down after validation; also when the order is
+/// abandoned midway (the loop's run timed out, the cell stopped), from `Drop`.
+struct Undoing {
+    steps: Vec<Undo>,
+    http01: Arc<Http01>,
+    served: Arc<Served>,
+    dns: Option<Arc<DnsWriter>>,
+}
+
+impl Undoing {
+    async fn finish(mut self) {
+        for step in std::mem::take(&mut self.steps) {
+            self.undo(step).await;
+        }
+    }
+
+    async fn undo(&self, step: Undo) {
+        match step {
+            Undo::Http01(token) => self.http01.remove(&token),
+            Undo::TlsAlpn(name) => self.served.end_challenge(&name),
+            Undo::Dns(name, value) => {
+                if let Some(dns) = &self.dns
+                    && let Err(e) = dns.remove_txt(&name, &value).await
+                {
+                    tracing::warn!(record = %name, error = %e, "the DNS-01 record was not removed");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Undoing {
+    fn drop(&mut self) {
+        let steps = std::mem::take(&mut self.steps);
+        if steps.is_empty() {
+            return;
+        }
+        let rest = Undoing {
+            steps: Vec::new(),
+            http01: self.http01.clone(),
+            served: self.served.clone(),
+            dns: self.dns.clone(),
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                for step in steps {
+                    rest.undo(step).await;
+                }
+            });
+        }
+    }
 }
 
 fn challenge_name(kind: &ChallengeType) -> &'static str {
@@ -711,6 +757,44 @@ mod tests {
             now + time::Duration::days(1),
         );
         assert_eq!(pick_in_window(begun, now), now);
+    }
+
+    #[tokio::test]
+    async fn an_order_abandoned_midway_still_takes_its_answers_down() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let http01 = Arc::new(Http01::default());
+        let served = Arc::new(Served::default());
+        http01.set("token", "token.thumbprint");
+        served.challenge(
+            "cell.example.com",
+            alpn_certificate("cell.example.com", &[7; 32]).unwrap(),
+        );
+        let undo = Undoing {
+            steps: vec![
+                Undo::Http01("token".into()),
+                Undo::TlsAlpn("cell.example.com".into()),
+            ],
+            http01: http01.clone(),
+            served: served.clone(),
+            dns: None,
+        };
+        // Dropped as a cancelled future drops it, without `finish`.
+        drop(undo);
+        for _ in 0..100 {
+            if http01.answer("token").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(http01.answer("token"), None);
+        assert!(
+            served
+                .challenges
+                .read()
+                .unwrap()
+                .get("cell.example.com")
+                .is_none()
+        );
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn matches_name(pattern: &str, name: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Served {
     slots: RwLock<Vec<(String, Loaded)>>,
-    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    pub(super) challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl Served {
