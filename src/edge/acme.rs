@@ -125,7 +125,7 @@ impl AcmeWorker {
                 challenges: vec![ChallengeType::Dns01],
             });
         }
-        let dns = DnsWriter::from_config(config)?.map(Arc::new);
+        let dns = DnsWriter::from_config(config, cell.trust())?.map(Arc::new);
         let mut worker = AcmeWorker {
             cell,
             served,
@@ -557,9 +557,9 @@ fn challenge_name(kind: &ChallengeType) -> &'static str {
     }
 }
 
-/// Two thirds into the certificate's lifetime.
-pub fn renewal_time(loaded: &Loaded) -> OffsetDateTime {
-    loaded.not_before + (loaded.not_after - loaded.not_before) * 2 / 3
+/// Two thirds into the certificate's lifetime (see [`crate::service::renewal_point`]).
+fn renewal_time(loaded: &Loaded) -> OffsetDateTime {
+    crate::service::renewal_point(loaded.not_before, loaded.not_after)
 }
 
 /// A time in the CA's suggested window: uniformly random, as RFC 9773 asks (so that many

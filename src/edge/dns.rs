@@ -35,8 +35,12 @@ pub enum DnsWriter {
 }
 
 impl DnsWriter {
-    /// The writer `[tls.dns]` describes, if any.
-    pub fn from_config(config: &Config) -> Result<Option<DnsWriter>, String> {
+    /// The writer `[tls.dns]` describes, if any; Route 53 trusts `trust` (the cell's
+    /// `tls.trust_bundle`) besides the host's CA certificates.
+    pub fn from_config(
+        config: &Config,
+        trust: Option<&crate::trust::Outbound>,
+    ) -> Result<Option<DnsWriter>, String> {
         let dns = &config.tls.dns;
         match dns.provider {
             None => Ok(None),
@@ -80,10 +84,7 @@ impl DnsWriter {
                     .clone()
                     .ok_or("tls.dns.route53_zone_id is not set")?,
                 endpoint: dns.route53_endpoint.clone(),
-                http: match &config.tls.trust_bundle {
-                    Some(bundle) => Some(crate::trust::Outbound::load(bundle)?.aws_http_client()?),
-                    None => None,
-                },
+                http: trust.map(|t| t.aws_http_client()).transpose()?,
             })),
         }
     }

@@ -101,6 +101,12 @@ impl CertStatus {
     }
 }
 
+/// When a certificate is due for renewal without word from its CA: two thirds into its
+/// lifetime.
+pub fn renewal_point(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    not_before + (not_after - not_before) * 2 / 3
+}
+
 /// The statuses the edge last published.
 #[derive(Default)]
 pub(super) struct CertStatuses(RwLock<Vec<CertStatus>>);
@@ -186,12 +192,18 @@ impl Cell {
                     source: CertSource::Acme,
                     issuer,
                     not_after: Some(c.not_after),
-                    next_renewal: Some(c.not_before + (c.not_after - c.not_before) * 2 / 3),
+                    next_renewal: Some(renewal_point(c.not_before, c.not_after)),
                     last_error: None,
                     failures: 0,
                 }
             })
             .collect())
+    }
+
+    /// The operator's extra CA certificates (`tls.trust_bundle`) as the cell loaded them, for
+    /// clients outside `service` (the ACME loop's DNS writer).
+    pub fn trust(&self) -> Option<&crate::trust::Outbound> {
+        self.inner.egress.trust()
     }
 
     /// What the edge serves now, one entry per certificate.

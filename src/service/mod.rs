@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 pub use auth::{Credentials, LoginOutcome, NewToken};
 pub use backups::{BackupStats, CleanupPass, retry_after};
-pub use certificates::{CertSource, CertStatus};
+pub use certificates::{CertSource, CertStatus, renewal_point};
 pub use credentials::NewCredential;
 pub use lifecycle::{ExecInput, PortView, StopPlan, TaskView, TimeoutPass};
 pub use orgs::{ClassInput, InvitationOutcome, PolicyPatch, Signup};

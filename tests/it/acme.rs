@@ -784,7 +784,7 @@ async fn a_dns_update_with_a_wrong_tsig_key_is_refused_with_what_to_check() {
     config.tls.dns.tsig_secret = Some(devcell::config::Secret::new(
         "zTrrEENZZBuXe5aqA0N/0VhYbWIUynfthtQbrEjD/Bs=",
     ));
-    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config, None)
         .unwrap()
         .unwrap();
     let err = writer
@@ -800,7 +800,7 @@ async fn a_dns_update_with_a_wrong_tsig_key_is_refused_with_what_to_check() {
 
     // With the right key the record comes and goes.
     config.tls.dns.tsig_secret = Some(devcell::config::Secret::new(bind.secret.clone()));
-    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config, None)
         .unwrap()
         .unwrap();
     writer
@@ -869,7 +869,7 @@ async fn dns01_through_route53_writes_the_record_and_removes_it_after_validation
     config.tls.dns.route53_zone_id = Some(zone.clone());
     config.tls.dns.route53_endpoint =
         Some(url::Url::parse(&format!("http://127.0.0.1:{}", moto.port)).unwrap());
-    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config, None)
         .unwrap()
         .unwrap();
     writer
@@ -1368,7 +1368,7 @@ async fn route53_behind_an_internal_ca_is_reached_once_the_trust_bundle_names_it
         Some(url::Url::parse(&format!("https://127.0.0.1:{port}")).unwrap());
 
     // The host does not know the CA: the SDK refuses the server.
-    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config, None)
         .unwrap()
         .unwrap();
     let err = writer
@@ -1382,8 +1382,8 @@ async fn route53_behind_an_internal_ca_is_reached_once_the_trust_bundle_names_it
 
     // Trusting it through tls.trust_bundle (the same client S3 backups use), the request
     // reaches moto, which answers about the zone (it does not exist there).
-    config.tls.trust_bundle = Some(ca_file);
-    let writer = devcell::edge::dns::DnsWriter::from_config(&config)
+    let trust = devcell::trust::Outbound::load(&ca_file).unwrap();
+    let writer = devcell::edge::dns::DnsWriter::from_config(&config, Some(&trust))
         .unwrap()
         .unwrap();
     let err = writer
