@@ -101,6 +101,13 @@ pub enum Command {
     /// sandbox of the workspace, never on the host (git runs the repository's configuration).
     #[command(hide = true)]
     GitState { dirs: Vec<PathBuf> },
+    /// Internal: what COPY, ADD and WORKDIR do to an image build's root; the cell runs it
+    /// inside the build step's sandbox.
+    #[command(hide = true)]
+    BuildCopy {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Internal: joins a workspace's cgroups, drops to its uid and executes the sandbox.
     #[command(hide = true)]
     SandboxExec {
@@ -437,6 +444,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             println!("{}", serde_json::to_string(&states)?);
             Ok(())
+        }
+        Command::BuildCopy { args } => {
+            let args =
+                crate::content::image::copy::CopyArgs::parse(&args).map_err(anyhow::Error::msg)?;
+            crate::content::image::copy::run(&args).map_err(anyhow::Error::msg)
         }
         Command::SandboxExec {
             request_on_stdin: true,

@@ -28,10 +28,23 @@ pub struct WorkspaceConfig {
     pub source: Option<String>,
     /// An image reference, or `file:PATH` for a Dockerfile in the repository.
     pub image: Option<String>,
+    /// How to build the image when it is a Dockerfile.
+    #[serde(default)]
+    pub build: Option<ImageBuild>,
     pub tasks: Vec<Task>,
     pub ports: Vec<Port>,
     /// Environment for every process in the workspace, in file order.
     pub env: Vec<(String, String)>,
+}
+
+/// A Dockerfile build: paths relative to the repository, never leaving it.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ImageBuild {
+    pub dockerfile: String,
+    /// The context directory (`""` for the repository's root).
+    pub context: String,
+    pub args: Vec<(String, String)>,
+    pub target: Option<String>,
 }
 
 /// A terminal running commands: `before` and `init` once when the workspace is created
@@ -235,9 +248,31 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
             });
         }
     }
+    let build = match &parsed.image {
+        Some(Image(image, context)) if image.starts_with("file:") => {
+            let inside = |what: &str, p: &str| {
+                normalize(Path::new(p))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .ok_or_else(|| {
+                        ConfigFileError::whole_file(
+                            file,
+                            format!("image.{what} points outside the repository"),
+                        )
+                    })
+            };
+            Some(ImageBuild {
+                dockerfile: inside("file", &image["file:".len()..])?,
+                context: inside("context", context.as_deref().unwrap_or("."))?,
+                args: Vec::new(),
+                target: None,
+            })
+        }
+        _ => None,
+    };
     Ok(WorkspaceConfig {
         source: Some(file.to_owned()),
         image: parsed.image.map(|i| i.0),
+        build,
         tasks,
         ports,
         env: Vec::new(),
@@ -263,8 +298,9 @@ fn yaml_error(file: &str, e: &serde_yaml_ng::Error) -> ConfigFileError {
     }
 }
 
-/// Gitpod's `image`: a name, or `{file: PATH}` for a Dockerfile, kept as `file:PATH`.
-struct Image(String);
+/// Gitpod's `image`: a name, or `{file: PATH, context: DIR}` for a Dockerfile, kept as
+/// `file:PATH`.
+struct Image(String, Option<String>);
 
 impl<'de> Deserialize<'de> for Image {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -275,19 +311,22 @@ impl<'de> Deserialize<'de> for Image {
                 f.write_str("an image name or a map with `file`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Image, E> {
-                Ok(Image(v.to_owned()))
+                Ok(Image(v.to_owned(), None))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Image, A::Error> {
                 let mut file = None;
+                let mut context = None;
                 while let Some(key) = map.next_key::<String>()? {
                     if key == "file" {
                         file = Some(map.next_value::<String>()?);
+                    } else if key == "context" {
+                        context = Some(map.next_value::<String>()?);
                     } else {
                         map.next_value::<de::IgnoredAny>()?;
                     }
                 }
                 let file = file.ok_or_else(|| de::Error::missing_field("file"))?;
-                Ok(Image(format!("file:{file}")))
+                Ok(Image(format!("file:{file}"), context))
             }
         }
         d.deserialize_any(V)
@@ -449,6 +488,12 @@ struct DevcontainerFile {
 struct DevcontainerBuild {
     #[serde(default)]
     dockerfile: Option<String>,
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    args: Option<Env>,
+    #[serde(default)]
+    target: Option<String>,
 }
 
 /// A lifecycle command in any of its three forms: a shell string, an argument array, or
@@ -580,17 +625,29 @@ pub fn parse_devcontainer(file: &str, text: &str) -> Result<WorkspaceConfig, Con
         }
     })?;
 
-    let dockerfile = parsed
-        .build
-        .and_then(|b| b.dockerfile)
-        .or(parsed.docker_file);
+    let (dockerfile, context, args, target) = match parsed.build {
+        Some(b) => (b.dockerfile, b.context, b.args, b.target),
+        None => (None, None, None, None),
+    };
+    let dockerfile = dockerfile.or(parsed.docker_file);
+    let base = Path::new(file).parent().unwrap_or(Path::new(""));
+    let mut build = None;
     let image = match (parsed.image, dockerfile) {
         (Some(image), _) => Some(image),
         (None, Some(dockerfile)) => {
-            let base = Path::new(file).parent().unwrap_or(Path::new(""));
             let path = normalize(&base.join(dockerfile)).ok_or_else(|| {
                 ConfigFileError::whole_file(file, "build.dockerfile points outside the repository")
             })?;
+            let context =
+                normalize(&base.join(context.as_deref().unwrap_or("."))).ok_or_else(|| {
+                    ConfigFileError::whole_file(file, "build.context points outside the repository")
+                })?;
+            build = Some(ImageBuild {
+                dockerfile: path.to_string_lossy().into_owned(),
+                context: context.to_string_lossy().into_owned(),
+                args: args.map(|a| a.0).unwrap_or_default(),
+                target,
+            });
             Some(format!("file:{}", path.display()))
         }
         (None, None) => None,
@@ -612,6 +669,7 @@ pub fn parse_devcontainer(file: &str, text: &str) -> Result<WorkspaceConfig, Con
     Ok(WorkspaceConfig {
         source: Some(file.to_owned()),
         image,
+        build,
         tasks: devcontainer_tasks(parsed.post_create_command, parsed.post_start_command),
         ports,
         env,

@@ -224,6 +224,7 @@ impl LocalRuntime {
         Some(Rebase {
             binds,
             detach_under: dir.parent().unwrap_or(&dir).to_owned(),
+            overlays: Vec::new(),
         })
     }
 
@@ -257,9 +258,15 @@ impl LocalRuntime {
             None => host_root(&mut push),
         }
         let d = |sub: &str| seen(&spec.dir.join(sub));
-        push(&[
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
-        ]);
+        push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+        // An image's read-only /var without a tmp directory has no place for one.
+        let var_tmp = match &spec.root {
+            Some(rootfs) => !rootfs.join("var").is_dir() || rootfs.join("var/tmp").is_dir(),
+            None => true,
+        };
+        if var_tmp {
+            push(&["--tmpfs", "/var/tmp"]);
+        }
         push(&[
             "--bind",
             &d("workspace"),
@@ -447,6 +454,154 @@ impl LocalRuntime {
     }
 }
 
+/// How long one build step may run.
+const BUILD_STEP_WITHIN: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl LocalRuntime {
+    /// Runs a build step: the launcher (root, in a mount namespace of its own) mounts the
+    /// step's overlay and binds the context and this binary under [`rebase::REBASE_MOUNT`],
+    /// drops to `uid` and becomes bubblewrap, which makes the overlay the root (writable),
+    /// maps `uid` to the step's user and runs the command; in a cgroup of its own with the
+    /// class's limits, without network unless the workspace has it.
+    async fn run_build_step(
+        &self,
+        spec: &SandboxSpec,
+        step: &crate::content::image::build::StepRun,
+        uid: u32,
+    ) -> Result<i32, RuntimeError> {
+        use crate::content::image::build::{CONTEXT_MOUNT, FROM_MOUNT, StepCommand};
+        if !rustix::process::geteuid().is_root() {
+            return Err(RuntimeError::Start(
+                "building an image needs the cell to run as root (it mounts the build's overlay)"
+                    .into(),
+            ));
+        }
+        let cg = Gone(match &self.hierarchy {
+            Hierarchy::Unavailable { .. } => None,
+            h => Some(h.create(&format!("{}_build", spec.id.as_str()), &spec.limits)?),
+        });
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&spec.state)?;
+        let filter = spec.state.join("build.bpf");
+        super::seccomp::write_default_filter(&filter)
+            .map_err(|e| RuntimeError::Start(e.to_string()))?;
+        let mut binds = vec![(rebase::absolute(&self.exe), "agent".to_owned())];
+        if let Some(c) = &step.context {
+            binds.push((rebase::absolute(c), "context".to_owned()));
+        }
+        let mut overlays = vec![rebase::Overlay {
+            name: "root".into(),
+            lowers: step.lowers.clone(),
+            upper: Some(step.upper.clone()),
+            work: Some(step.work.clone()),
+        }];
+        if let Some(from) = &step.from {
+            overlays.push(rebase::Overlay {
+                name: "from".into(),
+                lowers: from.clone(),
+                upper: None,
+                work: None,
+            });
+        }
+        let r = Rebase {
+            binds,
+            detach_under: spec.dir.parent().unwrap_or(&spec.dir).to_owned(),
+            overlays,
+        };
+        let at = |name: &str| format!("{}/{name}", rebase::REBASE_MOUNT);
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(NAMESPACES);
+        push(&["--new-session", "--die-with-parent", "--seccomp", "0"]);
+        push(&[
+            "--bind",
+            &at("root"),
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+        ]);
+        push(&["--ro-bind", &at("agent"), AGENT_PATH]);
+        if step.context.is_some() {
+            push(&["--ro-bind", &at("context"), CONTEXT_MOUNT]);
+        }
+        if step.from.is_some() {
+            push(&["--ro-bind", &at("from"), FROM_MOUNT]);
+        }
+        let (u, g) = step.user;
+        push(&["--uid", &u.to_string(), "--gid", &g.to_string()]);
+        push(&["--hostname", "build", "--chdir", &step.workdir]);
+        for (k, v) in &step.env {
+            push(&["--setenv", k, v]);
+        }
+        match &step.command {
+            StepCommand::Exec(argv) => {
+                push(&["--"]);
+                a.extend(argv.iter().cloned());
+            }
+            StepCommand::Tool(argv) => {
+                for lib in host_libraries() {
+                    if let Some(name) = lib.file_name() {
+                        let inside = format!("{AGENT_LIBS}/{}", name.to_string_lossy());
+                        push(&["--ro-bind", &lib.to_string_lossy(), &inside]);
+                    }
+                }
+                let loader = format!("{AGENT_LIBS}/{}", loader_name());
+                push(&["--", &loader, "--library-path", AGENT_LIBS, AGENT_PATH]);
+                a.extend(argv.iter().cloned());
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&step.log)?;
+        let mut cmd = launcher(&self.exe);
+        for f in cg.0.as_ref().map(|c| c.procs_files()).unwrap_or_default() {
+            cmd.arg("--cgroup-procs").arg(f);
+        }
+        cmd.args(["--uid", &uid.to_string(), "--gid", &uid.to_string()])
+            .arg("--rebase")
+            .arg(rebase_arg(&r)?)
+            .arg("--")
+            .arg(&self.bwrap)
+            .args(&a)
+            .stdin(std::fs::File::open(&filter)?)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
+        if spec.network
+            && let Some(pid) = child.id()
+        {
+            let (state, cgroup) = (spec.state.clone(), cg.0.clone());
+            tokio::spawn(async move {
+                if let Err(e) = connect_outbound(pid, &state, cgroup.as_ref()).await {
+                    tracing::warn!(error = %e, "a build step has no outbound network");
+                }
+            });
+        }
+        let status = tokio::time::timeout(BUILD_STEP_WITHIN, child.wait())
+            .await
+            .map_err(|_| {
+                RuntimeError::Start(format!(
+                    "the step did not finish within {} minutes",
+                    BUILD_STEP_WITHIN.as_secs() / 60
+                ))
+            })??;
+        drop(cg);
+        let _ = std::fs::remove_file(&filter);
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    }
+}
+
 /// A tool's cgroup, destroyed (whatever is left in it killed) when dropped: also when the
 /// future running the tool is dropped half-way (the cell stopping in the middle of a stop).
 struct Gone(Option<Cgroup>);
@@ -608,6 +763,15 @@ impl Runtime for LocalRuntime {
             }
             Ok(())
         })
+    }
+
+    fn build_step<'a>(
+        &'a self,
+        spec: &'a SandboxSpec,
+        step: &'a crate::content::image::build::StepRun,
+        uid: u32,
+    ) -> BoxFuture<'a, Result<i32, RuntimeError>> {
+        Box::pin(self.run_build_step(spec, step, uid))
     }
 
     fn git_as(&self, spec: &SandboxSpec) -> Option<crate::content::git::RunAs> {

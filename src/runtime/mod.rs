@@ -119,4 +119,18 @@ pub trait Runtime: Send + Sync + 'static {
         spec: &'a SandboxSpec,
         repos: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<RepoStatus>, RuntimeError>>;
+    /// Runs one step of an image build for the workspace `spec` (its limits, its network
+    /// policy, its cell-only directory) as the host uid `uid`, and returns its exit code.
+    fn build_step<'a>(
+        &'a self,
+        _spec: &'a SandboxSpec,
+        _step: &'a crate::content::image::build::StepRun,
+        _uid: u32,
+    ) -> BoxFuture<'a, Result<i32, RuntimeError>> {
+        Box::pin(async {
+            Err(RuntimeError::Start(
+                "this runtime cannot build images; name a prebuilt image instead".into(),
+            ))
+        })
+    }
 }

@@ -28,6 +28,69 @@ pub struct Rebase {
     /// Mounts under this directory (the workspaces' disks) are detached in the namespace, so
     /// that it holds no other workspace's disk while its sandbox runs.
     pub detach_under: PathBuf,
+    /// Overlays mounted under [`REBASE_MOUNT`] (an image build's root), after the binds.
+    #[serde(default)]
+    pub overlays: Vec<Overlay>,
+}
+
+/// An overlay filesystem made in the launcher's namespace: read-only lower directories (top
+/// first) and, for a writable one, the upper and work directories.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlay {
+    /// Its name under [`REBASE_MOUNT`].
+    pub name: String,
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+}
+
+impl Overlay {
+    /// Mounts it at `target` with the mount API's `lowerdir+` (no length limit on the list).
+    /// Renames of lower directories and metadata-only copies are off: the upper directory
+    /// must hold whole files and plain whiteouts, because it becomes an image layer.
+    fn mount(&self, target: &Path) -> std::io::Result<()> {
+        use rustix::mount::{
+            FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+            fsconfig_set_string, fsmount, fsopen, move_mount,
+        };
+        let err = |what: &str, e: rustix::io::Errno| {
+            std::io::Error::other(format!(
+                "cannot mount the overlay {}: {what}: {e}",
+                self.name
+            ))
+        };
+        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| err("fsopen", e))?;
+        for lower in &self.lowers {
+            fsconfig_set_string(&fs, "lowerdir+", lower)
+                .map_err(|e| err(&format!("lower {}", lower.display()), e))?;
+        }
+        if let (Some(upper), Some(work)) = (&self.upper, &self.work) {
+            fsconfig_set_string(&fs, "upperdir", upper).map_err(|e| err("upperdir", e))?;
+            fsconfig_set_string(&fs, "workdir", work).map_err(|e| err("workdir", e))?;
+        }
+        for (key, value) in [
+            ("redirect_dir", "off"),
+            ("metacopy", "off"),
+            ("index", "off"),
+        ] {
+            fsconfig_set_string(&fs, key, value).map_err(|e| err(key, e))?;
+        }
+        fsconfig_create(&fs).map_err(|e| err("create", e))?;
+        let mnt = fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_NODEV,
+        )
+        .map_err(|e| err("fsmount", e))?;
+        move_mount(
+            &mnt,
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| err("move_mount", e))
+    }
 }
 
 impl Rebase {
@@ -80,6 +143,11 @@ impl Rebase {
             }
             rustix::mount::mount_bind_recursive(src, &target)
                 .map_err(|e| err(&format!("bind {}", src.display()), e))?;
+        }
+        for overlay in &self.overlays {
+            let target = Path::new(REBASE_MOUNT).join(&overlay.name);
+            std::fs::create_dir(&target)?;
+            overlay.mount(&target)?;
         }
         for point in mounts_under(&self.detach_under)? {
             // Lazily: whatever uses it goes on; this namespace just no longer holds it.
@@ -174,6 +242,7 @@ mod tests {
                 ("/root/x/devcell".into(), "agent".into()),
             ],
             detach_under: "/root/x/data/workspaces".into(),
+            overlays: Vec::new(),
         };
         assert_eq!(
             r.map(Path::new("/root/x/data/workspaces/ws_1/workspace/app")),

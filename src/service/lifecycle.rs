@@ -596,8 +596,9 @@ impl Cell {
     /// The workspace's tasks and the tail of their logs.
     pub async fn tasks(&self, actor: &Actor, id: &WorkspaceId) -> Result<Vec<TaskView>> {
         let ws = self.get_workspace(actor, id)?;
+        let build = self.build_view(&ws);
         let Some(spec) = self.last_spec(&ws.id) else {
-            return Ok(Vec::new());
+            return Ok(build.into_iter().collect());
         };
         let live = if ws.lifecycle.phase == Phase::Running {
             self.agent(&ws.id).status().await.ok()
@@ -616,7 +617,7 @@ impl Cell {
             }
             _ => Vec::new(),
         };
-        Ok(spec
+        let mut views: Vec<TaskView> = spec
             .tasks
             .iter()
             .enumerate()
@@ -640,7 +641,45 @@ impl Cell {
                     log: String::from_utf8_lossy(log).into_owned(),
                 }
             })
-            .collect())
+            .collect();
+        if let Some(mut b) = build {
+            b.index = views.len();
+            views.push(b);
+        }
+        Ok(views)
+    }
+
+    /// The image build of the workspace's last start, as a task: its log (the step it is on
+    /// last) and whether it is still going, finished or failed the start.
+    fn build_view(&self, ws: &Workspace) -> Option<TaskView> {
+        let live = self.sandbox_state(&ws.id).join(BUILD_LOG);
+        let path = if live.is_file() {
+            live
+        } else if ws.lifecycle.phase == Phase::Failed {
+            self.failed_build_log(&ws.id)
+        } else {
+            return None;
+        };
+        if !path.is_file() {
+            return None;
+        }
+        let log = String::from_utf8_lossy(&read_tail(&path, LOG_TAIL as u64)).into_owned();
+        let finished = log
+            .lines()
+            .any(|l| l.starts_with("image ") && l.ends_with(" ready"));
+        let state = match ws.lifecycle.phase {
+            _ if finished => "done",
+            Phase::Creating | Phase::Initializing => "running",
+            Phase::Failed => "failed",
+            _ => "unknown",
+        };
+        Some(TaskView {
+            index: 0,
+            name: "image build".into(),
+            state: state.into(),
+            exit_code: None,
+            log,
+        })
     }
 
     /// Remembers activity in memory; [`Cell::flush_activity`] writes it in batches.
@@ -1005,7 +1044,13 @@ impl Cell {
                 .source
                 .clone()
                 .unwrap_or_else(|| "the workspace configuration".into());
-            let pulled = self.pull_image(ws, r, &source).await?;
+            let pulled = match (&config.build, &first_repo) {
+                (Some(build), Some(repo)) => {
+                    self.build_image(ws, repo, build, &source, runtime, &base)
+                        .await?
+                }
+                _ => self.pull_image(ws, r, &source).await?,
+            };
             // The first sandbox's launcher may still be on its way into the workspace's
             // cgroups (it was handed its request a moment ago); stopped now, it could join the
             // cgroups made next for the image's sandbox and start a second agent beside it,
@@ -1150,6 +1195,102 @@ impl Cell {
             )
             .await
             .map_err(|e| format!("image {reference}: {e}"))
+    }
+
+    /// Builds the image of the repository's Dockerfile (`build`, named by `source`) in
+    /// sandboxes of the workspace; the output goes to the workspace's build log.
+    async fn build_image(
+        &self,
+        ws: &Workspace,
+        repo: &std::path::Path,
+        build: &crate::content::config::ImageBuild,
+        source: &str,
+        runtime: &dyn crate::runtime::Runtime,
+        sandbox: &SandboxSpec,
+    ) -> std::result::Result<crate::content::image::PulledImage, String> {
+        use crate::content::image::build::BuildRequest;
+        let log = self.sandbox_state(&ws.id).join(BUILD_LOG);
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(self.failed_build_log(&ws.id));
+        // The context is bound into the build's sandboxes by path: it must be a directory of
+        // the repository, not a link out of it. Nothing of the workspace runs yet that could
+        // change it between this check and the build.
+        let real_repo = std::fs::canonicalize(repo).map_err(|e| e.to_string())?;
+        let shown_context = if build.context.is_empty() {
+            "."
+        } else {
+            &build.context
+        };
+        let context = std::fs::canonicalize(repo.join(&build.context))
+            .map_err(|e| format!("{source}: the build context {shown_context}: {e}"))?;
+        if !context.starts_with(&real_repo) || !context.is_dir() {
+            return Err(format!(
+                "{source}: the build context {shown_context} is not a directory of the repository (a link out of it?)"
+            ));
+        }
+        let text = crate::beneath::Dir::open(repo)
+            .and_then(|d| d.read_file(std::path::Path::new(&build.dockerfile), 1 << 20, true))
+            .map_err(|e| format!("{source}: {}: {e}", build.dockerfile))?
+            .ok_or_else(|| {
+                format!(
+                    "{source}: the Dockerfile {} is not in the repository; commit it or fix the path",
+                    build.dockerfile
+                )
+            })?;
+        let text = String::from_utf8(text)
+            .map_err(|_| format!("{source}: {} is not UTF-8 text", build.dockerfile))?;
+        let uid = self
+            .store()
+            .write(|tx| tx.build_uid())
+            .map_err(|e| e.to_string())?;
+        let req = BuildRequest {
+            dockerfile: &text,
+            dockerfile_name: &build.dockerfile,
+            context: &context,
+            args: &build.args,
+            target: build.target.as_deref(),
+            uid,
+            who: crate::content::image::Puller::User(ws.owner.as_str()),
+            log: &log,
+        };
+        let runner = StepsIn {
+            runtime,
+            spec: sandbox,
+            uid,
+        };
+        let bases = BasesFor {
+            cell: self,
+            ws,
+            source,
+        };
+        let id = ws.id.clone();
+        let on_step = move |step: String| tracing::info!(workspace = %id, "image build: {step}");
+        let built = self
+            .images()
+            .with_egress(self.egress(self.outbound(ws)))
+            .build(&req, &runner, &bases, &on_step)
+            .await
+            .map_err(|e| e.to_string());
+        if built.is_err() {
+            // The workspace's disk is unmounted after a failed start, and its log with it:
+            // the end of the log is kept where the tasks view still finds it.
+            let kept = self.failed_build_log(&ws.id);
+            let tail = read_tail(&log, LOG_TAIL as u64);
+            if let Some(dir) = kept.parent()
+                && std::fs::create_dir_all(dir).is_ok()
+            {
+                let _ = std::fs::write(&kept, tail);
+            }
+        }
+        built
+    }
+
+    /// Where the end of a failed build's log is kept (the cell's, outside the workspace).
+    fn failed_build_log(&self, id: &WorkspaceId) -> PathBuf {
+        self.images()
+            .root()
+            .join("build/failed")
+            .join(format!("{}.log", id.as_str()))
     }
 
     /// The sandbox a workspace runs in (or its tools run in), on the host's root: its
@@ -1508,4 +1649,60 @@ fn write_spec(state: &std::path::Path, spec: &AgentSpec) -> std::io::Result<()> 
         serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?,
     )?;
     std::fs::rename(&tmp, state.join(SPEC))
+}
+
+/// The build log's name in the sandbox's cell-only directory.
+const BUILD_LOG: &str = "build.log";
+
+/// Build steps run by the runtime in sandboxes of the workspace.
+struct StepsIn<'a> {
+    runtime: &'a dyn crate::runtime::Runtime,
+    spec: &'a SandboxSpec,
+    uid: u32,
+}
+
+impl crate::content::image::build::StepRunner for StepsIn<'_> {
+    fn run<'a>(
+        &'a self,
+        step: &'a crate::content::image::build::StepRun,
+    ) -> futures::future::BoxFuture<'a, std::result::Result<i32, String>> {
+        Box::pin(async move {
+            self.runtime
+                .build_step(self.spec, step, self.uid)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Base images of a build, pulled as the workspace's own image would be.
+struct BasesFor<'a> {
+    cell: &'a Cell,
+    ws: &'a Workspace,
+    source: &'a str,
+}
+
+impl crate::content::image::build::BasePuller for BasesFor<'_> {
+    fn pull<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> futures::future::BoxFuture<
+        'a,
+        std::result::Result<crate::content::image::PulledImage, String>,
+    > {
+        Box::pin(self.cell.pull_image(self.ws, reference, self.source))
+    }
+}
+
+/// The last `max` bytes of a file (empty when it cannot be read).
+fn read_tail(path: &std::path::Path, max: u64) -> Vec<u8> {
+    use std::io::{Read as _, Seek as _};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(std::io::SeekFrom::Start(len.saturating_sub(max)));
+    let mut tail = Vec::new();
+    let _ = file.take(max).read_to_end(&mut tail);
+    tail
 }

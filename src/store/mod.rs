@@ -705,6 +705,21 @@ impl WriteTx {
         Ok(next)
     }
 
+    /// The host uid image builds run as: one of the sandbox uids, taken once for the cell.
+    pub fn build_uid(&self) -> Result<u32> {
+        const KEY: &str = "build_uid";
+        if let Some(b) = self.get_raw(META, KEY)?
+            && b.len() == 4
+        {
+            return Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        }
+        let uid = self.allocate_sandbox_uid()?;
+        self.tx
+            .open_table(META)?
+            .insert(KEY, uid.to_le_bytes().as_slice())?;
+        Ok(uid)
+    }
+
     pub fn put_deleted(&self, d: &crate::domain::entities::DeletedWorkspace) -> Result<()> {
         self.put(d.id.as_str(), &records::DeletedRecord::from(d))
     }

@@ -10,6 +10,7 @@ mod api;
 mod attack;
 pub mod backup;
 pub mod browser;
+mod build;
 pub mod content;
 mod harness;
 pub mod image;

@@ -98,6 +98,9 @@ pub enum ImageError {
     HostileArchive { entry: String, reason: String },
     #[error("{what} exceeds the limit of {limit}; raise the image size limit if this is expected")]
     TooLarge { what: String, limit: String },
+    /// A Dockerfile that could not be built; the message names the file, line and step.
+    #[error("building the image failed: {message}")]
+    BuildFailed { message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -119,6 +122,7 @@ impl ImageError {
             ImageError::DigestMismatch { .. } => "digest_mismatch",
             ImageError::HostileArchive { .. } => "hostile_archive",
             ImageError::TooLarge { .. } => "too_large",
+            ImageError::BuildFailed { .. } => "build_failed",
             ImageError::Io { .. } => "io",
         }
     }
@@ -136,6 +140,9 @@ fn unsupported(reason: impl Into<String>) -> ImageError {
 }
 
 mod blobs;
+pub mod build;
+pub mod copy;
+pub mod dockerfile;
 mod reference;
 mod registry;
 mod unpack;
@@ -174,6 +181,12 @@ struct ImageRecord {
     working_dir: Option<String>,
     user: Option<String>,
     size_bytes: u64,
+    /// The manifest's layers and configuration digest, for building on the image; absent in
+    /// records written before builds (the image is then unpacked again on its next pull).
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    config: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -513,7 +526,7 @@ impl ImageStore {
         if !is_sha256_hex(hex) || !self.rootfs_dir().join(hex).is_dir() {
             return Ok(None);
         }
-        let Some(record) = self.load_record(hex)? else {
+        let Some(record) = self.load_record(hex)?.filter(|r| r.layers.is_some()) else {
             return Ok(None);
         };
         let record = self.save_record(record, reference)?;
@@ -639,12 +652,17 @@ impl ImageStore {
             )));
         }
         let final_dir = self.rootfs_dir().join(hex);
+        let layered = |mut r: ImageRecord| {
+            r.layers = Some(manifest.layers().clone());
+            r.config = Some(manifest.config().digest().to_string());
+            r
+        };
         let record = if final_dir.is_dir() {
             let existing = match self.load_record(hex)? {
                 Some(record) => record,
                 None => record_from(hex, &config, tree_size(&final_dir)?),
             };
-            self.save_record(existing, reference)?
+            self.save_record(layered(existing), reference)?
         } else {
             let tmp = Cleanup::dir(self.rootfs_dir().join(temp_name(hex)));
             fs::DirBuilder::new()
@@ -660,7 +678,7 @@ impl ImageStore {
             let size = tree_size(tmp.path())?;
             // The record goes first: a tree without a record is never used, a record without
             // a tree is ignored and rewritten.
-            let record = self.save_record(record_from(hex, &config, size), reference)?;
+            let record = self.save_record(layered(record_from(hex, &config, size)), reference)?;
             match fs::rename(tmp.path(), &final_dir) {
                 Ok(()) => tmp.disarm(),
                 // Another pull finished the same image first; its tree is as good as ours.
@@ -698,6 +716,8 @@ fn record_from(hex: &str, config: &ImageConfiguration, size_bytes: u64) -> Image
         working_dir: c.and_then(|c| non_empty(c.working_dir())),
         user: c.and_then(|c| non_empty(c.user())),
         size_bytes,
+        layers: None,
+        config: None,
     }
 }
 

@@ -1,0 +1,303 @@
+//! Images built from a repository's Dockerfile: a real docker-registry serving a busybox base,
+//! real git repositories, the cell's own builder in real sandboxes.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::TestCell;
+use crate::image::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Pusher, Registry, sha256};
+use crate::runtime::{bare_repo, create_started, exec};
+
+/// Builds may pull and run for a while on a busy machine.
+const BUILD_WITHIN: Duration = Duration::from_secs(180);
+
+/// Pushes `devcell/busybox:1`: Debian's static busybox with its applets as links, accounts
+/// for root and `app` (1000), and a file to delete.
+pub async fn push_busybox(pusher: &Pusher) {
+    use std::io::Write;
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("busybox is needed for image builds: apt-get install -y busybox-static");
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        b.append_data(&mut h, path, std::io::empty()).unwrap();
+    };
+    for d in ["bin/", "etc/", "tmp/", "root/", "home/", "home/app/"] {
+        dir(&mut b, d, if d == "tmp/" { 0o1777 } else { 0o755 });
+    }
+    let file = |b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    file(&mut b, "bin/busybox", &busybox, 0o755);
+    file(
+        &mut b,
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+        0o644,
+    );
+    file(&mut b, "etc/group", b"root:x:0:\napp:x:1000:\n", 0o644);
+    file(&mut b, "etc/motd", b"delete me\n", 0o644);
+    for applet in [
+        "sh", "cat", "echo", "ls", "mkdir", "rm", "id", "test", "env", "true", "false", "sleep",
+        "touch", "cp", "mv", "pwd", "sort", "tr", "wc", "head",
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let diff_id = sha256(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let layer = gz.finish().unwrap();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Env": ["PATH=/bin", "FROM_BASE=yes"], "Cmd": ["sh"] },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] }
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "size": config.len(), "digest": sha256(&config) },
+        "layers": [{ "mediaType": OCI_LAYER_GZIP, "size": layer.len(), "digest": sha256(&layer) }]
+    }))
+    .unwrap();
+    pusher.blob("devcell/busybox", &layer).await;
+    pusher.blob("devcell/busybox", &config).await;
+    pusher
+        .manifest("devcell/busybox", "1", OCI_MANIFEST, &manifest)
+        .await;
+}
+
+/// A plain tar holding `inside.txt`, as text (its bytes are ASCII).
+fn bundle() -> String {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(9);
+    b.append_data(&mut h, "inside.txt", &b"unpacked\n"[..])
+        .unwrap();
+    String::from_utf8(b.into_inner().unwrap()).unwrap()
+}
+
+fn dockerfile(registry: &str, last_run: &str) -> String {
+    format!(
+        r#"# A multi-stage build with the instructions repositories use.
+ARG BASE={registry}/devcell/busybox:1
+FROM ${{BASE}} AS builder
+ARG GREETING=unset
+ARG TARGETARCH
+WORKDIR /src
+COPY app/ ./
+RUN echo "$GREETING from $TARGETARCH" > /src/greeting \
+  && cat /src/greeting
+
+FROM ${{BASE}} AS final
+ENV APP_HOME=/opt/app
+COPY --from=builder /src/greeting $APP_HOME/greeting
+COPY --from=builder /src /from-builder
+COPY --chown=app:app app/data.txt /opt/app/
+RUN rm /etc/motd && mkdir -p /var/x && echo done > /var/x/y
+ADD bundle.tar /opt/unpacked/
+USER app
+RUN id -u > /opt/uid-of-run
+LABEL org.example.built=yes
+EXPOSE 3000
+{last_run}
+CMD ["sh"]
+
+FROM ${{BASE}} AS unused
+RUN echo this stage is never built && exit 1
+"#
+    )
+}
+
+fn devcontainer() -> &'static str {
+    r#"{
+  // Context is the repository's root, one level up.
+  "build": {
+    "dockerfile": "Dockerfile",
+    "context": "..",
+    "args": { "GREETING": "hello" },
+    "target": "final"
+  }
+}"#
+}
+
+/// Waits until the workspace is running or failed and returns it.
+async fn settled(c: &TestCell, id: &str) -> Value {
+    let until = Instant::now() + BUILD_WITHIN;
+    loop {
+        let (_, w) = c
+            .owner(Method::GET, &format!("/api/v1/workspaces/{id}"), None)
+            .await;
+        if w["phase"] == "running" || w["phase"] == "failed" {
+            return w;
+        }
+        assert!(Instant::now() < until, "the start never settled: {w:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn build_log(c: &TestCell, id: &str) -> String {
+    let (_, tasks) = c
+        .owner(Method::GET, &format!("/api/v1/workspaces/{id}/tasks"), None)
+        .await;
+    tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "image build")
+        .map(|t| t["log"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| format!("(no image build among the tasks: {tasks})"))
+}
+
+#[tokio::test]
+async fn a_dockerfile_is_built_in_sandboxes_cached_by_step_and_its_failures_say_where() {
+    let registry = Registry::start(false).await;
+    push_busybox(&Pusher::new(&registry, false)).await;
+    let c = TestCell::start_with(
+        |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
+        None,
+    )
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let tar = bundle();
+    let files = |last_run: &str| -> Vec<(String, String)> {
+        vec![
+            (
+                ".devcontainer/devcontainer.json".into(),
+                devcontainer().into(),
+            ),
+            (
+                ".devcontainer/Dockerfile".into(),
+                dockerfile(&registry.addr, last_run),
+            ),
+            (".dockerignore".into(), "app/secret.txt\n**/*.log\n".into()),
+            ("app/data.txt".into(), "data\n".into()),
+            ("app/secret.txt".into(), "must not be copied\n".into()),
+            ("app/debug.log".into(), "ignored too\n".into()),
+            ("bundle.tar".into(), tar.clone()),
+        ]
+    };
+    let as_refs = |v: &[(String, String)]| -> Vec<(String, String)> { v.to_vec() };
+    let one = as_refs(&files("RUN echo first > /opt/last"));
+    let refs: Vec<(&str, &str)> = one.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let bare = bare_repo(repos.path(), "built", &refs);
+
+    let t = Instant::now();
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id).await;
+    let first_build = t.elapsed();
+    let log = build_log(&c, &id).await;
+    assert_eq!(w["phase"], "running", "{w:#}\n{log}");
+    let out = exec(
+        &c,
+        &id,
+        "cat /opt/app/greeting; echo $FROM_BASE $APP_HOME; ls /from-builder | sort | tr '\\n' ' '; echo; \
+         cat /opt/app/data.txt /var/x/y /opt/unpacked/inside.txt /opt/uid-of-run /opt/last; \
+         test -e /etc/motd && echo motd-still-there; test -e /src && echo builder-leaked; true",
+    )
+    .await;
+    assert_eq!(
+        out["stdout"],
+        "hello from amd64\nyes /opt/app\ndata.txt greeting \ndata\ndone\nunpacked\n1000\nfirst\n",
+        "{out:#}\n{log}"
+    );
+    // The output streamed into the workspace's log, step by step.
+    assert!(log.contains("hello from amd64"), "{log}");
+    assert!(log.contains("RUN rm /etc/motd"), "{log}");
+    assert!(!log.contains("never built"), "the unused stage ran: {log}");
+    assert!(log.contains(" ready"), "{log}");
+
+    // The same repository again: every step from the cache.
+    let id2 = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    let t = Instant::now();
+    let w = settled(&c, &id2).await;
+    let cached_build = t.elapsed();
+    let log2 = build_log(&c, &id2).await;
+    assert_eq!(w["phase"], "running", "{w:#}\n{log2}");
+    assert!(!log2.contains("DONE"), "a step ran again: {log2}");
+    assert!(log2.contains("CACHED"), "{log2}");
+    eprintln!("first build {first_build:?}, cached {cached_build:?}");
+
+    // A change to the last RUN reuses every step before it.
+    let two = as_refs(&files("RUN echo second > /opt/last"));
+    let refs: Vec<(&str, &str)> = two.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let changed = bare_repo(repos.path(), "changed", &refs);
+    let id3 = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", changed.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id3).await;
+    let log3 = build_log(&c, &id3).await;
+    assert_eq!(w["phase"], "running", "{w:#}\n{log3}");
+    let done: Vec<&str> = log3.lines().filter(|l| l.contains("DONE")).collect();
+    assert_eq!(done.len(), 1, "only the changed step runs: {log3}");
+    assert_eq!(exec(&c, &id3, "cat /opt/last").await["stdout"], "second\n");
+
+    // A failing step fails the start with the file, line, instruction, code and output.
+    let broken = bare_repo(
+        repos.path(),
+        "broken",
+        &[
+            (".gitpod.yml", "image:\n  file: docker/Dockerfile\n"),
+            (
+                "docker/Dockerfile",
+                &format!(
+                    "FROM {}/devcell/busybox:1\nRUN echo fine\nRUN echo something-broke >&2 && exit 3\n",
+                    registry.addr
+                ),
+            ),
+        ],
+    );
+    let id4 = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", broken.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id4).await;
+    assert_eq!(w["phase"], "failed", "{w:#}");
+    let message = w["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .map(|h| h["message"].to_string())
+        .unwrap_or_default();
+    let message = if message.is_empty() || message == "null" {
+        w.to_string()
+    } else {
+        message
+    };
+    for want in [
+        "docker/Dockerfile:3",
+        "exit code 3",
+        "something-broke",
+        "echo something-broke",
+    ] {
+        assert!(message.contains(want), "{want:?} missing from {message}");
+    }
+    let log4 = build_log(&c, &id4).await;
+    assert!(log4.contains("something-broke"), "{log4}");
+    c.stop().await;
+}
