@@ -301,3 +301,115 @@ async fn a_dockerfile_is_built_in_sandboxes_cached_by_step_and_its_failures_say_
     assert!(log4.contains("something-broke"), "{log4}");
     c.stop().await;
 }
+
+/// What a hostile repository could try through its Dockerfile: a context that is a link out of
+/// the repository, a link in the context to a host file, a source that climbs out of the context,
+/// a Dockerfile that is a link to a host file. None of it reaches the host's files.
+#[tokio::test]
+async fn a_hostile_build_reaches_nothing_of_the_host() {
+    let registry = Registry::start(false).await;
+    push_busybox(&Pusher::new(&registry, false)).await;
+    let c = TestCell::start_with(
+        |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
+        None,
+    )
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let from = format!("FROM {}/devcell/busybox:1\n", registry.addr);
+    let start = |bare: std::path::PathBuf| {
+        let c = &c;
+        async move {
+            let id = create_started(
+                c,
+                json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+            )
+            .await;
+            let w = settled(c, &id).await;
+            (id, w)
+        }
+    };
+    let message = |w: &Value| w["message"].as_str().unwrap_or_default().to_owned();
+
+    // A link in the context is copied as a link: its target is read in the image, never on
+    // the host.
+    let linked = bare_repo(
+        repos.path(),
+        "linked",
+        &[
+            (".gitpod.yml", "image:\n  file: Dockerfile\n"),
+            (
+                "Dockerfile",
+                &format!("{from}COPY leak /leak\nRUN cat /leak > /copied 2>&1; true\n"),
+            ),
+        ],
+    );
+    // git keeps the link as a link.
+    let work = repos.path().join("linked-src");
+    std::os::unix::fs::symlink("/etc/hostname", work.join("leak")).unwrap();
+    crate::runtime::commit_all(&work, &repos.path().join("linked.git"));
+    let (id, w) = start(linked).await;
+    assert_eq!(w["phase"], "running", "{w:#}");
+    let out = exec(&c, &id, "readlink /leak; cat /copied").await;
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("/etc/hostname\n"), "{out:#}");
+    assert!(
+        host.trim().is_empty() || !stdout.contains(host.trim()),
+        "the host's file was copied: {out:#}"
+    );
+
+    // A source that climbs out of the context.
+    let climbing = bare_repo(
+        repos.path(),
+        "climbing",
+        &[
+            (".gitpod.yml", "image:\n  file: Dockerfile\n"),
+            (
+                "Dockerfile",
+                &format!("{from}COPY ../../etc/passwd /stolen\n"),
+            ),
+        ],
+    );
+    let (_, w) = start(climbing).await;
+    assert_eq!(w["phase"], "failed", "{w:#}");
+    assert!(
+        message(&w).contains("Dockerfile:2") && message(&w).contains("outside the build context"),
+        "{w:#}"
+    );
+
+    // A context that is a link out of the repository.
+    let ctx_link = bare_repo(
+        repos.path(),
+        "ctxlink",
+        &[
+            (
+                ".devcontainer/devcontainer.json",
+                r#"{"build": {"dockerfile": "Dockerfile", "context": "../ctx"}}"#,
+            ),
+            (".devcontainer/Dockerfile", &format!("{from}COPY . /ctx\n")),
+        ],
+    );
+    let work = repos.path().join("ctxlink-src");
+    std::os::unix::fs::symlink("/etc", work.join("ctx")).unwrap();
+    crate::runtime::commit_all(&work, &repos.path().join("ctxlink.git"));
+    let (_, w) = start(ctx_link).await;
+    assert_eq!(w["phase"], "failed", "{w:#}");
+    assert!(
+        message(&w).contains("not a directory of the repository"),
+        "{w:#}"
+    );
+
+    // A Dockerfile that is a link to a host file.
+    let df_link = bare_repo(
+        repos.path(),
+        "dflink",
+        &[(".gitpod.yml", "image:\n  file: Dockerfile\n")],
+    );
+    let work = repos.path().join("dflink-src");
+    std::os::unix::fs::symlink("/etc/passwd", work.join("Dockerfile")).unwrap();
+    crate::runtime::commit_all(&work, &repos.path().join("dflink.git"));
+    let (_, w) = start(df_link).await;
+    assert_eq!(w["phase"], "failed", "{w:#}");
+    assert!(!message(&w).contains("root:x:0:0"), "{w:#}");
+    c.stop().await;
+}

@@ -62,6 +62,18 @@ pub fn bare_repo(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     bare
 }
 
+/// Commits everything in `work` (the source of a [`bare_repo`]) and pushes it to `bare`.
+pub fn commit_all(work: &Path, bare: &Path) {
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-q", "-m", "more"]);
+    git(work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(bare)
+        .status()
+        .unwrap();
+}
+
 pub async fn create_started(c: &TestCell, body: Value) -> String {
     let (s, ws) = c
         .owner(Method::POST, "/api/v1/workspaces", Some(body))
