@@ -242,6 +242,14 @@ pub enum ImageCmd {
         #[command(flatten)]
         data: DataArg,
     },
+    /// Pull an image into the cache ahead of the workspaces that need it, through the
+    /// configured mirrors, with a progress bar.
+    Pull {
+        /// The image, e.g. `docker.io/library/node:22` or `registry.internal:5000/app:1`.
+        reference: String,
+        #[command(flatten)]
+        data: DataArg,
+    },
     /// List the images in the cache.
     List {
         #[command(flatten)]
@@ -396,11 +404,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", sealer.backup_password());
             Ok(())
         }
+        Command::Image(ImageCmd::Pull { reference, data }) => pull_image(&reference, &data).await,
         Command::Image(cmd) => {
             // The cache is plain files with atomic renames: safe while a cell runs.
             let (data, list) = match &cmd {
                 ImageCmd::Import { data, .. } => (data_dir(data)?, None),
                 ImageCmd::List { data, out } => (data_dir(data)?, Some(out.json)),
+                ImageCmd::Pull { .. } => unreachable!("handled above"),
             };
             let store = crate::content::image::ImageStore::new(data.join("images"));
             let images = match cmd {
@@ -408,6 +418,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     store.import_archive(&file).map_err(|e| anyhow!("{e}"))?
                 }
                 ImageCmd::List { .. } => store.list().map_err(|e| anyhow!("{e}"))?,
+                ImageCmd::Pull { .. } => unreachable!("handled above"),
             };
             if list == Some(true) {
                 let rows: Vec<_> = images
@@ -611,6 +622,62 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// `devcell image pull`: the cell's configuration decides the mirrors, the destinations the
+/// pull may reach and the CA certificates it trusts; the image is the operator's, so every
+/// user of the cell may use it.
+async fn pull_image(reference: &str, d: &DataArg) -> Result<()> {
+    let env = env_vars();
+    let file = config::config_file(None, &env);
+    let config = config::load(file.as_deref(), &env, &Overrides::default())
+        .map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
+    let data = data_dir(d)?;
+    let trust = match &config.tls.trust_bundle {
+        Some(b) => Some(std::sync::Arc::new(
+            crate::trust::Outbound::load(b).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    let egress = crate::content::egress::Egress::new(&config.workspace.allow_destinations)
+        .map_err(anyhow::Error::msg)?
+        .with_trust(trust);
+    let parsed = crate::content::image::ImageRef::parse(reference).map_err(|e| anyhow!("{e}"))?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(parsed.to_string());
+    let shown = bar.clone();
+    let store = crate::content::image::ImageStore::new(data.join("images"))
+        .with_egress(egress)
+        .with_mirrors(config.image.mirrors())
+        .with_progress(move |done, total| {
+            shown.set_length(total);
+            shown.set_position(done);
+        });
+    let (source, mirror) = store.source_of(&parsed);
+    if let Some(m) = mirror {
+        eprintln!("through mirror {} ({source})", m.written);
+    }
+    let pulled = store
+        .pull(
+            &parsed,
+            &crate::content::image::RegistryAuth::Anonymous,
+            crate::content::image::Puller::Operator,
+        )
+        .await;
+    bar.finish_and_clear();
+    let pulled = pulled.map_err(|e| anyhow!("{e}"))?;
+    println!(
+        "{} {} ({} bytes unpacked)",
+        pulled.reference, pulled.digest, pulled.size_bytes
+    );
+    Ok(())
 }
 
 fn data_dir(d: &DataArg) -> Result<PathBuf> {

@@ -46,6 +46,7 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub backup: BackupConfig,
     pub workspace: WorkspaceConfig,
+    pub image: ImageConfig,
     pub tls: TlsConfig,
 }
 
@@ -175,6 +176,7 @@ impl Default for Config {
             workers: WorkersConfig::default(),
             backup: BackupConfig::default(),
             workspace: WorkspaceConfig::default(),
+            image: ImageConfig::default(),
             tls: TlsConfig::default(),
         }
     }
@@ -388,6 +390,55 @@ pub struct WorkspaceConfig {
     pub class_max_memory_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class_max_disk_bytes: Option<u64>,
+}
+
+/// `[image]`: where images come from.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// `[[image.mirrors]]`: pulls of one registry's images go to another.
+    pub mirrors: Vec<MirrorConfig>,
+}
+
+/// One `[[image.mirrors]]` entry: `registry = "docker.io"`, `mirror = "host:5000/hub"`. In the
+/// environment, `docker.io=host:5000/hub` (comma-separated).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MirrorConfig {
+    pub registry: String,
+    pub mirror: String,
+}
+
+impl<'de> Deserialize<'de> for MirrorConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Table { registry: String, mirror: String },
+            Short(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Table { registry, mirror } => Ok(MirrorConfig { registry, mirror }),
+            Written::Short(s) => match s.split_once('=') {
+                Some((registry, mirror)) => Ok(MirrorConfig {
+                    registry: registry.trim().to_owned(),
+                    mirror: mirror.trim().to_owned(),
+                }),
+                None => Err(serde::de::Error::custom(format!(
+                    "{s:?}: write REGISTRY=MIRROR, e.g. docker.io=registry.internal:5000/hub"
+                ))),
+            },
+        }
+    }
+}
+
+impl ImageConfig {
+    /// The mirrors, checked (`validate` refuses a configuration with one that is not).
+    pub fn mirrors(&self) -> Vec<crate::content::image::Mirror> {
+        self.mirrors
+            .iter()
+            .filter_map(|m| crate::content::image::Mirror::parse(&m.registry, &m.mirror).ok())
+            .collect()
+    }
 }
 
 /// `[backup.s3]`: credentials come from the standard AWS chain (environment, profile, instance role).
@@ -607,6 +658,11 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
         }
     };
 
+    for m in &config.image.mirrors {
+        if let Err(reason) = crate::content::image::Mirror::parse(&m.registry, &m.mirror) {
+            check(false, "image.mirrors", reason);
+        }
+    }
     check(
         !config.data_dir.as_os_str().is_empty(),
         "data_dir",

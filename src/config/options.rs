@@ -266,6 +266,14 @@ pub const OPTIONS: &[OptionDoc] = &[
         description: "Destinations that clones and image pulls may reach although they are loopback, link-local, cloud metadata or this host's own addresses (refused otherwise, e.g. a registry on 127.0.0.1:5000).",
     },
     OptionDoc {
+        key: "image.mirrors",
+        env: "DEVCELL_IMAGE__MIRRORS",
+        ty: "list of `[[image.mirrors]]` tables with `registry` and `mirror` (`REGISTRY=MIRROR`, comma-separated, in the environment)",
+        default: DefaultDoc::Value("[]"),
+        secret: false,
+        description: "Registry mirrors: pulls of images, base images and features on `registry` (e.g. `docker.io`) go to `mirror` (`host[:port][/path]`, e.g. `registry.internal:5000/hub`), with the mirror's host's credentials.",
+    },
+    OptionDoc {
         key: "workspace.plain_http_credentials",
         env: "DEVCELL_WORKSPACE__PLAIN_HTTP_CREDENTIALS",
         ty: "list of `host` or `host:port` (comma-separated in the environment)",

@@ -737,3 +737,31 @@ fn acme_settings_that_cannot_work_are_refused_naming_the_key() {
     let e = err(&[("DEVCELL_TLS__DNS__PROVIDER", "route53")]);
     assert!(e.contains("tls.dns.route53_zone_id"), "{e}");
 }
+
+#[test]
+fn mirrors_load_from_tables_in_the_file_and_pairs_in_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "devcell.toml",
+        "[[image.mirrors]]\nregistry = \"docker.io\"\nmirror = \"registry.internal:5000/hub\"\n\n[[image.mirrors]]\nregistry = \"ghcr.io\"\nmirror = \"registry.internal:5000/ghcr\"\n",
+    );
+    let c = load(Some(&file), &[], &no_flags()).unwrap();
+    let mirrors = c.image.mirrors();
+    assert_eq!(mirrors.len(), 2);
+    assert_eq!(mirrors[0].registry, crate::content::image::DOCKER_HUB);
+    assert_eq!(mirrors[1].prefix, "ghcr");
+    let c = load_env(&[(
+        "DEVCELL_IMAGE__MIRRORS",
+        "docker.io=mirror.internal/hub, quay.io=mirror.internal/quay",
+    )])
+    .unwrap();
+    assert_eq!(c.image.mirrors().len(), 2);
+    let e = error_text(load_env(&[(
+        "DEVCELL_IMAGE__MIRRORS",
+        "docker.io=https://mirror.internal/hub",
+    )]));
+    assert!(e.contains("image.mirrors") && e.contains("scheme"), "{e}");
+    let e = error_text(load_env(&[("DEVCELL_IMAGE__MIRRORS", "docker.io")]));
+    assert!(e.contains("REGISTRY=MIRROR"), "{e}");
+}

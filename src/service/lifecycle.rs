@@ -178,6 +178,7 @@ impl Cell {
     pub fn images(&self) -> crate::content::image::ImageStore {
         crate::content::image::ImageStore::new(self.config().data_dir.join("images"))
             .with_egress(self.inner.egress.clone())
+            .with_mirrors(self.config().image.mirrors())
     }
 
     /// Whether the workspace's organization gives its workspaces outbound network.
@@ -1183,8 +1184,10 @@ impl Cell {
         }
         let parsed = crate::content::image::ImageRef::parse(reference)
             .map_err(|e| format!("image {reference}: {e}"))?;
+        // Through a mirror, the mirror's credentials.
+        let (source, _) = self.images().source_of(&parsed);
         let auth = self
-            .registry_auth_for(&ws.owner, &parsed.registry)
+            .registry_auth_for(&ws.owner, &source.registry)
             .map_err(|e| e.to_string())?;
         self.images()
             .with_egress(self.egress(self.outbound(ws)))

@@ -7,15 +7,20 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::TestCell;
-use crate::image::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Pusher, Registry, sha256};
+use crate::image::{Pusher, Registry, sha256};
 use crate::runtime::{bare_repo, create_started, exec};
 
 /// Builds may pull and run for a while on a busy machine.
 const BUILD_WITHIN: Duration = Duration::from_secs(180);
 
-/// Pushes `devcell/busybox:1`: Debian's static busybox with its applets as links, accounts
-/// for root and `app` (1000), and a file to delete.
+/// Pushes `devcell/busybox:1` (see [`push_busybox_as`]).
 pub async fn push_busybox(pusher: &Pusher) {
+    push_busybox_as(pusher, "devcell/busybox:1").await
+}
+
+/// Pushes `name`: Debian's static busybox with its applets as links, accounts for root and
+/// `app` (1000), and a file to delete.
+pub async fn push_busybox_as(pusher: &Pusher, name: &str) {
     use std::io::Write;
     let busybox = std::fs::read("/bin/busybox")
         .expect("busybox is needed for image builds: apt-get install -y busybox-static");
@@ -62,23 +67,14 @@ pub async fn push_busybox(pusher: &Pusher) {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
     let layer = gz.finish().unwrap();
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64", "os": "linux",
-        "config": { "Env": ["PATH=/bin", "FROM_BASE=yes"], "Cmd": ["sh"] },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] }
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": { "mediaType": OCI_CONFIG, "size": config.len(), "digest": sha256(&config) },
-        "layers": [{ "mediaType": OCI_LAYER_GZIP, "size": layer.len(), "digest": sha256(&layer) }]
-    }))
-    .unwrap();
-    pusher.blob("devcell/busybox", &layer).await;
-    pusher.blob("devcell/busybox", &config).await;
-    pusher
-        .manifest("devcell/busybox", "1", OCI_MANIFEST, &manifest)
-        .await;
+    crate::runtime::push_one_layer(
+        pusher,
+        name,
+        &layer,
+        &diff_id,
+        json!({ "Env": ["PATH=/bin", "FROM_BASE=yes"], "Cmd": ["sh"] }),
+    )
+    .await;
 }
 
 /// A plain tar holding `inside.txt`, as text (its bytes are ASCII).
@@ -411,5 +407,105 @@ async fn a_hostile_build_reaches_nothing_of_the_host() {
     let (_, w) = start(df_link).await;
     assert_eq!(w["phase"], "failed", "{w:#}");
     assert!(!message(&w).contains("root:x:0:0"), "{w:#}");
+    c.stop().await;
+}
+
+/// An air-gapped site: Docker Hub's names come from the operator's mirror, for a prefetch with
+/// `devcell image pull` and for a Dockerfile's `FROM`; a mirror that cannot be reached says
+/// which image, which mirror and what to configure.
+#[tokio::test]
+async fn docker_hub_images_come_from_the_configured_mirror_for_prefetch_and_builds() {
+    let registry = Registry::start(false).await;
+    push_busybox_as(&Pusher::new(&registry, false), "hub/library/busybox:1").await;
+    let mirror = format!("{}/hub", registry.addr);
+    let data = tempfile::tempdir().unwrap();
+    let devcell = |mirror: &str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_devcell"));
+        cmd.env("DEVCELL_IMAGE__MIRRORS", format!("docker.io={mirror}"))
+            .env("DEVCELL_WORKSPACE__ALLOW_DESTINATIONS", "127.0.0.1")
+            .env_remove("DEVCELL_CONFIG");
+        cmd
+    };
+    let out = devcell(&mirror)
+        .args(["image", "pull", "busybox:1", "--data"])
+        .arg(data.path())
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("registry-1.docker.io/library/busybox:1 sha256:"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("through mirror {mirror}")),
+        "{stderr}"
+    );
+    let out = devcell(&mirror)
+        .args(["image", "list", "--json", "--data"])
+        .arg(data.path())
+        .output()
+        .await
+        .unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        list[0]["reference"], "registry-1.docker.io/library/busybox:1",
+        "{list}"
+    );
+
+    // A mirror nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("127.0.0.1:{}/hub", closed.local_addr().unwrap().port());
+    drop(closed);
+    let out = devcell(&dead)
+        .args(["image", "pull", "alpine:3", "--data"])
+        .arg(data.path())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for want in [
+        "alpine:3",
+        &dead,
+        "registry-1.docker.io",
+        "[[image.mirrors]]",
+    ] {
+        assert!(stderr.contains(want), "{want:?} missing: {stderr}");
+    }
+
+    // A workspace's Dockerfile names Docker Hub's image; the cell pulls it from the mirror.
+    let c = TestCell::start_with(
+        |cfg| {
+            cfg.workspace.allow_destinations = vec!["127.0.0.1".into()];
+            cfg.image.mirrors = vec![devcell::config::MirrorConfig {
+                registry: "docker.io".into(),
+                mirror: mirror.clone(),
+            }];
+        },
+        None,
+    )
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(
+        repos.path(),
+        "mirrored",
+        &[
+            (".gitpod.yml", "image:\n  file: Dockerfile\n"),
+            ("Dockerfile", "FROM busybox:1\nRUN echo via-mirror > /m\n"),
+        ],
+    );
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id).await;
+    assert_eq!(w["phase"], "running", "{w:#}\n{}", build_log(&c, &id).await);
+    assert_eq!(exec(&c, &id, "cat /m").await["stdout"], "via-mirror\n");
     c.stop().await;
 }

@@ -1129,30 +1129,49 @@ pub struct TinyImage {
 
 /// Pushes the tiny image as `devcell/tiny:1`, with `env` in its configuration.
 pub async fn push_tiny(pusher: &crate::image::Pusher, env: &[&str]) -> TinyImage {
-    use crate::image::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, sha256};
     let (layer, diff_id) = tiny_image_layer();
+    let (config, manifest) = push_one_layer(
+        pusher,
+        "devcell/tiny:1",
+        &layer,
+        &diff_id,
+        json!({ "Env": env }),
+    )
+    .await;
+    TinyImage {
+        layer,
+        config,
+        manifest,
+    }
+}
+
+/// Pushes a linux/amd64 image of one gzipped layer (`diff_id`: its uncompressed digest) with
+/// `config` as its runtime configuration, as `repo:tag`; returns its config and manifest.
+pub async fn push_one_layer(
+    pusher: &crate::image::Pusher,
+    name: &str,
+    layer: &[u8],
+    diff_id: &str,
+    config: Value,
+) -> (Vec<u8>, Vec<u8>) {
+    use crate::image::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, sha256};
+    let (repo, tag) = name.rsplit_once(':').unwrap();
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux",
-        "config": { "Env": env },
+        "config": config,
         "rootfs": { "type": "layers", "diff_ids": [diff_id] }
     }))
     .unwrap();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": { "mediaType": OCI_CONFIG, "size": config.len(), "digest": sha256(&config) },
-        "layers": [{ "mediaType": OCI_LAYER_GZIP, "size": layer.len(), "digest": sha256(&layer) }]
+        "layers": [{ "mediaType": OCI_LAYER_GZIP, "size": layer.len(), "digest": sha256(layer) }]
     }))
     .unwrap();
-    pusher.blob("devcell/tiny", &layer).await;
-    pusher.blob("devcell/tiny", &config).await;
-    pusher
-        .manifest("devcell/tiny", "1", OCI_MANIFEST, &manifest)
-        .await;
-    TinyImage {
-        layer,
-        config,
-        manifest,
-    }
+    pusher.blob(repo, layer).await;
+    pusher.blob(repo, &config).await;
+    pusher.manifest(repo, tag, OCI_MANIFEST, &manifest).await;
+    (config, manifest)
 }
 
 pub fn tiny_image_layer() -> (Vec<u8>, String) {

@@ -80,8 +80,8 @@ pub enum ImageError {
     )]
     Unauthorized { what: String },
     #[error(
-        "cannot reach registry {registry} ({message}); check the address and the network, or \
-         import the image with `devcell image import`"
+        "cannot reach registry {registry} ({message}); check the address and the network, set \
+         a mirror for it under [[image.mirrors]], or import the image with `devcell image import`"
     )]
     Unreachable { registry: String, message: String },
     #[error("unsupported image: {reason}")]
@@ -143,11 +143,13 @@ mod blobs;
 pub mod build;
 pub mod copy;
 pub mod dockerfile;
+mod mirror;
 mod reference;
 mod registry;
 mod unpack;
 
 use blobs::*;
+pub use mirror::Mirror;
 use reference::*;
 pub use reference::{ImageRef, Reference, RegistryAuth};
 use registry::*;
@@ -218,6 +220,30 @@ pub struct ImageStore {
     root: PathBuf,
     limits: Limits,
     egress: crate::content::egress::Egress,
+    mirrors: Vec<Mirror>,
+    progress: Progress,
+}
+
+/// Told of a pull's downloads: `(bytes received so far, bytes to receive)`.
+#[derive(Clone, Default)]
+pub struct Progress(Option<std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>>);
+
+impl fmt::Debug for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress(..)"
+        } else {
+            "Progress(none)"
+        })
+    }
+}
+
+impl Progress {
+    fn tell(&self, done: u64, total: u64) {
+        if let Some(f) = &self.0 {
+            f(done, total);
+        }
+    }
 }
 
 impl ImageStore {
@@ -230,7 +256,18 @@ impl ImageStore {
                 max_entries: MAX_ENTRIES,
             },
             egress: Default::default(),
+            mirrors: Vec::new(),
+            progress: Progress::default(),
         }
+    }
+
+    /// Tells `progress` how a pull's downloads go (the command line's progress bar).
+    pub fn with_progress(
+        mut self,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> ImageStore {
+        self.progress = Progress(Some(std::sync::Arc::new(progress)));
+        self
     }
 
     /// Where pulls may connect (by default nowhere internal: see `egress`).
@@ -328,6 +365,20 @@ impl ImageStore {
         who: Puller<'_>,
     ) -> Result<PulledImage, ImageError> {
         let reference = image.to_string();
+        let (source, mirror) = self.source_of(image);
+        let via_mirror = |e: ImageError| match (e, mirror) {
+            (ImageError::Unreachable { registry, message }, Some(m)) => ImageError::Unreachable {
+                registry: format!(
+                    "{registry} (the mirror for {} in [[image.mirrors]])",
+                    image.registry
+                ),
+                message: format!(
+                    "{message}; pulling {reference} through mirror {}",
+                    m.written
+                ),
+            },
+            (e, _) => e,
+        };
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.ensure_dirs())
             .await
@@ -341,15 +392,23 @@ impl ImageStore {
             // A private image is in the cache once someone pulled it: a user who has not
             // pulled it themselves proves access to the registry first.
             if !self.may_use(hex, who) {
-                let mut registry = Registry::new(image, auth, &self.egress)?;
-                registry.resolve(&image.reference).await?;
+                let mut registry =
+                    Registry::new(&source, auth, &self.egress).map_err(via_mirror)?;
+                registry
+                    .resolve(&image.reference)
+                    .await
+                    .map_err(via_mirror)?;
                 self.grant(hex, who, anonymous)?;
             }
             if let Some(found) = self.cached(hex, &reference)? {
                 return Ok(found);
             }
         }
-        match self.pull_from_registry(image, auth, &reference).await {
+        match self
+            .pull_from_registry(&source, auth, &reference)
+            .await
+            .map_err(via_mirror)
+        {
             Ok(pulled) => {
                 let hex = pulled.digest.trim_start_matches("sha256:").to_owned();
                 self.grant(&hex, who, anonymous)?;
@@ -384,14 +443,26 @@ impl ImageStore {
         }
         check_config_type(&manifest)?;
         let blobs = self.blobs_dir();
-        registry
-            .fetch_blob(manifest.config(), &blobs, MAX_DOCUMENT)
-            .await?;
-        for layer in manifest.layers() {
-            check_layer_type(layer)?;
+        let total: u64 = std::iter::once(manifest.config())
+            .chain(manifest.layers())
+            .map(|d| d.size())
+            .sum();
+        let mut done = 0u64;
+        self.progress.tell(done, total);
+        for (desc, max) in std::iter::once((manifest.config(), MAX_DOCUMENT))
+            .chain(manifest.layers().iter().map(|l| (l, self.limits.max_bytes)))
+        {
+            if !std::ptr::eq(desc, manifest.config()) {
+                check_layer_type(desc)?;
+            }
+            let before = done;
             registry
-                .fetch_blob(layer, &blobs, self.limits.max_bytes)
+                .fetch_blob(desc, &blobs, max, &|n| {
+                    self.progress.tell(before + n, total)
+                })
                 .await?;
+            done += desc.size();
+            self.progress.tell(done, total);
         }
         let store = self.clone();
         let reference = reference.to_owned();

@@ -258,6 +258,7 @@ impl Registry {
         desc: &Descriptor,
         blobs: &Path,
         max: u64,
+        received_so_far: &(dyn Fn(u64) + Sync),
     ) -> Result<(), ImageError> {
         let hex = descriptor_hex(desc)?;
         let dest = blobs.join(&hex);
@@ -298,6 +299,7 @@ impl Registry {
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(write_err())?;
+            received_so_far(received);
         }
         file.sync_all().await.map_err(write_err())?;
         drop(file);
