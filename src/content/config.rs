@@ -35,6 +35,10 @@ pub struct WorkspaceConfig {
     pub ports: Vec<Port>,
     /// Environment for every process in the workspace, in file order.
     pub env: Vec<(String, String)>,
+    /// Keys of the file that devcell does not honour (`vscode`, `tasks.openMode`), to be said
+    /// once when the workspace starts, never silently dropped.
+    #[serde(default)]
+    pub ignored: Vec<String>,
 }
 
 /// A Dockerfile build: paths relative to the repository, never leaving it.
@@ -216,6 +220,10 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
     // An empty file (or one with only comments) is a valid, empty configuration.
     let parsed: Option<GitpodFile> =
         serde_yaml_ng::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    let ignored = match serde_yaml_ng::from_str::<serde_json::Value>(text) {
+        Ok(v) => not_honoured(&v, GITPOD_KEYS),
+        Err(_) => Vec::new(),
+    };
     let parsed = parsed.unwrap_or(GitpodFile {
         image: None,
         tasks: None,
@@ -276,6 +284,7 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
         tasks,
         ports,
         env: Vec::new(),
+        ignored,
     })
 }
 
@@ -475,6 +484,17 @@ struct DevcontainerFile {
     #[serde(default)]
     post_create_command: Option<Commands>,
     #[serde(default)]
+    on_create_command: Option<Commands>,
+    #[serde(default)]
+    update_content_command: Option<Commands>,
+    #[serde(default)]
+    post_attach_command: Option<Commands>,
+    /// The older spelling of `build.context`, beside `dockerFile`.
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    ports_attributes: Option<std::collections::BTreeMap<String, PortAttributes>>,
+    #[serde(default)]
     post_start_command: Option<Commands>,
     #[serde(default)]
     forward_ports: Option<Vec<ForwardPort>>,
@@ -482,6 +502,16 @@ struct DevcontainerFile {
     container_env: Option<Env>,
     #[serde(default)]
     remote_env: Option<Env>,
+}
+
+/// A `portsAttributes` entry: what the dashboard calls the port and what opening it does.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PortAttributes {
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    on_auto_forward: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -630,6 +660,7 @@ pub fn parse_devcontainer(file: &str, text: &str) -> Result<WorkspaceConfig, Con
         None => (None, None, None, None),
     };
     let dockerfile = dockerfile.or(parsed.docker_file);
+    let context = context.or(parsed.context);
     let base = Path::new(file).parent().unwrap_or(Path::new(""));
     let mut build = None;
     let image = match (parsed.image, dockerfile) {
@@ -653,27 +684,73 @@ pub fn parse_devcontainer(file: &str, text: &str) -> Result<WorkspaceConfig, Con
         (None, None) => None,
     };
 
+    let ignored = match serde_json::from_str::<serde_json::Value>(&json) {
+        Ok(v) => not_honoured(&v, DEVCONTAINER_KEYS),
+        Err(_) => Vec::new(),
+    };
     let mut env = parsed.container_env.map(|e| e.0).unwrap_or_default();
     env.extend(parsed.remote_env.map(|e| e.0).unwrap_or_default());
 
+    let attributes = parsed.ports_attributes.unwrap_or_default();
     let ports = parsed
         .forward_ports
         .unwrap_or_default()
         .into_iter()
-        .map(|ForwardPort(port)| Port {
-            port,
-            ..Port::default()
+        .map(|ForwardPort(port)| {
+            let a = attributes.get(&port.to_string());
+            Port {
+                port,
+                name: a.and_then(|a| a.label.clone()),
+                // Gitpod's words for what opening the port does.
+                on_open: a.and_then(|a| a.on_auto_forward.as_deref()).map(|o| {
+                    match o {
+                        "openBrowser" | "openBrowserOnce" => "open-browser",
+                        "openPreview" => "open-preview",
+                        "notify" => "notify",
+                        _ => "ignore",
+                    }
+                    .to_owned()
+                }),
+                ..Port::default()
+            }
         })
         .collect();
+    // The lifecycle in the specification's order: created once, then started on every start.
+    let create = chain(
+        chain(parsed.on_create_command, parsed.update_content_command),
+        parsed.post_create_command,
+    );
+    let start = chain(parsed.post_start_command, parsed.post_attach_command);
 
     Ok(WorkspaceConfig {
         source: Some(file.to_owned()),
         image,
         build,
-        tasks: devcontainer_tasks(parsed.post_create_command, parsed.post_start_command),
+        tasks: devcontainer_tasks(create, start),
         ports,
         env,
+        ignored,
     })
+}
+
+/// `first` then `then`: two single commands run one after the other (the second only when
+/// the first succeeded); named commands stay named.
+fn chain(first: Option<Commands>, then: Option<Commands>) -> Option<Commands> {
+    match (first, then) {
+        (None, x) | (x, None) => x,
+        (Some(Commands::Single(a)), Some(Commands::Single(b))) => {
+            Some(Commands::Single(format!("{{ {a}\n}} && {{ {b}\n}}")))
+        }
+        (Some(a), Some(b)) => {
+            let named = |c: Commands| match c {
+                Commands::Single(s) => vec![("devcontainer".to_owned(), s)],
+                Commands::Named(n) => n,
+            };
+            let mut all = named(a);
+            all.extend(named(b));
+            Some(Commands::Named(all))
+        }
+    }
 }
 
 /// Maps the lifecycle commands onto tasks. A single create and a single start command share
@@ -739,6 +816,122 @@ fn devcontainer_tasks(create: Option<Commands>, start: Option<Commands>) -> Vec<
         None => {}
     }
     tasks
+}
+
+/// What devcell does with a key of a configuration file.
+enum Shape {
+    /// Honoured, whatever is inside.
+    Honoured,
+    /// A map whose keys are checked.
+    Map(&'static [(&'static str, Shape)]),
+    /// A list of maps whose keys are checked.
+    List(&'static [(&'static str, Shape)]),
+    /// A map of free names to maps whose keys are checked (`portsAttributes`).
+    Named(&'static [(&'static str, Shape)]),
+    /// Metadata that changes nothing (`$schema`, `name`): neither honoured nor worth saying.
+    Quiet,
+}
+
+const GITPOD_KEYS: &[(&str, Shape)] = &[
+    (
+        "image",
+        Shape::Map(&[("file", Shape::Honoured), ("context", Shape::Honoured)]),
+    ),
+    (
+        "tasks",
+        Shape::List(&[
+            ("name", Shape::Honoured),
+            ("before", Shape::Honoured),
+            ("init", Shape::Honoured),
+            ("command", Shape::Honoured),
+            ("env", Shape::Honoured),
+        ]),
+    ),
+    (
+        "ports",
+        Shape::List(&[
+            ("port", Shape::Honoured),
+            ("name", Shape::Honoured),
+            ("visibility", Shape::Honoured),
+            ("onOpen", Shape::Honoured),
+            ("description", Shape::Quiet),
+        ]),
+    ),
+];
+
+const DEVCONTAINER_KEYS: &[(&str, Shape)] = &[
+    ("$schema", Shape::Quiet),
+    ("name", Shape::Quiet),
+    ("image", Shape::Honoured),
+    (
+        "build",
+        Shape::Map(&[
+            ("dockerfile", Shape::Honoured),
+            ("context", Shape::Honoured),
+            ("args", Shape::Honoured),
+            ("target", Shape::Honoured),
+        ]),
+    ),
+    ("dockerFile", Shape::Honoured),
+    ("context", Shape::Honoured),
+    ("onCreateCommand", Shape::Honoured),
+    ("updateContentCommand", Shape::Honoured),
+    ("postCreateCommand", Shape::Honoured),
+    ("postStartCommand", Shape::Honoured),
+    ("postAttachCommand", Shape::Honoured),
+    (
+        "portsAttributes",
+        Shape::Named(&[
+            ("label", Shape::Honoured),
+            ("onAutoForward", Shape::Honoured),
+        ]),
+    ),
+    ("forwardPorts", Shape::Honoured),
+    ("containerEnv", Shape::Honoured),
+    ("remoteEnv", Shape::Honoured),
+];
+
+/// The keys of `value` that `known` does not honour, as dotted paths (list indexes left
+/// out), each once, in file order.
+fn not_honoured(value: &serde_json::Value, known: &[(&str, Shape)]) -> Vec<String> {
+    let mut out = Vec::new();
+    walk_keys(value, known, "", &mut out);
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|k| seen.insert(k.clone()));
+    out
+}
+
+fn walk_keys(
+    value: &serde_json::Value,
+    known: &[(&str, Shape)],
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    let Some(map) = value.as_object() else {
+        return;
+    };
+    for (key, inner) in map {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match known.iter().find(|(k, _)| k == key).map(|(_, s)| s) {
+            None => out.push(path),
+            Some(Shape::Honoured | Shape::Quiet) => {}
+            Some(Shape::Map(keys)) => walk_keys(inner, keys, &path, out),
+            Some(Shape::List(keys)) => {
+                for item in inner.as_array().into_iter().flatten() {
+                    walk_keys(item, keys, &path, out);
+                }
+            }
+            Some(Shape::Named(keys)) => {
+                for (name, item) in inner.as_object().into_iter().flatten() {
+                    walk_keys(item, keys, &format!("{path}.{name}"), out);
+                }
+            }
+        }
+    }
 }
 
 /// Resolves `.` and `..` in a relative path without touching the disk; `None` if it leaves
@@ -1189,5 +1382,48 @@ vscode:
         let json = serde_json::to_string(&c).unwrap();
         let back: WorkspaceConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn keys_devcell_does_not_honour_are_listed_once() {
+        let text = "image: x\ntasks:\n  - command: a\n    openMode: split-right\n  - command: b\n    openMode: tab-after\nports:\n  - port: 3000\n    description: web\nvscode:\n  extensions: [a.b]\ngithub:\n  prebuilds: {}\n";
+        let c = parse_gitpod(".gitpod.yml", text).unwrap();
+        assert_eq!(c.ignored, vec!["github", "tasks.openMode", "vscode"]);
+        let c = parse_devcontainer(
+            ".devcontainer/devcontainer.json",
+            r#"{"name": "x", "image": "y", "customizations": {"vscode": {}}, "build": {"cacheFrom": "z"},
+                "portsAttributes": {"3000": {"label": "Web", "requireLocalPort": true}}, "hostRequirements": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.ignored,
+            vec![
+                "build.cacheFrom",
+                "customizations",
+                "hostRequirements",
+                "portsAttributes.3000.requireLocalPort"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_devcontainer_lifecycle_runs_in_order_and_ports_take_their_attributes() {
+        let c = parse_devcontainer(
+            ".devcontainer.json",
+            r#"{"image": "y", "onCreateCommand": "a", "updateContentCommand": "b", "postCreateCommand": "c",
+                "postStartCommand": "d", "postAttachCommand": "e", "forwardPorts": [3000, "db:5432"],
+                "portsAttributes": {"3000": {"label": "Web", "onAutoForward": "openPreview"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.tasks.len(), 1, "{:?}", c.tasks);
+        assert_eq!(
+            c.tasks[0].init.as_deref(),
+            Some("{ { a\n} && { b\n}\n} && { c\n}")
+        );
+        assert_eq!(c.tasks[0].command.as_deref(), Some("{ d\n} && { e\n}"));
+        assert_eq!(c.ports[0].name.as_deref(), Some("Web"));
+        assert_eq!(c.ports[0].on_open.as_deref(), Some("open-preview"));
+        assert_eq!(c.ports[1].port, 5432);
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
     }
 }

@@ -1126,13 +1126,21 @@ impl Cell {
             })?;
         step("agent answers");
         let now = self.now();
+        // What the repository's file asks that devcell does not do is said, never dropped.
+        let ready = match (&config.source, config.ignored.as_slice()) {
+            (Some(source), [_, ..]) => format!(
+                "ready; not honoured from {source}: {}",
+                config.ignored.join(", ")
+            ),
+            _ => "ready".to_owned(),
+        };
         // No fsync either: after a crash, recovery finds the agent answering and marks the
         // workspace running again.
         self.store()
             .write_lazy(|tx| -> Result<()> {
                 if let Some(mut w) = tx.workspace(&ws.id)? {
                     w.lifecycle
-                        .transition(Phase::Running, now, Some("ready".into()))?;
+                        .transition(Phase::Running, now, Some(ready.clone()))?;
                     w.last_activity = now;
                     tx.put_workspace(&w)?;
                 }

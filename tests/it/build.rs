@@ -128,7 +128,8 @@ fn devcontainer() -> &'static str {
     "context": "..",
     "args": { "GREETING": "hello" },
     "target": "final"
-  }
+  },
+  "customizations": { "vscode": { "extensions": ["a.b"] } }
 }"#
 }
 
@@ -203,6 +204,12 @@ async fn a_dockerfile_is_built_in_sandboxes_cached_by_step_and_its_failures_say_
     let first_build = t.elapsed();
     let log = build_log(&c, &id).await;
     assert_eq!(w["phase"], "running", "{w:#}\n{log}");
+    // What devcell does not do is said once the workspace runs, not silently dropped.
+    assert_eq!(
+        w["history"].as_array().unwrap().last().unwrap()["message"],
+        "ready; not honoured from .devcontainer/devcontainer.json: customizations",
+        "{w:#}"
+    );
     let out = exec(
         &c,
         &id,
