@@ -31,6 +31,13 @@ pub struct WorkspaceConfig {
     /// How to build the image when it is a Dockerfile.
     #[serde(default)]
     pub build: Option<ImageBuild>,
+    /// devcontainer features to install on the image, as written.
+    #[serde(default)]
+    pub features: Vec<crate::content::image::FeatureRef>,
+    /// The folder `./name` features are relative to (the devcontainer.json's), in the
+    /// repository.
+    #[serde(default)]
+    pub features_root: String,
     pub tasks: Vec<Task>,
     pub ports: Vec<Port>,
     /// Environment for every process in the workspace, in file order.
@@ -281,6 +288,8 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
         source: Some(file.to_owned()),
         image: parsed.image.map(|i| i.0),
         build,
+        features: Vec::new(),
+        features_root: String::new(),
         tasks,
         ports,
         env: Vec::new(),
@@ -494,6 +503,8 @@ struct DevcontainerFile {
     context: Option<String>,
     #[serde(default)]
     ports_attributes: Option<std::collections::BTreeMap<String, PortAttributes>>,
+    #[serde(default)]
+    features: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     post_start_command: Option<Commands>,
     #[serde(default)]
@@ -722,10 +733,33 @@ pub fn parse_devcontainer(file: &str, text: &str) -> Result<WorkspaceConfig, Con
     );
     let start = chain(parsed.post_start_command, parsed.post_attach_command);
 
+    // A feature's options: a map (values become text), a string (its `version`), or `true`.
+    let features = parsed
+        .features
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, v)| *v != serde_json::Value::Bool(false))
+        .map(|(id, v)| crate::content::image::FeatureRef {
+            id,
+            options: match v {
+                serde_json::Value::Object(m) => m
+                    .into_iter()
+                    .map(|(k, v)| match v {
+                        serde_json::Value::String(s) => (k, s),
+                        other => (k, other.to_string()),
+                    })
+                    .collect(),
+                serde_json::Value::String(s) => vec![("version".into(), s)],
+                _ => Vec::new(),
+            },
+        })
+        .collect();
     Ok(WorkspaceConfig {
         source: Some(file.to_owned()),
         image,
         build,
+        features,
+        features_root: base.to_string_lossy().into_owned(),
         tasks: devcontainer_tasks(create, start),
         ports,
         env,
@@ -874,6 +908,7 @@ const DEVCONTAINER_KEYS: &[(&str, Shape)] = &[
     ),
     ("dockerFile", Shape::Honoured),
     ("context", Shape::Honoured),
+    ("features", Shape::Honoured),
     ("onCreateCommand", Shape::Honoured),
     ("updateContentCommand", Shape::Honoured),
     ("postCreateCommand", Shape::Honoured),

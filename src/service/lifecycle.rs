@@ -1045,9 +1045,9 @@ impl Cell {
                 .source
                 .clone()
                 .unwrap_or_else(|| "the workspace configuration".into());
-            let pulled = match (&config.build, &first_repo) {
-                (Some(build), Some(repo)) => {
-                    self.build_image(ws, repo, build, &source, runtime, &base)
+            let pulled = match &first_repo {
+                Some(repo) if config.build.is_some() || !config.features.is_empty() => {
+                    self.build_image(ws, repo, &config, &source, runtime, &base)
                         .await?
                 }
                 _ => self.pull_image(ws, r, &source).await?,
@@ -1214,7 +1214,7 @@ impl Cell {
         &self,
         ws: &Workspace,
         repo: &std::path::Path,
-        build: &crate::content::config::ImageBuild,
+        config: &crate::content::config::WorkspaceConfig,
         source: &str,
         runtime: &dyn crate::runtime::Runtime,
         sandbox: &SandboxSpec,
@@ -1223,6 +1223,25 @@ impl Cell {
         let log = self.sandbox_state(&ws.id).join(BUILD_LOG);
         let _ = std::fs::remove_file(&log);
         let _ = std::fs::remove_file(self.failed_build_log(&ws.id));
+        let images = self.images().with_egress(self.egress(self.outbound(ws)));
+        let auth_for = |registry: &str| {
+            self.registry_auth_for(&ws.owner, registry)
+                .unwrap_or(crate::content::image::RegistryAuth::Anonymous)
+        };
+        let features = images
+            .prepare_features(
+                &config.features,
+                &repo.join(&config.features_root),
+                repo,
+                &auth_for,
+            )
+            .await
+            .map_err(|e| format!("{source}: {e}"))?;
+        let build = config.build.clone().unwrap_or_default();
+        let base_image = match &config.image {
+            Some(i) if !i.starts_with("file:") => Some(i.as_str()),
+            _ => None,
+        };
         // The context is bound into the build's sandboxes by path: it must be a directory of
         // the repository, not a link out of it. Nothing of the workspace runs yet that could
         // change it between this check and the build.
@@ -1239,24 +1258,37 @@ impl Cell {
                 "{source}: the build context {shown_context} is not a directory of the repository (a link out of it?)"
             ));
         }
-        let text = crate::beneath::Dir::open(repo)
-            .and_then(|d| d.read_file(std::path::Path::new(&build.dockerfile), 1 << 20, true))
-            .map_err(|e| format!("{source}: {}: {e}", build.dockerfile))?
-            .ok_or_else(|| {
-                format!(
-                    "{source}: the Dockerfile {} is not in the repository; commit it or fix the path",
-                    build.dockerfile
+        let text = match &config.build {
+            Some(build) => {
+                let bytes = crate::beneath::Dir::open(repo)
+                    .and_then(|d| d.read_file(std::path::Path::new(&build.dockerfile), 1 << 20, true))
+                    .map_err(|e| format!("{source}: {}: {e}", build.dockerfile))?
+                    .ok_or_else(|| {
+                        format!(
+                            "{source}: the Dockerfile {} is not in the repository; commit it or fix the path",
+                            build.dockerfile
+                        )
+                    })?;
+                Some(
+                    String::from_utf8(bytes)
+                        .map_err(|_| format!("{source}: {} is not UTF-8 text", build.dockerfile))?,
                 )
-            })?;
-        let text = String::from_utf8(text)
-            .map_err(|_| format!("{source}: {} is not UTF-8 text", build.dockerfile))?;
+            }
+            None => None,
+        };
         let uid = self
             .store()
             .write(|tx| tx.build_uid())
             .map_err(|e| e.to_string())?;
         let req = BuildRequest {
-            dockerfile: &text,
-            dockerfile_name: &build.dockerfile,
+            dockerfile: text.as_deref(),
+            base_image,
+            features: &features,
+            dockerfile_name: if config.build.is_some() {
+                &build.dockerfile
+            } else {
+                source
+            },
             context: &context,
             args: &build.args,
             target: build.target.as_deref(),
@@ -1276,9 +1308,7 @@ impl Cell {
         };
         let id = ws.id.clone();
         let on_step = move |step: String| tracing::info!(workspace = %id, "image build: {step}");
-        let built = self
-            .images()
-            .with_egress(self.egress(self.outbound(ws)))
+        let built = images
             .build(&req, &runner, &bases, &on_step)
             .await
             .map_err(|e| e.to_string());

@@ -516,3 +516,113 @@ async fn docker_hub_images_come_from_the_configured_mirror_for_prefetch_and_buil
     assert_eq!(exec(&c, &id, "cat /m").await["stdout"], "via-mirror\n");
     c.stop().await;
 }
+
+/// A tar (uncompressed) of `files` as (path, content, mode).
+fn plain_tar(files: &[(&str, &str, u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, content, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_size(content.len() as u64);
+        b.append_data(&mut h, path, content.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// devcontainer features: one published to a registry as an OCI artifact (reached through a
+/// mirror of the name the repository uses), one in the repository; options as the
+/// environment, `installsAfter` order, `containerEnv`, and each a layer of the image.
+#[tokio::test]
+async fn features_from_a_registry_and_the_repository_install_in_order() {
+    let registry = Registry::start(false).await;
+    let pusher = Pusher::new(&registry, false);
+    push_busybox(&pusher).await;
+    let layer = plain_tar(&[
+        (
+            "devcontainer-feature.json",
+            r#"{"id": "hello", "version": "1.0.0",
+                "options": {"greeting": {"type": "string", "default": "hello"}, "shout": {"type": "boolean", "default": false}},
+                "containerEnv": {"HELLO_HOME": "/opt/hello"}}"#,
+            0o644,
+        ),
+        (
+            "install.sh",
+            "#!/bin/sh\nset -e\nmkdir -p /opt/hello\necho \"$GREETING $SHOUT\" > /opt/hello/greeting\necho hello >> /opt/order\n",
+            0o755,
+        ),
+    ]);
+    let config = b"{}".to_vec();
+    pusher.blob("hello", &layer).await;
+    pusher.blob("hello", &config).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": crate::image::OCI_MANIFEST,
+        "config": { "mediaType": "application/vnd.devcontainers", "size": config.len(), "digest": sha256(&config) },
+        "layers": [{ "mediaType": "application/vnd.devcontainers.layer.v1+tar", "size": layer.len(), "digest": sha256(&layer),
+                     "annotations": { "org.opencontainers.image.title": "devcontainer-feature-hello.tgz" } }]
+    }))
+    .unwrap();
+    pusher
+        .manifest("hello", "1", crate::image::OCI_MANIFEST, &manifest)
+        .await;
+
+    let c = TestCell::start_with(
+        |cfg| {
+            cfg.workspace.allow_destinations = vec!["127.0.0.1".into()];
+            cfg.image.mirrors = vec![devcell::config::MirrorConfig {
+                registry: "features.example".into(),
+                mirror: registry.addr.clone(),
+            }];
+        },
+        None,
+    )
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let devcontainer = format!(
+        r#"{{
+  "image": "{}/devcell/busybox:1",
+  "features": {{
+    "./local-feature": {{}},
+    "features.example/hello:1": {{ "greeting": "hi there", "shout": true }}
+  }}
+}}"#,
+        registry.addr
+    );
+    let bare = bare_repo(
+        repos.path(),
+        "featured",
+        &[
+            (".devcontainer/devcontainer.json", &devcontainer),
+            (
+                ".devcontainer/local-feature/devcontainer-feature.json",
+                r#"{"id": "local", "installsAfter": ["features.example/hello"]}"#,
+            ),
+            (
+                ".devcontainer/local-feature/install.sh",
+                "#!/bin/sh\necho local >> /opt/order\n",
+            ),
+        ],
+    );
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id).await;
+    let log = build_log(&c, &id).await;
+    assert_eq!(w["phase"], "running", "{w:#}\n{log}");
+    let out = exec(
+        &c,
+        &id,
+        "cat /opt/hello/greeting /opt/order; echo $HELLO_HOME; ls /tmp",
+    )
+    .await;
+    assert_eq!(
+        out["stdout"], "hi there true\nhello\nlocal\n/opt/hello\n",
+        "{out:#}\n{log}"
+    );
+    assert!(
+        log.contains("FEATURE features.example/hello:1") && log.contains("FEATURE ./local-feature"),
+        "{log}"
+    );
+    c.stop().await;
+}

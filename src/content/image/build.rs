@@ -91,8 +91,11 @@ pub struct StepRun {
 
 /// A Dockerfile build to do.
 pub struct BuildRequest<'a> {
-    /// The Dockerfile's text.
-    pub dockerfile: &'a str,
+    /// The Dockerfile's text; without one the build starts from `base_image`.
+    pub dockerfile: Option<&'a str>,
+    pub base_image: Option<&'a str>,
+    /// devcontainer features to install on top, in order.
+    pub features: &'a [super::Feature],
     /// Its name in messages, relative to the repository.
     pub dockerfile_name: &'a str,
     /// The context directory on the host.
@@ -191,10 +194,29 @@ impl ImageStore {
             let d = self.build_dir().join(sub);
             fs::create_dir_all(&d).map_err(io_err(format!("creating {}", d.display())))?;
         }
-        let steps = dockerfile::parse(req.dockerfile_name, req.dockerfile).map_err(|e| {
-            ImageError::BuildFailed {
-                message: e.to_string(),
-            }
+        let steps = match (req.dockerfile, req.base_image) {
+            (Some(text), _) => dockerfile::parse(req.dockerfile_name, text),
+            (None, Some(image)) => Ok(vec![Step {
+                place: Place {
+                    file: req.dockerfile_name.to_owned(),
+                    line: 1,
+                },
+                text: format!("FROM {image}"),
+                kind: Kind::From {
+                    image: image.to_owned(),
+                    name: None,
+                },
+            }]),
+            (None, None) => Err(dockerfile::DockerfileError {
+                place: Place {
+                    file: req.dockerfile_name.to_owned(),
+                    line: 1,
+                },
+                message: "names neither an image nor a Dockerfile".into(),
+            }),
+        }
+        .map_err(|e| ImageError::BuildFailed {
+            message: e.to_string(),
         })?;
         let ignore = match read_in(&req.context.join(".dockerignore"), MAX_DOCUMENT) {
             Ok(bytes) => Ignore::parse(&String::from_utf8_lossy(&bytes))
@@ -217,7 +239,7 @@ impl ImageStore {
             scratch_count: 0,
         };
         let chosen = b.select(&steps)?;
-        let total = chosen.len();
+        let total = chosen.len() + req.features.len();
         for (n, step) in chosen.iter().enumerate() {
             let header = format!("[{}/{total}] {}", n + 1, step.text);
             on_step(header.clone());
@@ -231,6 +253,15 @@ impl ImageStore {
                     t.elapsed().as_secs_f64()
                 ));
             }
+        }
+        for (i, feature) in req.features.iter().enumerate() {
+            let n = chosen.len() + i + 1;
+            let header = format!("[{n}/{total}] FEATURE {}", feature.id);
+            on_step(header.clone());
+            log.line(&format!("#{n} {header}"));
+            let t = std::time::Instant::now();
+            let how = b.feature(feature, &mut log).await?;
+            log.line(&format!("#{n} {how} ({:.2}s)", t.elapsed().as_secs_f64()));
         }
         let stage = b
             .stages
@@ -962,6 +993,78 @@ impl Builder<'_, '_> {
                 }
             }
         }
+    }
+
+    /// Installs a devcontainer feature: its directory as the context, a copy of it made
+    /// writable in the image's /tmp, its `install.sh` run as root with its options in the
+    /// environment; then its `containerEnv` joins the image's.
+    async fn feature(
+        &mut self,
+        feature: &super::Feature,
+        log: &mut Log,
+    ) -> Result<&'static str, ImageError> {
+        let place = Place {
+            file: self.req.dockerfile_name.to_owned(),
+            line: 1,
+        };
+        let stage_i = self.stages.len() - 1;
+        let mut env = self.run_env();
+        for (k, v) in &feature.env {
+            env.retain(|(k2, _)| k2 != k);
+            env.push((k.clone(), v.clone()));
+        }
+        for (k, v) in [
+            ("_REMOTE_USER", "root"),
+            ("_CONTAINER_USER", "root"),
+            ("_REMOTE_USER_HOME", "/root"),
+            ("_CONTAINER_USER_HOME", "/root"),
+        ] {
+            env.push((k.into(), v.into()));
+        }
+        let script = format!(
+            "set -e; d=/tmp/devcell-feature-$$; cp -r {CONTEXT_MOUNT} \"$d\"; cd \"$d\"; \
+             chmod +x install.sh; ./install.sh; cd /; rm -rf \"$d\""
+        );
+        let mut parts = vec![
+            self.stages[stage_i].key.clone(),
+            "FEATURE".into(),
+            feature.id.clone(),
+            feature.content.clone(),
+        ];
+        parts.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let key = key_of(&refs);
+        // Features install as root, whatever USER the image ended with.
+        let user = self.stages[stage_i].config.user.take();
+        let how = self
+            .files_step(
+                &place,
+                key,
+                StepCommand::Exec(vec!["/bin/sh".into(), "-c".into(), script]),
+                Some(env),
+                None,
+                Some(feature.dir.clone()),
+                None,
+                log,
+            )
+            .await
+            .map_err(|e| match e {
+                ImageError::BuildFailed { message } => ImageError::BuildFailed {
+                    message: message.replacen(
+                        &place.to_string(),
+                        &format!("{place}: feature {}", feature.id),
+                        1,
+                    ),
+                },
+                e => e,
+            })?;
+        let s = &mut self.stages[stage_i];
+        s.config.user = user;
+        for (k, v) in &feature.container_env {
+            s.config.env.retain(|(k2, _)| k2 != k);
+            s.config.env.push((k.clone(), v.clone()));
+        }
+        Ok(how.unwrap_or("DONE"))
     }
 
     /// Adds `parts` to the current stage's key (an instruction that changes no file).

@@ -143,12 +143,14 @@ mod blobs;
 pub mod build;
 pub mod copy;
 pub mod dockerfile;
+mod feature;
 mod mirror;
 mod reference;
 mod registry;
 mod unpack;
 
 use blobs::*;
+pub use feature::{Feature, FeatureRef};
 pub use mirror::Mirror;
 use reference::*;
 pub use reference::{ImageRef, Reference, RegistryAuth};
