@@ -42,10 +42,41 @@ pub struct WorkspaceConfig {
     pub ports: Vec<Port>,
     /// Environment for every process in the workspace, in file order.
     pub env: Vec<(String, String)>,
+    /// A compose-based devcontainer: where the compose files are and which service is the
+    /// workspace.
+    #[serde(default)]
+    pub compose: Option<ComposeRef>,
+    /// The compose services that run beside the workspace, in start order.
+    #[serde(default)]
+    pub services: Vec<ComposeService>,
     /// Keys of the file that devcell does not honour (`vscode`, `tasks.openMode`), to be said
     /// once when the workspace starts, never silently dropped.
     #[serde(default)]
     pub ignored: Vec<String>,
+}
+
+/// `dockerComposeFile`, `service` and `runServices` of a devcontainer.json.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ComposeRef {
+    /// Relative to the repository.
+    pub files: Vec<String>,
+    pub service: String,
+    pub run_services: Option<Vec<String>>,
+}
+
+/// A compose service that runs beside the workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ComposeService {
+    pub name: String,
+    pub image: Option<String>,
+    pub build: Option<ImageBuild>,
+    pub environment: Vec<(String, String)>,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    /// Named volumes: (volume, path in the service).
+    pub volumes: Vec<(String, String)>,
+    pub depends_on: Vec<String>,
+    pub working_dir: Option<String>,
 }
 
 /// A Dockerfile build: paths relative to the repository, never leaving it.
@@ -135,7 +166,11 @@ pub fn load(repo_dir: &Path) -> Result<WorkspaceConfig, ConfigFileError> {
     }
     for file in DEVCONTAINER_FILES {
         if let Some(text) = read_config_file(repo_dir, file)? {
-            return parse_devcontainer(file, &text);
+            let mut config = parse_devcontainer(file, &text)?;
+            if let Some(compose) = config.compose.clone() {
+                apply_compose(repo_dir, &compose, &mut config)?;
+            }
+            return Ok(config);
         }
     }
     Ok(WorkspaceConfig::default())
@@ -288,6 +323,8 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
         source: Some(file.to_owned()),
         image: parsed.image.map(|i| i.0),
         build,
+        compose: None,
+        services: Vec::new(),
         features: Vec::new(),
         features_root: String::new(),
         tasks,
@@ -505,6 +542,12 @@ struct DevcontainerFile {
     ports_attributes: Option<std::collections::BTreeMap<String, PortAttributes>>,
     #[serde(default)]
     features: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    docker_compose_file: Option<serde_json::Value>,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    run_services: Option<Vec<String>>,
     #[serde(default)]
     post_start_command: Option<Commands>,
     #[serde(default)]
@@ -754,10 +797,46 @@ pub fn parse_devcontainer(file: &str, text: &str) -> Result<WorkspaceConfig, Con
             },
         })
         .collect();
+    let compose = match parsed.docker_compose_file {
+        None => None,
+        Some(v) => {
+            let files: Vec<String> = match v {
+                serde_json::Value::String(s) => vec![s],
+                serde_json::Value::Array(a) => a
+                    .into_iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut inside = Vec::new();
+            for f in files {
+                let p = normalize(&base.join(&f)).ok_or_else(|| {
+                    ConfigFileError::whole_file(
+                        file,
+                        "dockerComposeFile points outside the repository",
+                    )
+                })?;
+                inside.push(p.to_string_lossy().into_owned());
+            }
+            let service = parsed.service.ok_or_else(|| {
+                ConfigFileError::whole_file(
+                    file,
+                    "dockerComposeFile needs `service`: the compose service the workspace is",
+                )
+            })?;
+            Some(ComposeRef {
+                files: inside,
+                service,
+                run_services: parsed.run_services,
+            })
+        }
+    };
     Ok(WorkspaceConfig {
         source: Some(file.to_owned()),
         image,
         build,
+        compose,
+        services: Vec::new(),
         features,
         features_root: base.to_string_lossy().into_owned(),
         tasks: devcontainer_tasks(create, start),
@@ -852,6 +931,317 @@ fn devcontainer_tasks(create: Option<Commands>, start: Option<Commands>) -> Vec<
     tasks
 }
 
+/// Reads the compose files of a devcontainer: the named service's image or build becomes the
+/// workspace's, its environment the workspace's; the services it runs beside (`runServices`,
+/// else all) are kept in `depends_on` order. What devcell does not do is listed as ignored.
+fn apply_compose(
+    repo_dir: &Path,
+    compose: &ComposeRef,
+    config: &mut WorkspaceConfig,
+) -> Result<(), ConfigFileError> {
+    let mut services: std::collections::BTreeMap<String, ComposeService> = Default::default();
+    let mut order: Vec<String> = Vec::new();
+    for file in &compose.files {
+        let text = read_config_file(repo_dir, file)?.ok_or_else(|| {
+            ConfigFileError::whole_file(
+                file,
+                "is named by dockerComposeFile but not in the repository",
+            )
+        })?;
+        let value: serde_json::Value =
+            serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(file, &e))?;
+        let dir = Path::new(file).parent().unwrap_or(Path::new(""));
+        for key in not_honoured(&value, COMPOSE_KEYS) {
+            config.ignored.push(format!("{file}: {key}"));
+        }
+        let Some(map) = value.get("services").and_then(|s| s.as_object()) else {
+            continue;
+        };
+        for (name, svc) in map {
+            let parsed = compose_service(file, dir, name, svc, &mut config.ignored)?;
+            if !order.contains(name) {
+                order.push(name.clone());
+            }
+            // A later file overrides what it sets.
+            match services.get_mut(name) {
+                Some(existing) => {
+                    if parsed.image.is_some() {
+                        existing.image = parsed.image;
+                    }
+                    if parsed.build.is_some() {
+                        existing.build = parsed.build;
+                    }
+                    existing.environment.extend(parsed.environment);
+                    if parsed.command.is_some() {
+                        existing.command = parsed.command;
+                    }
+                    if parsed.entrypoint.is_some() {
+                        existing.entrypoint = parsed.entrypoint;
+                    }
+                    existing.volumes.extend(parsed.volumes);
+                    existing.depends_on.extend(parsed.depends_on);
+                }
+                None => {
+                    services.insert(name.clone(), parsed);
+                }
+            }
+        }
+    }
+    let whole = |m: String| {
+        ConfigFileError::whole_file(
+            compose
+                .files
+                .first()
+                .map(String::as_str)
+                .unwrap_or("compose"),
+            m,
+        )
+    };
+    let main = services.remove(&compose.service).ok_or_else(|| {
+        whole(format!(
+            "has no service {:?} (the devcontainer's `service`)",
+            compose.service
+        ))
+    })?;
+    match (&main.image, &main.build) {
+        (_, Some(b)) => {
+            config.image = Some(format!("file:{}", b.dockerfile));
+            config.build = Some(b.clone());
+        }
+        (Some(i), None) => config.image = Some(i.clone()),
+        (None, None) => {
+            return Err(whole(format!(
+                "service {:?} has neither `image` nor `build`",
+                compose.service
+            )));
+        }
+    }
+    let mut env = main.environment.clone();
+    env.extend(std::mem::take(&mut config.env));
+    config.env = env;
+    let wanted: Vec<String> = match &compose.run_services {
+        Some(list) => list
+            .iter()
+            .filter(|s| **s != compose.service)
+            .cloned()
+            .collect(),
+        None => order
+            .iter()
+            .filter(|s| **s != compose.service)
+            .cloned()
+            .collect(),
+    };
+    // depends_on first; a cycle or an unknown name leaves the rest in file order.
+    let mut pending: Vec<ComposeService> = Vec::new();
+    for name in &wanted {
+        let svc = services.get(name).cloned().ok_or_else(|| {
+            whole(format!(
+                "runServices names {name:?}, which no compose file defines"
+            ))
+        })?;
+        pending.push(svc);
+    }
+    let mut started: Vec<ComposeService> = Vec::new();
+    while !pending.is_empty() {
+        let i = pending
+            .iter()
+            .position(|s| {
+                s.depends_on
+                    .iter()
+                    .all(|d| !pending.iter().any(|p| &p.name == d))
+            })
+            .unwrap_or(0);
+        started.push(pending.remove(i));
+    }
+    config.services = started;
+    Ok(())
+}
+
+const COMPOSE_KEYS: &[(&str, Shape)] = &[
+    ("version", Shape::Quiet),
+    ("name", Shape::Quiet),
+    ("services", Shape::Honoured),
+    ("volumes", Shape::Honoured),
+];
+
+const SERVICE_KEYS: &[(&str, Shape)] = &[
+    ("image", Shape::Honoured),
+    ("build", Shape::Honoured),
+    ("environment", Shape::Honoured),
+    ("command", Shape::Honoured),
+    ("entrypoint", Shape::Honoured),
+    ("volumes", Shape::Honoured),
+    ("depends_on", Shape::Honoured),
+    ("working_dir", Shape::Honoured),
+    // The services share the workspace's network: every port is on localhost already.
+    ("ports", Shape::Quiet),
+    ("expose", Shape::Quiet),
+    ("container_name", Shape::Quiet),
+];
+
+/// One service of a compose file (`dir`: the file's folder in the repository).
+fn compose_service(
+    file: &str,
+    dir: &Path,
+    name: &str,
+    v: &serde_json::Value,
+    ignored: &mut Vec<String>,
+) -> Result<ComposeService, ConfigFileError> {
+    let bad = |m: String| ConfigFileError::whole_file(file, format!("services.{name}: {m}"));
+    for key in not_honoured(v, SERVICE_KEYS) {
+        ignored.push(format!("{file}: services.{name}.{key}"));
+    }
+    // Compose's `$$` is a literal dollar. Its `${VAR}` interpolation from the host's
+    // environment is not done: nothing of the cell's environment reaches a workspace.
+    let text = |x: &serde_json::Value| match x {
+        serde_json::Value::String(s) => s.replace("$$", "$"),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let words = |x: &serde_json::Value| -> Option<Vec<String>> {
+        match x {
+            serde_json::Value::String(s) => Some(split_words(&s.replace("$$", "$"))),
+            serde_json::Value::Array(a) => Some(a.iter().map(text).collect()),
+            _ => None,
+        }
+    };
+    let build = match v.get("build") {
+        None => None,
+        Some(b) => {
+            let (context, dockerfile, args, target) = match b {
+                serde_json::Value::String(c) => (c.clone(), None, Vec::new(), None),
+                serde_json::Value::Object(m) => (
+                    m.get("context").map(text).unwrap_or_else(|| ".".into()),
+                    m.get("dockerfile").map(text),
+                    match m.get("args") {
+                        Some(serde_json::Value::Object(a)) => {
+                            a.iter().map(|(k, v)| (k.clone(), text(v))).collect()
+                        }
+                        _ => Vec::new(),
+                    },
+                    m.get("target").map(text),
+                ),
+                _ => return Err(bad("build must be a path or a map".into())),
+            };
+            let context = normalize(&dir.join(&context))
+                .ok_or_else(|| bad("build.context points outside the repository".into()))?;
+            let dockerfile =
+                normalize(&context.join(dockerfile.as_deref().unwrap_or("Dockerfile")))
+                    .ok_or_else(|| bad("build.dockerfile points outside the repository".into()))?;
+            Some(ImageBuild {
+                dockerfile: dockerfile.to_string_lossy().into_owned(),
+                context: context.to_string_lossy().into_owned(),
+                args,
+                target,
+            })
+        }
+    };
+    let environment = match v.get("environment") {
+        Some(serde_json::Value::Object(m)) => m
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), text(v)))
+            .collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str())
+            .filter_map(|x| x.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut volumes = Vec::new();
+    for vol in v
+        .get("volumes")
+        .and_then(|x| x.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let (source, target) = match vol {
+            serde_json::Value::String(s) => {
+                let mut parts = s.split(':');
+                (
+                    parts.next().unwrap_or("").to_owned(),
+                    parts.next().unwrap_or("").to_owned(),
+                )
+            }
+            serde_json::Value::Object(m) => (
+                m.get("source").map(text).unwrap_or_default(),
+                m.get("target").map(text).unwrap_or_default(),
+            ),
+            _ => continue,
+        };
+        let named = !source.is_empty()
+            && !source.starts_with(['.', '/', '~'])
+            && source
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if named && target.starts_with('/') {
+            volumes.push((source, target));
+        } else {
+            // Binding the workspace's files or the host's into a service would follow links
+            // the workspace controls: only named volumes are honoured.
+            ignored.push(format!(
+                "{file}: services.{name}.volumes {source}:{target} (only named volumes run)"
+            ));
+        }
+    }
+    let depends_on = match v.get("depends_on") {
+        Some(serde_json::Value::Array(a)) => a.iter().map(text).collect(),
+        Some(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    Ok(ComposeService {
+        name: name.to_owned(),
+        image: v.get("image").map(text),
+        build,
+        environment,
+        entrypoint: v.get("entrypoint").and_then(words),
+        command: v.get("command").and_then(words),
+        volumes,
+        depends_on,
+        working_dir: v.get("working_dir").map(text),
+    })
+}
+
+/// Splits a compose command string into words as a shell would (quotes, backslashes), without
+/// running a shell.
+fn split_words(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut any = false;
+    let mut quote: Option<char> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, c) if c.is_whitespace() => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                any = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (q, '\\') if q != Some('\'') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+                any = true;
+            }
+            (_, c) => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
 /// What devcell does with a key of a configuration file.
 enum Shape {
     /// Honoured, whatever is inside.
@@ -909,6 +1299,9 @@ const DEVCONTAINER_KEYS: &[(&str, Shape)] = &[
     ("dockerFile", Shape::Honoured),
     ("context", Shape::Honoured),
     ("features", Shape::Honoured),
+    ("dockerComposeFile", Shape::Honoured),
+    ("service", Shape::Honoured),
+    ("runServices", Shape::Honoured),
     ("onCreateCommand", Shape::Honoured),
     ("updateContentCommand", Shape::Honoured),
     ("postCreateCommand", Shape::Honoured),
@@ -1460,5 +1853,51 @@ vscode:
         assert_eq!(c.ports[0].on_open.as_deref(), Some("open-preview"));
         assert_eq!(c.ports[1].port, 5432);
         assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+    }
+
+    #[test]
+    fn a_compose_devcontainer_takes_its_service_and_orders_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            ".devcontainer/devcontainer.json",
+            r#"{"dockerComposeFile": ["compose.yml", "compose.override.yml"], "service": "app", "remoteEnv": {"A": "1"}}"#,
+        );
+        write(
+            dir.path(),
+            ".devcontainer/compose.yml",
+            "services:\n  app:\n    build:\n      context: ..\n      dockerfile: docker/Dockerfile\n      args: {X: 1}\n    environment: [APP=yes]\n  web:\n    image: nginx\n    depends_on: {db: {condition: service_healthy}}\n    command: nginx -g 'daemon off;'\n  db:\n    image: postgres:16\n    volumes: [\"pg:/var/lib/postgresql/data\", \"/etc:/host-etc\"]\n    restart: always\n",
+        );
+        write(
+            dir.path(),
+            ".devcontainer/compose.override.yml",
+            "services:\n  db:\n    environment:\n      POSTGRES_PASSWORD: pw\n",
+        );
+        let c = load(dir.path()).unwrap();
+        let b = c.build.as_ref().unwrap();
+        assert_eq!(b.dockerfile, "docker/Dockerfile");
+        assert_eq!(b.context, "");
+        assert_eq!(b.args, vec![("X".to_owned(), "1".to_owned())]);
+        assert_eq!(c.env[0], ("APP".to_owned(), "yes".to_owned()));
+        let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["db", "web"], "depends_on first");
+        assert_eq!(
+            c.services[0].volumes,
+            vec![("pg".to_owned(), "/var/lib/postgresql/data".to_owned())]
+        );
+        assert_eq!(
+            c.services[0].environment,
+            vec![("POSTGRES_PASSWORD".to_owned(), "pw".to_owned())]
+        );
+        assert_eq!(
+            c.services[1].command.as_deref().unwrap(),
+            ["nginx", "-g", "daemon off;"]
+        );
+        assert!(
+            c.ignored.iter().any(|i| i.contains("services.db.restart"))
+                && c.ignored.iter().any(|i| i.contains("/etc:/host-etc")),
+            "{:?}",
+            c.ignored
+        );
     }
 }

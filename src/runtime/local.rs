@@ -225,6 +225,7 @@ impl LocalRuntime {
             binds,
             detach_under: dir.parent().unwrap_or(&dir).to_owned(),
             overlays: Vec::new(),
+            join_net: None,
         })
     }
 
@@ -454,6 +455,91 @@ impl LocalRuntime {
     }
 }
 
+impl LocalRuntime {
+    /// Starts a compose service beside a running workspace: in the workspace's cgroups (its
+    /// class limits cover the group, and its stop ends the service), in the workspace
+    /// sandbox's network namespace (so `localhost` is shared), as the workspace's uid, on the
+    /// service's image read-only with its named volumes writable.
+    async fn run_service(
+        &self,
+        spec: &SandboxSpec,
+        svc: &super::ServiceRun,
+    ) -> Result<(), RuntimeError> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(RuntimeError::Start(
+                "compose services need the cell to run as root (they join the workspace's network)"
+                    .into(),
+            ));
+        }
+        let cg = self.hierarchy.open(spec.id.as_str());
+        let ours = std::fs::read_link("/proc/self/ns/net")?;
+        let pids = cg.as_ref().map(|c| c.pids()).unwrap_or_default();
+        let net = pids
+            .into_iter()
+            .find(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns != ours)
+            })
+            .ok_or_else(|| RuntimeError::Start("the workspace's sandbox is not running".into()))?;
+        let filter = spec.state.join(format!("service-{}.bpf", svc.name));
+        super::seccomp::write_default_filter(&filter)
+            .map_err(|e| RuntimeError::Start(e.to_string()))?;
+        let mut binds = vec![(rebase::absolute(&svc.root), "root".to_owned())];
+        for (i, (host, _)) in svc.volumes.iter().enumerate() {
+            binds.push((rebase::absolute(host), format!("vol{i}")));
+        }
+        let r = Rebase {
+            binds,
+            detach_under: spec.dir.parent().unwrap_or(&spec.dir).to_owned(),
+            overlays: Vec::new(),
+            join_net: Some(net),
+        };
+        let at = |name: &str| format!("{}/{name}", rebase::REBASE_MOUNT);
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(
+            NAMESPACES
+                .iter()
+                .copied()
+                .filter(|n| *n != "--unshare-net")
+                .collect::<Vec<_>>()
+                .as_slice(),
+        );
+        push(&["--new-session", "--seccomp", "0"]);
+        image_root(&svc.root, &at("root"), &mut push);
+        push(&[
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
+        ]);
+        for (i, (_, target)) in svc.volumes.iter().enumerate() {
+            push(&["--bind", &at(&format!("vol{i}")), target]);
+        }
+        push(&["--uid", "0", "--gid", "0", "--hostname", &svc.name]);
+        push(&["--chdir", &svc.workdir]);
+        for (k, v) in &svc.env {
+            push(&["--setenv", k, v]);
+        }
+        push(&["--"]);
+        a.extend(svc.argv.iter().cloned());
+        let launch = Launch {
+            exe: self.exe.clone(),
+            request: SandboxRequest {
+                cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+                uid: spec.uid,
+                argv: std::iter::once(self.bwrap.to_string_lossy().into_owned())
+                    .chain(a)
+                    .collect(),
+                stdin: filter,
+                log: svc.log.clone(),
+                rebase: Some(r),
+            },
+        };
+        let child = launch
+            .spawn()
+            .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
+        tokio::spawn(launch.supervise(child, spec.id.clone()));
+        Ok(())
+    }
+}
+
 /// How long one build step may run.
 const BUILD_STEP_WITHIN: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -509,6 +595,7 @@ impl LocalRuntime {
             binds,
             detach_under: spec.dir.parent().unwrap_or(&spec.dir).to_owned(),
             overlays,
+            join_net: None,
         };
         let at = |name: &str| format!("{}/{name}", rebase::REBASE_MOUNT);
         let mut a: Vec<String> = Vec::new();
@@ -772,6 +859,14 @@ impl Runtime for LocalRuntime {
         uid: u32,
     ) -> BoxFuture<'a, Result<i32, RuntimeError>> {
         Box::pin(self.run_build_step(spec, step, uid))
+    }
+
+    fn start_service<'a>(
+        &'a self,
+        spec: &'a SandboxSpec,
+        service: &'a super::ServiceRun,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.run_service(spec, service))
     }
 
     fn git_as(&self, spec: &SandboxSpec) -> Option<crate::content::git::RunAs> {

@@ -17,6 +17,21 @@ use futures::future::BoxFuture;
 
 pub use local::LocalRuntime;
 
+/// A compose service to run beside a workspace.
+#[derive(Debug, Clone)]
+pub struct ServiceRun {
+    pub name: String,
+    /// The service image's root filesystem.
+    pub root: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: String,
+    /// Named volumes: host directory (on the workspace's disk) and where the service sees it.
+    pub volumes: Vec<(PathBuf, String)>,
+    /// Where its output goes (the cell's, outside the sandbox).
+    pub log: PathBuf,
+}
+
 /// Everything a runtime needs to start one workspace.
 #[derive(Clone, Debug)]
 pub struct SandboxSpec {
@@ -119,6 +134,19 @@ pub trait Runtime: Send + Sync + 'static {
         spec: &'a SandboxSpec,
         repos: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<RepoStatus>, RuntimeError>>;
+    /// Starts a compose service of the running workspace `spec` beside its sandbox, sharing
+    /// its network and limits; it ends with the workspace.
+    fn start_service<'a>(
+        &'a self,
+        _spec: &'a SandboxSpec,
+        _service: &'a ServiceRun,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async {
+            Err(RuntimeError::Start(
+                "this runtime cannot run compose services".into(),
+            ))
+        })
+    }
     /// Runs one step of an image build for the workspace `spec` (its limits, its network
     /// policy, its cell-only directory) as the host uid `uid`, and returns its exit code.
     fn build_step<'a>(

@@ -31,6 +31,10 @@ pub struct Rebase {
     /// Overlays mounted under [`REBASE_MOUNT`] (an image build's root), after the binds.
     #[serde(default)]
     pub overlays: Vec<Overlay>,
+    /// The network namespace of this process to join (a compose service beside its
+    /// workspace: `localhost` is the workspace's).
+    #[serde(default)]
+    pub join_net: Option<u32>,
 }
 
 /// An overlay filesystem made in the launcher's namespace: read-only lower directories (top
@@ -153,6 +157,14 @@ impl Rebase {
             // Lazily: whatever uses it goes on; this namespace just no longer holds it.
             let _ = rustix::mount::unmount(&point, UnmountFlags::DETACH);
         }
+        if let Some(pid) = self.join_net {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(|e| err("join the workspace's network", e))?;
+        }
         Ok(())
     }
 }
@@ -243,6 +255,7 @@ mod tests {
             ],
             detach_under: "/root/x/data/workspaces".into(),
             overlays: Vec::new(),
+            join_net: None,
         };
         assert_eq!(
             r.map(Path::new("/root/x/data/workspaces/ws_1/workspace/app")),

@@ -1125,6 +1125,10 @@ impl Cell {
                 )
             })?;
         step("agent answers");
+        if let Some(repo) = &first_repo {
+            self.start_services(ws, &config, repo, runtime, &base)
+                .await?;
+        }
         let now = self.now();
         // What the repository's file asks that devcell does not do is said, never dropped.
         let ready = match (&config.source, config.ignored.as_slice()) {
@@ -1324,6 +1328,96 @@ impl Cell {
             }
         }
         built
+    }
+
+    /// Starts the compose services the repository's devcontainer runs beside the workspace,
+    /// in `depends_on` order: each on its image (pulled or built), with its named volumes on
+    /// the workspace's disk, in the workspace's network and limits.
+    async fn start_services(
+        &self,
+        ws: &Workspace,
+        config: &crate::content::config::WorkspaceConfig,
+        repo: &std::path::Path,
+        runtime: &dyn crate::runtime::Runtime,
+        sandbox: &SandboxSpec,
+    ) -> std::result::Result<(), String> {
+        for svc in &config.services {
+            let source = format!("compose service {}", svc.name);
+            let image = match (&svc.build, &svc.image) {
+                (Some(b), _) => {
+                    let only = crate::content::config::WorkspaceConfig {
+                        build: Some(b.clone()),
+                        ..Default::default()
+                    };
+                    self.build_image(ws, repo, &only, &source, runtime, sandbox)
+                        .await?
+                }
+                (None, Some(i)) => self.pull_image(ws, i, &source).await?,
+                (None, None) => {
+                    return Err(format!("{source}: has neither `image` nor `build`"));
+                }
+            };
+            let mut argv = svc
+                .entrypoint
+                .clone()
+                .unwrap_or_else(|| image.entrypoint.clone());
+            match &svc.command {
+                Some(c) => argv.extend(c.iter().cloned()),
+                // An entrypoint of the compose file drops the image's command, as Docker does.
+                None if svc.entrypoint.is_none() => argv.extend(image.cmd.iter().cloned()),
+                None => {}
+            }
+            if argv.is_empty() {
+                return Err(format!(
+                    "{source}: nothing to run; give it a `command` (its image has none)"
+                ));
+            }
+            let mut env = image.env.clone();
+            for (k, v) in &svc.environment {
+                env.retain(|(k2, _)| k2 != k);
+                env.push((k.clone(), v.clone()));
+            }
+            let mut volumes = Vec::new();
+            let root = self.workspace_dir(&ws.id).join("volumes");
+            for (name, target) in &svc.volumes {
+                use std::os::unix::fs::PermissionsExt;
+                let dir = root.join(name);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("{source}: volume {name}: {e}"))?;
+                std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
+                    .map_err(|e| e.to_string())?;
+                if let Some((uid, gid)) = sandbox.uid {
+                    rustix::fs::chown(
+                        &dir,
+                        Some(rustix::process::Uid::from_raw(uid)),
+                        Some(rustix::process::Gid::from_raw(gid)),
+                    )
+                    .map_err(|e| format!("{source}: volume {name}: {e}"))?;
+                }
+                volumes.push((dir, target.clone()));
+            }
+            let run = crate::runtime::ServiceRun {
+                name: svc.name.clone(),
+                root: image.rootfs.clone(),
+                argv,
+                env,
+                workdir: svc
+                    .working_dir
+                    .clone()
+                    .or(image.working_dir.clone())
+                    .unwrap_or_else(|| "/".into()),
+                volumes,
+                log: self
+                    .sandbox_state(&ws.id)
+                    .join(format!("service-{}.log", svc.name)),
+            };
+            runtime
+                .start_service(sandbox, &run)
+                .await
+                .map_err(|e| format!("{source}: {e}"))?;
+            tracing::info!(workspace = %ws.id, service = %svc.name, "compose service started");
+        }
+        Ok(())
     }
 
     /// Where the end of a failed build's log is kept (the cell's, outside the workspace).

@@ -53,7 +53,7 @@ pub async fn push_busybox_as(pusher: &Pusher, name: &str) {
     file(&mut b, "etc/motd", b"delete me\n", 0o644);
     for applet in [
         "sh", "cat", "echo", "ls", "mkdir", "rm", "id", "test", "env", "true", "false", "sleep",
-        "touch", "cp", "mv", "pwd", "sort", "tr", "wc", "head",
+        "touch", "cp", "mv", "pwd", "sort", "tr", "wc", "head", "httpd", "wget", "chmod",
     ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
@@ -623,6 +623,122 @@ async fn features_from_a_registry_and_the_repository_install_in_order() {
     assert!(
         log.contains("FEATURE features.example/hello:1") && log.contains("FEATURE ./local-feature"),
         "{log}"
+    );
+    c.stop().await;
+}
+
+/// A compose-based devcontainer: the named service is the workspace; the database beside it
+/// answers on the workspace's localhost, keeps its data in a named volume, and stops with the
+/// workspace; what the cell does not run is said.
+#[tokio::test]
+async fn compose_services_run_beside_the_workspace_on_its_localhost() {
+    let registry = Registry::start(false).await;
+    push_busybox(&Pusher::new(&registry, false)).await;
+    let c = TestCell::start_with(
+        |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
+        None,
+    )
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let compose = format!(
+        r#"services:
+  app:
+    image: {reg}/devcell/busybox:1
+    environment:
+      DB_URL: http://127.0.0.1:{port}
+  db:
+    image: {reg}/devcell/busybox:1
+    entrypoint: ["/bin/sh", "-c"]
+    command: ["echo pong-$$MARK > /data/ping && exec httpd -f -p {port} -h /data"]
+    environment:
+      MARK: from-compose
+    volumes:
+      - dbdata:/data
+      - ./init:/init
+    healthcheck:
+      test: ["CMD", "true"]
+    depends_on: [cache]
+  cache:
+    image: {reg}/devcell/busybox:1
+    command: ["sleep", "3600"]
+  unused:
+    image: nothing.invalid/never:1
+volumes:
+  dbdata: {{}}
+networks:
+  default: {{}}
+"#,
+        reg = registry.addr
+    );
+    let bare = bare_repo(
+        repos.path(),
+        "composed",
+        &[
+            (
+                ".devcontainer/devcontainer.json",
+                r#"{"dockerComposeFile": "docker-compose.yml", "service": "app", "runServices": ["db", "cache"]}"#,
+            ),
+            (".devcontainer/docker-compose.yml", &compose),
+        ],
+    );
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id).await;
+    assert_eq!(w["phase"], "running", "{w:#}");
+    let ready = w["history"].as_array().unwrap().last().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for said in [
+        "services.db.healthcheck",
+        "./init:/init",
+        "docker-compose.yml: networks",
+    ] {
+        assert!(ready.contains(said), "{said:?} not said: {ready}");
+    }
+    // The database answers on the workspace's own localhost, from its named volume.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = exec(&c, &id, "wget -qO- $DB_URL/ping 2>&1").await;
+        if out["stdout"] == "pong-from-compose\n" {
+            break;
+        }
+        let log = std::fs::read_to_string(
+            c.data_dir()
+                .join("workspaces")
+                .join(&id)
+                .join(".cell/service-db.log"),
+        )
+        .unwrap_or_else(|e| format!("no service log: {e}"));
+        assert!(
+            Instant::now() < until,
+            "the service never answered: {out:#}\nits log: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let running = |pattern: String| async move {
+        let out = tokio::process::Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .await
+            .unwrap();
+        out.status.success()
+    };
+    assert!(running(format!("httpd -f -p {port}")).await);
+    // It stops with the workspace.
+    c.owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
+        .await;
+    c.wait_phase(&id, "stopped", BUILD_WITHIN).await;
+    assert!(
+        !running(format!("httpd -f -p {port}")).await,
+        "the service outlived its workspace"
     );
     c.stop().await;
 }

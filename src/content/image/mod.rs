@@ -171,6 +171,9 @@ pub struct PulledImage {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub user: Option<String>,
+    /// What a container of the image runs: `Entrypoint` then `Cmd`.
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
     /// Bytes of regular files in the unpacked tree (hard links counted once).
     pub size_bytes: u64,
 }
@@ -191,6 +194,10 @@ struct ImageRecord {
     layers: Option<Vec<Descriptor>>,
     #[serde(default)]
     config: Option<String>,
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    #[serde(default)]
+    cmd: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -728,6 +735,9 @@ impl ImageStore {
         let layered = |mut r: ImageRecord| {
             r.layers = Some(manifest.layers().clone());
             r.config = Some(manifest.config().digest().to_string());
+            let fresh = record_from(hex, &config, r.size_bytes);
+            r.entrypoint = fresh.entrypoint;
+            r.cmd = fresh.cmd;
             r
         };
         let record = if final_dir.is_dir() {
@@ -791,6 +801,8 @@ fn record_from(hex: &str, config: &ImageConfiguration, size_bytes: u64) -> Image
         size_bytes,
         layers: None,
         config: None,
+        entrypoint: c.and_then(|c| c.entrypoint().clone()).unwrap_or_default(),
+        cmd: c.and_then(|c| c.cmd().clone()).unwrap_or_default(),
     }
 }
 
@@ -802,6 +814,8 @@ fn to_pulled(record: &ImageRecord, reference: String, rootfs: PathBuf) -> Pulled
         env: record.env.clone(),
         working_dir: record.working_dir.clone(),
         user: record.user.clone(),
+        entrypoint: record.entrypoint.clone(),
+        cmd: record.cmd.clone(),
         size_bytes: record.size_bytes,
     }
 }
