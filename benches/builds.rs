@@ -1,0 +1,449 @@
+//! Dockerfile builds on this host, with the real local runtime. Prints figures and ratios
+//! against baselines measured in the same run; never a timed test.
+//! Run: `cargo bench --bench builds` (as root, with bubblewrap and busybox-static installed).
+//!
+//! - cached rebuild: create → running for a repository whose Dockerfile is built already,
+//!   against the same start on the built image named by digest (target <= 1.1);
+//! - first build: the builder's time for a Dockerfile of CPU- and file-heavy RUN steps,
+//!   against the same commands run one after the other in a bare bubblewrap sandbox on a
+//!   writable copy of the base image (target <= 1.3).
+//!
+//! The base image is imported from an OCI archive the bench makes (busybox), as an air-gapped
+//! site would: no registry is involved.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devcell::config::{self, Overrides};
+use devcell::content::image::build::{BasePuller, BuildRequest, StepRun, StepRunner};
+use devcell::content::image::{ImageRef, ImageStore, PulledImage, Puller, RegistryAuth};
+use devcell::runtime::Runtime;
+use devcell::server::{self, Options};
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+const RUNS: usize = 10;
+const BASE: &str = "bench.invalid/busybox:1";
+
+/// Heavy enough that a step's fixed cost is a small part of it, like real RUN steps.
+const RUN_STEPS: &[&str] = &[
+    "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo $i > /counted",
+    "mkdir -p /data && for i in $(seq 1 2000); do echo line $i > /data/f$i; done",
+    "cat /data/* | wc -l > /data/total && rm /data/f1*",
+];
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "b")
+        .env("GIT_AUTHOR_EMAIL", "b@example.com")
+        .env("GIT_COMMITTER_NAME", "b")
+        .env("GIT_COMMITTER_EMAIL", "b@example.com")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+fn repo(root: &Path, name: &str, files: &[(&str, String)]) -> PathBuf {
+    let src = root.join(format!("{name}-src"));
+    std::fs::create_dir_all(&src).unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    for (path, text) in files {
+        std::fs::write(src.join(path), text).unwrap();
+    }
+    git(&src, &["add", "-A"]);
+    git(&src, &["commit", "-q", "-m", "init"]);
+    let bare = root.join(format!("{name}.git"));
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            src.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(root)
+        .status()
+        .unwrap();
+    bare
+}
+
+/// An OCI archive holding busybox as `BASE`.
+fn busybox_archive(dir: &Path) -> PathBuf {
+    let busybox = std::fs::read("/bin/busybox").expect("apt-get install -y busybox-static");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(busybox.len() as u64);
+    b.append_data(&mut h, "bin/busybox", &busybox[..]).unwrap();
+    for applet in ["sh", "echo", "seq", "mkdir", "cat", "wc", "rm", "true"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    for d in ["tmp/", "etc/"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    let layer = b.into_inner().unwrap();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Env": ["PATH=/bin"] },
+        "rootfs": { "type": "layers", "diff_ids": [sha256(&layer)] }
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "size": config.len(), "digest": sha256(&config) },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "size": layer.len(), "digest": sha256(&layer) }]
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json", "size": manifest.len(),
+                        "digest": sha256(&manifest), "annotations": { "org.opencontainers.image.ref.name": BASE } }]
+    }))
+    .unwrap();
+    let mut out = tar::Builder::new(Vec::new());
+    let mut add = |path: String, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        out.append_data(&mut h, path, data).unwrap();
+    };
+    add("oci-layout".into(), br#"{"imageLayoutVersion": "1.0.0"}"#);
+    add("index.json".into(), &index);
+    for blob in [&layer, &config, &manifest] {
+        add(format!("blobs/sha256/{}", &sha256(blob)[7..]), blob);
+    }
+    let path = dir.join("busybox.tar");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(&out.into_inner().unwrap())
+        .unwrap();
+    path
+}
+
+fn dockerfile(nonce: &str) -> String {
+    let mut d = format!("FROM {BASE}\nARG NONCE={nonce}\n");
+    for r in RUN_STEPS {
+        d.push_str(&format!("RUN {r}\n"));
+    }
+    d
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Steps<'a> {
+    runtime: &'a dyn Runtime,
+    spec: devcell::runtime::SandboxSpec,
+    uid: u32,
+}
+
+impl StepRunner for Steps<'_> {
+    fn run<'a>(&'a self, step: &'a StepRun) -> BoxFuture<'a, Result<i32, String>> {
+        Box::pin(async move {
+            self.runtime
+                .build_step(&self.spec, step, self.uid)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+struct Offline<'a>(&'a ImageStore);
+
+impl BasePuller for Offline<'_> {
+    fn pull<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<PulledImage, String>> {
+        Box::pin(async move {
+            let r = ImageRef::parse(reference).map_err(|e| e.to_string())?;
+            self.0
+                .pull(&r, &RegistryAuth::Anonymous, Puller::Operator)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The same commands, one after the other, in a bare sandbox on a writable copy of the base.
+fn direct(rootfs: &Path, scratch: &Path, i: usize) -> Duration {
+    let copy = scratch.join(format!("direct-{i}"));
+    assert!(
+        Command::new("cp")
+            .args(["-a"])
+            .arg(rootfs)
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for d in ["proc", "dev"] {
+        std::fs::create_dir_all(copy.join(d)).unwrap();
+    }
+    let t = Instant::now();
+    for r in RUN_STEPS {
+        let ok = Command::new("bwrap")
+            .args(["--unshare-all", "--bind"])
+            .arg(&copy)
+            .args(["/", "--proc", "/proc", "--dev", "/dev", "/bin/sh", "-c", r])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{r}");
+    }
+    let d = t.elapsed();
+    std::fs::remove_dir_all(&copy).unwrap();
+    d
+}
+
+async fn run() {
+    let scratch = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let data = scratch.path().join("data");
+    let store = ImageStore::new(data.join("images"));
+    store
+        .import_archive(&busybox_archive(scratch.path()))
+        .unwrap();
+    let base = store
+        .find(&ImageRef::parse(BASE).unwrap().to_string())
+        .unwrap()
+        .unwrap();
+
+    // First builds, straight through the builder.
+    let runtime: Arc<dyn Runtime> = Arc::new(
+        devcell::runtime::LocalRuntime::new()
+            .unwrap()
+            .with_exe(env!("CARGO_BIN_EXE_devcell").into()),
+    );
+    let ws = scratch.path().join("ws");
+    std::fs::create_dir_all(ws.join(".cell")).unwrap();
+    let spec = devcell::runtime::SandboxSpec {
+        id: devcell::domain::WorkspaceId::from_ulid(ulid::Ulid::new()),
+        dir: ws.clone(),
+        state: ws.join(".cell"),
+        uid: Some((299_999, 299_999)),
+        limits: devcell::runtime::cgroup::Limits {
+            cpu_millis: 2000,
+            memory_bytes: 4 << 30,
+            max_processes: 4096,
+        },
+        network: false,
+        root: None,
+    };
+    let steps = Steps {
+        runtime: runtime.as_ref(),
+        spec,
+        uid: 299_999,
+    };
+    let context = scratch.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    let log = scratch.path().join("build.log");
+    let mut built = Vec::new();
+    let mut directly = Vec::new();
+    direct(&base.rootfs, scratch.path(), 999);
+    for i in 0..RUNS {
+        directly.push(direct(&base.rootfs, scratch.path(), i));
+        let text = dockerfile(&format!("first-{i}"));
+        let req = BuildRequest {
+            dockerfile: Some(&text),
+            base_image: None,
+            features: &[],
+            dockerfile_name: "Dockerfile",
+            context: &context,
+            args: &[],
+            target: None,
+            uid: 299_999,
+            who: Puller::Operator,
+            log: &log,
+        };
+        let t = Instant::now();
+        store
+            .build(&req, &steps, &Offline(&store), &|_| {})
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+            });
+        built.push(t.elapsed());
+    }
+    let (b, d) = (median(built.clone()), median(directly.clone()));
+    let mut paired: Vec<f64> = built
+        .iter()
+        .zip(&directly)
+        .map(|(b, d)| b.as_secs_f64() / d.as_secs_f64())
+        .collect();
+    paired.sort_by(f64::total_cmp);
+    println!(
+        "first build of {} RUN steps, median of {RUNS}:",
+        RUN_STEPS.len()
+    );
+    println!("  the commands in a bare bwrap sandbox: {}", ms(d));
+    println!(
+        "  devcell build (uncached):             {}  ratio of medians {:.2}, median of paired ratios {:.2} (target <= 1.30)",
+        ms(b),
+        b.as_secs_f64() / d.as_secs_f64(),
+        paired[paired.len() / 2]
+    );
+
+    // Cached rebuilds against the built image, through the cell.
+    let overrides = Overrides {
+        data_dir: Some(data.clone()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let config = config::load(None, &[], &overrides).unwrap();
+    let running = server::start(
+        config,
+        Options {
+            bootstrap_owner: Some(("bench@example.com".into(), None)),
+            runtime: Some(runtime.clone()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cell = running.cell.clone();
+    let (_, token) = cell.admin_token(None, "bench").unwrap();
+    let token = token.secret;
+    let base_url = running.url();
+    let http = reqwest::Client::new();
+    let repos = scratch.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let built_repo = repo(
+        &repos,
+        "built",
+        &[
+            (".gitpod.yml", "image:\n  file: Dockerfile\n".into()),
+            ("Dockerfile", dockerfile("cached")),
+        ],
+    );
+    let start = |url: String| {
+        let (http, base_url, token) = (&http, &base_url, &token);
+        async move {
+            let t = Instant::now();
+            let w: Value = http
+                .post(format!("{base_url}/api/v1/workspaces"))
+                .bearer_auth(token)
+                .json(&json!({ "repos": [{ "url": url }], "start": true }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = w["id"].as_str().unwrap().to_owned();
+            let base = reqwest::Url::parse(base_url).unwrap();
+            let w = devcell::client::wait_for_phase(
+                http,
+                &base,
+                token,
+                &id,
+                &["running", "failed"],
+                Duration::from_secs(300),
+            )
+            .await
+            .unwrap();
+            assert_eq!(w["phase"], "running", "{w:#}");
+            let took = t.elapsed();
+            http.post(format!("{base_url}/api/v1/workspaces/{id}/stop"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            devcell::client::wait_for_phase(
+                http,
+                &base,
+                token,
+                &id,
+                &["stopped"],
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+            took
+        }
+    };
+    let built_url = format!("file://{}", built_repo.display());
+    // The first start builds; its image is then named by digest for the baseline.
+    start(built_url.clone()).await;
+    let digest = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.reference.starts_with("build/"))
+        .unwrap()
+        .digest;
+    let prebuilt_repo = repo(
+        &repos,
+        "prebuilt",
+        &[(
+            ".gitpod.yml",
+            format!("image: bench.invalid/built@{digest}\n"),
+        )],
+    );
+    let prebuilt_url = format!("file://{}", prebuilt_repo.display());
+    start(prebuilt_url.clone()).await;
+    let mut cached = Vec::new();
+    let mut prebuilt = Vec::new();
+    for _ in 0..RUNS {
+        prebuilt.push(start(prebuilt_url.clone()).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cached.push(start(built_url.clone()).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (c, p) = (median(cached.clone()), median(prebuilt.clone()));
+    let mut paired: Vec<f64> = cached
+        .iter()
+        .zip(&prebuilt)
+        .map(|(c, p)| c.as_secs_f64() / p.as_secs_f64())
+        .collect();
+    paired.sort_by(f64::total_cmp);
+    println!("create → running, median of {RUNS}:");
+    println!("  on the built image by digest:          {}", ms(p));
+    println!(
+        "  from the Dockerfile, every step cached: {}  ratio of medians {:.2}, median of paired ratios {:.2} (target <= 1.10)",
+        ms(c),
+        c.as_secs_f64() / p.as_secs_f64(),
+        paired[paired.len() / 2]
+    );
+    running.stop().await;
+}
+
+fn main() {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
