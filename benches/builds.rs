@@ -322,7 +322,8 @@ async fn run() {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Overrides::default()
     };
-    let config = config::load(None, &[], &overrides).unwrap();
+    let mut config = config::load(None, &[], &overrides).unwrap();
+    config.workspace.file_repos = vec![scratch.path().join("repos")];
     let running = server::start(
         config,
         Options {
@@ -362,7 +363,10 @@ async fn run() {
                 .json()
                 .await
                 .unwrap();
-            let id = w["id"].as_str().unwrap().to_owned();
+            let id = w["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("not created: {w:#}"))
+                .to_owned();
             let base = reqwest::Url::parse(base_url).unwrap();
             let w = devcell::client::wait_for_phase(
                 http,

@@ -392,12 +392,24 @@ pub struct WorkspaceConfig {
     pub class_max_disk_bytes: Option<u64>,
 }
 
-/// `[image]`: where images come from.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// `[image]`: where images come from, and how long what builds keep stays.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImageConfig {
     /// `[[image.mirrors]]`: pulls of one registry's images go to another.
     pub mirrors: Vec<MirrorConfig>,
+    /// Cached build steps, base trees and features no build used for this long are removed.
+    #[serde(with = "humantime_serde")]
+    pub build_cache_keep: Duration,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            mirrors: Vec::new(),
+            build_cache_keep: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
 }
 
 /// One `[[image.mirrors]]` entry: `registry = "docker.io"`, `mirror = "host:5000/hub"`. In the

@@ -162,6 +162,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
     supervisor.spawn(ExpiryWorker {
         cell: cell.clone(),
         interval: config.workers.expiry_interval,
+        pruned_at: None,
     });
     supervisor.spawn(ReconcileWorker::new(cell.clone()));
     supervisor.spawn(BackupWorker {

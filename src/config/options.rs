@@ -274,6 +274,14 @@ pub const OPTIONS: &[OptionDoc] = &[
         description: "Registry mirrors: pulls of images, base images and features on `registry` (e.g. `docker.io`) go to `mirror` (`host[:port][/path]`, e.g. `registry.internal:5000/hub`), with the mirror's host's credentials.",
     },
     OptionDoc {
+        key: "image.build_cache_keep",
+        env: "DEVCELL_IMAGE__BUILD_CACHE_KEEP",
+        ty: "duration",
+        default: DefaultDoc::Value("14days"),
+        secret: false,
+        description: "Cached Dockerfile steps, base trees for builds and fetched features that no build used for this long are removed (checked hourly); built images stay.",
+    },
+    OptionDoc {
         key: "workspace.plain_http_credentials",
         env: "DEVCELL_WORKSPACE__PLAIN_HTTP_CREDENTIALS",
         ty: "list of `host` or `host:port` (comma-separated in the environment)",

@@ -181,6 +181,21 @@ impl Cell {
             .with_mirrors(self.config().image.mirrors())
     }
 
+    /// Removes what image builds cached and no build used for `image.build_cache_keep`.
+    pub async fn prune_build_cache(
+        &self,
+    ) -> std::result::Result<crate::content::image::build::Pruned, crate::content::image::ImageError>
+    {
+        let images = self.images();
+        let keep = self.config().image.build_cache_keep;
+        tokio::task::spawn_blocking(move || images.prune_build_cache(keep))
+            .await
+            .map_err(|e| crate::content::image::ImageError::Io {
+                context: "pruning the build cache".into(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
     /// Whether the workspace's organization gives its workspaces outbound network.
     fn outbound(&self, ws: &Workspace) -> bool {
         self.store()

@@ -1,4 +1,5 @@
-//! Removes expired sessions, one-time login links, invitations and API tokens.
+//! Removes expired sessions, one-time login links, invitations and API tokens; hourly, what
+//! image builds cached and no build used for `image.build_cache_keep`.
 
 use std::time::Duration;
 
@@ -8,7 +9,11 @@ use crate::service::Cell;
 pub struct ExpiryWorker {
     pub cell: Cell,
     pub interval: Duration,
+    /// When the build cache was last pruned.
+    pub pruned_at: Option<std::time::Instant>,
 }
+
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Worker for ExpiryWorker {
     fn name(&self) -> &'static str {
@@ -23,10 +28,20 @@ impl Worker for ExpiryWorker {
                 .cell
                 .purge_expired(self.cell.now())
                 .map_err(|e| e.to_string())?;
-            Ok(Outcome {
-                note: format!("purged {n} expired credentials"),
-                more: false,
-            })
+            let mut note = format!("purged {n} expired credentials");
+            if self.pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                self.pruned_at = Some(std::time::Instant::now());
+                let p = self
+                    .cell
+                    .prune_build_cache()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                note.push_str(&format!(
+                    "; build cache: {} steps and {} trees unused, removed",
+                    p.steps, p.trees
+                ));
+            }
+            Ok(Outcome { note, more: false })
         })
     }
 }

@@ -223,6 +223,21 @@ async fn a_dockerfile_is_built_in_sandboxes_cached_by_step_and_its_failures_say_
         "hello from amd64\nyes /opt/app\ndata.txt greeting \ndata\ndone\nunpacked\n1000\nfirst\n",
         "{out:#}\n{log}"
     );
+    // The built image is in the cache under the Dockerfile's name.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_devcell"))
+        .args(["image", "list", "--json", "--data"])
+        .arg(c.data_dir())
+        .output()
+        .await
+        .unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        list.as_array().unwrap().iter().any(|i| i["reference"]
+            .as_str()
+            .unwrap()
+            .starts_with("build/.devcontainer/Dockerfile@sha256:")),
+        "{list:#}"
+    );
     // The output streamed into the workspace's log, step by step.
     assert!(log.contains("hello from amd64"), "{log}");
     assert!(log.contains("RUN rm /etc/motd"), "{log}");

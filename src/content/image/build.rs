@@ -355,6 +355,7 @@ impl ImageStore {
         let name = format!("{}-{uid}", base.hex.as_deref().unwrap_or("scratch"));
         let dir = self.build_dir().join("bases").join(&name);
         if dir.is_dir() {
+            touch(&dir);
             return Ok(dir);
         }
         let tmp = Cleanup::dir(self.build_dir().join("bases").join(temp_name(&name)));
@@ -409,6 +410,87 @@ impl ImageStore {
             layers,
             diff_ids: config.rootfs().diff_ids().clone(),
         })
+    }
+}
+
+/// Sets the modification time of `path` to now: when a cached entry was last used.
+pub(super) fn touch(path: &Path) {
+    if let Ok(f) = File::open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+/// What pruning the build cache removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Cached steps (with their directories).
+    pub steps: usize,
+    /// Base trees, features and leftovers of builds cut off.
+    pub trees: usize,
+}
+
+impl ImageStore {
+    /// Removes what builds keep and no build used for `keep`: cached steps and their
+    /// directories, base trees, fetched features, logs of failed builds, and leftovers of
+    /// builds cut off (after a day). The layers of built images stay in the blob store with
+    /// their images.
+    pub fn prune_build_cache(&self, keep: Duration) -> Result<Pruned, ImageError> {
+        let now = SystemTime::now();
+        let old = |path: &Path, keep: Duration| {
+            fs::symlink_metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > keep))
+        };
+        let entries = |dir: &Path| -> Vec<PathBuf> {
+            fs::read_dir(dir)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        };
+        let mut pruned = Pruned::default();
+        let build = self.build_dir();
+        for record in entries(&build.join("steps")) {
+            let Some(key) = record
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|k| is_sha256_hex(k))
+            else {
+                continue;
+            };
+            if old(&record, keep) {
+                // The record first: a step without a record is never used.
+                let _ = fs::remove_file(&record);
+                remove_any(&build.join("diffs").join(key))
+                    .map_err(io_err(format!("removing the cached step {key}")))?;
+                pruned.steps += 1;
+            }
+        }
+        // Directories of steps whose record is gone (a crash between the two).
+        for diff in entries(&build.join("diffs")) {
+            let has_record = diff
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|k| build.join("steps").join(format!("{k}.json")).is_file());
+            if !has_record && old(&diff, Duration::from_secs(3600)) {
+                remove_any(&diff).map_err(io_err(format!("removing {}", diff.display())))?;
+                pruned.trees += 1;
+            }
+        }
+        let day = Duration::from_secs(24 * 3600);
+        for (dir, keep) in [
+            (build.join("bases"), keep),
+            (self.features_dir(), keep),
+            (build.join("failed"), keep),
+            (build.join("tmp"), day),
+        ] {
+            for entry in entries(&dir) {
+                if old(&entry, keep) {
+                    remove_any(&entry).map_err(io_err(format!("removing {}", entry.display())))?;
+                    pruned.trees += 1;
+                }
+            }
+        }
+        Ok(pruned)
     }
 }
 
@@ -1230,6 +1312,8 @@ impl Builder<'_, '_> {
             });
         // A later step that misses needs this one's diff on disk.
         if let Some(record) = cached.filter(|r| r.layer.is_none() || diff_dir.is_dir()) {
+            // Its time says when it was last used: the cache's pruning goes by it.
+            touch(&record_path);
             let s = &mut self.stages[stage_i];
             s.key = key.clone();
             if let Some(layer) = record.layer {
@@ -1718,6 +1802,44 @@ mod tests {
         assert_ne!(
             h1,
             hash_sources(ctx.path(), &[".".into()], &ignore).unwrap()
+        );
+    }
+
+    #[test]
+    fn pruning_removes_only_what_no_build_used_for_the_time_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(root.path().to_owned());
+        let build = store.build_dir();
+        let month_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+        let make = |key: &str, when: SystemTime| {
+            fs::create_dir_all(build.join("diffs").join(key).join("usr")).unwrap();
+            fs::create_dir_all(build.join("steps")).unwrap();
+            let record = build.join("steps").join(format!("{key}.json"));
+            fs::write(&record, "{}").unwrap();
+            File::open(&record).unwrap().set_modified(when).unwrap();
+        };
+        let (stale, fresh) = ("a".repeat(64), "b".repeat(64));
+        make(&stale, month_ago);
+        make(&fresh, SystemTime::now());
+        fs::create_dir_all(build.join("bases/old-base")).unwrap();
+        File::open(build.join("bases/old-base"))
+            .unwrap()
+            .set_modified(month_ago)
+            .unwrap();
+        fs::create_dir_all(build.join("bases/used-base")).unwrap();
+        let p = store
+            .prune_build_cache(Duration::from_secs(14 * 24 * 3600))
+            .unwrap();
+        assert_eq!(p, Pruned { steps: 1, trees: 1 });
+        assert!(!build.join("diffs").join(&stale).exists());
+        assert!(!build.join("steps").join(format!("{stale}.json")).exists());
+        assert!(build.join("diffs").join(&fresh).is_dir());
+        assert!(build.join("bases/used-base").is_dir() && !build.join("bases/old-base").exists());
+        // A step used now is kept by the next pruning too.
+        touch(&build.join("steps").join(format!("{fresh}.json")));
+        assert_eq!(
+            store.prune_build_cache(Duration::from_secs(3600)).unwrap(),
+            Pruned::default()
         );
     }
 }

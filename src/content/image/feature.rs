@@ -79,7 +79,7 @@ fn base_id(id: &str) -> String {
 }
 
 impl ImageStore {
-    fn features_dir(&self) -> PathBuf {
+    pub(super) fn features_dir(&self) -> PathBuf {
         self.root.join("features")
     }
 
@@ -171,6 +171,7 @@ impl ImageStore {
         let hex = digest.trim_start_matches("sha256:").to_owned();
         let dir = self.features_dir().join(&hex);
         if dir.is_dir() {
+            super::build::touch(&dir);
             return Ok((digest, dir));
         }
         let layer = match manifest.layers().as_slice() {
