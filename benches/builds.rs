@@ -308,6 +308,16 @@ async fn run() {
         "first build of {} RUN steps, median of {RUNS}:",
         RUN_STEPS.len()
     );
+    // Where the time of the last one went, step by step.
+    let last = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = last.lines().rev().take(12).collect();
+    for line in tail
+        .iter()
+        .rev()
+        .filter(|l| l.contains("DONE") || l.contains("CACHED"))
+    {
+        println!("  (last build) {line}");
+    }
     println!("  the commands in a bare bwrap sandbox: {}", ms(d));
     println!(
         "  devcell build (uncached):             {}  ratio of medians {:.2}, median of paired ratios {:.2} (target <= 1.30)",
@@ -400,12 +410,18 @@ async fn run() {
     };
     let built_url = format!("file://{}", built_repo.display());
     // The first start builds; its image is then named by digest for the baseline.
+    let before: Vec<String> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.digest)
+        .collect();
     start(built_url.clone()).await;
     let digest = store
         .list()
         .unwrap()
         .into_iter()
-        .find(|i| i.reference.starts_with("build/"))
+        .find(|i| i.reference.starts_with("build/") && !before.contains(&i.digest))
         .unwrap()
         .digest;
     let prebuilt_repo = repo(

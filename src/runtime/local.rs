@@ -641,6 +641,42 @@ impl LocalRuntime {
                 a.extend(argv.iter().cloned());
             }
         }
+        // Bubblewrap setting up loopback in a fresh network namespace occasionally fails with
+        // ECHILD while many namespaces are made at once (see `Launch::supervise`); it fails
+        // before running anything, so the step is tried again.
+        for attempt in 1..=3 {
+            let started = std::time::Instant::now();
+            let code = self
+                .launch_build_step(spec, step, uid, &r, &a, &cg, &filter)
+                .await?;
+            let transient = code != 0
+                && started.elapsed() < std::time::Duration::from_secs(3)
+                && std::fs::read_to_string(&step.log)
+                    .ok()
+                    .and_then(|l| l.lines().last().map(str::to_owned))
+                    .is_some_and(|l| l.contains("bwrap: loopback"));
+            if !transient || attempt == 3 {
+                drop(cg);
+                let _ = std::fs::remove_file(&filter);
+                return Ok(code);
+            }
+            tracing::warn!(workspace = %spec.id, attempt, "build step sandbox setup failed; trying again");
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// One launch of a build step's sandbox (see [`Self::run_build_step`]); its exit code.
+    #[allow(clippy::too_many_arguments)]
+    async fn launch_build_step(
+        &self,
+        spec: &SandboxSpec,
+        step: &crate::content::image::build::StepRun,
+        uid: u32,
+        r: &Rebase,
+        a: &[String],
+        cg: &Gone,
+        filter: &Path,
+    ) -> Result<i32, RuntimeError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -651,11 +687,11 @@ impl LocalRuntime {
         }
         cmd.args(["--uid", &uid.to_string(), "--gid", &uid.to_string()])
             .arg("--rebase")
-            .arg(rebase_arg(&r)?)
+            .arg(rebase_arg(r)?)
             .arg("--")
             .arg(&self.bwrap)
-            .args(&a)
-            .stdin(std::fs::File::open(&filter)?)
+            .args(a)
+            .stdin(std::fs::File::open(filter)?)
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
@@ -680,8 +716,6 @@ impl LocalRuntime {
                     BUILD_STEP_WITHIN.as_secs() / 60
                 ))
             })??;
-        drop(cg);
-        let _ = std::fs::remove_file(&filter);
         use std::os::unix::process::ExitStatusExt;
         Ok(status
             .code()

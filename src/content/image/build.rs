@@ -344,7 +344,14 @@ impl ImageStore {
         let parsed: ImageManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| unsupported(format!("the built manifest is invalid: {e}")))?;
         let reference = format!("build/{}@sha256:{hex}", req.dockerfile_name);
-        let image = self.materialize(&hex, &parsed, &reference)?;
+        // The base's tree is in the cache already: only this build's layers are unpacked.
+        let base_tree = stage.base.hex.as_ref().map(|h| self.rootfs_dir().join(h));
+        let image = self.materialize_on(
+            &hex,
+            &parsed,
+            &reference,
+            base_tree.as_deref().map(|t| (t, stage.base.layers.len())),
+        )?;
         self.grant(&hex, req.who, false)?;
         Ok(image)
     }

@@ -719,6 +719,20 @@ impl ImageStore {
         manifest: &ImageManifest,
         reference: &str,
     ) -> Result<PulledImage, ImageError> {
+        self.materialize_on(hex, manifest, reference, None)
+    }
+
+    /// [`Self::materialize`], starting from `on`: an unpacked image whose tree holds the
+    /// first `n` layers of `manifest` (a build's base). Its files are hard-linked, not
+    /// copied (image trees are never written in place: the unpacker replaces a file, it does
+    /// not open it for writing), and only the layers after them are unpacked.
+    fn materialize_on(
+        &self,
+        hex: &str,
+        manifest: &ImageManifest,
+        reference: &str,
+        on: Option<(&Path, usize)>,
+    ) -> Result<PulledImage, ImageError> {
         let blobs = self.blobs_dir();
         let config_hex = descriptor_hex(manifest.config())?;
         let config_bytes = read_blob(&blobs, &config_hex, MAX_DOCUMENT)?;
@@ -753,8 +767,16 @@ impl ImageStore {
                 .create(tmp.path())
                 .map_err(io_err(format!("creating {}", tmp.path().display())))?;
             set_mode(tmp.path(), 0o755)?;
+            let skip = match on {
+                Some((base, n)) if base.is_dir() && n <= manifest.layers().len() => {
+                    link_tree(base, tmp.path())
+                        .map_err(io_err(format!("linking {} into the image", base.display())))?;
+                    n
+                }
+                _ => 0,
+            };
             let mut unpacker = Unpacker::new(tmp.path(), self.limits);
-            for layer in manifest.layers() {
+            for layer in &manifest.layers()[skip..] {
                 let layer_hex = descriptor_hex(layer)?;
                 unpacker.apply_layer(&blobs.join(&layer_hex), layer.media_type().as_ref())?;
             }
@@ -777,6 +799,28 @@ impl ImageStore {
         };
         Ok(to_pulled(&record, reference.to_owned(), final_dir))
     }
+}
+
+/// Recreates the tree `src` under `dst` (which exists): directories made, regular files
+/// hard-linked, links copied; nothing followed.
+fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    let mut stack = vec![(src.to_owned(), dst.to_owned())];
+    while let Some((from, to)) = stack.pop() {
+        for entry in fs::read_dir(&from)? {
+            let entry = entry?;
+            let (path, target) = (entry.path(), to.join(entry.file_name()));
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                fs::DirBuilder::new().mode(0o755).create(&target)?;
+                stack.push((path, target));
+            } else if kind.is_symlink() {
+                std::os::unix::fs::symlink(fs::read_link(&path)?, &target)?;
+            } else if kind.is_file() {
+                fs::hard_link(&path, &target)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn record_from(hex: &str, config: &ImageConfiguration, size_bytes: u64) -> ImageRecord {
