@@ -310,11 +310,10 @@ async fn run() {
     );
     // Where the time of the last one went, step by step.
     let last = std::fs::read_to_string(&log).unwrap_or_default();
-    let tail: Vec<&str> = last.lines().rev().take(12).collect();
-    for line in tail
-        .iter()
-        .rev()
-        .filter(|l| l.contains("DONE") || l.contains("CACHED"))
+    let from = last.rfind("#1 ").unwrap_or(0);
+    for line in last[from..]
+        .lines()
+        .filter(|l| l.contains("DONE") || l.contains(" ran ") || l.contains("assembled"))
     {
         println!("  (last build) {line}");
     }

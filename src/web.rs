@@ -497,9 +497,17 @@ async fn workspace_page(
         crate::domain::Phase::Running | crate::domain::Phase::Initializing
     );
     // Tasks and ports belong to the session that runs now: a stopped workspace's last logs
-    // and a task not yet started this session are not shown as if they were current.
+    // and a task not yet started this session are not shown as if they were current. An
+    // image build is shown while the workspace is created and after it failed the start.
     let tasks = if live {
         st.cell.tasks(&actor, &id).await.unwrap_or_default()
+    } else if matches!(
+        phase,
+        crate::domain::Phase::Creating | crate::domain::Phase::Failed
+    ) {
+        let mut all = st.cell.tasks(&actor, &id).await.unwrap_or_default();
+        all.retain(|t| t.name == "image build");
+        all
     } else {
         Vec::new()
     };

@@ -982,8 +982,10 @@ impl Cell {
         let base = self.sandbox_spec(ws, outbound)?;
         runtime.prepare(&base).map_err(|e| e.to_string())?;
         let state = self.sandbox_state(&ws.id);
-        // The spec of an earlier start says nothing about this one.
+        // The spec and image build of an earlier start say nothing about this one.
         let _ = std::fs::remove_file(state.join(SPEC));
+        let _ = std::fs::remove_file(state.join(BUILD_LOG));
+        let _ = std::fs::remove_file(self.failed_build_log(&ws.id));
         let sandbox = |root: Option<PathBuf>| SandboxSpec {
             root,
             ..base.clone()

@@ -315,8 +315,18 @@ async fn a_dockerfile_is_built_in_sandboxes_cached_by_step_and_its_failures_say_
     ] {
         assert!(message.contains(want), "{want:?} missing from {message}");
     }
+    assert!(
+        !message.contains("[1/3]"),
+        "only the failing step's output is quoted: {message}"
+    );
     let log4 = build_log(&c, &id4).await;
     assert!(log4.contains("something-broke"), "{log4}");
+    // The workspace's page shows the build's log where it says the start failed.
+    let page = c.owner_page(&format!("/workspaces/{id4}")).await;
+    assert!(
+        page.contains("image build") && page.contains("#2 [2/3] RUN echo fine"),
+        "{page}"
+    );
     c.stop().await;
 }
 

@@ -314,7 +314,11 @@ fn WorkspaceDetail(v: WorkspaceView) -> impl IntoView {
     let delete = format!("/workspaces/{id}/delete");
     let mode = workspace_mode(&v.phase);
     let running = mode == "running";
-    let tasks_live = running || v.phase == "initializing";
+    // An image build is shown while it runs (the workspace is still being created) and
+    // after it failed the start, so its output can be read where the failure is.
+    let building = v.tasks.iter().any(|(_, name, _, _)| name == "image build")
+        && matches!(v.phase.as_str(), "creating" | "failed");
+    let tasks_live = running || v.phase == "initializing" || building;
     let no_ports = v.ports.is_empty();
     let no_backups = v.backups.is_empty();
     let task_sig = v

@@ -268,7 +268,12 @@ impl ImageStore {
             .last()
             .cloned()
             .ok_or_else(|| unsupported("the Dockerfile has no stage"))?;
+        let t = std::time::Instant::now();
         let image = self.assemble(&stage, req)?;
+        log.line(&format!(
+            "   assembled in {:.2}s",
+            t.elapsed().as_secs_f64()
+        ));
         log.line(&format!("image {} ready", image.digest));
         Ok(image)
     }
@@ -1299,7 +1304,7 @@ impl Builder<'_, '_> {
         from: Option<Vec<PathBuf>>,
         context: Option<PathBuf>,
         owner: Option<((u32, u32), String)>,
-        _log: &mut Log,
+        log: &mut Log,
     ) -> Result<Option<&'static str>, ImageError> {
         let stage_i = self.stages.len() - 1;
         let steps_dir = self.store.build_dir().join("steps");
@@ -1383,13 +1388,16 @@ impl Builder<'_, '_> {
             },
             log: self.req.log.to_owned(),
         };
+        let log_before = fs::metadata(self.req.log).map(|m| m.len()).unwrap_or(0);
+        let started = std::time::Instant::now();
         let code = self
             .runner
             .run(&run)
             .await
             .map_err(|e| build_err(place, format!("the step could not run: {e}")))?;
+        let ran = started.elapsed();
         if code != 0 {
-            let tail = tail_lines(self.req.log, FAILED_TAIL_LINES);
+            let tail = tail_lines(self.req.log, log_before, FAILED_TAIL_LINES);
             let what = match &command {
                 StepCommand::Exec(argv) => argv.join(" "),
                 StepCommand::Tool(argv) => argv.first().cloned().unwrap_or_default(),
@@ -1408,6 +1416,15 @@ impl Builder<'_, '_> {
             tokio::task::spawn_blocking(move || diff_to_layer(&upper2, &blobs, owner.as_ref()))
                 .await
                 .map_err(|e| io_err("writing the layer")(io::Error::other(e)))??;
+        log.line(&format!(
+            "   ran {:.2}s, layer {} in {:.2}s",
+            ran.as_secs_f64(),
+            layer
+                .as_ref()
+                .map(|l| human_bytes(l.size))
+                .unwrap_or_else(|| "empty".into()),
+            (started.elapsed() - ran).as_secs_f64()
+        ));
         if layer.is_some() {
             match fs::rename(&upper, &diff_dir) {
                 Ok(()) => {}
@@ -1446,11 +1463,16 @@ fn step_name(what: &str) -> String {
 }
 
 /// The last `n` lines of the build's log.
-fn tail_lines(path: &Path, n: usize) -> String {
+/// The last `n` lines the log got after byte `from` (one step's output).
+fn tail_lines(path: &Path, from: u64, n: usize) -> String {
     let text = fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(16 * 1024);
+    let from = usize::try_from(from).unwrap_or(0).min(text.len());
+    let start = text.len().saturating_sub(16 * 1024).max(from);
     let text = String::from_utf8_lossy(&text[start..]);
     let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return "(it printed nothing)".into();
+    }
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
