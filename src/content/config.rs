@@ -42,6 +42,14 @@ pub struct WorkspaceConfig {
     pub ports: Vec<Port>,
     /// Environment for every process in the workspace, in file order.
     pub env: Vec<(String, String)>,
+    /// Where terminals and tasks start, relative to `/workspace` (Gitpod's
+    /// `workspaceLocation`; a `.code-workspace` file's folder).
+    #[serde(default)]
+    pub workspace_location: Option<String>,
+    /// More repositories to clone beside the first (Gitpod's `additionalRepositories`): URL
+    /// and the folder under `/workspace`.
+    #[serde(default)]
+    pub additional_repos: Vec<(String, Option<String>)>,
     /// A compose-based devcontainer: where the compose files are and which service is the
     /// workspace.
     #[serde(default)]
@@ -229,6 +237,18 @@ struct GitpodFile {
     tasks: Option<Vec<GitpodTask>>,
     #[serde(default)]
     ports: Option<Vec<GitpodPort>>,
+    #[serde(default, rename = "workspaceLocation")]
+    workspace_location: Option<String>,
+    #[serde(default, rename = "additionalRepositories")]
+    additional_repositories: Option<Vec<AdditionalRepository>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdditionalRepository {
+    url: String,
+    #[serde(default)]
+    checkout_location: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -270,7 +290,52 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
         image: None,
         tasks: None,
         ports: None,
+        workspace_location: None,
+        additional_repositories: None,
     });
+    // Folders under /workspace: never above it.
+    let under_workspace = |what: &str, p: &str| -> Result<String, ConfigFileError> {
+        let clean = normalize(Path::new(p.trim_start_matches('/')))
+            .filter(|p| !p.as_os_str().is_empty())
+            .ok_or_else(|| {
+                ConfigFileError::whole_file(
+                    file,
+                    format!("{what} {p:?} is not a folder under /workspace"),
+                )
+            })?;
+        Ok(clean.to_string_lossy().into_owned())
+    };
+    let workspace_location = match &parsed.workspace_location {
+        Some(l) => {
+            let folder = if l.ends_with(".code-workspace") {
+                Path::new(l)
+                    .parent()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            } else {
+                l.clone()
+            };
+            (!folder.is_empty() && folder != ".")
+                .then(|| under_workspace("workspaceLocation", &folder))
+                .transpose()?
+        }
+        None => None,
+    };
+    let mut additional_repos = Vec::new();
+    for r in parsed.additional_repositories.iter().flatten() {
+        let at = r
+            .checkout_location
+            .as_deref()
+            .map(|c| under_workspace("additionalRepositories.checkoutLocation", c))
+            .transpose()?;
+        if at.as_deref().is_some_and(|a| a.contains('/')) {
+            return Err(ConfigFileError::whole_file(
+                file,
+                "additionalRepositories.checkoutLocation must be one folder name",
+            ));
+        }
+        additional_repos.push((r.url.clone(), at));
+    }
     let tasks = parsed
         .tasks
         .unwrap_or_default()
@@ -323,6 +388,8 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
         source: Some(file.to_owned()),
         image: parsed.image.map(|i| i.0),
         build,
+        workspace_location,
+        additional_repos,
         compose: None,
         services: Vec::new(),
         features: Vec::new(),
@@ -835,6 +902,8 @@ pub fn parse_devcontainer(file: &str, text: &str) -> Result<WorkspaceConfig, Con
         source: Some(file.to_owned()),
         image,
         build,
+        workspace_location: None,
+        additional_repos: Vec::new(),
         compose,
         services: Vec::new(),
         features,
@@ -1260,6 +1329,14 @@ const GITPOD_KEYS: &[(&str, Shape)] = &[
     (
         "image",
         Shape::Map(&[("file", Shape::Honoured), ("context", Shape::Honoured)]),
+    ),
+    ("workspaceLocation", Shape::Honoured),
+    (
+        "additionalRepositories",
+        Shape::List(&[
+            ("url", Shape::Honoured),
+            ("checkoutLocation", Shape::Honoured),
+        ]),
     ),
     (
         "tasks",

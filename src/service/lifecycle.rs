@@ -1099,11 +1099,69 @@ impl Cell {
             }
             None => config.env.clone(),
         };
-        let workdir = first_repo
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|n| format!("{}/{}", local::WORKSPACE_MOUNT, n.to_string_lossy()))
-            .unwrap_or_else(|| local::WORKSPACE_MOUNT.into());
+        // Repositories the configuration adds beside the first, cloned as the owner's own
+        // (the same credentials, destinations and `file://` rules).
+        for (url, at) in &config.additional_repos {
+            let source = config.source.as_deref().unwrap_or("the configuration");
+            let spec = crate::domain::RepoSpec::new(url, None)
+                .map_err(|e| format!("{source}: additionalRepositories {url}: {e}"))?;
+            let dest = files.join(at.clone().unwrap_or_else(|| git::dir_name(&spec.url)));
+            if dest.join(".git").exists() {
+                continue;
+            }
+            self.check_file_repo(&ws.org, &ws.owner, &spec.url)
+                .map_err(|e| format!("{source}: additionalRepositories {url}: {e}"))?;
+            let auth = self
+                .git_auth_for(&ws.owner, &spec.url)
+                .map_err(|e| e.to_string())?;
+            git::clone(git::Clone {
+                repo: &spec,
+                dest: &dest,
+                auth: &auth,
+                run_as: runtime.git_as(&base),
+                egress: &egress,
+            })
+            .await
+            .map_err(|e| format!("{source}: additionalRepositories {url}: {e}"))?;
+            cloned_now.push(dest);
+        }
+        // The ports the repository makes public are shared so when the workspace is first
+        // made; the owner's choice rules after that.
+        if !cloned_now.is_empty() {
+            let public: Vec<u16> = config
+                .ports
+                .iter()
+                .filter(|p| p.visibility.as_deref() == Some("public"))
+                .map(|p| p.port)
+                .collect();
+            if !public.is_empty() {
+                self.store()
+                    .write(|tx| -> Result<()> {
+                        if let Some(mut w) = tx.workspace(&ws.id)? {
+                            for port in &public {
+                                if !w.ports.iter().any(|p| p.port == *port) {
+                                    w.ports.push(PortShare {
+                                        port: *port,
+                                        visibility: Visibility::Public,
+                                    });
+                                }
+                            }
+                            w.ports.sort_by_key(|p| p.port);
+                            tx.put_workspace(&w)?;
+                        }
+                        Ok(())
+                    })
+                    .map_err(internal)?;
+            }
+        }
+        let workdir = match (&config.workspace_location, &first_repo) {
+            (Some(loc), _) => format!("{}/{loc}", local::WORKSPACE_MOUNT),
+            (None, Some(p)) => p
+                .file_name()
+                .map(|n| format!("{}/{}", local::WORKSPACE_MOUNT, n.to_string_lossy()))
+                .unwrap_or_else(|| local::WORKSPACE_MOUNT.into()),
+            (None, None) => local::WORKSPACE_MOUNT.into(),
+        };
         let spec = AgentSpec {
             workspace_id: ws.id.to_string(),
             workdir,

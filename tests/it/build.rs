@@ -767,3 +767,62 @@ networks:
     );
     c.stop().await;
 }
+
+/// Gitpod's workspaceLocation, additionalRepositories and a public port: the terminal starts
+/// in the named folder, the other repository is cloned beside the first, and the port is
+/// shared with everyone when the workspace is first made.
+#[tokio::test]
+async fn gitpod_locations_more_repositories_and_public_ports_are_honoured() {
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let extra = bare_repo(
+        repos.path(),
+        "extra",
+        &[("sub/marker", "from the extra repo\n")],
+    );
+    let gitpod = format!(
+        "workspaceLocation: tools/sub\nadditionalRepositories:\n  - url: file://{}\n    checkoutLocation: tools\nports:\n  - port: 3000\n    visibility: public\n  - port: 3001\n",
+        extra.display()
+    );
+    let main = bare_repo(repos.path(), "main", &[(".gitpod.yml", &gitpod)]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", main.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id).await;
+    assert_eq!(w["phase"], "running", "{w:#}");
+    let out = exec(
+        &c,
+        &id,
+        "cat /workspace/tools/sub/marker; ls /workspace | sort | tr '\\n' ' '",
+    )
+    .await;
+    assert_eq!(out["stdout"], "from the extra repo\nmain tools ", "{out:#}");
+    let (_, tasks_view) = c
+        .owner(Method::GET, &format!("/api/v1/workspaces/{id}/ports"), None)
+        .await;
+    let visibility = |port: u16| {
+        tasks_view
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"] == port)
+            .map(|p| p["visibility"].clone())
+    };
+    assert_eq!(visibility(3000), Some(json!("public")), "{tasks_view:#}");
+    assert_eq!(visibility(3001), Some(json!("private")), "{tasks_view:#}");
+    // The terminal's working directory is the named folder.
+    let spec: Value = serde_json::from_slice(
+        &std::fs::read(
+            c.data_dir()
+                .join("workspaces")
+                .join(&id)
+                .join(".cell/spec.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec["workdir"], "/workspace/tools/sub", "{spec:#}");
+    c.stop().await;
+}
