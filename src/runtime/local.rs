@@ -562,10 +562,18 @@ impl LocalRuntime {
                     .into(),
             ));
         }
+        let t = std::time::Instant::now();
+        // A cgroup of its own per step: the last step's may still be going away (below).
+        static STEPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cg = Gone(match &self.hierarchy {
             Hierarchy::Unavailable { .. } => None,
-            h => Some(h.create(&format!("{}_build", spec.id.as_str()), &spec.limits)?),
+            h => Some(h.create(&format!("{}_build{n}", spec.id.as_str()), &spec.limits)?),
         });
+        tracing::debug!(
+            us = t.elapsed().as_micros() as u64,
+            "build step: cgroup made"
+        );
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -646,9 +654,11 @@ impl LocalRuntime {
         // before running anything, so the step is tried again.
         for attempt in 1..=3 {
             let started = std::time::Instant::now();
+            tracing::debug!(us = t.elapsed().as_micros() as u64, "build step: launching");
             let code = self
                 .launch_build_step(spec, step, uid, &r, &a, &cg, &filter)
                 .await?;
+            tracing::debug!(us = t.elapsed().as_micros() as u64, "build step: exited");
             let transient = code != 0
                 && started.elapsed() < std::time::Duration::from_secs(3)
                 && std::fs::read_to_string(&step.log)
@@ -656,7 +666,9 @@ impl LocalRuntime {
                     .and_then(|l| l.lines().last().map(str::to_owned))
                     .is_some_and(|l| l.contains("bwrap: loopback"));
             if !transient || attempt == 3 {
-                drop(cg);
+                // Its processes are gone; removing a v1 cgroup can take tens of milliseconds
+                // more (the kernel answers EBUSY meanwhile), which no step needs to wait for.
+                tokio::task::spawn_blocking(move || drop(cg));
                 let _ = std::fs::remove_file(&filter);
                 return Ok(code);
             }
