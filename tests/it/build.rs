@@ -77,6 +77,18 @@ pub async fn push_busybox_as(pusher: &Pusher, name: &str) {
     .await;
 }
 
+/// A docker-registry serving `devcell/busybox:1`, and a cell allowed to reach it.
+async fn busybox_and_cell() -> (Registry, TestCell) {
+    let registry = Registry::start(false).await;
+    push_busybox(&Pusher::new(&registry, false)).await;
+    let c = TestCell::start_with(
+        |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
+        None,
+    )
+    .await;
+    (registry, c)
+}
+
 /// A plain tar holding `inside.txt`, as text (its bytes are ASCII).
 fn bundle() -> String {
     let mut b = tar::Builder::new(Vec::new());
@@ -163,13 +175,7 @@ async fn build_log(c: &TestCell, id: &str) -> String {
 
 #[tokio::test]
 async fn a_dockerfile_is_built_in_sandboxes_cached_by_step_and_its_failures_say_where() {
-    let registry = Registry::start(false).await;
-    push_busybox(&Pusher::new(&registry, false)).await;
-    let c = TestCell::start_with(
-        |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
-        None,
-    )
-    .await;
+    let (registry, c) = busybox_and_cell().await;
     let repos = tempfile::tempdir().unwrap();
     let tar = bundle();
     let files = |last_run: &str| -> Vec<(String, String)> {
@@ -335,13 +341,7 @@ async fn a_dockerfile_is_built_in_sandboxes_cached_by_step_and_its_failures_say_
 /// a Dockerfile that is a link to a host file. None of it reaches the host's files.
 #[tokio::test]
 async fn a_hostile_build_reaches_nothing_of_the_host() {
-    let registry = Registry::start(false).await;
-    push_busybox(&Pusher::new(&registry, false)).await;
-    let c = TestCell::start_with(
-        |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
-        None,
-    )
-    .await;
+    let (registry, c) = busybox_and_cell().await;
     let repos = tempfile::tempdir().unwrap();
     let from = format!("FROM {}/devcell/busybox:1\n", registry.addr);
     let start = |bare: std::path::PathBuf| {
@@ -657,13 +657,7 @@ async fn features_from_a_registry_and_the_repository_install_in_order() {
 /// workspace; what the cell does not run is said.
 #[tokio::test]
 async fn compose_services_run_beside_the_workspace_on_its_localhost() {
-    let registry = Registry::start(false).await;
-    push_busybox(&Pusher::new(&registry, false)).await;
-    let c = TestCell::start_with(
-        |cfg| cfg.workspace.allow_destinations = vec!["127.0.0.1".into()],
-        None,
-    )
-    .await;
+    let (registry, c) = busybox_and_cell().await;
     let repos = tempfile::tempdir().unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
