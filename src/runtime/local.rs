@@ -654,6 +654,7 @@ impl LocalRuntime {
         // before running anything, so the step is tried again.
         for attempt in 1..=3 {
             let started = std::time::Instant::now();
+            let logged = std::fs::metadata(&step.log).map(|m| m.len()).unwrap_or(0);
             tracing::debug!(us = t.elapsed().as_micros() as u64, "build step: launching");
             let code = self
                 .launch_build_step(spec, step, uid, &r, &a, &cg, &filter)
@@ -673,6 +674,10 @@ impl LocalRuntime {
                 return Ok(code);
             }
             tracing::warn!(workspace = %spec.id, attempt, "build step sandbox setup failed; trying again");
+            // What the failed setup printed is not the step's output.
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&step.log) {
+                let _ = f.set_len(logged);
+            }
         }
         unreachable!("the last attempt returns")
     }
