@@ -1299,9 +1299,9 @@ impl Cell {
         sandbox: &SandboxSpec,
     ) -> std::result::Result<crate::content::image::PulledImage, String> {
         use crate::content::image::build::BuildRequest;
+        // One log per start (cleared in `bring_up`): a compose service's build follows the
+        // workspace image's.
         let log = self.sandbox_state(&ws.id).join(BUILD_LOG);
-        let _ = std::fs::remove_file(&log);
-        let _ = std::fs::remove_file(self.failed_build_log(&ws.id));
         let images = self.images().with_egress(self.egress(self.outbound(ws)));
         let auth_for = |registry: &str| {
             self.registry_auth_for(&ws.owner, registry)

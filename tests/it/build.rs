@@ -439,6 +439,33 @@ async fn a_hostile_build_reaches_nothing_of_the_host() {
     let (_, w) = start(df_link).await;
     assert_eq!(w["phase"], "failed", "{w:#}");
     assert!(!message(&w).contains("root:x:0:0"), "{w:#}");
+
+    // A local feature that is a link out of the repository: its install.sh would run the
+    // host's files in the build.
+    let feature_link = bare_repo(
+        repos.path(),
+        "featlink",
+        &[(
+            ".devcontainer/devcontainer.json",
+            &format!(
+                r#"{{"image": "{}/devcell/busybox:1", "features": {{"./feat": {{}}}}}}"#,
+                registry.addr
+            ),
+        )],
+    );
+    let work = repos.path().join("featlink-src");
+    let outside = repos.path().join("outside-feature");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("devcontainer-feature.json"), r#"{"id": "x"}"#).unwrap();
+    std::fs::write(outside.join("install.sh"), "touch /escaped\n").unwrap();
+    std::os::unix::fs::symlink(&outside, work.join(".devcontainer/feat")).unwrap();
+    crate::runtime::commit_all(&work, &repos.path().join("featlink.git"));
+    let (_, w) = start(feature_link).await;
+    assert_eq!(w["phase"], "failed", "{w:#}");
+    assert!(
+        message(&w).contains("not a directory of the repository"),
+        "{w:#}"
+    );
     c.stop().await;
 }
 
