@@ -20,6 +20,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{bare_repo, median, ms};
 use devcell::config::{self, Overrides};
 use devcell::content::image::build::{BasePuller, BuildRequest, StepRun, StepRunner};
 use devcell::content::image::{ImageRef, ImageStore, PulledImage, Puller, RegistryAuth};
@@ -49,48 +52,6 @@ const TYPICAL_STEPS: &[&str] = &[
 
 fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "b")
-        .env("GIT_AUTHOR_EMAIL", "b@example.com")
-        .env("GIT_COMMITTER_NAME", "b")
-        .env("GIT_COMMITTER_EMAIL", "b@example.com")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
-fn repo(root: &Path, name: &str, files: &[(&str, String)]) -> PathBuf {
-    let src = root.join(format!("{name}-src"));
-    std::fs::create_dir_all(&src).unwrap();
-    git(&src, &["init", "-q", "-b", "main"]);
-    for (path, text) in files {
-        std::fs::write(src.join(path), text).unwrap();
-    }
-    git(&src, &["add", "-A"]);
-    git(&src, &["commit", "-q", "-m", "init"]);
-    let bare = root.join(format!("{name}.git"));
-    git(
-        root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            src.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
-    Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(root)
-        .status()
-        .unwrap();
-    bare
 }
 
 /// An OCI archive holding busybox as `BASE`.
@@ -161,15 +122,6 @@ fn dockerfile(nonce: &str, steps: &[&str]) -> String {
         d.push_str(&format!("RUN {r}\n"));
     }
     d
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 struct Steps<'a> {
@@ -375,12 +327,12 @@ async fn run() {
     let http = reqwest::Client::new();
     let repos = scratch.path().join("repos");
     std::fs::create_dir_all(&repos).unwrap();
-    let built_repo = repo(
+    let built_repo = bare_repo(
         &repos,
         "built",
         &[
-            (".gitpod.yml", "image:\n  file: Dockerfile\n".into()),
-            ("Dockerfile", dockerfile("cached", SHORT_STEPS)),
+            (".gitpod.yml".into(), "image:\n  file: Dockerfile\n".into()),
+            ("Dockerfile".into(), dockerfile("cached", SHORT_STEPS)),
         ],
     );
     let start = |url: String| {
@@ -448,11 +400,11 @@ async fn run() {
         .find(|i| i.reference.starts_with("build/") && !before.contains(&i.digest))
         .unwrap_or_else(|| panic!("no new built image: {:#?}", store.list()))
         .digest;
-    let prebuilt_repo = repo(
+    let prebuilt_repo = bare_repo(
         &repos,
         "prebuilt",
         &[(
-            ".gitpod.yml",
+            ".gitpod.yml".into(),
             format!("image: bench.invalid/built@{digest}\n"),
         )],
     );

@@ -14,67 +14,30 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{bare_repo, git, median, ms};
 use devcell::config::{self, Overrides};
 use devcell::server::{self, Options};
 use serde_json::{Value, json};
 
 const RUNS: usize = 30;
 
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "b")
-        .env("GIT_AUTHOR_EMAIL", "b@example.com")
-        .env("GIT_COMMITTER_NAME", "b")
-        .env("GIT_COMMITTER_EMAIL", "b@example.com")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
 /// A small repository: a few dozen source files and a task.
 fn small_repo(root: &Path) -> std::path::PathBuf {
-    let src = root.join("src-repo");
-    std::fs::create_dir_all(src.join("src")).unwrap();
-    git(&src, &["init", "-q", "-b", "main"]);
-    for i in 0..40 {
-        std::fs::write(
-            src.join("src").join(format!("mod{i}.rs")),
-            format!("pub fn f{i}() -> u32 {{ {i} }}\n").repeat(20),
-        )
-        .unwrap();
-    }
-    std::fs::write(src.join(".gitpod.yml"), "tasks:\n  - command: echo ready\n").unwrap();
-    git(&src, &["add", "-A"]);
-    git(&src, &["commit", "-q", "-m", "init"]);
-    let bare = root.join("app.git");
-    git(
-        root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            src.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
-    Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(root)
-        .status()
-        .unwrap();
-    bare
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    let mut files: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            (
+                format!("src/mod{i}.rs"),
+                format!("pub fn f{i}() -> u32 {{ {i} }}\n").repeat(20),
+            )
+        })
+        .collect();
+    files.push((
+        ".gitpod.yml".into(),
+        "tasks:\n  - command: echo ready\n".into(),
+    ));
+    bare_repo(root, "app", &files)
 }
 
 /// The floor onto a fresh ext4 disk, as a workspace's files get: the disk is made and mounted
