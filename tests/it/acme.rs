@@ -425,15 +425,7 @@ async fn http01_gets_a_certificate_pebble_validated_which_survives_a_restart_wit
         "no warning while all is well"
     );
     // /metrics: seconds left for the name, from the issued certificate (years, with pebble).
-    let metrics = c
-        .http
-        .get(c.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics().await;
     let left = expiry_seconds(&metrics, name);
     assert!(left > 300 * 86_400, "{left}");
 

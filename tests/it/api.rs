@@ -671,15 +671,7 @@ async fn metrics_count_requests_by_route_and_show_loops() {
     c.owner(Method::GET, &format!("/api/v1/workspaces/{ws}"), None)
         .await;
     c.call(Method::GET, "/api/v1/me", None, None).await;
-    let text = c
-        .http
-        .get(c.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.metrics().await;
     assert!(text.contains(r#"devcell_http_requests_total{method="GET",route="/api/v1/workspaces/{id}",status="200"} 1"#), "{text}");
     assert!(
         text.contains(

@@ -587,15 +587,7 @@ async fn stopping_backs_up_released_files_come_back_on_start_and_snapshots_resto
     assert_eq!(snap["trigger"], "manual");
 
     // /metrics counts them.
-    let metrics = c
-        .http
-        .get(c.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics().await;
     assert!(metrics.contains("devcell_backups_total 4"), "{metrics}");
     assert!(
         metrics.contains("devcell_backup_failures_total 0"),
@@ -698,14 +690,20 @@ impl Moto {
     }
 
     /// Creates the bucket with a signed request, as the cell's SDK will see it (boto3 from the
-    /// same virtualenv), and waits until it answers.
+    /// same virtualenv), and waits until it answers: a moto just started has been seen to
+    /// refuse the first connection although its port already accepted one (CI, `e331ba3`+).
     async fn create_bucket(&self, name: &str) {
         let venv =
             std::env::var("DEVCELL_TEST_VENV").unwrap_or_else(|_| "/var/cache/devcell/venv".into());
         let script = format!(
-            "import boto3, time\n\
+            "import boto3, botocore.exceptions, time\n\
              s = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-             s.create_bucket(Bucket='{name}')\n\
+             for attempt in range(100):\n\
+             \x20   try:\n\
+             \x20       s.create_bucket(Bucket='{name}')\n\
+             \x20       break\n\
+             \x20   except botocore.exceptions.EndpointConnectionError:\n\
+             \x20       time.sleep(0.1)\n\
              s.head_bucket(Bucket='{name}')\n\
              print('ok')\n",
             self.port

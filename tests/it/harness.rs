@@ -178,6 +178,18 @@ impl TestCell {
         format!("{}{}", self.url, path)
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Sends a request with an optional bearer token and JSON body; returns status and JSON (or Null).
     pub async fn call(
         &self,
