@@ -228,6 +228,8 @@ async fn run() {
         },
         network: false,
         root: None,
+        user: Default::default(),
+        links: Vec::new(),
     };
     let steps = Steps {
         runtime: runtime.as_ref(),

@@ -267,8 +267,10 @@ async fn exec(Ready(a): Ready, Json(req): Json<ExecRequest>) -> Response {
     };
     let timeout = Duration::from_secs(req.timeout_s.unwrap_or(60).clamp(1, 3600));
     let mut cmd = tokio::process::Command::new(program);
+    let cwd = req.cwd.as_deref().unwrap_or(&a.spec.workdir);
     cmd.args(args)
-        .current_dir(req.cwd.as_deref().unwrap_or(&a.spec.workdir))
+        .current_dir(cwd)
+        .env("PWD", cwd)
         .envs(a.spec.env.iter().cloned())
         .envs(req.env.iter().cloned())
         .stdin(if req.stdin.is_some() {
@@ -395,6 +397,7 @@ async fn run_task(a: Arc<Agent>, index: usize) {
     cmd.arg("-c")
         .arg(&script)
         .current_dir(&a.spec.workdir)
+        .env("PWD", &a.spec.workdir)
         .envs(a.spec.env.iter().cloned())
         .envs(task.env.iter().cloned())
         .stdin(Stdio::null())

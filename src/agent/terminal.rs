@@ -56,6 +56,8 @@ impl Terminal {
         let mut child = pty_process::Command::new(super::shell())
             .arg("-l")
             .current_dir(cwd)
+            // Shells show the folder by this name, link and all (`/workspaces/NAME`).
+            .env("PWD", cwd)
             .envs(env.iter().cloned())
             .env("TERM", "xterm-256color")
             .spawn(pts)

@@ -61,6 +61,143 @@ pub struct WorkspaceConfig {
     /// once when the workspace starts, never silently dropped.
     #[serde(default)]
     pub ignored: Vec<String>,
+    /// The folder under `/workspace` the first repository is checked out into (Gitpod's
+    /// `checkoutLocation`; one folder name), instead of its own name.
+    #[serde(default)]
+    pub checkout_location: Option<String>,
+    /// Who the workspace's processes run as: one of the image's users, by name or `uid[:gid]`
+    /// (devcontainer `remoteUser`, else `containerUser`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Where the repository is expected inside the workspace, as written (devcontainer
+    /// `workspaceMount`'s target; `/workspaces/${localWorkspaceFolderBasename}` when a
+    /// devcontainer.json says nothing).
+    #[serde(default)]
+    pub repository_at: Option<String>,
+    /// Where terminals and tasks start, as written (devcontainer `workspaceFolder`).
+    #[serde(default)]
+    pub folder: Option<String>,
+}
+
+/// Where a workspace's first repository is seen and where its terminals start: what
+/// [`WorkspaceConfig::placement`] makes of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// A link the sandbox makes in its own root: (path, target).
+    pub link: Option<(String, String)>,
+    /// Where terminals and tasks start.
+    pub workdir: String,
+    /// What is placed otherwise than the file asks, said with the keys not honoured.
+    pub notes: Vec<String>,
+}
+
+/// Where a devcontainer's repository is when its file says nothing: the specification's.
+const DEFAULT_MOUNT: &str = "/workspaces/${localWorkspaceFolderBasename}";
+/// The folder every workspace's repositories are in, inside its sandbox.
+const WORKSPACE_ROOT: &str = "/workspace";
+/// Top-level names a sandbox's root keeps for itself.
+const SANDBOX_NAMES: &[&str] = &["proc", "dev", "sys", "tmp", "run", "home", ".devcell"];
+
+impl WorkspaceConfig {
+    /// Where the first repository (the folder `repo` under `/workspace`; `None` without one)
+    /// is seen and where terminals start. `taken(name)` says whether the sandbox's root
+    /// already has the top-level `name` (an image's folder), where no link can be made.
+    pub fn placement(&self, repo: Option<&str>, taken: impl Fn(&str) -> bool) -> Placement {
+        let mut notes = Vec::new();
+        let Some(repo) = repo else {
+            let workdir = match &self.workspace_location {
+                Some(loc) => format!("{WORKSPACE_ROOT}/{loc}"),
+                None => WORKSPACE_ROOT.into(),
+            };
+            return Placement {
+                link: None,
+                workdir,
+                notes,
+            };
+        };
+        let repo_dir = format!("{WORKSPACE_ROOT}/{repo}");
+        let expand = |s: &str| -> Option<String> {
+            let s = s
+                .replace("${localWorkspaceFolderBasename}", repo)
+                .replace("${containerWorkspaceFolderBasename}", repo);
+            let clean = normalize(Path::new(s.strip_prefix('/')?))?;
+            Some(format!("/{}", clean.to_string_lossy()))
+        };
+        let under = |path: &str, dir: &str| -> Option<String> {
+            if path == dir {
+                Some(String::new())
+            } else if dir == "/" {
+                Some(path.to_owned())
+            } else {
+                path.strip_prefix(dir)
+                    .filter(|rest| rest.starts_with('/'))
+                    .map(str::to_owned)
+            }
+        };
+        // Where the file expects the repository, and where it is.
+        let requested = self.repository_at.as_deref().and_then(expand);
+        let mut link = None;
+        let at = match &requested {
+            None => repo_dir.clone(),
+            Some(want) if *want == repo_dir => repo_dir.clone(),
+            Some(want) => {
+                let first = want.trim_start_matches('/').split('/').next().unwrap_or("");
+                let free = !first.is_empty()
+                    && first != WORKSPACE_ROOT.trim_start_matches('/')
+                    && !SANDBOX_NAMES.contains(&first)
+                    && !taken(first);
+                if free {
+                    link = Some((want.clone(), repo_dir.clone()));
+                    want.clone()
+                } else {
+                    let why = if under(want, WORKSPACE_ROOT).is_some() {
+                        "holds the workspace's repositories"
+                    } else {
+                        "is a folder of the image or the sandbox"
+                    };
+                    let asked = self.repository_at.as_deref() != Some(DEFAULT_MOUNT);
+                    notes.extend(asked.then(|| {
+                        format!("the repository is at {repo_dir}, not {want}: {want} {why}")
+                    }));
+                    repo_dir.clone()
+                }
+            }
+        };
+        let workdir = if let Some(loc) = &self.workspace_location {
+            format!("{WORKSPACE_ROOT}/{loc}")
+        } else {
+            match self.folder.as_deref() {
+                None => at.clone(),
+                Some(raw) => match expand(raw) {
+                    Some(f) => match (
+                        requested.as_deref().and_then(|r| under(&f, r)),
+                        under(&f, &at),
+                        under(&f, WORKSPACE_ROOT),
+                    ) {
+                        (Some(rest), _, _) => format!("{at}{rest}"),
+                        (None, Some(_), _) | (None, None, Some(_)) => f,
+                        (None, None, None) => {
+                            notes.push(format!(
+                                "workspaceFolder {f}: terminals start in {at}, where the repository is"
+                            ));
+                            at.clone()
+                        }
+                    },
+                    None => {
+                        notes.push(format!(
+                            "workspaceFolder {raw:?} is not an absolute path: terminals start in {at}"
+                        ));
+                        at.clone()
+                    }
+                },
+            }
+        };
+        Placement {
+            link,
+            workdir,
+            notes,
+        }
+    }
 }
 
 /// `dockerComposeFile`, `service` and `runServices` of a devcontainer.json.
@@ -85,6 +222,10 @@ pub struct ComposeService {
     pub volumes: Vec<(String, String)>,
     pub depends_on: Vec<String>,
     pub working_dir: Option<String>,
+    /// Where a bind of the repository's own folder (`..:/workspaces/app`) puts it: honoured
+    /// for the workspace's service, whose repository it is.
+    #[serde(default)]
+    pub repository_at: Option<String>,
 }
 
 /// A Dockerfile build: paths relative to the repository, never leaving it.
@@ -241,6 +382,8 @@ struct GitpodFile {
     workspace_location: Option<String>,
     #[serde(default, rename = "additionalRepositories")]
     additional_repositories: Option<Vec<AdditionalRepository>>,
+    #[serde(default, rename = "checkoutLocation")]
+    checkout_location: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +435,7 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
         ports: None,
         workspace_location: None,
         additional_repositories: None,
+        checkout_location: None,
     });
     // Folders under /workspace: never above it.
     let under_workspace = |what: &str, p: &str| -> Result<String, ConfigFileError> {
@@ -321,6 +465,20 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
         }
         None => None,
     };
+    let checkout_location = parsed
+        .checkout_location
+        .as_deref()
+        .map(|c| under_workspace("checkoutLocation", c))
+        .transpose()?;
+    if checkout_location
+        .as_deref()
+        .is_some_and(|c| c.contains('/'))
+    {
+        return Err(ConfigFileError::whole_file(
+            file,
+            "checkoutLocation must be one folder name",
+        ));
+    }
     let mut additional_repos = Vec::new();
     for r in parsed.additional_repositories.iter().flatten() {
         let at = r
@@ -398,6 +556,10 @@ pub fn parse_gitpod(file: &str, text: &str) -> Result<WorkspaceConfig, ConfigFil
         ports,
         env: Vec::new(),
         ignored,
+        checkout_location,
+        user: None,
+        repository_at: None,
+        folder: None,
     })
 }
 
@@ -623,6 +785,14 @@ struct DevcontainerFile {
     container_env: Option<Env>,
     #[serde(default)]
     remote_env: Option<Env>,
+    #[serde(default)]
+    remote_user: Option<String>,
+    #[serde(default)]
+    container_user: Option<String>,
+    #[serde(default)]
+    workspace_folder: Option<String>,
+    #[serde(default)]
+    workspace_mount: Option<String>,
 }
 
 /// A `portsAttributes` entry: what the dashboard calls the port and what opening it does.
@@ -898,7 +1068,37 @@ pub fn parse_devcontainer(file: &str, text: &str) -> Result<WorkspaceConfig, Con
             })
         }
     };
+    // `workspaceMount` in Docker's `--mount` form: the repository's own folder is placed at
+    // its target; any other source is not.
+    let mut ignored = ignored;
+    let mut repository_at = Some(DEFAULT_MOUNT.to_owned());
+    if let Some(mount) = &parsed.workspace_mount {
+        let fields: Vec<(&str, &str)> = mount
+            .split(',')
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
+        let get = |keys: &[&str]| {
+            fields
+                .iter()
+                .find(|(k, _)| keys.contains(k))
+                .map(|(_, v)| *v)
+        };
+        match (
+            get(&["source", "src"]),
+            get(&["target", "dst", "destination"]),
+        ) {
+            (Some("${localWorkspaceFolder}"), Some(target)) => {
+                repository_at = Some(target.to_owned())
+            }
+            _ => ignored.push("workspaceMount".into()),
+        }
+    }
     Ok(WorkspaceConfig {
+        checkout_location: None,
+        user: parsed.remote_user.or(parsed.container_user),
+        repository_at,
+        folder: parsed.workspace_folder,
         source: Some(file.to_owned()),
         image,
         build,
@@ -1049,6 +1249,9 @@ fn apply_compose(
                     }
                     existing.volumes.extend(parsed.volumes);
                     existing.depends_on.extend(parsed.depends_on);
+                    if parsed.repository_at.is_some() {
+                        existing.repository_at = parsed.repository_at;
+                    }
                 }
                 None => {
                     services.insert(name.clone(), parsed);
@@ -1085,6 +1288,9 @@ fn apply_compose(
             )));
         }
     }
+    if let Some(at) = &main.repository_at {
+        config.repository_at = Some(at.clone());
+    }
     let mut env = main.environment.clone();
     env.extend(std::mem::take(&mut config.env));
     config.env = env;
@@ -1108,6 +1314,11 @@ fn apply_compose(
                 "runServices names {name:?}, which no compose file defines"
             ))
         })?;
+        if let Some(at) = &svc.repository_at {
+            config.ignored.push(format!(
+                "services.{name}.volumes: the repository at {at} (only the workspace's own service has it)"
+            ));
+        }
         pending.push(svc);
     }
     let mut started: Vec<ComposeService> = Vec::new();
@@ -1219,6 +1430,7 @@ fn compose_service(
         _ => Vec::new(),
     };
     let mut volumes = Vec::new();
+    let mut repository_at = None;
     for vol in v
         .get("volumes")
         .and_then(|x| x.as_array())
@@ -1244,8 +1456,12 @@ fn compose_service(
             && source
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        let whole_repository = source.starts_with('.')
+            && normalize(&dir.join(&source)).is_some_and(|p| p.as_os_str().is_empty());
         if named && target.starts_with('/') {
             volumes.push((source, target));
+        } else if whole_repository && target.starts_with('/') && repository_at.is_none() {
+            repository_at = Some(target);
         } else {
             // Binding the workspace's files or the host's into a service would follow links
             // the workspace controls: only named volumes are honoured.
@@ -1269,6 +1485,7 @@ fn compose_service(
         volumes,
         depends_on,
         working_dir: v.get("working_dir").map(text),
+        repository_at,
     })
 }
 
@@ -1338,6 +1555,7 @@ const GITPOD_KEYS: &[(&str, Shape)] = &[
             ("checkoutLocation", Shape::Honoured),
         ]),
     ),
+    ("checkoutLocation", Shape::Honoured),
     (
         "tasks",
         Shape::List(&[
@@ -1394,6 +1612,10 @@ const DEVCONTAINER_KEYS: &[(&str, Shape)] = &[
     ("forwardPorts", Shape::Honoured),
     ("containerEnv", Shape::Honoured),
     ("remoteEnv", Shape::Honoured),
+    ("remoteUser", Shape::Honoured),
+    ("containerUser", Shape::Honoured),
+    ("workspaceFolder", Shape::Honoured),
+    ("workspaceMount", Shape::Honoured),
 ];
 
 /// The keys of `value` that `known` does not honour, as dotted paths (list indexes left
@@ -1912,6 +2134,87 @@ vscode:
     }
 
     #[test]
+    fn the_repository_is_placed_where_its_file_expects_it_when_the_root_has_room() {
+        let dc = |text: &str| parse_devcontainer(".devcontainer/devcontainer.json", text).unwrap();
+        let none = |_: &str| false;
+        // Nothing said: the specification's /workspaces/NAME, linked; terminals start there.
+        let c = dc(r#"{"image": "y"}"#);
+        let p = c.placement(Some("app"), none);
+        assert_eq!(
+            p.link,
+            Some(("/workspaces/app".into(), "/workspace/app".into()))
+        );
+        assert_eq!((p.workdir.as_str(), p.notes.len()), ("/workspaces/app", 0));
+        // An image with its own /workspaces: the repository stays where it is, quietly.
+        let p = c.placement(Some("app"), |n| n == "workspaces");
+        assert_eq!((p.link, p.workdir.as_str()), (None, "/workspace/app"));
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        // workspaceMount and a folder inside it.
+        let c = dc(
+            r#"{"image": "y", "workspaceMount": "source=${localWorkspaceFolder},target=/src/${localWorkspaceFolderBasename},type=bind",
+                "workspaceFolder": "/src/${localWorkspaceFolderBasename}/web", "remoteUser": "vscode"}"#,
+        );
+        assert_eq!(c.user.as_deref(), Some("vscode"));
+        let p = c.placement(Some("app"), none);
+        assert_eq!(p.link, Some(("/src/app".into(), "/workspace/app".into())));
+        assert_eq!(p.workdir, "/src/app/web");
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        // A mount over /workspace is where the repository already is: its folders follow.
+        let c = dc(
+            r#"{"image": "y", "workspaceMount": "source=${localWorkspaceFolder},target=/workspace,type=bind", "workspaceFolder": "/workspace/web"}"#,
+        );
+        let p = c.placement(Some("app"), none);
+        assert_eq!((p.link, p.workdir.as_str()), (None, "/workspace/app/web"));
+        assert_eq!(
+            p.notes,
+            vec![
+                "the repository is at /workspace/app, not /workspace: /workspace holds the workspace's repositories"
+            ]
+        );
+        // Into the image's own folders, never: said, and terminals start at the repository.
+        let c = dc(
+            r#"{"image": "y", "workspaceMount": "src=${localWorkspaceFolder},dst=/usr/src/app", "workspaceFolder": "/usr/src/app"}"#,
+        );
+        let p = c.placement(Some("app"), |n| n == "usr");
+        assert_eq!((p.link, p.workdir.as_str()), (None, "/workspace/app"));
+        assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
+        for hostile in ["/proc/self", "/../etc", "/.devcell/x", "/home/x"] {
+            let c = dc(&format!(
+                r#"{{"image": "y", "workspaceMount": "source=${{localWorkspaceFolder}},target={hostile}"}}"#
+            ));
+            let p = c.placement(Some("app"), none);
+            assert_eq!(p.link, None, "{hostile}");
+            assert_eq!(p.workdir, "/workspace/app", "{hostile}");
+        }
+        // A mount of something else than the repository is not honoured, and said.
+        let c =
+            dc(r#"{"image": "y", "workspaceMount": "source=/srv/data,target=/data,type=bind"}"#);
+        assert_eq!(c.ignored, vec!["workspaceMount"]);
+        // A folder elsewhere: said; terminals start at the repository.
+        let c = dc(r#"{"image": "y", "workspaceFolder": "/opt/elsewhere"}"#);
+        let p = c.placement(Some("app"), none);
+        assert_eq!(p.workdir, "/workspaces/app");
+        assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
+        // Gitpod: no link; checkoutLocation is one folder; workspaceLocation wins.
+        let c = parse_gitpod(
+            ".gitpod.yml",
+            "checkoutLocation: backend\nworkspaceLocation: backend/api\n",
+        )
+        .unwrap();
+        assert_eq!(c.checkout_location.as_deref(), Some("backend"));
+        let p = c.placement(Some("backend"), none);
+        assert_eq!(
+            (p.link, p.workdir.as_str()),
+            (None, "/workspace/backend/api")
+        );
+        for bad in ["a/b", "..", "/"] {
+            let e =
+                parse_gitpod(".gitpod.yml", &format!("checkoutLocation: {bad:?}\n")).unwrap_err();
+            assert!(e.to_string().contains("checkoutLocation"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn the_devcontainer_lifecycle_runs_in_order_and_ports_take_their_attributes() {
         let c = parse_devcontainer(
             ".devcontainer.json",
@@ -1943,7 +2246,7 @@ vscode:
         write(
             dir.path(),
             ".devcontainer/compose.yml",
-            "services:\n  app:\n    build:\n      context: ..\n      dockerfile: docker/Dockerfile\n      args: {X: 1}\n    environment: [APP=yes]\n  web:\n    image: nginx\n    depends_on: {db: {condition: service_healthy}}\n    command: nginx -g 'daemon off;'\n  db:\n    image: postgres:16\n    volumes: [\"pg:/var/lib/postgresql/data\", \"/etc:/host-etc\"]\n    restart: always\n",
+            "services:\n  app:\n    build:\n      context: ..\n      dockerfile: docker/Dockerfile\n      args: {X: 1}\n    environment: [APP=yes]\n    volumes: [\"..:/workspaces/app:cached\"]\n  web:\n    image: nginx\n    volumes: [\"../:/srv/www\"]\n    depends_on: {db: {condition: service_healthy}}\n    command: nginx -g 'daemon off;'\n  db:\n    image: postgres:16\n    volumes: [\"pg:/var/lib/postgresql/data\", \"/etc:/host-etc\"]\n    restart: always\n",
         );
         write(
             dir.path(),
@@ -1970,9 +2273,15 @@ vscode:
             c.services[1].command.as_deref().unwrap(),
             ["nginx", "-g", "daemon off;"]
         );
+        // The workspace's service's bind of the repository says where it is expected; the
+        // same bind in another service is not honoured.
+        assert_eq!(c.repository_at.as_deref(), Some("/workspaces/app"));
         assert!(
             c.ignored.iter().any(|i| i.contains("services.db.restart"))
-                && c.ignored.iter().any(|i| i.contains("/etc:/host-etc")),
+                && c.ignored.iter().any(|i| i.contains("/etc:/host-etc"))
+                && c.ignored
+                    .iter()
+                    .any(|i| i.contains("services.web.volumes: the repository at /srv/www")),
             "{:?}",
             c.ignored
         );

@@ -64,6 +64,9 @@ pub struct Workspace {
     pub last_activity: OffsetDateTime,
     /// Host uid (and gid) the sandbox runs as, fixed at creation so files keep their owner.
     pub sandbox_uid: Option<u32>,
+    /// The folder under `/workspace` its first repository was checked out into when the
+    /// repository's configuration named one (Gitpod's `checkoutLocation`); else its own name.
+    pub checkout: Option<String>,
     /// Git state of each repository, recorded when the workspace last stopped.
     pub git: Vec<GitState>,
     /// Ports shared beyond the owner; every other port is private.

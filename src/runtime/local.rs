@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::cgroup::{Cgroup, Hierarchy};
 use super::disk::{Disks, Files};
 use super::rebase::{self, Rebase};
-use super::{Runtime, RuntimeError, SandboxSpec};
+use super::{Runtime, RuntimeError, SandboxSpec, SandboxUser};
 use crate::domain::WorkspaceId;
 use futures::future::BoxFuture;
 
@@ -40,29 +40,45 @@ const NAMESPACES: &[&str] = &[
 /// How long reading the git state of a workspace's repositories may take.
 const GIT_STATE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// What a sandbox on the host's root sees of it.
+const HOST_DIRS: &[&str] = &[
+    "usr", "etc", "opt", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+];
+
 /// The default image: the host's system directories, read-only. Nothing else of the host
 /// (homes, /root, /var, /srv, the cell's data directory) is visible.
 fn host_root(push: &mut impl FnMut(&[&str])) {
-    for dir in [
-        "usr", "etc", "opt", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
-    ] {
+    for dir in HOST_DIRS {
         bind_entry(Path::new("/"), Path::new("/"), dir, push);
     }
 }
 
+/// Whether a sandbox on `root` (an image's root filesystem, or `None` for the host's) has the
+/// top-level `name` from it, or keeps it for itself.
+pub fn root_has(root: Option<&Path>, name: &str) -> bool {
+    SANDBOX_OWN.contains(&name)
+        || match root {
+            Some(r) => std::fs::symlink_metadata(r.join(name)).is_ok(),
+            None => HOST_DIRS.contains(&name) && Path::new("/").join(name).exists(),
+        }
+}
+
+/// Top-level names of a sandbox's root that are its own, never an image's.
+pub(crate) const SANDBOX_OWN: &[&str] = &[
+    "proc",
+    "dev",
+    "sys",
+    "tmp",
+    "run",
+    "workspace",
+    "home",
+    ".devcell",
+];
+
 /// An image's root filesystem, read-only, entry by entry (so that /workspace, /tmp and the
 /// rest can be mounted on the sandbox's own root).
 fn image_root(rootfs: &Path, seen_as: &str, push: &mut impl FnMut(&[&str])) {
-    const OWN: &[&str] = &[
-        "proc",
-        "dev",
-        "sys",
-        "tmp",
-        "run",
-        "workspace",
-        "home",
-        ".devcell",
-    ];
+    const OWN: &[&str] = SANDBOX_OWN;
     let Ok(entries) = std::fs::read_dir(rootfs) else {
         return;
     };
@@ -98,14 +114,11 @@ fn bind_entry(base: &Path, seen_as: &Path, name: &str, push: &mut impl FnMut(&[&
 /// sandbox writes, bound read-only over the root's own.
 const ACCOUNTS_DIR: &str = ".etc";
 
-/// The name, home and ids of the workspace's user inside every sandbox.
-const USER_LINE: &str = "dev:x:1000:1000:dev:/home/dev:";
-const GROUP_LINE: &str = "dev:x:1000:";
-
 /// `/etc/passwd` and `/etc/group` for a sandbox on `root` (the host's `/` or an image): the
-/// root's own accounts, with uid and gid 1000 named `dev` (the host may name 1000 after one of
-/// its own users, which would show in every prompt).
-fn accounts(root: &Path) -> (String, String) {
+/// root's own accounts, with the workspace's user's ids named as it is (by default `dev`, uid
+/// and gid 1000: the host may name 1000 after one of its own users, which would show in every
+/// prompt) and its home where the sandbox mounts it.
+fn accounts(root: &Path, user: &SandboxUser) -> (String, String) {
     let read = |rel: &str| {
         crate::beneath::Dir::open(root)
             .and_then(|d| d.read_file(Path::new(rel), 1 << 20, true))
@@ -114,33 +127,59 @@ fn accounts(root: &Path) -> (String, String) {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     };
-    let others = |text: &str| -> String {
+    let others = |text: &str, name: &str, id: u32| -> String {
         text.lines()
             .filter(|l| {
                 let f: Vec<&str> = l.split(':').collect();
-                !l.trim().is_empty() && f.first() != Some(&"dev") && f.get(2) != Some(&"1000")
+                !l.trim().is_empty()
+                    && f.first() != Some(&name)
+                    && f.get(2) != Some(&id.to_string().as_str())
             })
             .map(|l| format!("{l}\n"))
             .collect()
+    };
+    let group_name = if user.gid == user.uid {
+        user.name.clone()
+    } else {
+        // The group's own name when the root has one for the gid.
+        read("etc/group")
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.get(2) == Some(&user.gid.to_string().as_str())).then(|| f[0].to_owned())
+            })
+            .unwrap_or_else(|| user.name.clone())
     };
     let has_bash = crate::beneath::Dir::open(root)
         .and_then(|d| d.open_regular(Path::new("bin/bash"), true))
         .is_ok_and(|f| f.is_some());
     let shell = if has_bash { "/bin/bash" } else { "/bin/sh" };
+    let SandboxUser {
+        name,
+        uid,
+        gid,
+        home,
+    } = user;
     (
-        format!("{}{USER_LINE}{shell}\n", others(&read("etc/passwd"))),
-        format!("{}{GROUP_LINE}\n", others(&read("etc/group"))),
+        format!(
+            "{}{name}:x:{uid}:{gid}:{name}:{home}:{shell}\n",
+            others(&read("etc/passwd"), name, *uid)
+        ),
+        format!(
+            "{}{group_name}:x:{gid}:\n",
+            others(&read("etc/group"), &group_name, *gid)
+        ),
     )
 }
 
 /// Writes the sandbox's account files into `dir/.etc` (see [`accounts`]).
-fn write_accounts(dir: &Path, root: &Path) -> std::io::Result<PathBuf> {
+fn write_accounts(dir: &Path, root: &Path, user: &SandboxUser) -> std::io::Result<PathBuf> {
     let etc = dir.join(ACCOUNTS_DIR);
     match std::fs::DirBuilder::new().mode(0o711).create(&etc) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
-    let (passwd, group) = accounts(root);
+    let (passwd, group) = accounts(root, user);
     for (name, text) in [("passwd", passwd), ("group", group)] {
         let tmp = etc.join(format!("{name}.new"));
         std::fs::write(&tmp, text)?;
@@ -274,11 +313,25 @@ impl LocalRuntime {
             WORKSPACE_MOUNT,
             "--bind",
             &d("home"),
-            HOME_MOUNT,
+            &spec.user.home,
             "--bind",
             &d("run"),
             RUN_MOUNT,
         ]);
+        // Links where the repository's configuration expects its files, in directories of the
+        // sandbox's own root (bubblewrap would make them for the root user only).
+        for (path, target) in &spec.links {
+            let mut parent = Path::new(path).parent();
+            let mut dirs = Vec::new();
+            while let Some(p) = parent.filter(|p| *p != Path::new("/")) {
+                dirs.push(p.to_string_lossy().into_owned());
+                parent = p.parent();
+            }
+            for dir in dirs.iter().rev() {
+                push(&["--perms", "0755", "--dir", dir]);
+            }
+            push(&["--symlink", target, path]);
+        }
         push(&["--ro-bind", &seen(&self.exe), AGENT_PATH]);
         // Over the root's own files only: a read-only /etc without them has no place for them.
         let root = crate::beneath::Dir::open(spec.root.as_deref().unwrap_or(Path::new("/")));
@@ -299,14 +352,15 @@ impl LocalRuntime {
             "ws-{}",
             &spec.id.as_str()[spec.id.as_str().len().saturating_sub(8)..]
         );
-        push(&["--hostname", &host, "--uid", "1000", "--gid", "1000"]);
+        let (uid, gid) = (spec.user.uid.to_string(), spec.user.gid.to_string());
+        push(&["--hostname", &host, "--uid", &uid, "--gid", &gid]);
         push(&[
             "--setenv",
             "HOME",
-            HOME_MOUNT,
+            &spec.user.home,
             "--setenv",
             "USER",
-            "dev",
+            &spec.user.name,
             "--setenv",
             "DEVCELL_WORKSPACE_ID",
             spec.id.as_str(),
@@ -849,9 +903,14 @@ impl Runtime for LocalRuntime {
             let filter = state.join("seccomp.bpf");
             super::seccomp::write_default_filter(&filter)
                 .map_err(|e| RuntimeError::Start(e.to_string()))?;
-            write_accounts(&spec.dir, spec.root.as_deref().unwrap_or(Path::new("/"))).map_err(
-                |e| RuntimeError::Start(format!("cannot write the sandbox's accounts: {e}")),
-            )?;
+            write_accounts(
+                &spec.dir,
+                spec.root.as_deref().unwrap_or(Path::new("/")),
+                &spec.user,
+            )
+            .map_err(|e| {
+                RuntimeError::Start(format!("cannot write the sandbox's accounts: {e}"))
+            })?;
             let rebase = self.rebase(spec);
             let launch = Launch {
                 exe: self.exe.clone(),

@@ -1020,9 +1020,10 @@ impl Cell {
         let mut cloned_now = Vec::new();
         let clones = async {
             let mut first_repo: Option<PathBuf> = None;
-            for repo in &ws.repos {
-                let name = git::dir_name(&repo.url);
-                let dest = files.join(&name);
+            for (i, repo) in ws.repos.iter().enumerate() {
+                // The first repository may have been checked out where its configuration
+                // asked (`checkoutLocation`) when the workspace was made.
+                let dest = files.join(&repo_dirs(ws)[i]);
                 if first_repo.is_none() {
                     first_repo = Some(dest.clone());
                 }
@@ -1050,25 +1051,73 @@ impl Cell {
         // git is spawned first, so the sandbox is set up (cgroups, filter, bubblewrap) while
         // it clones. A failed clone is the more telling error of the two.
         let (cloned, launched) = tokio::join!(biased; clones, launch);
-        let first_repo = cloned?;
+        let mut first_repo = cloned?;
         let launched = launched?;
         step("repositories ready");
-        let config = match &first_repo {
+        let mut config = match &first_repo {
             Some(r) => crate::content::config::load(r).map_err(|e| e.to_string())?,
             None => Default::default(),
         };
+        let source = config
+            .source
+            .clone()
+            .unwrap_or_else(|| "the workspace configuration".into());
+        if let (Some(at), Some(repo)) = (&config.checkout_location, &first_repo) {
+            let moved = self.check_out_at(ws, repo, at, cloned_now.contains(repo), &source)?;
+            if let Some(note) = moved.1 {
+                config.ignored.push(note);
+            }
+            if let Some(i) = cloned_now.iter().position(|c| c == repo) {
+                cloned_now[i] = moved.0.clone();
+            }
+            first_repo = Some(moved.0);
+        }
+        let mut pulled = None;
         if let (None, Some(r)) = (&image, &config.image) {
-            let source = config
-                .source
-                .clone()
-                .unwrap_or_else(|| "the workspace configuration".into());
-            let pulled = match &first_repo {
+            pulled = Some(match &first_repo {
                 Some(repo) if config.build.is_some() || !config.features.is_empty() => {
                     self.build_image(ws, repo, &config, &source, runtime, &base)
                         .await?
                 }
                 _ => self.pull_image(ws, r, &source).await?,
-            };
+            });
+        }
+        // Who the workspace runs as and where its repository is seen, on the root it runs on.
+        let root = pulled.as_ref().or(image.as_ref()).map(|i| i.rootfs.clone());
+        let on_root = root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        // The repository's `remoteUser`, else the image's `USER`, else `dev`.
+        let user = match config
+            .user
+            .as_deref()
+            .or(pulled
+                .as_ref()
+                .or(image.as_ref())
+                .and_then(|i| i.user.as_deref()))
+            .filter(|u| !u.trim().is_empty())
+        {
+            Some(u) => crate::runtime::SandboxUser::of(&on_root, u)
+                .map_err(|e| format!("{source}: {e}"))?,
+            None => Default::default(),
+        };
+        let placement = config.placement(
+            first_repo
+                .as_deref()
+                .and_then(|r| r.file_name())
+                .map(|n| n.to_string_lossy())
+                .as_deref(),
+            |name| local::root_has(root.as_deref(), name),
+        );
+        config.ignored.extend(placement.notes.iter().cloned());
+        let wanted = SandboxSpec {
+            root: root.clone(),
+            user,
+            links: placement.link.iter().cloned().collect(),
+            ..base.clone()
+        };
+        if pulled.is_some()
+            || wanted.user != first_sandbox.user
+            || wanted.links != first_sandbox.links
+        {
             // The first sandbox's launcher may still be on its way into the workspace's
             // cgroups (it was handed its request a moment ago); stopped now, it could join the
             // cgroups made next for the image's sandbox and start a second agent beside it,
@@ -1083,11 +1132,10 @@ impl Cell {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             runtime.stop(&ws.id).await.map_err(|e| e.to_string())?;
-            runtime
-                .start(&sandbox(Some(pulled.rootfs.clone())))
-                .await
-                .map_err(|e| e.to_string())?;
-            image = Some(pulled);
+            runtime.start(&wanted).await.map_err(|e| e.to_string())?;
+        }
+        if let Some(p) = pulled {
+            image = Some(p);
         }
         // The image's environment, under the repository's.
         let env = match &image {
@@ -1154,17 +1202,9 @@ impl Cell {
                     .map_err(internal)?;
             }
         }
-        let workdir = match (&config.workspace_location, &first_repo) {
-            (Some(loc), _) => format!("{}/{loc}", local::WORKSPACE_MOUNT),
-            (None, Some(p)) => p
-                .file_name()
-                .map(|n| format!("{}/{}", local::WORKSPACE_MOUNT, n.to_string_lossy()))
-                .unwrap_or_else(|| local::WORKSPACE_MOUNT.into()),
-            (None, None) => local::WORKSPACE_MOUNT.into(),
-        };
         let spec = AgentSpec {
             workspace_id: ws.id.to_string(),
-            workdir,
+            workdir: placement.workdir,
             env,
             tasks: config.tasks.clone(),
             ports: config.ports.clone(),
@@ -1289,6 +1329,62 @@ impl Cell {
 
     /// Builds the image of the repository's Dockerfile (`build`, named by `source`) in
     /// sandboxes of the workspace; the output goes to the workspace's build log.
+    /// Moves the first repository, cloned at `repo` by this start (`cloned_now`), to
+    /// `/workspace/AT` as its configuration asks (Gitpod's `checkoutLocation`) and records
+    /// where it is. One checked out before stays where it is, which the returned note says.
+    fn check_out_at(
+        &self,
+        ws: &Workspace,
+        repo: &std::path::Path,
+        at: &str,
+        cloned_now: bool,
+        source: &str,
+    ) -> std::result::Result<(PathBuf, Option<String>), String> {
+        let (Some(files), Some(here)) = (repo.parent(), repo.file_name()) else {
+            return Ok((repo.to_path_buf(), None));
+        };
+        let here = here.to_string_lossy().into_owned();
+        if here == at {
+            return Ok((repo.to_path_buf(), None));
+        }
+        if !cloned_now {
+            return Ok((
+                repo.to_path_buf(),
+                Some(format!(
+                    "checkoutLocation {at}: the repository stays at {}/{here}, where it was checked out before",
+                    local::WORKSPACE_MOUNT
+                )),
+            ));
+        }
+        // Both names are single folder names in a directory the workspace writes into: the
+        // rename follows no link and replaces nothing.
+        let dir = crate::beneath::Dir::open(files).map_err(|e| e.to_string())?;
+        rustix::fs::renameat_with(
+            dir.as_fd(),
+            here.as_str(),
+            dir.as_fd(),
+            at,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY => format!(
+                "{source}: checkoutLocation {at}: {}/{at} is taken; name another folder",
+                local::WORKSPACE_MOUNT
+            ),
+            e => format!("{source}: checkoutLocation {at}: cannot move the repository there: {e}"),
+        })?;
+        self.store()
+            .write(|tx| -> Result<()> {
+                if let Some(mut w) = tx.workspace(&ws.id)? {
+                    w.checkout = Some(at.to_owned());
+                    tx.put_workspace(&w)?;
+                }
+                Ok(())
+            })
+            .map_err(|e: Error| e.to_string())?;
+        Ok((files.join(at), None))
+    }
+
     async fn build_image(
         &self,
         ws: &Workspace,
@@ -1527,6 +1623,8 @@ impl Cell {
             },
             network,
             root: None,
+            user: Default::default(),
+            links: Vec::new(),
         })
     }
 
@@ -1537,7 +1635,7 @@ impl Cell {
         let Some(runtime) = &self.inner.runtime else {
             return Vec::new();
         };
-        let repos: Vec<String> = ws.repos.iter().map(|r| git::dir_name(&r.url)).collect();
+        let repos = repo_dirs(ws);
         let spec = match self.sandbox_spec(ws, false) {
             Ok(s) => s,
             Err(e) => {
@@ -1915,4 +2013,17 @@ fn read_tail(path: &std::path::Path, max: u64) -> Vec<u8> {
     let mut tail = Vec::new();
     let _ = file.take(max).read_to_end(&mut tail);
     tail
+}
+
+/// The folders under `/workspace` of a workspace's repositories, in order: each its own name,
+/// the first where its configuration had it checked out.
+pub(crate) fn repo_dirs(ws: &Workspace) -> Vec<String> {
+    ws.repos
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match (i, &ws.checkout) {
+            (0, Some(at)) => at.clone(),
+            _ => git::dir_name(&r.url),
+        })
+        .collect()
 }

@@ -261,6 +261,7 @@ impl Cell {
             created_at: now,
             last_activity: now,
             sandbox_uid: None,
+            checkout: None,
             git: Vec::new(),
             ports: Vec::new(),
             snapshots: Vec::new(),

@@ -132,6 +132,7 @@ fn v1_to_v2(tx: &WriteTransaction) -> Result<()> {
             created_at: old.created_at,
             last_activity: old.last_activity,
             sandbox_uid: None,
+            checkout: None,
             git: Vec::new(),
             ports: Vec::new(),
             snapshots: Vec::new(),

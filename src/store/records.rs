@@ -304,6 +304,9 @@ pub struct WorkspaceRecord {
     /// Added without a version bump: absent in older records, which read as `None`.
     #[serde(default)]
     pub sandbox_uid: Option<u32>,
+    /// Added without a version bump: absent in older records, which read as `None`.
+    #[serde(default)]
+    pub checkout: Option<String>,
     /// Added without a version bump: absent in older records, which read as empty.
     #[serde(default)]
     pub git: Vec<GitRecord>,
@@ -391,6 +394,7 @@ impl From<&Workspace> for WorkspaceRecord {
             created_at: ms(w.created_at),
             last_activity: ms(w.last_activity),
             sandbox_uid: w.sandbox_uid,
+            checkout: w.checkout.clone(),
             ports: w
                 .ports
                 .iter()
@@ -464,6 +468,7 @@ impl TryFrom<WorkspaceRecord> for Workspace {
             created_at: from_ms(r.created_at)?,
             last_activity: from_ms(r.last_activity)?,
             sandbox_uid: r.sandbox_uid,
+            checkout: r.checkout,
             ports: r
                 .ports
                 .iter()

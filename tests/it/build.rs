@@ -221,12 +221,13 @@ async fn a_dockerfile_is_built_in_sandboxes_cached_by_step_and_its_failures_say_
         &id,
         "cat /opt/app/greeting; echo $FROM_BASE $APP_HOME; ls /from-builder | sort | tr '\\n' ' '; echo; \
          cat /opt/app/data.txt /var/x/y /opt/unpacked/inside.txt /opt/uid-of-run /opt/last; \
-         test -e /etc/motd && echo motd-still-there; test -e /src && echo builder-leaked; true",
+         test -e /etc/motd && echo motd-still-there; test -e /src && echo builder-leaked; id -un; echo $HOME",
     )
     .await;
+    // The image's USER is who the workspace runs as.
     assert_eq!(
         out["stdout"],
-        "hello from amd64\nyes /opt/app\ndata.txt greeting \ndata\ndone\nunpacked\n1000\nfirst\n",
+        "hello from amd64\nyes /opt/app\ndata.txt greeting \ndata\ndone\nunpacked\n1000\nfirst\napp\n/home/app\n",
         "{out:#}\n{log}"
     );
     // The built image is in the cache under the Dockerfile's name.
@@ -802,7 +803,7 @@ async fn gitpod_locations_more_repositories_and_public_ports_are_honoured() {
         &[("sub/marker", "from the extra repo\n")],
     );
     let gitpod = format!(
-        "workspaceLocation: tools/sub\nadditionalRepositories:\n  - url: file://{}\n    checkoutLocation: tools\nports:\n  - port: 3000\n    visibility: public\n  - port: 3001\n",
+        "checkoutLocation: core\nworkspaceLocation: tools/sub\nadditionalRepositories:\n  - url: file://{}\n    checkoutLocation: tools\nports:\n  - port: 3000\n    visibility: public\n  - port: 3001\n",
         extra.display()
     );
     let main = bare_repo(repos.path(), "main", &[(".gitpod.yml", &gitpod)]);
@@ -819,7 +820,7 @@ async fn gitpod_locations_more_repositories_and_public_ports_are_honoured() {
         "cat /workspace/tools/sub/marker; ls /workspace | sort | tr '\\n' ' '",
     )
     .await;
-    assert_eq!(out["stdout"], "from the extra repo\nmain tools ", "{out:#}");
+    assert_eq!(out["stdout"], "from the extra repo\ncore tools ", "{out:#}");
     let (_, tasks_view) = c
         .owner(Method::GET, &format!("/api/v1/workspaces/{id}/ports"), None)
         .await;
@@ -845,5 +846,143 @@ async fn gitpod_locations_more_repositories_and_public_ports_are_honoured() {
     )
     .unwrap();
     assert_eq!(spec["workdir"], "/workspace/tools/sub", "{spec:#}");
+    // The first repository stays where its configuration had it checked out: its git state
+    // is read there at the stop, and the next start finds it instead of cloning it again.
+    c.owner(Method::POST, &format!("/api/v1/workspaces/{id}/stop"), None)
+        .await;
+    let w = c.wait_phase(&id, "stopped", BUILD_WITHIN).await;
+    assert_eq!(w["git"][0]["dir"], "core", "{w:#}");
+    c.owner(
+        Method::POST,
+        &format!("/api/v1/workspaces/{id}/start"),
+        None,
+    )
+    .await;
+    let w = settled(&c, &id).await;
+    assert_eq!(w["phase"], "running", "{w:#}");
+    let out = exec(
+        &c,
+        &id,
+        "ls /workspace | sort | tr '\\n' ' '; git -C /workspace/core log --oneline | wc -l",
+    )
+    .await;
+    assert_eq!(out["stdout"], "core tools 1\n", "{out:#}");
+    c.stop().await;
+}
+
+/// devcontainer `remoteUser`, `workspaceMount` and `workspaceFolder`: the workspace runs as
+/// the image's user with its home where the image has it, and finds its repository where
+/// the file expects it; what cannot be placed so is said.
+#[tokio::test]
+async fn the_workspace_runs_as_the_users_the_image_names_with_its_files_where_expected() {
+    let (registry, c) = busybox_and_cell().await;
+    let repos = tempfile::tempdir().unwrap();
+    let image = format!("{}/devcell/busybox:1", registry.addr);
+    let placed = bare_repo(
+        repos.path(),
+        "placed",
+        &[
+            (
+                ".devcontainer/devcontainer.json",
+                &format!(
+                    r#"{{"image": "{image}", "remoteUser": "root",
+                        "workspaceFolder": "/workspaces/${{localWorkspaceFolderBasename}}/web",
+                        "postCreateCommand": "id -un > /workspaces/placed/created-by"}}"#
+                ),
+            ),
+            ("web/index.txt", "the web folder\n"),
+        ],
+    );
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", placed.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id).await;
+    assert_eq!(w["phase"], "running", "{w:#}");
+    assert_eq!(
+        w["history"].as_array().unwrap().last().unwrap()["message"],
+        "ready",
+        "{w:#}"
+    );
+    let out = exec(
+        &c,
+        &id,
+        "id -un; id -u; echo $HOME; pwd; cat index.txt; touch ~/made-here; ls /workspace; \
+         grep CapEff /proc/self/status; \
+         until test -s /workspace/placed/created-by; do sleep 0.1; done; cat /workspace/placed/created-by",
+    )
+    .await;
+    assert_eq!(
+        out["stdout"],
+        "root\n0\n/root\n/workspaces/placed/web\nthe web folder\nplaced\nCapEff:\t0000000000000000\nroot\n",
+        "{out:#}"
+    );
+    // Root inside is the workspace's own uid outside: what it makes in its home is the
+    // workspace's, on its disk.
+    let dir = c.data_dir().join("workspaces").join(&id);
+    use std::os::unix::fs::MetadataExt;
+    let made = std::fs::metadata(dir.join("home/made-here")).unwrap();
+    assert_eq!(
+        made.uid(),
+        std::fs::metadata(dir.join("home")).unwrap().uid()
+    );
+    assert_ne!(made.uid(), 0, "root in the sandbox is not the host's root");
+
+    // A mount into the image's own folders and a user the image does not have.
+    let elsewhere = bare_repo(
+        repos.path(),
+        "elsewhere",
+        &[(
+            ".devcontainer.json",
+            &format!(
+                r#"{{"image": "{image}", "remoteUser": "app",
+                    "workspaceMount": "source=${{localWorkspaceFolder}},target=/bin/app,type=bind"}}"#
+            ),
+        )],
+    );
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", elsewhere.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id).await;
+    assert_eq!(w["phase"], "running", "{w:#}");
+    let ready = w["history"].as_array().unwrap().last().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        ready.contains("the repository is at /workspace/elsewhere, not /bin/app"),
+        "{ready}"
+    );
+    let out = exec(&c, &id, "id -un; echo $HOME; pwd").await;
+    assert_eq!(
+        out["stdout"], "app\n/home/app\n/workspace/elsewhere\n",
+        "{out:#}"
+    );
+    let nobody = bare_repo(
+        repos.path(),
+        "nobody",
+        &[(
+            ".devcontainer.json",
+            &format!(r#"{{"image": "{image}", "remoteUser": "vscode"}}"#),
+        )],
+    );
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", nobody.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(&c, &id).await;
+    assert_eq!(w["phase"], "failed", "{w:#}");
+    let message = w["history"].as_array().unwrap().last().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains(".devcontainer.json: remoteUser \"vscode\" is not a user of the image"),
+        "{message}"
+    );
     c.stop().await;
 }
