@@ -5,9 +5,10 @@
 //! runtime provides) whose root is an overlay: the stage's earlier results as read-only lower
 //! directories, and an empty upper directory that collects what the step changed. That upper
 //! directory, with overlayfs's whiteouts turned into OCI ones, is the step's layer (an
-//! uncompressed tar in the blob store), and it stays on disk as a lower directory for the
-//! steps after it. The finished stage becomes a manifest and configuration in the blob store
-//! and is unpacked like any pulled image, so a built image is one more image in the cache.
+//! uncompressed tar in the blob store, written while the next steps run), and it stays on
+//! disk as a lower directory for the steps after it. The finished stage becomes a manifest
+//! and configuration in the blob store, and its tree is linked from the base's and the
+//! steps' directories ([`link_diff`]), so a built image is one more image in the cache.
 //!
 //! Each step is cached under a key made of its parent's key, the instruction after
 //! substitution and what it reads (the environment for `RUN`, the content of copied files):
@@ -237,6 +238,7 @@ impl ImageStore {
             global_args: Vec::new(),
             work: work.path().to_owned(),
             scratch_count: 0,
+            pending: Vec::new(),
         };
         let chosen = b.select(&steps)?;
         let total = chosen.len() + req.features.len();
@@ -262,6 +264,13 @@ impl ImageStore {
             let t = std::time::Instant::now();
             let how = b.feature(feature, &mut log).await?;
             log.line(&format!("#{n} {how} ({:.2}s)", t.elapsed().as_secs_f64()));
+        }
+        let t = std::time::Instant::now();
+        if b.finish_layers().await? {
+            log.line(&format!(
+                "   last layers written in {:.2}s",
+                t.elapsed().as_secs_f64()
+            ));
         }
         let stage = b
             .stages
@@ -349,13 +358,20 @@ impl ImageStore {
         let parsed: ImageManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| unsupported(format!("the built manifest is invalid: {e}")))?;
         let reference = format!("build/{}@sha256:{hex}", req.dockerfile_name);
-        // The base's tree is in the cache already: only this build's layers are unpacked.
+        // The base's tree is in the cache already, and the steps' files are in their diff
+        // directories: the image's tree is linked from both, nothing is copied.
         let base_tree = stage.base.hex.as_ref().map(|h| self.rootfs_dir().join(h));
+        let diffs: Vec<PathBuf> = stage
+            .diffs
+            .iter()
+            .map(|k| self.build_dir().join("diffs").join(k))
+            .collect();
         let image = self.materialize_on(
             &hex,
             &parsed,
             &reference,
             base_tree.as_deref().map(|t| (t, stage.base.layers.len())),
+            &diffs,
         )?;
         self.grant(&hex, req.who, false)?;
         Ok(image)
@@ -601,7 +617,17 @@ struct Builder<'a, 'r> {
     global_args: Vec<(String, String)>,
     work: PathBuf,
     scratch_count: u32,
+    /// Layers still being written from their steps' diff directories while later steps run,
+    /// by step key; their place in a stage's `layers` holds [`PENDING`] + the key until
+    /// [`Builder::finish_layers`].
+    pending: Vec<(String, LayerTask)>,
 }
+
+/// A step's layer being written from its diff directory.
+type LayerTask = tokio::task::JoinHandle<Result<Option<Layer>, ImageError>>;
+
+/// The digest a layer still being written has in a stage's `layers`, before its step key.
+const PENDING: &str = "pending:";
 
 /// ARGs Docker defines without a declaration's default (platform ones, for this host).
 fn predefined(name: &str) -> Option<&'static str> {
@@ -1410,47 +1436,89 @@ impl Builder<'_, '_> {
                 ),
             ));
         }
-        let blobs = self.store.blobs_dir();
-        let upper2 = upper.clone();
-        let layer =
-            tokio::task::spawn_blocking(move || diff_to_layer(&upper2, &blobs, owner.as_ref()))
-                .await
-                .map_err(|e| io_err("writing the layer")(io::Error::other(e)))??;
-        log.line(&format!(
-            "   ran {:.2}s, layer {} in {:.2}s",
-            ran.as_secs_f64(),
-            layer
-                .as_ref()
-                .map(|l| human_bytes(l.size))
-                .unwrap_or_else(|| "empty".into()),
-            (started.elapsed() - ran).as_secs_f64()
-        ));
-        if layer.is_some() {
-            match fs::rename(&upper, &diff_dir) {
-                Ok(()) => {}
-                Err(_) if diff_dir.is_dir() => {}
-                Err(e) => return Err(io_err(format!("keeping {}", diff_dir.display()))(e)),
-            }
-        }
-        let record = StepRecord {
-            version: STEP_VERSION,
-            layer: layer.clone(),
-        };
-        let bytes = serde_json::to_vec(&record)
-            .map_err(|e| io_err("recording the step")(io::Error::other(e)))?;
-        let tmp = steps_dir.join(temp_name(&key));
-        fs::write(&tmp, bytes).map_err(io_err(format!("writing {}", tmp.display())))?;
-        fs::rename(&tmp, &record_path)
-            .map_err(io_err(format!("writing {}", record_path.display())))?;
-        let _ = fs::remove_dir_all(&dir);
+        // A step that changed nothing has no layer; else its diff directory is kept (later
+        // steps stack on it) and its layer is written from it while they run.
+        let mut changed =
+            list_dir(&upper).map_err(io_err(format!("reading {}", upper.display())))?;
+        changed.retain(|n| !SANDBOX_NAMES.contains(&n.as_str()));
+        log.line(&format!("   ran {:.2}s", ran.as_secs_f64()));
         let s = &mut self.stages[stage_i];
         s.key = key.clone();
-        if let Some(layer) = layer {
-            s.diffs.push(key);
-            s.layers.push(layer);
+        if changed.is_empty() {
+            write_step_record(&steps_dir, &key, None)?;
+            let _ = fs::remove_dir_all(&dir);
+            return Ok(Some("DONE"));
         }
+        match fs::rename(&upper, &diff_dir) {
+            Ok(()) => {}
+            Err(_) if diff_dir.is_dir() => {}
+            Err(e) => return Err(io_err(format!("keeping {}", diff_dir.display()))(e)),
+        }
+        let _ = fs::remove_dir_all(&dir);
+        s.diffs.push(key.clone());
+        s.layers.push(Layer {
+            digest: format!("{PENDING}{key}"),
+            size: 0,
+        });
+        let blobs = self.store.blobs_dir();
+        let key2 = key.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let layer = diff_to_layer(&diff_dir, &blobs, owner.as_ref())?;
+            // Recorded once its layer is there: a build that fails later keeps this step.
+            write_step_record(&steps_dir, &key2, layer.clone())?;
+            Ok(layer)
+        });
+        self.pending.push((key, task));
         Ok(Some("DONE"))
     }
+
+    /// Waits for the layers still being written and puts them in place in every stage;
+    /// whether there were any.
+    async fn finish_layers(&mut self) -> Result<bool, ImageError> {
+        let mut done: HashMap<String, Option<Layer>> = HashMap::new();
+        let any = !self.pending.is_empty();
+        for (key, task) in self.pending.drain(..) {
+            let layer = task
+                .await
+                .map_err(|e| io_err("writing a layer")(io::Error::other(e)))??;
+            done.insert(key, layer);
+        }
+        for stage in &mut self.stages {
+            let (mut diffs, mut layers) = (Vec::new(), Vec::new());
+            for (key, layer) in stage.diffs.drain(..).zip(stage.layers.drain(..)) {
+                let layer = match layer.digest.strip_prefix(PENDING) {
+                    Some(k) => match done.get(k) {
+                        Some(Some(l)) => l.clone(),
+                        // Only what a layer does not hold (sockets): nothing to stack.
+                        Some(None) => continue,
+                        None => {
+                            return Err(unsupported(format!("the layer of step {k} was lost")));
+                        }
+                    },
+                    None => layer,
+                };
+                diffs.push(key);
+                layers.push(layer);
+            }
+            stage.diffs = diffs;
+            stage.layers = layers;
+        }
+        Ok(any)
+    }
+}
+
+/// Writes a step's cache record: its layer, or none.
+fn write_step_record(steps_dir: &Path, key: &str, layer: Option<Layer>) -> Result<(), ImageError> {
+    let record = StepRecord {
+        version: STEP_VERSION,
+        layer,
+    };
+    let bytes = serde_json::to_vec(&record)
+        .map_err(|e| io_err("recording the step")(io::Error::other(e)))?;
+    let tmp = steps_dir.join(temp_name(key));
+    fs::write(&tmp, bytes).map_err(io_err(format!("writing {}", tmp.display())))?;
+    let record_path = steps_dir.join(format!("{key}.json"));
+    fs::rename(&tmp, &record_path).map_err(io_err(format!("writing {}", record_path.display())))
 }
 
 fn step_name(what: &str) -> String {
@@ -1728,6 +1796,69 @@ fn diff_to_layer(
     }))
 }
 
+/// Applies a step's diff directory (an overlay upper directory) to the image tree `dst` as
+/// its layer would be: whiteouts remove, opaque directories replace, files are hard-linked
+/// (the tree is never written in place). Nothing in `dst` is followed: every name is looked
+/// at without following a link, and a directory is entered only when it is one.
+pub(super) fn link_diff(diff: &Path, dst: &Path) -> io::Result<()> {
+    fn remove_any(p: &Path) -> io::Result<()> {
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+            Ok(_) => fs::remove_file(p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+    let mut stack = vec![(diff.to_owned(), dst.to_owned(), true)];
+    while let Some((from, to, top)) = stack.pop() {
+        for name in list_dir(&from)? {
+            if top && SANDBOX_NAMES.contains(&name.as_str()) {
+                continue;
+            }
+            let (path, target) = (from.join(&name), to.join(&name));
+            let m = fs::symlink_metadata(&path)?;
+            let ft = m.file_type();
+            let mode = m.mode() & 0o7777;
+            if ft.is_char_device() && m.rdev() == 0 {
+                remove_any(&target)?;
+            } else if ft.is_dir() {
+                match fs::symlink_metadata(&target) {
+                    Ok(t) if t.is_dir() => {
+                        if is_opaque(&path) {
+                            for inner in list_dir(&target)? {
+                                remove_any(&target.join(inner))?;
+                            }
+                        }
+                    }
+                    _ => {
+                        remove_any(&target)?;
+                        fs::create_dir(&target)?;
+                    }
+                }
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+                stack.push((path, target, false));
+            } else if ft.is_symlink() {
+                remove_any(&target)?;
+                std::os::unix::fs::symlink(fs::read_link(&path)?, &target)?;
+            } else if ft.is_file() {
+                remove_any(&target)?;
+                fs::hard_link(&path, &target)?;
+            } else if ft.is_fifo() {
+                remove_any(&target)?;
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &target,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(mode),
+                    0,
+                )?;
+            }
+            // Sockets and devices are not image content (as in the layer).
+        }
+    }
+    Ok(())
+}
+
 fn is_under(path: &str, dest: &str) -> bool {
     let dest = dest.trim_end_matches('/');
     path == dest || path.starts_with(&format!("{dest}/")) || dest.is_empty()
@@ -1831,6 +1962,76 @@ mod tests {
         assert_ne!(
             h1,
             hash_sources(ctx.path(), &[".".into()], &ignore).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_diff_applies_as_its_layer_would_without_following_the_trees_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, diff, outside) = (
+            dir.path().join("image"),
+            dir.path().join("diff"),
+            dir.path().join("outside"),
+        );
+        for d in [
+            "image/etc",
+            "image/gone",
+            "image/opaque/old",
+            "outside",
+            "diff/opaque",
+            "diff/etc",
+            "diff/link/inner",
+        ] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        fs::write(image.join("etc/motd"), "old").unwrap();
+        fs::write(image.join("etc/kept"), "kept").unwrap();
+        fs::write(image.join("opaque/old/f"), "old").unwrap();
+        // The image has a link where the diff has a directory: replaced, never followed.
+        std::os::unix::fs::symlink(&outside, image.join("link")).unwrap();
+        fs::write(diff.join("link/inner/new"), "new").unwrap();
+        fs::write(diff.join("etc/motd"), "new").unwrap();
+        fs::write(diff.join("opaque/f"), "fresh").unwrap();
+        rustix::fs::lsetxattr(
+            diff.join("opaque"),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        // Whiteouts are character devices 0/0 (made as root, as the cell runs).
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            diff.join("gone"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0),
+            0,
+        )
+        .unwrap();
+        link_diff(&diff, &image).unwrap();
+        let read = |p: &str| fs::read_to_string(image.join(p)).unwrap();
+        assert_eq!(
+            (read("etc/motd"), read("etc/kept")),
+            ("new".into(), "kept".into())
+        );
+        assert!(!image.join("gone").exists());
+        assert_eq!(list_dir(&image.join("opaque")).unwrap(), ["f"]);
+        assert!(fs::symlink_metadata(image.join("link")).unwrap().is_dir());
+        assert_eq!(read("link/inner/new"), "new");
+        assert!(
+            list_dir(&outside).unwrap().is_empty(),
+            "followed the image's link"
+        );
+        // Linked, not copied; the diff is unchanged.
+        assert_eq!(
+            fs::metadata(image.join("etc/motd")).unwrap().ino(),
+            fs::metadata(diff.join("etc/motd")).unwrap().ino()
+        );
+        assert!(
+            fs::symlink_metadata(diff.join("gone"))
+                .unwrap()
+                .file_type()
+                .is_char_device()
         );
     }
 

@@ -719,19 +719,22 @@ impl ImageStore {
         manifest: &ImageManifest,
         reference: &str,
     ) -> Result<PulledImage, ImageError> {
-        self.materialize_on(hex, manifest, reference, None)
+        self.materialize_on(hex, manifest, reference, None, &[])
     }
 
     /// [`Self::materialize`], starting from `on`: an unpacked image whose tree holds the
     /// first `n` layers of `manifest` (a build's base). Its files are hard-linked, not
     /// copied (image trees are never written in place: the unpacker replaces a file, it does
-    /// not open it for writing), and only the layers after them are unpacked.
+    /// not open it for writing), and only the layers after them are unpacked; or, when
+    /// `diffs` are the directories those layers were made from (a build's steps), linked
+    /// from them.
     fn materialize_on(
         &self,
         hex: &str,
         manifest: &ImageManifest,
         reference: &str,
         on: Option<(&Path, usize)>,
+        diffs: &[PathBuf],
     ) -> Result<PulledImage, ImageError> {
         let blobs = self.blobs_dir();
         let config_hex = descriptor_hex(manifest.config())?;
@@ -775,10 +778,37 @@ impl ImageStore {
                 }
                 _ => 0,
             };
-            let mut unpacker = Unpacker::new(tmp.path(), self.limits);
-            for layer in &manifest.layers()[skip..] {
-                let layer_hex = descriptor_hex(layer)?;
-                unpacker.apply_layer(&blobs.join(&layer_hex), layer.media_type().as_ref())?;
+            let rest = &manifest.layers()[skip..];
+            let linked = skip > 0
+                && diffs.len() == rest.len()
+                && match diffs
+                    .iter()
+                    .try_for_each(|d| build::link_diff(d, tmp.path()))
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        // Unpacked from the layers instead, on a fresh tree.
+                        tracing::debug!(error = %e, "the build's diffs could not be linked");
+                        fs::remove_dir_all(tmp.path()).map_err(io_err("starting over"))?;
+                        fs::DirBuilder::new()
+                            .mode(0o755)
+                            .create(tmp.path())
+                            .map_err(io_err("starting over"))?;
+                        if let Some((base, _)) = on {
+                            link_tree(base, tmp.path()).map_err(io_err(format!(
+                                "linking {} into the image",
+                                base.display()
+                            )))?;
+                        }
+                        false
+                    }
+                };
+            if !linked {
+                let mut unpacker = Unpacker::new(tmp.path(), self.limits);
+                for layer in rest {
+                    let layer_hex = descriptor_hex(layer)?;
+                    unpacker.apply_layer(&blobs.join(&layer_hex), layer.media_type().as_ref())?;
+                }
             }
             let size = tree_size(tmp.path())?;
             // The record goes first: a tree without a record is never used, a record without
