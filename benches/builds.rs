@@ -155,30 +155,60 @@ impl BasePuller for Offline<'_> {
     }
 }
 
-/// The same commands, one after the other, in a bare sandbox on a writable copy of the base,
-/// on an ext4 filesystem of its own made for this run.
+/// A new ext4 filesystem (no journal, like this host's) mounted at `dir`, gone when dropped.
 ///
-/// On this host's ext4 (no journal), creating files within a minute after thousands were
-/// deleted costs several times as much: the inode allocator reads the inode table to skip
-/// recently deleted inodes (`recently_deleted` in a profile). The commands delete thousands of
-/// files, which would slow down whatever ran next on the same disk (the next build); on a
-/// filesystem of their own they slow down nothing, and they start on a fresh one each time
-/// (the best case for this baseline).
+/// On this host's journal-less ext4, creating files within a minute or more after thousands
+/// were deleted costs several times as much: the inode allocator reads the inode table to skip
+/// recently deleted inodes (`recently_deleted` in a profile). Whatever was deleted before
+/// (another run's scratch, the baseline's `rm`) would slow down whatever came next; each side
+/// of the comparison gets a filesystem of its own instead.
+struct Ext4 {
+    dir: PathBuf,
+    image: PathBuf,
+}
+
+fn run_ok(cmd: &mut Command) {
+    assert!(cmd.status().unwrap().success(), "{cmd:?}");
+}
+
+impl Ext4 {
+    fn new(dir: &Path, size: &str) -> Ext4 {
+        let image = dir.with_extension("ext4");
+        run_ok(Command::new("truncate").args(["-s", size]).arg(&image));
+        run_ok(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-O", "^has_journal"])
+                .arg(&image),
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(dir),
+        );
+        Ext4 {
+            dir: dir.to_owned(),
+            image,
+        }
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// The same commands, one after the other, in a bare sandbox on a writable copy of the base,
+/// on a filesystem of its own made for this run (the best case for this baseline).
 fn direct(rootfs: &Path, scratch: &Path, what: &str, i: usize, steps: &[&str]) -> Duration {
-    let name = format!("direct-{}-{i}", what.replace(' ', "-"));
-    let copy = scratch.join(&name);
-    let image = scratch.join(format!("{name}.ext4"));
-    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
-    run(Command::new("truncate").args(["-s", "2G"]).arg(&image));
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-O", "^has_journal"])
-        .arg(&image));
-    std::fs::create_dir_all(&copy).unwrap();
-    run(Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&image)
-        .arg(&copy));
-    let copy = copy.join("root");
+    let fs = Ext4::new(
+        &scratch.join(format!("direct-{}-{i}", what.replace(' ', "-"))),
+        "2G",
+    );
+    let copy = fs.dir.join("root");
     assert!(
         Command::new("cp")
             .args(["-a"])
@@ -203,10 +233,7 @@ fn direct(rootfs: &Path, scratch: &Path, what: &str, i: usize, steps: &[&str]) -
             .success();
         assert!(ok, "{r}");
     }
-    let took = t.elapsed();
-    run(Command::new("umount").arg(copy.parent().unwrap()));
-    std::fs::remove_file(&image).unwrap();
-    took
+    t.elapsed()
 }
 
 async fn run() {
@@ -220,7 +247,13 @@ async fn run() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     }
-    let data = scratch.path().join("data");
+    // The builds' store, and the cell's data directory after them, on a filesystem of their own.
+    let data_fs = Ext4::new(&scratch.path().join("data"), "16G");
+    let data = data_fs.dir.clone();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
     let store = ImageStore::new(data.join("images"));
     store
         .import_archive(&busybox_archive(scratch.path()))
@@ -264,7 +297,7 @@ async fn run() {
     direct(&base.rootfs, scratch.path(), "warm-up", 0, SHORT_STEPS);
     for (what, workload, runs) in [
         ("short steps", SHORT_STEPS, RUNS),
-        ("typical steps", TYPICAL_STEPS, 5),
+        ("typical steps", TYPICAL_STEPS, 9),
     ] {
         // DEVCELL_BENCH_RUNS=N for a quicker look.
         let runs = std::env::var("DEVCELL_BENCH_RUNS")
@@ -314,7 +347,7 @@ async fn run() {
         );
         // Where the time of the last one went, step by step.
         let last = std::fs::read_to_string(&log).unwrap_or_default();
-        let from = last.rfind("#1 ").unwrap_or(0);
+        let from = last.rfind("#1 [").unwrap_or(0);
         // DEVCELL_BENCH_LOG=1 prints the whole log of the last build.
         let whole = std::env::var_os("DEVCELL_BENCH_LOG").is_some();
         for line in last[from..]
@@ -464,6 +497,7 @@ async fn run() {
         paired[paired.len() / 2]
     );
     running.stop().await;
+    drop(data_fs);
 }
 
 fn main() {

@@ -879,7 +879,8 @@ impl Builder<'_, '_> {
                     config,
                     args: Vec::new(),
                 });
-                Ok(None)
+                // How long finding the base took (the registry asked for its tag, or not).
+                Ok((!image.eq_ignore_ascii_case("scratch")).then_some("RESOLVED"))
             }
             kind => {
                 let Some(stage_i) = self.stages.len().checked_sub(1) else {
