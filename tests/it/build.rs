@@ -1,6 +1,7 @@
 //! Images built from a repository's Dockerfile: a real docker-registry serving a busybox base,
 //! real git repositories, the cell's own builder in real sandboxes.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -160,6 +161,27 @@ async fn settled(c: &TestCell, id: &str) -> Value {
     }
 }
 
+/// Creates a workspace on the repository `bare`, starts it and waits until it runs or failed.
+async fn start_on(c: &TestCell, bare: &Path) -> (String, Value) {
+    let id = create_started(
+        c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    let w = settled(c, &id).await;
+    (id, w)
+}
+
+/// The message of the workspace's last phase change.
+fn last_message(w: &Value) -> String {
+    w["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn build_log(c: &TestCell, id: &str) -> String {
     let (_, tasks) = c
         .owner(Method::GET, &format!("/api/v1/workspaces/{id}/tasks"), None)
@@ -212,7 +234,7 @@ async fn a_dockerfile_is_built_in_sandboxes_cached_by_step_and_its_failures_say_
     assert_eq!(w["phase"], "running", "{w:#}\n{log}");
     // What devcell does not do is said once the workspace runs, not silently dropped.
     assert_eq!(
-        w["history"].as_array().unwrap().last().unwrap()["message"],
+        last_message(&w),
         "ready; not honoured from .devcontainer/devcontainer.json: customizations",
         "{w:#}"
     );
@@ -739,10 +761,7 @@ networks:
     .await;
     let w = settled(&c, &id).await;
     assert_eq!(w["phase"], "running", "{w:#}");
-    let ready = w["history"].as_array().unwrap().last().unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ready = last_message(&w);
     for said in [
         "services.db.healthcheck",
         "./init:/init",
@@ -893,18 +912,9 @@ async fn the_workspace_runs_as_the_users_the_image_names_with_its_files_where_ex
             ("web/index.txt", "the web folder\n"),
         ],
     );
-    let id = create_started(
-        &c,
-        json!({ "repos": [{ "url": format!("file://{}", placed.display()) }], "start": true }),
-    )
-    .await;
-    let w = settled(&c, &id).await;
+    let (id, w) = start_on(&c, &placed).await;
     assert_eq!(w["phase"], "running", "{w:#}");
-    assert_eq!(
-        w["history"].as_array().unwrap().last().unwrap()["message"],
-        "ready",
-        "{w:#}"
-    );
+    assert_eq!(last_message(&w), "ready", "{w:#}");
     let out = exec(
         &c,
         &id,
@@ -941,17 +951,9 @@ async fn the_workspace_runs_as_the_users_the_image_names_with_its_files_where_ex
             ),
         )],
     );
-    let id = create_started(
-        &c,
-        json!({ "repos": [{ "url": format!("file://{}", elsewhere.display()) }], "start": true }),
-    )
-    .await;
-    let w = settled(&c, &id).await;
+    let (id, w) = start_on(&c, &elsewhere).await;
     assert_eq!(w["phase"], "running", "{w:#}");
-    let ready = w["history"].as_array().unwrap().last().unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ready = last_message(&w);
     assert!(
         ready.contains("the repository is at /workspace/elsewhere, not /bin/app"),
         "{ready}"
@@ -969,17 +971,9 @@ async fn the_workspace_runs_as_the_users_the_image_names_with_its_files_where_ex
             &format!(r#"{{"image": "{image}", "remoteUser": "vscode"}}"#),
         )],
     );
-    let id = create_started(
-        &c,
-        json!({ "repos": [{ "url": format!("file://{}", nobody.display()) }], "start": true }),
-    )
-    .await;
-    let w = settled(&c, &id).await;
+    let (_, w) = start_on(&c, &nobody).await;
     assert_eq!(w["phase"], "failed", "{w:#}");
-    let message = w["history"].as_array().unwrap().last().unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = last_message(&w);
     assert!(
         message.contains(".devcontainer.json: remoteUser \"vscode\" is not a user of the image"),
         "{message}"
