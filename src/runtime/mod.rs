@@ -326,7 +326,9 @@ mod tests {
             r.join("etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\nvscode:x:1000:1000::/home/vscode:/bin/bash\n\
              node:x:1001:1002::/usr/lib/node-home:/bin/sh\nsvc:x:1003:1003::/nonexistent:/bin/false\n\
-             etc:x:1005:1005::/etc:/bin/sh\ndaemon:x:1006:1006::/etc/svc:/bin/sh\n",
+             etc:x:1005:1005::/etc:/bin/sh\ndaemon:x:1006:1006::/etc/svc:/bin/sh\n\
+             procs:x:1007:1007::/proc/1/root:/bin/sh\nclimb:x:1008:1008::/home/../etc:/bin/sh\n\
+             we ird:x:1009:1009::/home/w:/bin/sh\n",
         )
         .unwrap();
         std::fs::write(r.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
@@ -346,6 +348,11 @@ mod tests {
         // Never over a whole folder of the image; a folder inside one that it has is fine.
         assert_eq!(user("etc").unwrap().home, "/home/etc");
         assert_eq!(user("daemon").unwrap().home, "/etc/svc");
+        // Never under the sandbox's own mounts, never climbing out.
+        assert_eq!(user("procs").unwrap().home, "/home/procs");
+        assert_eq!(user("climb").unwrap().home, "/home/climb");
+        // A name that would not be one line of /etc/passwd is refused.
+        assert!(user("we ird").unwrap_err().contains("cannot be used"));
         assert_eq!(user("0").unwrap().name, "root");
         assert_eq!(user("4242:4242").unwrap().uid, 4242);
         for missing in ["nobody-here", "vscode:nogroup"] {
