@@ -90,6 +90,12 @@ pub enum Command {
     /// OCI images for workspaces: import archives for offline sites, list the cache.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Make signing keys and signed releases (for whoever builds devcell's releases).
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+    /// Updates of this cell: check a release before it is applied.
+    #[command(subcommand)]
+    Update(UpdateCmd),
     /// Internal: the per-workspace agent, run by the cell inside a workspace's sandbox.
     #[command(hide = true)]
     Agent {
@@ -260,6 +266,60 @@ pub enum ImageCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ReleaseCmd {
+    /// Write a new signing key pair: DIR/devcell.pub and DIR/devcell.key (no password: keep
+    /// it offline). An existing key is never replaced.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a release: copies the binary into DIR and writes DIR/manifest.json (version,
+    /// channel, kind, times, the artifact's size and SHA-256) and DIR/manifest.json.minisig.
+    Sign {
+        /// The secret key (`devcell release keygen`'s devcell.key).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        binary: PathBuf,
+        /// The release's version, e.g. 0.2.0.
+        #[arg(long)]
+        version: semver::Version,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// `application` (applies by itself) or `infrastructure` (waits for an owner).
+        #[arg(long, default_value = "application", value_parser = ["application", "infrastructure"])]
+        kind: String,
+        /// The oldest running version the release may replace.
+        #[arg(long, default_value = "0.0.0")]
+        min_version: semver::Version,
+        /// Days until the manifest expires (a cell refuses it afterwards).
+        #[arg(long, default_value_t = 90)]
+        valid_days: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UpdateCmd {
+    /// Check a release directory as this cell would before applying it (signature by a
+    /// trusted key, expiry, versions, every artifact's size and SHA-256); changes nothing and
+    /// exits non-zero on any refusal.
+    Verify {
+        /// The release directory (manifest.json, its signature and the artifacts).
+        path: PathBuf,
+        /// A public key to trust besides `update.trusted_keys`: minisign's base64 line or a
+        /// .pub file. Repeatable.
+        #[arg(long = "trusted-key")]
+        trusted_keys: Vec<String>,
+        /// Configuration file for `update.trusted_keys` (default: $DEVCELL_CONFIG, else
+        /// /etc/devcell/devcell.toml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum DbCmd {
     /// Write a consistent copy of the database to PATH (a new file), even while the cell serves.
     Backup {
@@ -267,6 +327,114 @@ pub enum DbCmd {
         #[command(flatten)]
         data: DataArg,
     },
+}
+
+/// A refusal of the update code as the command line says it: its stable code, then why.
+fn update_error(e: crate::update::UpdateError) -> anyhow::Error {
+    anyhow!("[{}] {e}", e.code())
+}
+
+fn release(cmd: ReleaseCmd) -> Result<()> {
+    use crate::update::vendor;
+    match cmd {
+        ReleaseCmd::Keygen { out } => {
+            let public = vendor::keygen(&out).map_err(update_error)?;
+            println!(
+                "wrote {} and {} (keep the secret key offline)\npublic key: {public}",
+                out.join(vendor::PUBLIC_KEY_FILE).display(),
+                out.join(vendor::SECRET_KEY_FILE).display()
+            );
+            Ok(())
+        }
+        ReleaseCmd::Sign {
+            key,
+            binary,
+            version,
+            channel,
+            kind,
+            min_version,
+            valid_days,
+            out,
+        } => {
+            let kind = crate::update::Kind::parse(&kind)
+                .ok_or_else(|| anyhow!("--kind is application or infrastructure"))?;
+            let m = vendor::sign(&vendor::Release {
+                key: &key,
+                binary: &binary,
+                version,
+                channel,
+                kind,
+                min_version,
+                valid_for: time::Duration::days(i64::from(valid_days)),
+                out: &out,
+            })
+            .map_err(update_error)?;
+            println!(
+                "signed devcell {} ({}) into {}: {} and {}, valid until {}",
+                m.version,
+                m.channel,
+                out.display(),
+                crate::update::MANIFEST,
+                crate::update::SIGNATURE,
+                crate::human::short_time(m.expires)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn verify_update(path: &Path, extra: &[String], config: Option<&Path>) -> Result<()> {
+    use crate::update::{Trust, trust};
+    let env = env_vars();
+    let file = config::config_file(config, &env);
+    let cfg = config::load(file.as_deref(), &env, &Overrides::default())
+        .map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
+    // A --trusted-key is a .pub file or the key itself.
+    let mut keys = Vec::new();
+    for k in extra {
+        let p = Path::new(k);
+        keys.push(if p.is_file() {
+            std::fs::read_to_string(p).map_err(|e| anyhow!("reading {k}: {e}"))?
+        } else {
+            k.clone()
+        });
+    }
+    let mut trust = Trust::default()
+        .with_keys(&cfg.update.trusted_keys, "update.trusted_keys")
+        .and_then(|t| t.with_keys(&keys, "--trusted-key"))
+        .map_err(update_error)?;
+    // A key list the root signed, when the release carries one.
+    let list = path.join(trust::KEY_LIST);
+    if list.exists() {
+        let text = crate::update::read_small(&list).map_err(update_error)?;
+        let sig = crate::update::read_small(&path.join(trust::KEY_LIST_SIGNATURE))
+            .map_err(update_error)?;
+        trust = trust
+            .with_key_list(trust::ROOT_KEY, &text, &String::from_utf8_lossy(&sig))
+            .map_err(update_error)?;
+    }
+    let running: semver::Version = env!("CARGO_PKG_VERSION")
+        .parse()
+        .map_err(|e| anyhow!("this binary's version: {e}"))?;
+    let v = crate::update::verify_release(path, &trust, &running, time::OffsetDateTime::now_utc())
+        .map_err(update_error)?;
+    let now = time::OffsetDateTime::now_utc();
+    println!(
+        "release {} ({}, {}) is signed by trusted key {}; expires {}; updates from {} or later",
+        v.manifest.version,
+        v.manifest.channel,
+        v.manifest.kind.as_str(),
+        v.key_id,
+        crate::human::moment(v.manifest.expires, now),
+        v.manifest.min_version
+    );
+    for (a, _) in &v.files {
+        println!(
+            "  {} ({}): {} bytes, SHA-256 {} — verified",
+            a.name, a.target, a.size, a.sha256
+        );
+    }
+    Ok(())
 }
 
 fn env_vars() -> Vec<(String, String)> {
@@ -404,6 +572,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", sealer.backup_password());
             Ok(())
         }
+        Command::Release(cmd) => release(cmd),
+        Command::Update(UpdateCmd::Verify {
+            path,
+            trusted_keys,
+            config,
+        }) => verify_update(&path, &trusted_keys, config.as_deref()),
         Command::Image(ImageCmd::Pull { reference, data }) => pull_image(&reference, &data).await,
         Command::Image(cmd) => {
             // The cache is plain files with atomic renames: safe while a cell runs.

@@ -48,6 +48,15 @@ pub struct Config {
     pub workspace: WorkspaceConfig,
     pub image: ImageConfig,
     pub tls: TlsConfig,
+    pub update: UpdateConfig,
+}
+
+/// `[update]`: which keys this cell trusts to sign its releases.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// minisign public keys (base64) trusted besides the keys devcell's root key vouches for.
+    pub trusted_keys: Vec<String>,
 }
 
 /// `[tls]`: HTTPS, from certificate files the operator keeps or by ACME, and the trust the cell
@@ -178,6 +187,7 @@ impl Default for Config {
             workspace: WorkspaceConfig::default(),
             image: ImageConfig::default(),
             tls: TlsConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }

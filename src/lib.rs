@@ -21,5 +21,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod trust;
+pub mod update;
 pub mod web;
 pub mod workers;

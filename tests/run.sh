@@ -35,6 +35,7 @@ command -v restic >/dev/null || need+=(restic)
 [ -x /usr/sbin/mkfs.ext4 ] && [ -x /usr/sbin/resize2fs ] || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(mount)
 [ -x /bin/busybox ] || need+=(busybox-static)
+[ -x /usr/bin/minisign ] || need+=(minisign)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

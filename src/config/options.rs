@@ -282,6 +282,14 @@ pub const OPTIONS: &[OptionDoc] = &[
         description: "Cached Dockerfile steps, base trees for builds and fetched features that no build used for this long are removed (checked hourly); built images stay.",
     },
     OptionDoc {
+        key: "update.trusted_keys",
+        env: "DEVCELL_UPDATE__TRUSTED_KEYS",
+        ty: "list of minisign public keys, base64 (comma-separated in the environment)",
+        default: DefaultDoc::Value("[]"),
+        secret: false,
+        description: "Keys trusted to sign releases besides those devcell's root key vouches for: your own builds' (`devcell release keygen` prints one).",
+    },
+    OptionDoc {
         key: "workspace.plain_http_credentials",
         env: "DEVCELL_WORKSPACE__PLAIN_HTTP_CREDENTIALS",
         ty: "list of `host` or `host:port` (comma-separated in the environment)",

@@ -21,3 +21,4 @@ pub mod runtime;
 mod smoke;
 mod tidy;
 mod tls;
+mod update;

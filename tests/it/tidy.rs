@@ -109,6 +109,7 @@ fn the_layers_import_only_downwards() {
             "src/agent",
             "src/runtime",
             "src/backup",
+            "src/update",
         ],
         |m| !UPPER.contains(&m),
     );
