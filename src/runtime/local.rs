@@ -9,6 +9,7 @@
 //! ever runs outside its limits. The sandbox is not tied to the cell's lifetime: it survives a
 //! restart or update of the cell, which reconnects to its agent.
 
+use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -221,7 +222,14 @@ pub struct LocalRuntime {
     bwrap: PathBuf,
     /// A launcher started ahead, waiting for its sandbox (see [`Spare`]).
     spare: Arc<std::sync::Mutex<Option<Spare>>>,
+    /// The launchers this cell started per workspace (sandboxes and services), for a stop
+    /// to end: one still on its way into the workspace's cgroups would otherwise escape the
+    /// stop and start its sandbox after it.
+    launchers: Arc<std::sync::Mutex<HashMap<WorkspaceId, Vec<KillLauncher>>>>,
 }
+
+/// Asks a launcher's supervisor to kill it; answered once it is reaped.
+type KillLauncher = tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>;
 
 impl LocalRuntime {
     pub fn new() -> Result<LocalRuntime, RuntimeError> {
@@ -240,7 +248,23 @@ impl LocalRuntime {
             exe,
             bwrap,
             spare: Arc::default(),
+            launchers: Arc::default(),
         })
+    }
+
+    /// Records a launcher of workspace `id` for its stop to end; the supervisor's end.
+    fn track_launcher(
+        &self,
+        id: &WorkspaceId,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Ok(mut l) = self.launchers.lock() {
+            let list = l.entry(id.clone()).or_default();
+            // Those whose supervisor ended (their sandbox is gone) are dropped on the way.
+            list.retain(|k| !k.is_closed());
+            list.push(tx);
+        }
+        rx
     }
 
     /// What a launcher for `spec` binds where the workspace's uid can walk: nothing when the
@@ -589,7 +613,8 @@ impl LocalRuntime {
         let child = launch
             .spawn()
             .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
-        tokio::spawn(launch.supervise(child, spec.id.clone()));
+        let kill = self.track_launcher(&spec.id);
+        tokio::spawn(launch.supervise(child, spec.id.clone(), kill));
         Ok(())
     }
 }
@@ -942,7 +967,8 @@ impl Runtime for LocalRuntime {
             tracing::debug!(workspace = %spec.id, us = t.elapsed().as_micros() as u64, "sandbox spawned");
             Spare::refill(&self.spare, &self.exe);
             let outer = child.id();
-            tokio::spawn(launch.supervise(child, spec.id.clone()));
+            let kill = self.track_launcher(&spec.id);
+            tokio::spawn(launch.supervise(child, spec.id.clone(), kill));
             if spec.network {
                 // Set up beside the agent's own start instead of before it: the agent holds its
                 // tasks until the network is there (AgentSpec::wait_for_network).
@@ -1091,6 +1117,19 @@ impl Runtime for LocalRuntime {
 
     fn stop<'a>(&'a self, id: &'a WorkspaceId) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
+            // The launchers first: one that has not joined the cgroups yet is not in them.
+            let launchers = self
+                .launchers
+                .lock()
+                .map(|mut l| l.remove(id))
+                .unwrap_or_default()
+                .unwrap_or_default();
+            for kill in launchers {
+                let (ack, reaped) = tokio::sync::oneshot::channel();
+                if kill.send(ack).is_ok() {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reaped).await;
+                }
+            }
             if let Some(cg) = self.hierarchy.open(id.as_str()) {
                 cg.destroy()?;
             }
@@ -1323,10 +1362,23 @@ impl Launch {
     /// relaunches it when bubblewrap failed at once for a known transient reason: setting up
     /// loopback in a fresh network namespace occasionally fails with ECHILD while many
     /// namespaces are created at the same time.
-    async fn supervise(self, mut child: tokio::process::Child, id: WorkspaceId) {
+    async fn supervise(
+        self,
+        mut child: tokio::process::Child,
+        id: WorkspaceId,
+        mut kill: tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>>,
+    ) {
         for attempt in 1..=3 {
             let started = std::time::Instant::now();
-            let status = child.wait().await;
+            let status = tokio::select! {
+                status = child.wait() => status,
+                Some(reaped) = kill.recv() => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    let _ = reaped.send(());
+                    return;
+                }
+            };
             let early = started.elapsed() < std::time::Duration::from_secs(3)
                 && !status.is_ok_and(|s| s.success());
             let last = std::fs::read_to_string(&self.request.log)
