@@ -96,6 +96,9 @@ pub enum Command {
     /// Updates of this cell: check a release before it is applied.
     #[command(subcommand)]
     Update(UpdateCmd),
+    /// Offline bundles: one file that carries a signed release to a site without network.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
     /// Internal: the per-workspace agent, run by the cell inside a workspace's sandbox.
     #[command(hide = true)]
     Agent {
@@ -301,12 +304,28 @@ pub enum ReleaseCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum BundleCmd {
+    /// Write a signed release directory (`devcell release sign`'s) into one file: a tar, or a
+    /// zstd-compressed tar when FILE ends in .zst.
+    Build {
+        #[arg(long)]
+        release: PathBuf,
+        /// Release notes to carry (Markdown).
+        #[arg(long)]
+        notes: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum UpdateCmd {
-    /// Check a release directory as this cell would before applying it (signature by a
-    /// trusted key, expiry, versions, every artifact's size and SHA-256); changes nothing and
-    /// exits non-zero on any refusal.
+    /// Check a release directory or bundle as this cell would before applying it (signature
+    /// by a trusted key, expiry, versions, every artifact's size and SHA-256; a bundle's
+    /// entries); changes nothing and exits non-zero on any refusal.
     Verify {
-        /// The release directory (manifest.json, its signature and the artifacts).
+        /// The release directory (manifest.json, its signature and the artifacts), or a
+        /// bundle file (`devcell bundle build`'s).
         path: PathBuf,
         /// A public key to trust besides `update.trusted_keys`: minisign's base64 line or a
         /// .pub file. Repeatable.
@@ -403,6 +422,19 @@ fn verify_update(path: &Path, extra: &[String], config: Option<&Path>) -> Result
         .with_keys(&cfg.update.trusted_keys, "update.trusted_keys")
         .and_then(|t| t.with_keys(&keys, "--trusted-key"))
         .map_err(update_error)?;
+    // A bundle is unpacked (checked entry by entry, its signature before its artifacts) into a
+    // directory of its own, removed afterwards.
+    let unpacked = if path.is_file() {
+        let dir = tempfile::Builder::new()
+            .prefix("devcell-bundle-")
+            .tempdir()
+            .map_err(|e| anyhow!("making a directory to check the bundle in: {e}"))?;
+        crate::update::bundle::unpack(path, &trust, dir.path()).map_err(update_error)?;
+        Some(dir)
+    } else {
+        None
+    };
+    let path = unpacked.as_ref().map(|d| d.path()).unwrap_or(path);
     // A key list the root signed, when the release carries one.
     let list = path.join(trust::KEY_LIST);
     if list.exists() {
@@ -573,6 +605,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Release(cmd) => release(cmd),
+        Command::Bundle(BundleCmd::Build {
+            release,
+            notes,
+            out,
+        }) => {
+            let bytes = crate::update::bundle::build(&release, notes.as_deref(), &out)
+                .map_err(update_error)?;
+            println!("wrote {} ({})", out.display(), crate::human::bytes(bytes));
+            Ok(())
+        }
         Command::Update(UpdateCmd::Verify {
             path,
             trusted_keys,

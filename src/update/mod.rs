@@ -9,6 +9,7 @@
 //! [`verify_release`] checks a release directory and changes nothing; [`vendor`] makes keys
 //! and signed releases.
 
+pub mod bundle;
 pub mod manifest;
 pub mod trust;
 pub mod vendor;
@@ -48,6 +49,8 @@ pub enum UpdateError {
     InvalidManifest(String),
     #[error("{0}")]
     InvalidKey(String),
+    #[error("{0}")]
+    BadBundle(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -69,6 +72,7 @@ impl UpdateError {
             UpdateError::ArtifactTooLarge(_) => "artifact_too_large",
             UpdateError::InvalidManifest(_) => "invalid_manifest",
             UpdateError::InvalidKey(_) => "invalid_key",
+            UpdateError::BadBundle(_) => "bad_bundle",
             UpdateError::Io { .. } => "io",
         }
     }

@@ -281,3 +281,191 @@ fn every_refusal_says_its_code_and_changes_nothing() {
     let o = verify(&expired, &[&public]);
     assert!(text(&o).contains("[expired]"), "{}", text(&o));
 }
+
+/// A tar of `entries`: (name, regular file bytes) or (name, link target) for a symlink.
+fn tar_of(entries: &[(&str, Result<Vec<u8>, &str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, what) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        match what {
+            Ok(bytes) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(bytes.len() as u64);
+                // Names the builder would refuse (`../x`) go into the header as they are.
+                h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+                h.set_cksum();
+                b.append(&h, &bytes[..]).unwrap();
+            }
+            Err(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, name, target).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn bundle_dirs() -> usize {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("devcell-bundle-")
+        })
+        .count()
+}
+
+#[test]
+fn a_bundle_carries_a_release_and_hostile_bundles_are_refused_before_they_write_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rel = release(tmp.path(), "rel", "99.2.0", &[]);
+    let public = tmp.path().join("keys/devcell.pub");
+    std::fs::write(tmp.path().join("notes.md"), "# 99.2.0\n").unwrap();
+    let dirs_before = bundle_dirs();
+    for name in ["b.tar", "b.tar.zst"] {
+        let file = tmp.path().join(name);
+        let o = devcell(
+            &[
+                "bundle",
+                "build",
+                "--release",
+                rel.to_str().unwrap(),
+                "--notes",
+                tmp.path().join("notes.md").to_str().unwrap(),
+                "--out",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let o = verify(&file, &[&public]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        assert!(text(&o).contains("release 99.2.0"), "{}", text(&o));
+    }
+    // The compressed one is smaller: the test binary is repetitive.
+    assert!(
+        std::fs::metadata(tmp.path().join("b.tar.zst"))
+            .unwrap()
+            .len()
+            < std::fs::metadata(tmp.path().join("b.tar")).unwrap().len()
+    );
+
+    let artifact = "devcell-x86_64-linux";
+    let doc = |n: &str| Ok(std::fs::read(rel.join(n)).unwrap());
+    let binary = std::fs::read(rel.join(artifact)).unwrap();
+    let refused = |name: &str, bytes: Vec<u8>, code: &str| {
+        let file = tmp.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        let o = verify(&file, &[&public]);
+        assert!(!o.status.success(), "{name}: accepted\n{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("[{code}]")),
+            "{name}: want {code}, got {}",
+            text(&o)
+        );
+        text(&o)
+    };
+    let said = refused(
+        "traversal.tar",
+        tar_of(&[
+            ("manifest.json", doc("manifest.json")),
+            ("manifest.json.minisig", doc("manifest.json.minisig")),
+            ("../escaped", Ok(b"x".to_vec())),
+        ]),
+        "bad_bundle",
+    );
+    assert!(said.contains("plain file name"), "{said}");
+    assert!(!tmp.path().join("escaped").exists());
+    assert!(!std::env::temp_dir().join("escaped").exists());
+    refused(
+        "link.tar",
+        tar_of(&[
+            ("manifest.json", doc("manifest.json")),
+            ("manifest.json.minisig", doc("manifest.json.minisig")),
+            (artifact, Err("/etc/passwd")),
+        ]),
+        "bad_bundle",
+    );
+    let said = refused(
+        "unsigned.tar",
+        tar_of(&[
+            ("manifest.json", doc("manifest.json")),
+            (artifact, Ok(binary.clone())),
+        ]),
+        "bad_bundle",
+    );
+    assert!(
+        said.contains("manifest.json.minisig was expected"),
+        "{said}"
+    );
+    refused(
+        "artifact first.tar",
+        tar_of(&[(artifact, Ok(binary.clone()))]),
+        "bad_bundle",
+    );
+    let mut flipped = binary.clone();
+    flipped[4096] ^= 1;
+    refused(
+        "tampered.tar",
+        tar_of(&[
+            ("manifest.json", doc("manifest.json")),
+            ("manifest.json.minisig", doc("manifest.json.minisig")),
+            (artifact, Ok(flipped)),
+        ]),
+        "artifact_mismatch",
+    );
+    let mut longer = binary.clone();
+    longer.extend_from_slice(&[0; 4096]);
+    refused(
+        "oversized.tar",
+        tar_of(&[
+            ("manifest.json", doc("manifest.json")),
+            ("manifest.json.minisig", doc("manifest.json.minisig")),
+            (artifact, Ok(longer)),
+        ]),
+        "artifact_too_large",
+    );
+    refused(
+        "extra.tar",
+        tar_of(&[
+            ("manifest.json", doc("manifest.json")),
+            ("manifest.json.minisig", doc("manifest.json.minisig")),
+            (artifact, Ok(binary.clone())),
+            ("evil.sh", Ok(b"#!/bin/sh\n".to_vec())),
+        ]),
+        "bad_bundle",
+    );
+    let whole = std::fs::read(tmp.path().join("b.tar")).unwrap();
+    let said = refused(
+        "truncated.tar",
+        whole[..whole.len() / 2].to_vec(),
+        "bad_bundle",
+    );
+    assert!(said.contains("truncated"), "{said}");
+    // A decompression bomb: an entry that claims 64 GiB, zstd-compressed to almost nothing;
+    // refused by its header before a byte of it is unpacked.
+    let mut bomb = tar_of(&[
+        ("manifest.json", doc("manifest.json")),
+        ("manifest.json.minisig", doc("manifest.json.minisig")),
+    ]);
+    bomb.truncate(bomb.len() - 1024); // the end-of-archive blocks
+    let mut h = tar::Header::new_gnu();
+    h.set_path(artifact).unwrap();
+    h.set_size(64 << 30);
+    h.set_mode(0o644);
+    h.set_cksum();
+    bomb.extend_from_slice(h.as_bytes());
+    bomb.extend(std::iter::repeat_n(0u8, 1 << 20));
+    let said = refused(
+        "bomb.tar.zst",
+        zstd::encode_all(&bomb[..], 3).unwrap(),
+        "artifact_too_large",
+    );
+    assert!(said.contains("68719476736 bytes"), "{said}");
+    // Every check ran in a directory of its own, gone afterwards.
+    assert_eq!(bundle_dirs(), dirs_before);
+}
