@@ -14,7 +14,7 @@ pub mod manifest;
 pub mod trust;
 pub mod vendor;
 
-use std::io::Read as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
@@ -123,6 +123,33 @@ pub fn verify_release(
     })
 }
 
+/// Reads `from` to its end, writing what it reads to `to` when given; how many bytes and
+/// their SHA-256 (lowercase hex). `path` names the source in errors.
+pub(crate) fn hash_stream(
+    from: &mut dyn Read,
+    mut to: Option<&mut dyn std::io::Write>,
+    path: &Path,
+) -> Result<(u64, String), UpdateError> {
+    let mut hash = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = from
+            .read(&mut buf)
+            .map_err(io_err(format!("reading {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        if let Some(to) = to.as_mut() {
+            to.write_all(&buf[..n])
+                .map_err(io_err(format!("writing from {}", path.display())))?;
+        }
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hash.finalize())))
+}
+
 /// Reads a document of at most [`MAX_DOCUMENT`] bytes, without following a link.
 pub(crate) fn read_small(path: &Path) -> Result<Vec<u8>, UpdateError> {
     let name = path
@@ -167,20 +194,7 @@ fn check_artifact(path: &Path, artifact: &Artifact) -> Result<(), UpdateError> {
     let file = open_regular(path).map_err(|e| {
         UpdateError::ArtifactMismatch(format!("artifact {name} cannot be read: {e}"))
     })?;
-    let mut hash = sha2::Sha256::new();
-    let mut seen = 0u64;
-    let mut limited = file.take(artifact.size + 1);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = limited
-            .read(&mut buf)
-            .map_err(io_err(format!("reading {}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        seen += n as u64;
-        hash.update(&buf[..n]);
-    }
+    let (seen, actual) = hash_stream(&mut file.take(artifact.size + 1), None, path)?;
     if seen > artifact.size {
         return Err(UpdateError::ArtifactTooLarge(format!(
             "artifact {name} is larger than the {} bytes its manifest declares",
@@ -193,7 +207,6 @@ fn check_artifact(path: &Path, artifact: &Artifact) -> Result<(), UpdateError> {
             artifact.size
         )));
     }
-    let actual = hex::encode(hash.finalize());
     if actual != artifact.sha256 {
         return Err(UpdateError::ArtifactMismatch(format!(
             "artifact {name} has SHA-256 {actual}; its manifest declares {}",

@@ -1,11 +1,10 @@
 //! The vendor's side: making a signing key pair and signing a release (manifest, signature
 //! and artifacts in one directory), in formats the stock `minisign` reads.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use sha2::Digest as _;
 use time::OffsetDateTime;
 
 use super::manifest::{Artifact, Kind, Manifest, PRODUCT};
@@ -114,25 +113,11 @@ fn copy_hashing(from: &Path, to: &Path) -> Result<(u64, String), UpdateError> {
         .mode(0o755)
         .open(&tmp)
         .map_err(io_err(format!("writing {}", tmp.display())))?;
-    let mut hash = sha2::Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = src
-            .read(&mut buf)
-            .map_err(io_err(format!("reading {}", from.display())))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        dst.write_all(&buf[..n])
-            .map_err(io_err(format!("writing {}", tmp.display())))?;
-        size += n as u64;
-    }
+    let (size, sha256) = super::hash_stream(&mut src, Some(&mut dst), from)?;
     dst.sync_all()
         .map_err(io_err(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, to).map_err(io_err(format!("writing {}", to.display())))?;
-    Ok((size, hex::encode(hash.finalize())))
+    Ok((size, sha256))
 }
 
 fn temp_beside(path: &Path) -> PathBuf {
