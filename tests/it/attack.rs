@@ -1169,3 +1169,45 @@ fn a_workspace_nested_deeper_than_any_path_does_not_bring_the_cell_down() {
         b"still here\n"
     );
 }
+
+/// Gitpod's `checkoutLocation` has the cell (root) move a fresh clone under `/workspace`. A
+/// member who removed the clone and planted a link where the repository's configuration
+/// (changed meanwhile) asks for it gets a refused start: the move replaces nothing and
+/// follows no link.
+#[tokio::test]
+async fn a_link_planted_where_the_checkout_goes_is_never_moved_onto_or_through() {
+    let c = TestCell::start_with_runtime().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "app", &[(".gitpod.yml", "tasks: []\n")]);
+    let id = create_started(
+        &c,
+        json!({ "repos": [{ "url": format!("file://{}", bare.display()) }], "start": true }),
+    )
+    .await;
+    c.wait_phase(&id, "running", START_WITHIN).await;
+    run_ok(
+        &c,
+        &id,
+        "rm -rf /workspace/app && ln -s /etc /workspace/core && ls -la /workspace",
+    )
+    .await;
+    stop(&c, &id).await;
+    // The repository now asks for `core`; the next start clones it afresh (it is gone).
+    let work = repos.path().join("app-src");
+    std::fs::write(work.join(".gitpod.yml"), "checkoutLocation: core\n").unwrap();
+    crate::runtime::commit_all(&work, &bare);
+    let (s, w) = post(&c, &format!("/api/v1/workspaces/{id}/start")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{w}");
+    let w = c.wait_phase(&id, "failed", START_WITHIN).await;
+    let message = w["history"].as_array().unwrap().last().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("checkoutLocation core: /workspace/core is taken"),
+        "{message}"
+    );
+    assert!(!Path::new("/etc/app").exists() && !Path::new("/etc/.git").exists());
+    assert!(Path::new("/etc/passwd").is_file());
+    c.stop().await;
+}
