@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,7 +19,6 @@ use std::time::{Duration, Instant};
 use devcell::config::{self, Overrides};
 use devcell::domain::entities::Workspace;
 use devcell::domain::{Desired, Lifecycle, RepoSpec, RepoUrl, WorkspaceId};
-use devcell::server::{self, Options};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
@@ -112,18 +113,8 @@ async fn api_bench() {
         ..Overrides::default()
     };
     let config = config::load(None, &[], &overrides).unwrap();
-    let running = server::start(
-        config,
-        Options {
-            bootstrap_owner: Some(("bench@example.com".into(), None)),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (running, owner, token) = common::start_cell(config, None).await;
     let cell = running.cell.clone();
-    let (owner, token) = cell.admin_token(None, "bench").unwrap();
-    let token = token.secret;
 
     // Seed through the API once for the org and class, then in bulk through the store.
     let actor = devcell::service::Actor {

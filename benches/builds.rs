@@ -27,7 +27,6 @@ use devcell::config::{self, Overrides};
 use devcell::content::image::build::{BasePuller, BuildRequest, StepRun, StepRunner};
 use devcell::content::image::{ImageRef, ImageStore, PulledImage, Puller, RegistryAuth};
 use devcell::runtime::Runtime;
-use devcell::server::{self, Options};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -373,19 +372,7 @@ async fn run() {
     };
     let mut config = config::load(None, &[], &overrides).unwrap();
     config.workspace.file_repos = vec![scratch.path().join("repos")];
-    let running = server::start(
-        config,
-        Options {
-            bootstrap_owner: Some(("bench@example.com".into(), None)),
-            runtime: Some(runtime.clone()),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
-    let cell = running.cell.clone();
-    let (_, token) = cell.admin_token(None, "bench").unwrap();
-    let token = token.secret;
+    let (running, _, token) = common::start_cell(config, Some(runtime.clone())).await;
     let base_url = running.url();
     let http = reqwest::Client::new();
     let repos = scratch.path().join("repos");

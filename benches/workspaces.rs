@@ -18,7 +18,6 @@ mod common;
 
 use common::{bare_repo, git, median, ms};
 use devcell::config::{self, Overrides};
-use devcell::server::{self, Options};
 use serde_json::{Value, json};
 
 const RUNS: usize = 30;
@@ -193,19 +192,8 @@ async fn run() {
             .unwrap()
             .with_exe(env!("CARGO_BIN_EXE_devcell").into()),
     );
-    let running = server::start(
-        config,
-        Options {
-            bootstrap_owner: Some(("bench@example.com".into(), None)),
-            runtime: Some(runtime.clone()),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (running, owner, token) = common::start_cell(config, Some(runtime.clone())).await;
     let cell = running.cell.clone();
-    let (owner, token) = cell.admin_token(None, "bench").unwrap();
-    let token = token.secret;
     let actor = devcell::service::Actor {
         user: owner,
         via: devcell::service::AuthVia::Token,

@@ -60,3 +60,27 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
+
+/// A cell started in this process on `config` (and `runtime`, if any), its first owner
+/// `bench@example.com`, and an API token of that owner's.
+pub async fn start_cell(
+    config: devcell::config::Config,
+    runtime: Option<std::sync::Arc<dyn devcell::runtime::Runtime>>,
+) -> (
+    devcell::server::Running,
+    devcell::domain::entities::User,
+    String,
+) {
+    let running = devcell::server::start(
+        config,
+        devcell::server::Options {
+            bootstrap_owner: Some(("bench@example.com".into(), None)),
+            runtime,
+            ..devcell::server::Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (owner, token) = running.cell.admin_token(None, "bench").unwrap();
+    (running, owner, token.secret)
+}

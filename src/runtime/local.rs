@@ -252,11 +252,9 @@ impl LocalRuntime {
         })
     }
 
-    /// Records a launcher of workspace `id` for its stop to end; the supervisor's end.
-    fn track_launcher(
-        &self,
-        id: &WorkspaceId,
-    ) -> tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>> {
+    /// Hands a launcher of workspace `id` to its supervisor (see [`Launch::supervise`]),
+    /// recorded for the workspace's stop to end.
+    fn supervise(&self, launch: Launch, child: tokio::process::Child, id: &WorkspaceId) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         if let Ok(mut l) = self.launchers.lock() {
             let list = l.entry(id.clone()).or_default();
@@ -264,7 +262,7 @@ impl LocalRuntime {
             list.retain(|k| !k.is_closed());
             list.push(tx);
         }
-        rx
+        tokio::spawn(launch.supervise(child, id.clone(), rx));
     }
 
     /// What a launcher for `spec` binds where the workspace's uid can walk: nothing when the
@@ -613,8 +611,7 @@ impl LocalRuntime {
         let child = launch
             .spawn()
             .map_err(|e| RuntimeError::Start(format!("{}: {e}", self.exe.display())))?;
-        let kill = self.track_launcher(&spec.id);
-        tokio::spawn(launch.supervise(child, spec.id.clone(), kill));
+        self.supervise(launch, child, &spec.id);
         Ok(())
     }
 }
@@ -967,8 +964,7 @@ impl Runtime for LocalRuntime {
             tracing::debug!(workspace = %spec.id, us = t.elapsed().as_micros() as u64, "sandbox spawned");
             Spare::refill(&self.spare, &self.exe);
             let outer = child.id();
-            let kill = self.track_launcher(&spec.id);
-            tokio::spawn(launch.supervise(child, spec.id.clone(), kill));
+            self.supervise(launch, child, &spec.id);
             if spec.network {
                 // Set up beside the agent's own start instead of before it: the agent holds its
                 // tasks until the network is there (AgentSpec::wait_for_network).
