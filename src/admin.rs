@@ -36,6 +36,15 @@ pub enum Request {
     Down,
     /// The certificates served (or, with no cell running, those stored), as JSON.
     CertStatus,
+    /// The running version, the newest release seen and the history of updates, as JSON.
+    UpdateStatus,
+    /// Fetches the channel's release and stages it (applies nothing).
+    UpdateCheck,
+    /// Applies a release: a directory (`devcell release sign`'s), a bundle file, or (neither)
+    /// the channel's. Answers once the update is under way, with its version and start (JSON).
+    UpdateApply { from: Option<PathBuf> },
+    /// Approves the newest release (one that waits for approval) and applies it.
+    UpdateApprove { version: String },
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -101,6 +110,21 @@ pub async fn execute(cell: &Cell, req: Request) -> Response {
                 .map(|json| (None, json))
                 .map_err(|e| crate::service::Error::Internal(e.to_string()))
         }
+        Request::UpdateStatus => cell
+            .update_status()
+            .map(|s| (None, status_json(&s).to_string())),
+        Request::UpdateCheck => check_channel(cell).await,
+        Request::UpdateApply { from } => apply(cell, from).await,
+        Request::UpdateApprove { version } => match version.parse::<semver::Version>() {
+            Ok(v) => match cell.approve_update(&v) {
+                Ok(_) => staged_then_apply(cell, cell.staged_release(&v)).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(crate::service::Error::Conflict {
+                code: "invalid_version",
+                message: format!("{version:?} is not a version: {e}"),
+            }),
+        },
         Request::DbBackup { path } => {
             let path = if path.is_absolute() {
                 path
@@ -115,10 +139,114 @@ pub async fn execute(cell: &Cell, req: Request) -> Response {
     };
     match result {
         Ok((user, value)) => Response::Ok { user, value },
+        // A refusal with a stable code says it, as the API's error bodies do.
+        Err(crate::service::Error::Conflict { code, message }) => Response::Error {
+            message: format!("[{code}] {message}"),
+        },
         Err(e) => Response::Error {
             message: e.to_string(),
         },
     }
+}
+
+/// The status as `devcell update status --json` prints it.
+fn status_json(s: &crate::service::updates::UpdateStatus) -> serde_json::Value {
+    let t = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    serde_json::json!({
+        "running": s.running.to_string(),
+        "channel": s.channel.as_ref().map(|u| u.to_string()),
+        "waiting_approval": s.waiting_approval,
+        "newest": s.newest.as_ref().map(|n| serde_json::json!({
+            "version": n.version.to_string(),
+            "channel": n.channel,
+            "kind": n.kind,
+            "source": n.source,
+            "seen_at": t(n.seen_at),
+            "approved_at": n.approved_at.map(t),
+        })),
+        "attempts": s.attempts.iter().map(|a| serde_json::json!({
+            "started_at": t(a.started_at),
+            "from": a.from.to_string(),
+            "to": a.to.to_string(),
+            "source": a.source,
+            "outcome": a.outcome.as_str(),
+            "message": a.message,
+            "ended_at": a.ended_at.map(t),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn no_channel() -> crate::service::Error {
+    crate::service::Error::Conflict {
+        code: "no_channel",
+        message: "no update.channel_url is configured: name a release directory or bundle, or set the channel".into(),
+    }
+}
+
+async fn check_channel(cell: &Cell) -> crate::service::Result<(Option<String>, String)> {
+    let Some(url) = cell.config().update.channel_url.clone() else {
+        return Err(no_channel());
+    };
+    let s = cell.fetch_release(&url).await?;
+    let wait = if s.needs_approval() {
+        "; it waits for an owner's approval (`devcell update approve`)"
+    } else {
+        ""
+    };
+    Ok((
+        None,
+        format!(
+            "release {} ({}, {}) from {url} is checked and staged{wait}",
+            s.manifest.version,
+            s.manifest.channel,
+            s.manifest.kind.as_str()
+        ),
+    ))
+}
+
+async fn apply(
+    cell: &Cell,
+    from: Option<PathBuf>,
+) -> crate::service::Result<(Option<String>, String)> {
+    let staged = match from {
+        None => match cell.config().update.channel_url.clone() {
+            Some(url) => cell.fetch_release(&url).await,
+            None => Err(no_channel()),
+        },
+        // Hashing a release reads hundreds of megabytes: off the runtime's threads.
+        Some(path) => {
+            let cell = cell.clone();
+            tokio::task::spawn_blocking(move || {
+                if path.is_dir() {
+                    cell.stage_directory(&path)
+                } else {
+                    cell.stage_bundle(&path)
+                }
+            })
+            .await
+            .map_err(|e| crate::service::Error::Internal(e.to_string()))
+            .and_then(|r| r)
+        }
+    };
+    staged_then_apply(cell, staged).await
+}
+
+async fn staged_then_apply(
+    cell: &Cell,
+    staged: crate::service::Result<crate::service::updates::Staged>,
+) -> crate::service::Result<(Option<String>, String)> {
+    let attempt = cell.request_update(staged?)?;
+    let started = attempt
+        .started_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    Ok((
+        None,
+        serde_json::json!({ "version": attempt.to.to_string(), "started_at": started }).to_string(),
+    ))
 }
 
 /// Listens on the admin socket until `stop` turns true.

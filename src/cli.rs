@@ -17,7 +17,7 @@ use crate::server::{self, Options};
 #[derive(Parser, Debug)]
 #[command(
     name = "devcell",
-    version,
+    version = crate::version::text(),
     about = "A self-hosted cloud development environment cell in one binary"
 )]
 pub struct Cli {
@@ -93,7 +93,7 @@ pub enum Command {
     /// Make signing keys and signed releases (for whoever builds devcell's releases).
     #[command(subcommand)]
     Release(ReleaseCmd),
-    /// Updates of this cell: check a release before it is applied.
+    /// Updates of this cell: check, apply and approve releases; their history.
     #[command(subcommand)]
     Update(UpdateCmd),
     /// Offline bundles: one file that carries a signed release to a site without network.
@@ -316,6 +316,13 @@ pub enum BundleCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Apply an offline bundle to the cell running on this host: everything in it is checked
+    /// before anything changes, then the update applies as one from the channel would.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        data: DataArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -335,6 +342,36 @@ pub enum UpdateCmd {
         /// /etc/devcell/devcell.toml when present).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// The running version, the newest release seen, whether one waits for approval, and the
+    /// latest updates with how they ended.
+    Status {
+        #[command(flatten)]
+        data: DataArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch the channel's release (`update.channel_url`) and check and stage it; applies
+    /// nothing.
+    Check {
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Apply a release to the cell running on this host: a release directory or bundle, else
+    /// the channel's. Waits until the new binary serves, or was rolled back.
+    Apply {
+        /// A release directory or bundle file; default: the channel's release.
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Approve the newest release (infrastructure and major releases wait for an owner) and
+    /// apply it.
+    Approve {
+        version: String,
+        #[command(flatten)]
+        data: DataArg,
     },
 }
 
@@ -403,7 +440,7 @@ fn release(cmd: ReleaseCmd) -> Result<()> {
 }
 
 fn verify_update(path: &Path, extra: &[String], config: Option<&Path>) -> Result<()> {
-    use crate::update::{Trust, trust};
+    use crate::update::Trust;
     let env = env_vars();
     let file = config::config_file(config, &env);
     let cfg = config::load(file.as_deref(), &env, &Overrides::default())
@@ -418,7 +455,7 @@ fn verify_update(path: &Path, extra: &[String], config: Option<&Path>) -> Result
             k.clone()
         });
     }
-    let mut trust = Trust::default()
+    let trust = Trust::default()
         .with_keys(&cfg.update.trusted_keys, "update.trusted_keys")
         .and_then(|t| t.with_keys(&keys, "--trusted-key"))
         .map_err(update_error)?;
@@ -435,20 +472,9 @@ fn verify_update(path: &Path, extra: &[String], config: Option<&Path>) -> Result
         None
     };
     let path = unpacked.as_ref().map(|d| d.path()).unwrap_or(path);
-    // A key list the root signed, when the release carries one.
-    let list = path.join(trust::KEY_LIST);
-    if list.exists() {
-        let text = crate::update::read_small(&list).map_err(update_error)?;
-        let sig = crate::update::read_small(&path.join(trust::KEY_LIST_SIGNATURE))
-            .map_err(update_error)?;
-        trust = trust
-            .with_key_list(trust::ROOT_KEY, &text, &String::from_utf8_lossy(&sig))
-            .map_err(update_error)?;
-    }
-    let running: semver::Version = env!("CARGO_PKG_VERSION")
-        .parse()
-        .map_err(|e| anyhow!("this binary's version: {e}"))?;
-    let v = crate::update::verify_release(path, &trust, &running, time::OffsetDateTime::now_utc())
+    let trust = crate::update::trust_for(path, trust).map_err(update_error)?;
+    let running = crate::version::current();
+    let v = crate::update::verify_release(path, &trust, running, time::OffsetDateTime::now_utc())
         .map_err(update_error)?;
     let now = time::OffsetDateTime::now_utc();
     println!(
@@ -620,6 +646,23 @@ pub async fn run(cli: Cli) -> Result<()> {
             trusted_keys,
             config,
         }) => verify_update(&path, &trusted_keys, config.as_deref()),
+        Command::Update(UpdateCmd::Status { data, json }) => update_status(&data, json).await,
+        Command::Update(UpdateCmd::Check { data }) => {
+            let (_, said) = local_admin(&data, crate::admin::Request::UpdateCheck).await?;
+            println!("{said}");
+            Ok(())
+        }
+        Command::Update(UpdateCmd::Apply { from, data }) => {
+            let from = from.map(absolute).transpose()?;
+            follow_update(&data, crate::admin::Request::UpdateApply { from }).await
+        }
+        Command::Update(UpdateCmd::Approve { version, data }) => {
+            follow_update(&data, crate::admin::Request::UpdateApprove { version }).await
+        }
+        Command::Bundle(BundleCmd::Import { file, data }) => {
+            let from = Some(absolute(file)?);
+            follow_update(&data, crate::admin::Request::UpdateApply { from }).await
+        }
         Command::Image(ImageCmd::Pull { reference, data }) => pull_image(&reference, &data).await,
         Command::Image(cmd) => {
             // The cache is plain files with atomic renames: safe while a cell runs.
@@ -710,14 +753,86 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn run_cell(config: Config, owner: Option<(String, Option<String>)>) -> Result<()> {
     init_logging(config.log.format, &config.log.level);
-    let running = server::start(
+    crate::server::handover::remember_exe();
+    let inherited = crate::server::handover::Inherited::from_env()
+        .transpose()
+        .map_err(|e| anyhow!("cannot take over from the previous process: {e}"))?;
+    let took_over = inherited.is_some();
+    let mut running = server::start(
         config,
         Options {
             bootstrap_owner: owner,
+            inherited,
             ..Options::default()
         },
     )
     .await?;
+    if took_over {
+        println!(
+            "devcell {} took over and serves: {} (pid {})",
+            crate::version::text(),
+            running.cell.link("").trim_end_matches('/'),
+            std::process::id()
+        );
+    } else {
+        greet(&running)?;
+    }
+    let mut requests = running.cell.take_update_requests();
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        let request = async {
+            match requests.as_mut() {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut signal => break,
+            req = request => {
+                let Some(req) = req else {
+                    requests = None;
+                    continue;
+                };
+                let version = req.staged.manifest.version.clone();
+                match crate::server::handover::apply(running, req).await {
+                    crate::server::handover::Outcome::HandedOver { pid } => {
+                        println!("handed over to devcell {version} (pid {pid})");
+                        let _ = std::io::stdout().flush();
+                        // Nothing of this process is needed any more; its workspaces, sockets
+                        // and database are the new process's.
+                        std::process::exit(0);
+                    }
+                    crate::server::handover::Outcome::Kept(r, why) => {
+                        eprintln!("the update to devcell {version} did not apply: {why}");
+                        running = *r;
+                        // A cell started again has a new cell, with its own requests.
+                        if let Some(fresh) = running.cell.take_update_requests() {
+                            requests = Some(fresh);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    let data = running.cell.config().data_dir.clone();
+    let running_now = running
+        .cell
+        .active_workspaces()
+        .map_or(0, |w| w.iter().filter(|w| w.lifecycle.is_active()).count());
+    running.stop().await;
+    if running_now > 0 {
+        eprintln!(
+            "{running_now} workspace(s) keep running; `devcell down --data {}` stops them (snapshot first)",
+            data.display()
+        );
+    }
+    Ok(())
+}
+
+/// What `up` and `serve` print once the cell serves: its address and a one-time login link.
+fn greet(running: &server::Running) -> Result<()> {
     let admin = running.cell.find_user(None)?;
     let link = running.cell.create_login_link(&admin.id)?;
     let mut out = std::io::stdout().lock();
@@ -740,22 +855,113 @@ async fn run_cell(config: Config, owner: Option<(String, Option<String>)>) -> Re
         humantime::format_duration(running.cell.config().auth.login_link_ttl)
     )?;
     out.flush()?;
-    drop(out);
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    let data = running.cell.config().data_dir.clone();
-    let running_now = running
-        .cell
-        .active_workspaces()
-        .map_or(0, |w| w.iter().filter(|w| w.lifecycle.is_active()).count());
-    running.stop().await;
-    if running_now > 0 {
-        eprintln!(
-            "{running_now} workspace(s) keep running; `devcell down --data {}` stops them (snapshot first)",
-            data.display()
+    Ok(())
+}
+
+/// `std::path::absolute` of a path given on the command line (the cell resolves it, from
+/// another working directory).
+fn absolute(p: PathBuf) -> Result<PathBuf> {
+    std::path::absolute(&p).with_context(|| format!("{}", p.display()))
+}
+
+async fn update_status(d: &DataArg, json: bool) -> Result<()> {
+    let (_, said) = local_admin(d, crate::admin::Request::UpdateStatus).await?;
+    let v: serde_json::Value = serde_json::from_str(&said)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    println!("running: devcell {}", s(&v["running"]));
+    println!(
+        "channel: {}",
+        v["channel"].as_str().unwrap_or("none (bundles only)")
+    );
+    let n = &v["newest"];
+    if n.is_object() {
+        let approval = if v["waiting_approval"] == true {
+            format!(
+                " — waits for approval: `devcell update approve {}`",
+                s(&n["version"])
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "newest release seen: {} ({}, {}) from {}{approval}",
+            s(&n["version"]),
+            s(&n["channel"]),
+            s(&n["kind"]),
+            s(&n["source"]),
         );
     }
+    let rows: Vec<Vec<String>> = v["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            vec![
+                s(&a["started_at"]),
+                format!("{} → {}", s(&a["from"]), s(&a["to"])),
+                s(&a["outcome"]),
+                s(&a["message"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no update applied yet");
+    } else {
+        print_table(&["STARTED", "VERSIONS", "OUTCOME", "MESSAGE"], &rows);
+    }
     Ok(())
+}
+
+/// Asks the running cell for an update, then follows it until the new binary serves (exit
+/// 0) or the previous one serves again (exit 1), through whichever process has the admin
+/// socket.
+async fn follow_update(d: &DataArg, req: crate::admin::Request) -> Result<()> {
+    let data = data_dir(d)?;
+    let said = match crate::admin::call(&data, &req).await? {
+        Some(crate::admin::Response::Ok { value, .. }) => value,
+        Some(crate::admin::Response::Error { message }) => bail!(message),
+        None => bail!(
+            "no cell runs on {}: start it (`devcell up` or `serve`), then apply the update",
+            data.display()
+        ),
+    };
+    let asked: serde_json::Value = serde_json::from_str(&said)?;
+    let version = asked["version"].as_str().unwrap_or("").to_owned();
+    let started = asked["started_at"].as_str().unwrap_or("").to_owned();
+    eprintln!("applying devcell {version}…");
+    let until = std::time::Instant::now() + Duration::from_secs(900);
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Between the two processes the socket may be missing for a moment.
+        let Ok(Some(crate::admin::Response::Ok { value, .. })) =
+            crate::admin::call(&data, &crate::admin::Request::UpdateStatus).await
+        else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&value)?;
+        let Some(a) = v["attempts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["started_at"] == started.as_str())
+        else {
+            continue;
+        };
+        let message = a["message"].as_str().unwrap_or("");
+        match a["outcome"].as_str() {
+            Some("applied") => {
+                println!("updated to devcell {version}: {message}");
+                return Ok(());
+            }
+            Some("applying") | None => continue,
+            Some(outcome) => bail!("[{outcome}] the update to {version} did not apply: {message}"),
+        }
+    }
+    bail!("the update to {version} has not finished after 15 minutes; see `devcell update status`")
 }
 
 /// How long `down` waits for the workspaces to stop (each stop snapshots its files).

@@ -51,12 +51,59 @@ pub struct Config {
     pub update: UpdateConfig,
 }
 
-/// `[update]`: which keys this cell trusts to sign its releases.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// `[update]`: which keys this cell trusts to sign its releases, where it looks for them and
+/// when it applies them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpdateConfig {
     /// minisign public keys (base64) trusted besides the keys devcell's root key vouches for.
     pub trusted_keys: Vec<String>,
+    /// The release channel: a directory URL holding `manifest.json`, its signature and the
+    /// artifacts. Unset: the cell never looks for releases (air-gapped sites use bundles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_url: Option<Url>,
+    /// How often the channel is checked; `0s` turns the loop off.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// Application releases within the same major version apply by themselves.
+    pub auto_apply: bool,
+    /// When releases apply by themselves: `HH:MM-HH:MM` in UTC (may wrap midnight). Unset:
+    /// at any time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// How long a new binary has to report healthy before the previous one is restored.
+    #[serde(with = "humantime_serde")]
+    pub health_deadline: Duration,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            trusted_keys: Vec::new(),
+            channel_url: None,
+            check_interval: Duration::from_secs(24 * 3600),
+            auto_apply: true,
+            window: None,
+            health_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A maintenance window `HH:MM-HH:MM` (UTC) as minutes of the day, start and end.
+pub fn parse_window(text: &str) -> Result<(u16, u16), String> {
+    let minutes = |t: &str| -> Option<u16> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && !t.trim().is_empty()).then_some(h * 60 + m)
+    };
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not HH:MM-HH:MM"))?;
+    match (minutes(a), minutes(b)) {
+        (Some(a), Some(b)) if a != b => Ok((a, b)),
+        (Some(_), Some(_)) => Err(format!("{text:?} starts where it ends")),
+        _ => Err(format!("{text:?} is not HH:MM-HH:MM (UTC, 24-hour)")),
+    }
 }
 
 /// `[tls]`: HTTPS, from certificate files the operator keeps or by ACME, and the trust the cell
@@ -680,6 +727,23 @@ fn validate(config: &mut Config, figment: &Figment) -> Vec<ConfigError> {
         }
     };
 
+    if let Some(w) = &config.update.window
+        && let Err(reason) = parse_window(w)
+    {
+        check(false, "update.window", reason);
+    }
+    if let Some(u) = &config.update.channel_url {
+        check(
+            matches!(u.scheme(), "https" | "http"),
+            "update.channel_url",
+            "must be an https (or http) URL; sites without network import bundles".to_string(),
+        );
+    }
+    check(
+        config.update.health_deadline >= Duration::from_secs(1),
+        "update.health_deadline",
+        "must be at least 1s".to_string(),
+    );
     for m in &config.image.mirrors {
         if let Err(reason) = crate::content::image::Mirror::parse(&m.registry, &m.mirror) {
             check(false, "image.mirrors", reason);

@@ -22,5 +22,6 @@ pub mod service;
 pub mod store;
 pub mod trust;
 pub mod update;
+pub mod version;
 pub mod web;
 pub mod workers;

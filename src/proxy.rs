@@ -138,7 +138,7 @@ async fn port_origin(st: AppState, target: PortHost, req: Request) -> Result<Res
                 cell.may_reach_port(actor.as_ref(), &target.workspace, target.port)
                     .is_ok()
             })
-            .await
+            .await;
     };
     forward(agent, port, path, String::new(), req, false, ends).await
 }
@@ -280,7 +280,7 @@ async fn path_port(
                 let actor = crate::api::auth_identify(cell, &headers).ok();
                 cell.may_reach_port(actor.as_ref(), &wsid, port).is_ok()
             })
-            .await
+            .await;
     };
     forward(
         agent,

@@ -209,7 +209,7 @@ async fn wait_for_network() {
 
 async fn status(Ready(a): Ready) -> Json<Status> {
     Json(Status {
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: crate::version::text().into(),
         pid: std::process::id(),
         last_activity_ms: a.last_activity_ms.load(Ordering::Relaxed),
         tasks: a.tasks.lock().await.clone(),

@@ -109,7 +109,7 @@ impl From<Error> for ApiError {
             Error::Unavailable { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backup_unavailable", msg)
             }
-            Error::Store(StoreError::Locked { .. }) => {
+            Error::Store(StoreError::Locked { .. } | StoreError::Closed) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
             }
             Error::Store(_) | Error::Internal(_) => {

@@ -35,13 +35,20 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready once started and while the database answers; says which version answers (a
+/// handover checks that the new binary does).
 async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+    let version = [(crate::version::HEADER, crate::version::text())];
     if !st.ready.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, version, "starting\n");
     }
     match st.cell.store().workspace_count() {
-        Ok(_) => (StatusCode::OK, "ready\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+        Ok(_) => (StatusCode::OK, version, "ready\n"),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            version,
+            "database unavailable\n",
+        ),
     }
 }
 

@@ -169,13 +169,16 @@ pub(super) async fn attach_terminal(
 /// The close code a terminal gets when its caller's access ends (4000-4999 are the
 /// application's): the page says so rather than reconnecting.
 pub const ACCESS_ENDED: u16 = 4403;
+/// The close code a terminal gets when the cell hands over to its next binary (WebSocket's
+/// "service restart"): the page reconnects to the same terminal, whose shell kept running.
+pub const RESTARTING: u16 = 1012;
 
 /// Copies frames both ways until either side closes, or `ends` resolves (then the client gets
 /// a close frame with [`ACCESS_ENDED`]).
 async fn relay(
     client: WebSocket,
     agent: tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>,
-    ends: impl std::future::Future<Output = ()>,
+    ends: impl std::future::Future<Output = crate::service::Ended>,
     on_input: impl Fn() + Send + 'static,
 ) {
     let (mut c_tx, mut c_rx) = client.split();
@@ -200,11 +203,15 @@ async fn relay(
         loop {
             let m = tokio::select! {
                 m = a_rx.next() => m,
-                _ = &mut ends => {
+                why = &mut ends => {
+                    let (code, reason) = match why {
+                        crate::service::Ended::Access => (ACCESS_ENDED, "access ended: sign in again"),
+                        crate::service::Ended::Closing => (RESTARTING, "the cell restarts: reconnect"),
+                    };
                     let _ = c_tx
                         .send(AxMessage::Close(Some(axum::extract::ws::CloseFrame {
-                            code: ACCESS_ENDED,
-                            reason: "access ended: sign in again".into(),
+                            code,
+                            reason: reason.into(),
                         })))
                         .await;
                     return;

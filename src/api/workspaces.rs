@@ -260,6 +260,8 @@ pub(super) async fn workspace_events(
                     let moved = tokio::select! {
                         r = w.changes.changed() => r,
                         r = w.access.changed() => r,
+                        // Handing over to the next binary: the client reconnects to it.
+                        _ = w.st.cell.closing() => return None,
                     };
                     if moved.is_err() {
                         return None; // the cell is stopping

@@ -14,7 +14,13 @@ use super::options::{OptionDoc, env_name, is_section, option, secret_file_option
 use super::{ConfigError, Overrides};
 
 /// Environment variables starting with `DEVCELL_` that are not configuration keys.
-pub const IGNORED_ENV: &[&str] = &["DEVCELL_CONFIG", "DEVCELL_URL", "DEVCELL_TOKEN"];
+pub const IGNORED_ENV: &[&str] = &[
+    "DEVCELL_CONFIG",
+    "DEVCELL_URL",
+    "DEVCELL_TOKEN",
+    // The descriptors a handover passes to the next binary (`server::handover::ENV`).
+    "DEVCELL_HANDOVER",
+];
 /// Prefixes of environment variables starting with `DEVCELL_` that are not configuration keys.
 pub const IGNORED_ENV_PREFIXES: &[&str] = &["DEVCELL_TEST_"];
 

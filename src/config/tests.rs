@@ -510,6 +510,8 @@ fn fully_populated() -> Config {
     config.backup.s3.endpoint = Some(Url::parse("http://127.0.0.1:9000/").unwrap());
     config.backup.s3.tags = Some("team=platform,cost-center=42".to_string());
     config.server.path_ports = true;
+    config.update.channel_url = Some(Url::parse("https://releases.example.com/stable/").unwrap());
+    config.update.window = Some("22:00-04:00".to_string());
     config.server.https_listen = Some("0.0.0.0:443".parse().unwrap());
     config.tls.cert_file = Some(PathBuf::from("/etc/devcell/cell.pem"));
     config.tls.key_file = Some(PathBuf::from("/etc/devcell/cell.key"));

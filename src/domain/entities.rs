@@ -234,6 +234,71 @@ pub struct IssuedCertificate {
     pub issued_at: OffsetDateTime,
 }
 
+/// The newest release this cell has seen with a valid signature, from any source: anything
+/// older, or the same version with another manifest, is refused from then on (restarts
+/// included), so an old signed release cannot be replayed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewestRelease {
+    pub version: semver::Version,
+    /// Hex SHA-256 of the manifest's bytes.
+    pub manifest_sha256: String,
+    pub channel: String,
+    /// `application` or `infrastructure`.
+    pub kind: String,
+    /// Where it was seen: the channel URL, a bundle's file name or a directory.
+    pub source: String,
+    pub seen_at: OffsetDateTime,
+    /// When an owner approved it (releases that wait for approval).
+    pub approved_at: Option<OffsetDateTime>,
+}
+
+/// How an update ended (or that it is under way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    Applying,
+    /// The new binary serves.
+    Applied,
+    /// The new binary did not become healthy in time: the previous one serves again.
+    RolledBack,
+    /// Refused or failed before the binary was swapped; nothing changed.
+    Failed,
+}
+
+impl UpdateOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateOutcome::Applying => "applying",
+            UpdateOutcome::Applied => "applied",
+            UpdateOutcome::RolledBack => "rolled_back",
+            UpdateOutcome::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<UpdateOutcome> {
+        [
+            UpdateOutcome::Applying,
+            UpdateOutcome::Applied,
+            UpdateOutcome::RolledBack,
+            UpdateOutcome::Failed,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// One update of the cell's binary, kept as its history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdateAttempt {
+    pub started_at: OffsetDateTime,
+    pub from: semver::Version,
+    pub to: semver::Version,
+    /// The channel URL, bundle or directory it came from.
+    pub source: String,
+    pub outcome: UpdateOutcome,
+    /// Why it failed or was rolled back; what it did otherwise.
+    pub message: String,
+    pub ended_at: Option<OffsetDateTime>,
+}
+
 /// A one-time login link (printed by `devcell up`, or made by an admin).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoginLink {

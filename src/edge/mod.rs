@@ -20,6 +20,47 @@ pub mod tls;
 use crate::api::{self, ApiError, AppState};
 use crate::metrics::HttpLabels;
 
+/// How a server stops: first it takes no new connection (`closed` turns true; those arriving
+/// wait in the listening socket's backlog, for the process that serves next), then (`stop`)
+/// it lets the open requests finish and ends. A plain stop turns both at once.
+#[derive(Clone)]
+pub struct Stop {
+    pub closed: watch::Receiver<bool>,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Stop {
+    async fn closed(&mut self) {
+        let _ = self.closed.wait_for(|c| *c).await;
+    }
+    async fn stopped(mut self) {
+        let _ = self.stop.wait_for(|s| *s).await;
+    }
+}
+
+/// A listener that accepts nothing more once its server is closed.
+struct Closable<L> {
+    inner: L,
+    stop: Stop,
+}
+
+impl<L: axum::serve::Listener> axum::serve::Listener for Closable<L> {
+    type Io = L::Io;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        tokio::select! {
+            biased;
+            _ = self.stop.closed() => std::future::pending().await,
+            c = self.inner.accept() => c,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
 /// Builds the whole HTTP application for a state.
 pub fn app(state: AppState) -> Router {
     let max_body = state.cell.config().server.max_body_bytes;
@@ -79,18 +120,16 @@ async fn count_requests(State(st): State<AppState>, req: Request, next: Next) ->
 
 /// Serves the application on `listener` until `stop` turns true, then lets open requests
 /// finish (the caller bounds how long).
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+pub fn serve(listener: tokio::net::TcpListener, state: AppState, stop: Stop) -> JoinHandle<()> {
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
-        let signal = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
+        let signal = stop.clone().stopped();
         // No Nagle: an event stream writes small events one after another, and each would
         // wait for the client's delayed acknowledgement (up to 40 ms) behind the one before.
+        let listener = Closable {
+            inner: listener,
+            stop,
+        };
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
@@ -111,7 +150,7 @@ pub fn serve(
 pub fn serve_tls(
     listener: tokio::net::TcpListener,
     state: AppState,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stop,
     served: std::sync::Arc<tls::Served>,
 ) -> JoinHandle<()> {
     let app = app(state);
@@ -120,7 +159,8 @@ pub fn serve_tls(
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (tcp, addr) = tokio::select! {
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                biased;
+                _ = stop.closed() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(x) => x,
                     Err(e) => {
@@ -158,6 +198,7 @@ pub fn serve_tls(
                 }
             });
         }
+        stop.stopped().await;
         graceful.shutdown().await;
     })
 }
@@ -169,7 +210,7 @@ pub fn serve_redirects(
     listener: tokio::net::TcpListener,
     public: url::Url,
     http01: Option<std::sync::Arc<acme::Http01>>,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
 ) -> JoinHandle<()> {
     let to_https = move |uri: axum::http::Uri| {
         let public = public.clone();
@@ -202,8 +243,10 @@ pub fn serve_redirects(
         );
     }
     tokio::spawn(async move {
-        let signal = async move {
-            let _ = stop.wait_for(|s| *s).await;
+        let signal = stop.clone().stopped();
+        let listener = Closable {
+            inner: listener,
+            stop,
         };
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(signal)

@@ -198,17 +198,21 @@ impl Cell {
 
     /// Resolves once `still` (the caller's credential and access, checked again) turns false:
     /// at once after each access change, and every 30 s for credentials that expire by
-    /// themselves. Long-lived connections race it, so they close when their caller's access ends.
-    pub async fn access_ends(&self, still: impl Fn(&Cell) -> bool) {
+    /// themselves; or when the cell hands over to its next binary. Long-lived connections race
+    /// it, so they close when their caller's access ends (or reconnect to the next process).
+    pub async fn access_ends(&self, still: impl Fn(&Cell) -> bool) -> Ended {
         const RECHECK: Duration = Duration::from_secs(30);
         let mut changes = self.access_changes();
+        let closing = self.closing();
+        tokio::pin!(closing);
         loop {
             tokio::select! {
-                r = changes.changed() => if r.is_err() { return },
+                _ = &mut closing => return Ended::Closing,
+                r = changes.changed() => if r.is_err() { return Ended::Access },
                 _ = tokio::time::sleep(RECHECK) => {}
             }
             if !still(self) {
-                return;
+                return Ended::Access;
             }
         }
     }
@@ -685,4 +689,13 @@ fn default_classes() -> Vec<ClassSpec> {
             max_processes: 1024,
         },
     ]
+}
+
+/// Why a long-lived connection ends (see [`Cell::access_ends`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The caller's credential or access ended: do not reconnect.
+    Access,
+    /// The cell hands over to its next binary: reconnect.
+    Closing,
 }

@@ -10,6 +10,8 @@ mod lifecycle;
 mod orgs;
 mod ports;
 pub mod secrets;
+pub mod updates;
+pub use auth::Ended;
 mod workspaces;
 
 use std::sync::Arc;
@@ -152,6 +154,7 @@ struct Inner {
     file_users: std::sync::Mutex<std::collections::HashMap<crate::domain::WorkspaceId, usize>>,
     /// What the edge serves, as it last said.
     certs: certificates::CertStatuses,
+    updates: updates::Updates,
 }
 
 impl Cell {
@@ -204,6 +207,7 @@ impl Cell {
                 activity: Default::default(),
                 file_users: Default::default(),
                 certs: Default::default(),
+                updates: Default::default(),
             }),
         }
     }
@@ -214,6 +218,15 @@ impl Cell {
             inner.backups = Some(store);
         }
         self
+    }
+
+    /// Where workspaces run (handed to the cell that serves again after a failed update).
+    pub fn runtime(&self) -> Option<Arc<dyn crate::runtime::Runtime>> {
+        self.inner.runtime.clone()
+    }
+
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock.clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -277,7 +290,7 @@ impl Cell {
             .map(|m| m.len())
             .unwrap_or(0);
         Ok(CellFacts {
-            version: env!("CARGO_PKG_VERSION"),
+            version: crate::version::text(),
             started_at: self.started_at(),
             data_dir: data_dir.display().to_string(),
             usage: DataUsage::measure(data_dir),

@@ -74,6 +74,10 @@ pub(crate) const CERTIFICATES: Def = TableDefinition::new("certificates");
 /// Key: ACME directory URL.
 pub(crate) const ACME_ACCOUNTS: Def = TableDefinition::new("acme_accounts");
 
+/// Key `newest` (the newest release seen) and `attempt/{started_at ms, 20 digits}` (the
+/// history of updates).
+pub(crate) const UPDATES: Def = TableDefinition::new("updates");
+
 /// Every table, for copies and for creating a fresh database.
 pub(crate) const ALL_TABLES: &[Def] = &[
     META,
@@ -96,6 +100,7 @@ pub(crate) const ALL_TABLES: &[Def] = &[
     DELETED,
     CERTIFICATES,
     ACME_ACCOUNTS,
+    UPDATES,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +125,8 @@ pub enum StoreError {
     Migration { to: u32, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("the database is closed: the cell is handing over to its next binary")]
+    Closed,
 }
 
 macro_rules! from_redb {
@@ -144,7 +151,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<redb::Database>,
+    /// `None` once [`Store::close`] has run.
+    db: Arc<std::sync::RwLock<Option<redb::Database>>>,
     path: PathBuf,
     /// Counts commits that changed a workspace record, for those who watch workspaces.
     workspace_changes: Arc<tokio::sync::watch::Sender<u64>>,
@@ -164,7 +172,7 @@ impl Store {
         };
         migrate::run(&db)?;
         Ok(Store {
-            db: Arc::new(db),
+            db: Arc::new(std::sync::RwLock::new(Some(db))),
             path: path.to_owned(),
             workspace_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
@@ -172,6 +180,25 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Closes the database now, whoever else holds this store: its file and lock are released
+    /// once the transactions already begun end (they never wait on anything), and every later
+    /// use fails with [`StoreError::Closed`]. A cell handing over to its next binary does this
+    /// so the next process can open the file while stray tasks of this one still hold handles.
+    pub fn close(&self) {
+        let db = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(db);
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        Ok(db.as_ref().ok_or(StoreError::Closed)?.begin_read()?)
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        Ok(db.as_ref().ok_or(StoreError::Closed)?.begin_write()?)
     }
 
     /// Wakes after every commit that changed, added or removed a workspace record (any
@@ -182,7 +209,7 @@ impl Store {
 
     pub fn read<T>(&self, f: impl FnOnce(&ReadTx) -> Result<T>) -> Result<T> {
         let tx = ReadTx {
-            tx: self.db.begin_read()?,
+            tx: self.begin_read()?,
         };
         f(&tx)
     }
@@ -193,7 +220,7 @@ impl Store {
         f: impl FnOnce(&WriteTx) -> Result<T, E>,
     ) -> Result<T, E> {
         let tx = WriteTx {
-            tx: self.db.begin_write().map_err(StoreError::from)?,
+            tx: self.begin_write()?,
             workspaces_changed: Default::default(),
         };
         let out = f(&tx)?;
@@ -219,7 +246,7 @@ impl Store {
         &self,
         f: impl FnOnce(&WriteTx) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut tx = self.db.begin_write().map_err(StoreError::from)?;
+        let mut tx = self.begin_write()?;
         let _ = tx.set_durability(redb::Durability::None);
         let tx = WriteTx {
             tx,
@@ -242,7 +269,7 @@ impl Store {
         let tmp = dest.with_extension("partial");
         let _ = std::fs::remove_file(&tmp);
         let copy = redb::Database::create(&tmp)?;
-        let src = self.db.begin_read()?;
+        let src = self.begin_read()?;
         let out = copy.begin_write()?;
         let mut records = 0u64;
         for def in ALL_TABLES {
@@ -266,7 +293,7 @@ impl Store {
 
     /// Number of workspace records, for metrics and the admin page.
     pub fn workspace_count(&self) -> Result<u64> {
-        let tx = self.db.begin_read()?;
+        let tx = self.begin_read()?;
         Ok(tx.open_table(WORKSPACES)?.len()?)
     }
 }
@@ -544,6 +571,21 @@ pub trait Reader {
             .get::<records::AcmeAccountRecord>(directory)?
             .map(|r| r.sealed_credentials))
     }
+    /// The newest release seen with a valid signature.
+    fn newest_release(&self) -> Result<Option<crate::domain::entities::NewestRelease>> {
+        self.get::<records::NewestReleaseRecord>("newest")?
+            .map(TryInto::try_into)
+            .transpose()
+    }
+    /// The latest `limit` updates, newest first.
+    fn update_attempts(&self, limit: usize) -> Result<Vec<crate::domain::entities::UpdateAttempt>> {
+        let mut all = self.scan::<records::UpdateAttemptRecord>("attempt/", usize::MAX)?;
+        all.reverse();
+        all.into_iter()
+            .take(limit)
+            .map(|(_, r)| r.try_into())
+            .collect()
+    }
     /// All expirable credentials as (kind, key, expiry in unix milliseconds), for the expiry loop.
     fn expirables(&self) -> Result<Vec<(&'static str, String, i64)>> {
         let mut out = Vec::new();
@@ -735,6 +777,16 @@ impl WriteTx {
         c: &crate::domain::entities::IssuedCertificate,
     ) -> Result<()> {
         self.put(&c.slot, &records::CertificateRecord::from(c))
+    }
+    pub fn put_newest_release(&self, r: &crate::domain::entities::NewestRelease) -> Result<()> {
+        self.put("newest", &records::NewestReleaseRecord::from(r))
+    }
+    /// Adds the attempt, or replaces the one that started at the same moment.
+    pub fn put_update_attempt(&self, a: &crate::domain::entities::UpdateAttempt) -> Result<()> {
+        self.put(
+            &format!("attempt/{:020}", records::ms(a.started_at).max(0)),
+            &records::UpdateAttemptRecord::from(a),
+        )
     }
     pub fn put_acme_account(
         &self,

@@ -839,3 +839,96 @@ impl Record for AcmeAccountRecord {
     const TABLE: Def = super::ACME_ACCOUNTS;
     const VERSION: u16 = 1;
 }
+
+/// The newest release seen (key `newest` in the updates table).
+#[derive(Serialize, Deserialize)]
+pub struct NewestReleaseRecord {
+    pub version: String,
+    pub manifest_sha256: String,
+    pub channel: String,
+    pub kind: String,
+    pub source: String,
+    pub seen_at: i64,
+    pub approved_at: Option<i64>,
+}
+
+impl Record for NewestReleaseRecord {
+    const TABLE: Def = super::UPDATES;
+    const VERSION: u16 = 1;
+}
+
+impl From<&crate::domain::entities::NewestRelease> for NewestReleaseRecord {
+    fn from(r: &crate::domain::entities::NewestRelease) -> Self {
+        NewestReleaseRecord {
+            version: r.version.to_string(),
+            manifest_sha256: r.manifest_sha256.clone(),
+            channel: r.channel.clone(),
+            kind: r.kind.clone(),
+            source: r.source.clone(),
+            seen_at: ms(r.seen_at),
+            approved_at: r.approved_at.map(ms),
+        }
+    }
+}
+
+impl TryFrom<NewestReleaseRecord> for crate::domain::entities::NewestRelease {
+    type Error = StoreError;
+    fn try_from(r: NewestReleaseRecord) -> Result<Self, StoreError> {
+        Ok(crate::domain::entities::NewestRelease {
+            version: r.version.parse().map_err(|e| corrupt("version", e))?,
+            manifest_sha256: r.manifest_sha256,
+            channel: r.channel,
+            kind: r.kind,
+            source: r.source,
+            seen_at: from_ms(r.seen_at)?,
+            approved_at: r.approved_at.map(from_ms).transpose()?,
+        })
+    }
+}
+
+/// One update (key `attempt/{started_at}` in the updates table).
+#[derive(Serialize, Deserialize)]
+pub struct UpdateAttemptRecord {
+    pub started_at: i64,
+    pub from: String,
+    pub to: String,
+    pub source: String,
+    pub outcome: String,
+    pub message: String,
+    pub ended_at: Option<i64>,
+}
+
+impl Record for UpdateAttemptRecord {
+    const TABLE: Def = super::UPDATES;
+    const VERSION: u16 = 1;
+}
+
+impl From<&crate::domain::entities::UpdateAttempt> for UpdateAttemptRecord {
+    fn from(a: &crate::domain::entities::UpdateAttempt) -> Self {
+        UpdateAttemptRecord {
+            started_at: ms(a.started_at),
+            from: a.from.to_string(),
+            to: a.to.to_string(),
+            source: a.source.clone(),
+            outcome: a.outcome.as_str().into(),
+            message: a.message.clone(),
+            ended_at: a.ended_at.map(ms),
+        }
+    }
+}
+
+impl TryFrom<UpdateAttemptRecord> for crate::domain::entities::UpdateAttempt {
+    type Error = StoreError;
+    fn try_from(r: UpdateAttemptRecord) -> Result<Self, StoreError> {
+        Ok(crate::domain::entities::UpdateAttempt {
+            started_at: from_ms(r.started_at)?,
+            from: r.from.parse().map_err(|e| corrupt("from", e))?,
+            to: r.to.parse().map_err(|e| corrupt("to", e))?,
+            source: r.source,
+            outcome: crate::domain::entities::UpdateOutcome::parse(&r.outcome)
+                .ok_or_else(|| corrupt("outcome", &r.outcome))?,
+            message: r.message,
+            ended_at: r.ended_at.map(from_ms).transpose()?,
+        })
+    }
+}

@@ -10,6 +10,7 @@
 //! and signed releases.
 
 pub mod bundle;
+pub mod fetch;
 pub mod manifest;
 pub mod trust;
 pub mod vendor;
@@ -51,6 +52,9 @@ pub enum UpdateError {
     InvalidKey(String),
     #[error("{0}")]
     BadBundle(String),
+    /// The channel could not be reached or did not serve the release.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -73,6 +77,7 @@ impl UpdateError {
             UpdateError::InvalidManifest(_) => "invalid_manifest",
             UpdateError::InvalidKey(_) => "invalid_key",
             UpdateError::BadBundle(_) => "bad_bundle",
+            UpdateError::Unreachable(_) => "unreachable",
             UpdateError::Io { .. } => "io",
         }
     }
@@ -123,6 +128,23 @@ pub fn verify_release(
     })
 }
 
+/// `base` and, when the release in `dir` carries a key list signed by the root key, the
+/// signing keys it names (its revocations win over `base`).
+pub fn trust_for(dir: &Path, base: Trust) -> Result<Trust, UpdateError> {
+    let list = dir.join(trust::KEY_LIST);
+    if !list.exists() {
+        return Ok(base);
+    }
+    let text = read_small(&list)?;
+    let sig = read_small(&dir.join(trust::KEY_LIST_SIGNATURE))?;
+    base.with_key_list(trust::ROOT_KEY, &text, &String::from_utf8_lossy(&sig))
+}
+
+/// The artifact that runs on this host: `devcell-ARCH-OS` (see [`vendor::sign`]).
+pub fn host_target() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
 /// Reads `from` to its end, writing what it reads to `to` when given; how many bytes and
 /// their SHA-256 (lowercase hex). `path` names the source in errors.
 pub(crate) fn hash_stream(
@@ -151,7 +173,7 @@ pub(crate) fn hash_stream(
 }
 
 /// Reads a document of at most [`MAX_DOCUMENT`] bytes, without following a link.
-pub(crate) fn read_small(path: &Path) -> Result<Vec<u8>, UpdateError> {
+pub fn read_small(path: &Path) -> Result<Vec<u8>, UpdateError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -172,6 +194,31 @@ pub(crate) fn read_small(path: &Path) -> Result<Vec<u8>, UpdateError> {
         )));
     }
     Ok(bytes)
+}
+
+/// Copies the regular file `from` (not a link) to the new file `to`, refusing one larger than
+/// `limit` bytes.
+pub fn copy_limited(from: &Path, to: &Path, limit: u64) -> Result<(), UpdateError> {
+    let name = from
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let src = open_regular(from).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => UpdateError::ArtifactMismatch(format!("{name} is missing")),
+        _ => io_err(format!("reading {}", from.display()))(e),
+    })?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(io_err(format!("writing {}", to.display())))?;
+    let (size, _) = hash_stream(&mut src.take(limit + 1), Some(&mut dst), from)?;
+    if size > limit {
+        return Err(UpdateError::ArtifactTooLarge(format!(
+            "{name} is larger than the {limit} bytes declared for it"
+        )));
+    }
+    Ok(())
 }
 
 /// Opens a regular file, refusing a link in its place.

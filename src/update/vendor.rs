@@ -63,7 +63,7 @@ pub fn sign(r: &Release<'_>) -> Result<Manifest, UpdateError> {
             ))
         })?;
     std::fs::create_dir_all(r.out).map_err(io_err(format!("creating {}", r.out.display())))?;
-    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    let target = super::host_target();
     let name = format!("devcell-{target}");
     let (size, sha256) = copy_hashing(r.binary, &r.out.join(&name))?;
     let created = OffsetDateTime::now_utc()

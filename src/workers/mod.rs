@@ -6,6 +6,7 @@ mod backups;
 mod expiry;
 mod reconcile;
 mod timeouts;
+mod updates;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -19,6 +20,7 @@ pub use backups::{BackupWorker, CleanupWorker};
 pub use expiry::ExpiryWorker;
 pub use reconcile::ReconcileWorker;
 pub use timeouts::TimeoutWorker;
+pub use updates::UpdateWorker;
 
 use crate::metrics::{Metrics, WorkerLabels};
 

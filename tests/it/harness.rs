@@ -144,6 +144,7 @@ impl TestCell {
                 clock: c,
                 bootstrap_owner: Some((OWNER_EMAIL.into(), Some(OWNER_PASSWORD.into()))),
                 runtime,
+                ..Options::default()
             },
         )
         .await

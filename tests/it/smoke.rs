@@ -12,8 +12,13 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_devcell");
 
-fn devcell(home: &Path) -> Command {
-    let mut c = Command::new(BIN);
+pub(crate) fn devcell(home: &Path) -> Command {
+    devcell_at(Path::new(BIN), home)
+}
+
+/// The binary at `bin`, run as [`devcell`] runs the one under test.
+pub(crate) fn devcell_at(bin: &Path, home: &Path) -> Command {
+    let mut c = Command::new(bin);
     for (k, _) in std::env::vars() {
         if k.starts_with("DEVCELL_") || k == "RUST_LOG" {
             c.env_remove(k);
@@ -28,10 +33,12 @@ fn devcell(home: &Path) -> Command {
 }
 
 /// A running cell process and what it printed up to its ready line.
-struct Proc {
-    child: Child,
-    url: String,
-    printed: Vec<String>,
+pub(crate) struct Proc {
+    pub child: Child,
+    pub url: String,
+    pub printed: Vec<String>,
+    /// What it prints after its ready line.
+    pub more: mpsc::Receiver<String>,
 }
 
 /// A test that fails midway leaves no cell running behind it.
@@ -44,7 +51,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(mut cmd: Command) -> Proc {
+pub(crate) fn spawn(mut cmd: Command) -> Proc {
     let started = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -86,6 +93,7 @@ fn spawn(mut cmd: Command) -> Proc {
         child,
         url,
         printed,
+        more: rx,
     }
 }
 
@@ -107,7 +115,7 @@ fn sigterm_and_wait(p: &mut Proc) -> Duration {
     }
 }
 
-fn run(mut cmd: Command) -> (bool, String, String) {
+pub(crate) fn run(mut cmd: Command) -> (bool, String, String) {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
     (
         out.status.success(),
@@ -135,14 +143,14 @@ fn bearer(token: &str) -> [String; 2] {
     ["-H".into(), format!("Authorization: Bearer {token}")]
 }
 
-fn get(url: &str, token: Option<&str>) -> (u16, Value) {
+pub(crate) fn get(url: &str, token: Option<&str>) -> (u16, Value) {
     let mut args = vec![url.to_owned()];
     args.extend(token.into_iter().flat_map(bearer));
     curl(&args)
 }
 
 /// A JSON POST with a bearer token, by curl; answers (status, body).
-fn post(url: &str, token: &str, body: &Value) -> (u16, Value) {
+pub(crate) fn post(url: &str, token: &str, body: &Value) -> (u16, Value) {
     let mut args: Vec<String> = vec!["-X".into(), "POST".into()];
     args.extend(bearer(token));
     args.extend([
@@ -163,7 +171,7 @@ fn delete(url: &str, token: &str) -> u16 {
     curl(&args).0
 }
 
-fn wait_workspace(
+pub(crate) fn wait_workspace(
     url: &str,
     token: &str,
     id: &str,

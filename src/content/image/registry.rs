@@ -34,7 +34,7 @@ impl Registry {
             .redirect(redirects)
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
-            .user_agent(concat!("devcell/", env!("CARGO_PKG_VERSION")))
+            .user_agent(format!("devcell/{}", crate::version::text()))
             .build()
             .map_err(|e| ImageError::Unreachable {
                 registry: image.registry.clone(),

@@ -1,5 +1,8 @@
 //! Starting and stopping a cell: open the store, bootstrap the first owner, start the loops,
-//! the admin socket and the HTTP server, and shut all of it down within the grace period.
+//! the admin socket and the HTTP server, and shut all of it down within the grace period;
+//! handing the cell over to its next binary (`handover`).
+
+pub mod handover;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use crate::service::{Cell, Clock, SystemClock};
 use crate::store::Store;
 use crate::workers::{
     BackupWorker, CleanupWorker, ExpiryWorker, ReconcileWorker, Supervisor, TimeoutWorker,
+    UpdateWorker,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,8 @@ pub enum StartError {
     Tls(String),
     #[error("tls.trust_bundle does not load, so outbound connections could not trust it: {0}")]
     Trust(String),
+    #[error("cannot take over from the previous process: {0}")]
+    Handover(String),
 }
 
 pub struct Options {
@@ -50,6 +56,12 @@ pub struct Options {
     pub bootstrap_owner: Option<(String, Option<String>)>,
     /// Where workspaces run; `None` picks the local runtime when bubblewrap is installed.
     pub runtime: Option<Arc<dyn Runtime>>,
+    /// Serve on these sockets instead of binding the configured addresses (a cell serving
+    /// again after a failed update).
+    pub listeners: Option<handover::Listeners>,
+    /// This process was started by a handover: its sockets, and its predecessor to wait for
+    /// before opening the database.
+    pub inherited: Option<handover::Inherited>,
 }
 
 impl Default for Options {
@@ -58,6 +70,8 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             bootstrap_owner: None,
             runtime: None,
+            listeners: None,
+            inherited: None,
         }
     }
 }
@@ -73,6 +87,13 @@ pub struct Running {
     /// The plain HTTP listener that only redirects to HTTPS (with `server.https_listen`).
     pub redirect_addr: Option<SocketAddr>,
     redirects: Option<JoinHandle<()>>,
+    /// Duplicates of the listening sockets, for a handover (`None` when they could not be
+    /// duplicated: such a cell cannot update itself).
+    listeners: Option<handover::Listeners>,
+    /// The process this one took over from, when a handover started it.
+    pub took_over: bool,
+    /// Turned true when the edge takes no more connections (before `shutdown`).
+    closed: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     admin: JoinHandle<()>,
@@ -92,14 +113,67 @@ async fn bind(
     Ok((listener, addr))
 }
 
-pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartError> {
+/// A socket kept from before (a handover's, or this process's own before a failed update).
+fn adopt(
+    l: std::net::TcpListener,
+    at: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Listen { addr: at, source };
+    l.set_nonblocking(true).map_err(err)?;
+    let addr = l.local_addr().map_err(err)?;
+    Ok((tokio::net::TcpListener::from_std(l).map_err(err)?, addr))
+}
+
+pub async fn start(mut config: Config, mut opts: Options) -> Result<Running, StartError> {
     let t0 = Instant::now();
-    let (listener, addr) = bind(config.server.listen).await?;
-    // With an HTTPS address as well, the plain one only redirects there.
-    let https = match config.server.https_listen {
-        Some(at) if config.serves_tls() => Some(bind(at).await?),
-        _ => None,
+    let kept = opts
+        .inherited
+        .as_mut()
+        .map(|i| i.listeners.try_clone())
+        .or_else(|| opts.listeners.take().map(Ok))
+        .transpose()
+        .map_err(|source| StartError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+    let serves_https = config.server.https_listen.is_some() && config.serves_tls();
+    let (listener, addr, https) = match kept {
+        Some(k) => {
+            let https = match (k.https, config.server.https_listen) {
+                (Some(l), Some(at)) if serves_https => Some(adopt(l, at)?),
+                _ => None,
+            };
+            let (listener, addr) = adopt(k.listen, config.server.listen)?;
+            (listener, addr, https)
+        }
+        None => {
+            let (listener, addr) = bind(config.server.listen).await?;
+            // With an HTTPS address as well, the plain one only redirects there.
+            let https = match config.server.https_listen {
+                Some(at) if serves_https => Some(bind(at).await?),
+                _ => None,
+            };
+            (listener, addr, https)
+        }
     };
+    // Kept for a handover: duplicates of the same sockets.
+    let listeners = (|| {
+        Ok::<_, std::io::Error>(handover::Listeners {
+            listen: std::net::TcpListener::from(
+                std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?,
+            ),
+            https: https
+                .as_ref()
+                .map(|(l, _)| {
+                    std::os::fd::AsFd::as_fd(l)
+                        .try_clone_to_owned()
+                        .map(std::net::TcpListener::from)
+                })
+                .transpose()?,
+        })
+    })()
+    .map_err(|e| tracing::warn!(error = %e, "the listening sockets cannot be kept for updates"))
+    .ok();
     // Certificates first: a cell that cannot serve what it was configured to starts nothing.
     // A trust bundle that does not load would leave every outbound connection untrusting.
     if let Some(bundle) = &config.tls.trust_bundle {
@@ -125,6 +199,17 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         path: data.display().to_string(),
         source,
     })?;
+    // Started by a handover: the previous process lets go of the database first.
+    let inherited = match opts.inherited.take() {
+        Some(mut i) => Some(
+            tokio::task::spawn_blocking(move || i.wait_for_go().map(|()| i))
+                .await
+                .map_err(|e| StartError::Handover(e.to_string()))?
+                .map_err(StartError::Handover)?,
+        ),
+        None => None,
+    };
+    let took_over = inherited.is_some();
     let store = Store::open(&data.join(crate::store::DB_FILE))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -177,6 +262,12 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         cell.clone(),
         config.workers.timeouts_interval,
     ));
+    if config.update.channel_url.is_some() && !config.update.check_interval.is_zero() {
+        supervisor.spawn(UpdateWorker {
+            cell: cell.clone(),
+            interval: config.update.check_interval,
+        });
+    }
 
     let http01 = Arc::new(crate::edge::acme::Http01::default());
     if config.acme() {
@@ -213,26 +304,50 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         files.watch(stop_rx.clone(), state.metrics.clone(), cell.clone());
     }
     let acme_http01 = config.acme().then_some(http01);
+    let (closed, closed_rx) = watch::channel(false);
+    let edge_stop = crate::edge::Stop {
+        closed: closed_rx,
+        stop: stop_rx.clone(),
+    };
     let (addr, redirects, server) = match (tls, https) {
         (true, Some((secure, secure_addr))) => {
             let redirects =
-                crate::edge::serve_redirects(listener, public_url, acme_http01, stop_rx.clone());
-            let server = crate::edge::serve_tls(secure, state, stop_rx, served);
+                crate::edge::serve_redirects(listener, public_url, acme_http01, edge_stop.clone());
+            let server = crate::edge::serve_tls(secure, state, edge_stop, served);
             (secure_addr, Some((addr, redirects)), server)
         }
         (true, None) => (
             addr,
             None,
-            crate::edge::serve_tls(listener, state, stop_rx, served),
+            crate::edge::serve_tls(listener, state, edge_stop, served),
         ),
-        (false, _) => (addr, None, crate::edge::serve(listener, state, stop_rx)),
+        (false, _) => (addr, None, crate::edge::serve(listener, state, edge_stop)),
     };
     let (redirect_addr, redirects) = match redirects {
         Some((a, task)) => (Some(a), Some(task)),
         None => (None, None),
     };
     ready.store(true, Ordering::SeqCst);
-    tracing::info!(%addr, elapsed_ms = t0.elapsed().as_millis() as u64, "cell is ready");
+    tracing::info!(%addr, elapsed_ms = t0.elapsed().as_millis() as u64, version = crate::version::text(), "cell is ready");
+    // An update this process finishes: applied once the previous process saw it healthy.
+    match inherited {
+        Some(i) => {
+            let confirmed = i.ready();
+            let cell = cell.clone();
+            tokio::spawn(async move {
+                if confirmed.await.unwrap_or(false)
+                    && let Err(e) = cell.settle_updates()
+                {
+                    tracing::error!(error = %e, "the update's outcome could not be recorded");
+                }
+            });
+        }
+        None => {
+            if let Err(e) = cell.settle_updates() {
+                tracing::error!(error = %e, "unfinished updates could not be settled");
+            }
+        }
+    }
     Ok(Running {
         addr,
         cell,
@@ -240,6 +355,9 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         tls,
         redirect_addr,
         redirects,
+        listeners,
+        took_over,
+        closed,
         shutdown,
         server,
         admin,
@@ -247,6 +365,11 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         grace: config.workers.shutdown_grace,
     })
 }
+
+/// How long a cell handing over waits, after it stopped accepting, for the requests of the
+/// connections it has just accepted to arrive (a connection without a request yet would be
+/// closed as idle).
+const SETTLE: Duration = Duration::from_millis(300);
 
 impl Running {
     pub fn url(&self) -> String {
@@ -256,7 +379,28 @@ impl Running {
 
     /// Stops accepting work, drains the loops and connections, within the grace period.
     pub async fn stop(self) {
+        drop(self.halt().await);
+    }
+
+    /// Stops as [`Running::stop`] does, having first ended every long-lived stream, and closes
+    /// the database whoever still holds it; the listening sockets stay open (and are
+    /// returned) so connections wait in their backlog for whoever serves next.
+    pub async fn halt(mut self) -> Option<handover::Listeners> {
+        // No new connection; those just accepted get a moment to send their requests, which
+        // then count as open and finish here.
+        let _ = self.closed.send(true);
+        tokio::time::sleep(SETTLE).await;
+        self.cell.close_streams();
+        let cell = self.cell.clone();
+        let listeners = self.listeners.take();
+        self.stop_serving().await;
+        cell.store().close();
+        listeners
+    }
+
+    async fn stop_serving(self) {
         let deadline = tokio::time::Instant::now() + self.grace;
+        let _ = self.closed.send(true);
         let _ = self.shutdown.send(true);
         self.supervisor.shutdown(self.grace).await;
         let abort = self.server.abort_handle();
