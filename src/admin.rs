@@ -115,16 +115,9 @@ pub async fn execute(cell: &Cell, req: Request) -> Response {
             .map(|s| (None, status_json(&s).to_string())),
         Request::UpdateCheck => check_channel(cell).await,
         Request::UpdateApply { from } => apply(cell, from).await,
-        Request::UpdateApprove { version } => match version.parse::<semver::Version>() {
-            Ok(v) => match cell.approve_update(&v) {
-                Ok(_) => staged_then_apply(cell, cell.staged_release(&v)).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(crate::service::Error::Conflict {
-                code: "invalid_version",
-                message: format!("{version:?} is not a version: {e}"),
-            }),
-        },
+        Request::UpdateApprove { version } => cell
+            .approve_and_request(&version)
+            .map(|a| (None, attempt_json(&a))),
         Request::DbBackup { path } => {
             let path = if path.is_absolute() {
                 path
@@ -239,14 +232,16 @@ async fn staged_then_apply(
     staged: crate::service::Result<crate::service::updates::Staged>,
 ) -> crate::service::Result<(Option<String>, String)> {
     let attempt = cell.request_update(staged?)?;
-    let started = attempt
+    Ok((None, attempt_json(&attempt)))
+}
+
+/// What `update apply` follows: the attempt's version and start.
+fn attempt_json(a: &crate::domain::entities::UpdateAttempt) -> String {
+    let started = a
         .started_at
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    Ok((
-        None,
-        serde_json::json!({ "version": attempt.to.to_string(), "started_at": started }).to_string(),
-    ))
+    serde_json::json!({ "version": a.to.to_string(), "started_at": started }).to_string()
 }
 
 /// Listens on the admin socket until `stop` turns true.

@@ -69,6 +69,12 @@ pub fn router() -> Router<AppState> {
         .route("/org/invitations/{id}/revoke", post(org_invitation_revoke))
         .route("/org/classes/{id}/delete", post(org_class_delete))
         .route("/admin", get(admin_page))
+        .route("/admin/updates/approve", post(admin_update_approve))
+        .route("/admin/updates/check", post(admin_update_check))
+        .route(
+            "/admin/updates/bundle",
+            post(admin_update_bundle).layer(axum::extract::DefaultBodyLimit::max(MAX_BUNDLE)),
+        )
         .route("/port-login", get(port_login))
 }
 
@@ -952,6 +958,8 @@ pub struct Flashes(
 #[derive(Default)]
 pub struct Flash {
     message: Option<String>,
+    /// The message says what went wrong.
+    failed: bool,
     /// A new invitation's link (a secret: shown to the owner who made it, once).
     invitation: Option<String>,
 }
@@ -1000,8 +1008,8 @@ async fn org_invite(
             st.flashes.put(
                 &csrf,
                 Flash {
-                    message: None,
                     invitation: Some(inv.url),
+                    ..Flash::default()
                 },
             );
             Redirect::to("/org").into_response()
@@ -1408,7 +1416,197 @@ async fn admin_page(State(st): State<AppState>, headers: HeaderMap) -> Response 
         title: "TLS certificates".into(),
         facts: certificate_facts(&st),
     });
-    Html(ui::admin_page(viewer(&st, &actor, &csrf), sections, loops)).into_response()
+    let flash = st.flashes.take(&csrf);
+    let updates = match st.cell.updates_for(&actor) {
+        Ok(u) => updates_view(&st, u, flash),
+        Err(e) => return error_page(&st, e),
+    };
+    Html(ui::admin_page(
+        viewer(&st, &actor, &csrf),
+        sections,
+        updates,
+        loops,
+    ))
+    .into_response()
+}
+
+/// The largest bundle the updates page takes (a binary and workspace images).
+const MAX_BUNDLE: usize = 8 << 30;
+
+fn updates_view(
+    st: &AppState,
+    u: crate::service::updates::UpdateStatus,
+    flash: Flash,
+) -> ui::UpdatesView {
+    ui::UpdatesView {
+        running: u.running.to_string(),
+        has_channel: u.channel.is_some(),
+        channel: match &u.channel {
+            Some(c) => format!(
+                "{c} (checked every {})",
+                humantime::format_duration(st.cell.config().update.check_interval)
+            ),
+            None => "none: this cell updates from bundles (upload one below, or `devcell bundle import`)".into(),
+        },
+        newest: u.newest.as_ref().map(|n| {
+            format!(
+                "{} ({}, {}) from {}, seen {}",
+                n.version,
+                n.channel,
+                n.kind,
+                n.source,
+                when(st, n.seen_at).text
+            )
+        }),
+        waiting: u
+            .waiting_approval
+            .then(|| u.newest.as_ref().map(|n| n.version.to_string()))
+            .flatten(),
+        message: flash.message.map(|m| (!flash.failed, m)),
+        history: u
+            .attempts
+            .into_iter()
+            .map(|a| ui::UpdateRow {
+                started: when(st, a.started_at),
+                versions: format!("{} → {}", a.from, a.to),
+                outcome: a.outcome.as_str().to_string(),
+                message: a.message,
+            })
+            .collect(),
+    }
+}
+
+/// Back to the updates section with what the action did; refusals of the caller themselves
+/// (not signed in, not an administrator, a stale form) get the error page.
+fn updates_done(st: &AppState, csrf: &str, result: Result<String, Error>) -> Response {
+    let flash = match result {
+        Ok(m) => Flash {
+            message: Some(m),
+            ..Flash::default()
+        },
+        Err(e @ (Error::Forbidden(_) | Error::Csrf | Error::Unauthenticated)) => {
+            return error_page(st, e);
+        }
+        Err(e) => Flash {
+            message: Some(match &e {
+                Error::Conflict { code, message } => format!("{message} ({code})"),
+                e => e.to_string(),
+            }),
+            failed: true,
+            ..Flash::default()
+        },
+    };
+    st.flashes.put(csrf, flash);
+    Redirect::to("/admin#updates").into_response()
+}
+
+fn applying(a: &crate::domain::entities::UpdateAttempt) -> String {
+    format!(
+        "devcell {} is being applied: the cell hands over to it without dropping a connection. Reload this page to see how it went.",
+        a.to
+    )
+}
+
+#[derive(Deserialize)]
+struct ApproveForm {
+    #[serde(rename = "_csrf")]
+    csrf: String,
+    version: String,
+}
+
+async fn admin_update_approve(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<ApproveForm>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = st
+        .cell
+        .check_csrf(&actor, Some(&f.csrf))
+        .and_then(|_| st.cell.approve_and_apply(&actor, &f.version))
+        .map(|a| applying(&a));
+    updates_done(&st, &csrf, result)
+}
+
+async fn admin_update_check(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let result = match st.cell.check_csrf(&actor, Some(&f.csrf)) {
+        Ok(()) => st.cell.check_now(&actor).await.map(|c| c.note),
+        Err(e) => Err(e),
+    };
+    updates_done(&st, &csrf, result)
+}
+
+/// An uploaded bundle: the form's CSRF token must come first, then the file, written under
+/// `DATA/updates` as it arrives and checked whole before anything changes.
+async fn admin_update_bundle(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let (actor, csrf) = match signed_in(&st, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let bad = |m: String| Error::Conflict {
+        code: "bad_upload",
+        message: m,
+    };
+    let result = async {
+        let first = form
+            .next_field()
+            .await
+            .map_err(|e| bad(format!("the upload is not a form: {e}")))?;
+        let token = match first {
+            Some(f) if f.name() == Some("_csrf") => f.text().await.ok(),
+            _ => None,
+        };
+        st.cell.check_csrf(&actor, token.as_deref())?;
+        let Some(mut file) = form
+            .next_field()
+            .await
+            .map_err(|e| bad(format!("the upload broke off: {e}")))?
+            .filter(|f| f.name() == Some("bundle"))
+        else {
+            return Err(bad("choose a bundle file to upload".into()));
+        };
+        let (out, path) = st.cell.upload_file()?;
+        let mut out = tokio::fs::File::from_std(out);
+        let written = async {
+            use tokio::io::AsyncWriteExt;
+            while let Some(chunk) = file
+                .chunk()
+                .await
+                .map_err(|e| bad(format!("the upload broke off: {e}")))?
+            {
+                out.write_all(&chunk)
+                    .await
+                    .map_err(|e| Error::Internal(format!("writing the upload: {e}")))?;
+            }
+            out.sync_all()
+                .await
+                .map_err(|e| Error::Internal(format!("writing the upload: {e}")))
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        st.cell.apply_uploaded_bundle(&actor, path).await
+    }
+    .await
+    .map(|a| applying(&a));
+    updates_done(&st, &csrf, result)
 }
 
 /// One fact per certificate served: its names, then where it comes from, its expiry, the next
@@ -1672,7 +1870,7 @@ fn back_to_org(
                 &csrf,
                 Flash {
                     message: Some(org_message(&e)),
-                    invitation: None,
+                    ..Flash::default()
                 },
             );
             Redirect::to("/org").into_response()

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use time::OffsetDateTime;
 
-use super::{Cell, Error, Result};
+use super::{Actor, Cell, Error, Result};
 use crate::domain::entities::{NewestRelease, UpdateAttempt, UpdateOutcome};
 use crate::store::Reader;
 use crate::update::{Manifest, Trust, UpdateError};
@@ -101,17 +101,21 @@ impl Cell {
         self.config().data_dir.join(UPDATES_DIR)
     }
 
+    /// `DATA/updates`, made when missing (only the cell reaches it).
+    fn updates_dir_made(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.updates_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::Internal(format!("creating {}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+
     /// A new empty directory under `DATA/updates` to fetch or unpack a release into.
     fn incoming_dir(&self) -> Result<tempfile::TempDir> {
-        let dir = self.updates_dir();
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| Error::Internal(format!("creating {}: {e}", dir.display())))?;
-        }
+        let dir = self.updates_dir_made()?;
         tempfile::Builder::new()
             .prefix(".incoming-")
             .tempdir_in(&dir)
@@ -284,7 +288,7 @@ impl Cell {
     /// releases, new major versions, and every release when `update.auto_apply` is off;
     /// not once approved.
     fn waits_for_approval(&self, staged: &Staged) -> Result<bool> {
-        if !(staged.needs_approval() || !self.config().update.auto_apply) {
+        if !staged.needs_approval() && self.config().update.auto_apply {
             return Ok(false);
         }
         let approved = self
@@ -515,6 +519,68 @@ impl Cell {
             tx.put_newest_release(&n)?;
             Ok(n)
         })
+    }
+
+    /// The update status, for cell administrators.
+    pub fn updates_for(&self, actor: &Actor) -> Result<UpdateStatus> {
+        self.require_admin(actor)?;
+        self.update_status()
+    }
+
+    /// An administrator approves the newest release and has it applied.
+    pub fn approve_and_apply(&self, actor: &Actor, version: &str) -> Result<UpdateAttempt> {
+        self.require_admin(actor)?;
+        self.approve_and_request(version)
+    }
+
+    /// Approves the newest release and has it applied (the admin socket's, whoever can reach
+    /// the data directory).
+    pub fn approve_and_request(&self, version: &str) -> Result<UpdateAttempt> {
+        let v: semver::Version = version.trim().parse().map_err(|e| Error::Conflict {
+            code: "invalid_version",
+            message: format!("{version:?} is not a version: {e}"),
+        })?;
+        self.approve_update(&v)?;
+        let staged = self.staged_release(&v)?;
+        self.request_update(staged)
+    }
+
+    /// An administrator asks the channel now (applying as the loop would).
+    pub async fn check_now(&self, actor: &Actor) -> Result<Checked> {
+        self.require_admin(actor)?;
+        self.check_for_update().await
+    }
+
+    /// An administrator's uploaded bundle (a file under `DATA/updates`): checked, staged, and
+    /// applied; the upload is removed either way.
+    pub async fn apply_uploaded_bundle(
+        &self,
+        actor: &Actor,
+        file: PathBuf,
+    ) -> Result<UpdateAttempt> {
+        self.require_admin(actor)?;
+        let cell = self.clone();
+        let staged = tokio::task::spawn_blocking(move || {
+            let staged = cell.stage_bundle(&file);
+            let _ = std::fs::remove_file(&file);
+            staged
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        self.request_update(staged)
+    }
+
+    /// A new file under `DATA/updates` for an upload (only the cell reaches it).
+    pub fn upload_file(&self) -> Result<(std::fs::File, PathBuf)> {
+        let dir = self.updates_dir_made()?;
+        let f = tempfile::Builder::new()
+            .prefix(".upload-")
+            .tempfile_in(&dir)
+            .map_err(|e| {
+                Error::Internal(format!("creating an upload in {}: {e}", dir.display()))
+            })?;
+        f.keep()
+            .map_err(|e| Error::Internal(format!("keeping the upload: {e}")))
     }
 
     /// Ends every long-lived stream (terminals get a close frame saying the cell restarts,

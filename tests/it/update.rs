@@ -469,3 +469,103 @@ fn a_bundle_carries_a_release_and_hostile_bundles_are_refused_before_they_write_
     // Every check ran in a directory of its own, gone afterwards.
     assert_eq!(bundle_dirs(), dirs_before);
 }
+
+/// A multipart form as a browser sends the updates page's upload: the CSRF token, then the file.
+fn upload_body(csrf: Option<&str>, file: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "devcell-test-boundary-7f3a";
+    let mut body = Vec::new();
+    if let Some(csrf) = csrf {
+        body.extend(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"_csrf\"\r\n\r\n{csrf}\r\n"
+            )
+            .bytes(),
+        );
+    }
+    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"b.tar\"\r\nContent-Type: application/x-tar\r\n\r\n").bytes());
+    body.extend_from_slice(file);
+    body.extend(format!("\r\n--{boundary}--\r\n").bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn the_admin_page_shows_updates_and_a_hostile_uploaded_bundle_changes_nothing() {
+    let c = crate::harness::TestCell::start().await;
+    let owner = c.cell().find_user(None).unwrap();
+    let (cookie, csrf) = c.session(&owner.id).await;
+    let page = c.page_with(&cookie, "/admin").await;
+    assert!(page.contains(r#"id="updates""#), "{page}");
+    assert!(page.contains("No update applied yet"), "{page}");
+    assert!(page.contains("this cell updates from bundles"), "{page}");
+    assert!(page.contains(r#"action="/admin/updates/bundle""#), "{page}");
+    assert!(
+        !page.contains("Check for a release now"),
+        "no channel, no check: {page}"
+    );
+
+    let post = |content_type: String, body: Vec<u8>| {
+        c.http
+            .post(c.url("/admin/updates/bundle"))
+            .header(reqwest::header::COOKIE, &cookie)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+    };
+    let updates = c.data_dir().join("updates");
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&updates)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // A bundle that tries to write outside: refused, its code on the page, nothing left.
+    let evil = tar_of(&[("../escaped", Ok(b"x".to_vec()))]);
+    let (ct, body) = upload_body(Some(&csrf), &evil);
+    let res = post(ct, body).await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/admin#updates");
+    let page = c.page_with(&cookie, "/admin").await;
+    assert!(page.contains("(bad_bundle)"), "{page}");
+    assert!(page.contains("not one plain file name"), "{page}");
+    assert!(left().is_empty(), "left behind: {:?}", left());
+    assert!(!c.data_dir().join("escaped").exists());
+    // Garbage instead of a tar: the same.
+    let (ct, body) = upload_body(Some(&csrf), b"not a tar at all, just bytes");
+    post(ct, body).await.unwrap();
+    let page = c.page_with(&cookie, "/admin").await;
+    assert!(page.contains("(bad_bundle)"), "{page}");
+    assert!(left().is_empty(), "left behind: {:?}", left());
+    // Without the form's token: refused before the file is read.
+    let (ct, body) = upload_body(None, &evil);
+    let res = post(ct, body).await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(left().is_empty(), "left behind: {:?}", left());
+    // Approving what was never seen: a clear refusal.
+    let (s, to) = c
+        .post_form(
+            &cookie,
+            "/admin/updates/approve",
+            &[("_csrf", &csrf), ("version", "9.9.9")],
+        )
+        .await;
+    assert_eq!((s.as_u16(), to.as_str()), (303, "/admin#updates"));
+    let page = c.page_with(&cookie, "/admin").await;
+    assert!(page.contains("release not found"), "{page}");
+
+    // A member who is not a cell administrator may do none of it.
+    let (member, _) = c.add_user("dev@example.com", "member").await;
+    let member = devcell::domain::UserId::parse(&member).unwrap();
+    let (mcookie, mcsrf) = c.session(&member).await;
+    let (s, _) = c
+        .post_form(
+            &mcookie,
+            "/admin/updates/approve",
+            &[("_csrf", &mcsrf), ("version", "9.9.9")],
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::FORBIDDEN);
+    c.stop().await;
+}

@@ -786,8 +786,96 @@ pub struct AdminSection {
     pub facts: Vec<(String, String)>,
 }
 
+/// The admin page's updates section.
+#[derive(Clone, Debug, Default)]
+pub struct UpdatesView {
+    /// The running version.
+    pub running: String,
+    /// The channel URL, or what the cell does without one.
+    pub channel: String,
+    /// The channel is set: "Check now" can look.
+    pub has_channel: bool,
+    /// The newest release seen, described.
+    pub newest: Option<String>,
+    /// A release waiting for an owner's approval: its version.
+    pub waiting: Option<String>,
+    /// What the last action did (shown once): whether it went well, and what to say.
+    pub message: Option<(bool, String)>,
+    pub history: Vec<UpdateRow>,
+}
+
+/// One update in the history.
+#[derive(Clone, Debug)]
+pub struct UpdateRow {
+    pub started: When,
+    pub versions: String,
+    /// `applying`, `applied`, `rolled_back` or `failed`.
+    pub outcome: String,
+    pub message: String,
+}
+
 #[component]
-fn Admin(viewer: Viewer, sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> impl IntoView {
+fn Updates(u: UpdatesView, csrf: String) -> impl IntoView {
+    let (csrf2, csrf3) = (csrf.clone(), csrf.clone());
+    view! {
+        <section id="updates" data-section="updates">
+            <h2>"Updates"</h2>
+            {u.message.map(|(ok, m)| if ok {
+                view! { <p class="panel" role="status">{m}</p> }.into_any()
+            } else {
+                view! { <p class="error" role="alert">{m}</p> }.into_any()
+            })}
+            <dl class="facts">
+                <dt>"Running"</dt><dd>{format!("devcell {}", u.running)}</dd>
+                <dt>"Channel"</dt><dd>{u.channel}</dd>
+                <dt>"Newest release seen"</dt><dd>{u.newest.unwrap_or_else(|| "none yet".into())}</dd>
+            </dl>
+            {u.waiting.map(|v| { let label = format!("Approve and apply {v}"); view! {
+                <form method="post" action="/admin/updates/approve" class="card">
+                    <p class="warn">{format!("devcell {v} waits for your approval: it is an infrastructure release or a new major version. Read its notes, then apply it; the previous binary comes back if it does not start.")}</p>
+                    <input type="hidden" name="_csrf" value=csrf.clone()/>
+                    <input type="hidden" name="version" value=v/>
+                    <button type="submit" class="primary">{label}</button>
+                </form>
+            } })}
+            <div class="actions">
+                {u.has_channel.then(|| view! {
+                    <form method="post" action="/admin/updates/check" class="inline">
+                        <input type="hidden" name="_csrf" value=csrf2/>
+                        <button type="submit">"Check for a release now"</button>
+                    </form>
+                })}
+            </div>
+            <form method="post" action="/admin/updates/bundle" enctype="multipart/form-data" class="card">
+                <input type="hidden" name="_csrf" value=csrf3/>
+                <label for="bundle">"Offline bundle (.tar or .tar.zst, from " <code>"devcell bundle build"</code> ")"</label>
+                <input id="bundle" name="bundle" type="file" accept=".tar,.zst,.tar.zst" required/>
+                <small>"Everything in it is checked before anything changes; then it applies as a release from the channel would."</small>
+                <button type="submit" class="primary">"Upload and apply"</button>
+            </form>
+            {if u.history.is_empty() {
+                view! { <p class="empty">"No update applied yet. Releases come from the channel, or upload a bundle above."</p> }.into_any()
+            } else {
+                view! {
+                    <table class="updates"><thead><tr><th>"Started"</th><th>"Versions"</th><th>"Outcome"</th><th>"What happened"</th></tr></thead><tbody>
+                        {u.history.into_iter().map(|r| { let o = r.outcome.clone(); view! {
+                            <tr data-outcome=o><td>{when(r.started)}</td><td>{r.versions}</td><td>{r.outcome.replace('_', " ")}</td><td>{r.message}</td></tr>
+                        } }).collect_view()}
+                    </tbody></table>
+                }.into_any()
+            }}
+        </section>
+    }
+}
+
+#[component]
+fn Admin(
+    viewer: Viewer,
+    sections: Vec<AdminSection>,
+    updates: UpdatesView,
+    loops: Vec<LoopRow>,
+) -> impl IntoView {
+    let csrf = viewer.csrf.clone();
     let index: Vec<(String, String)> = sections
         .iter()
         .map(|s| (format!("#{}", s.id), s.title.clone()))
@@ -796,6 +884,7 @@ fn Admin(viewer: Viewer, sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> im
         <Shell title="Admin".to_string() viewer=viewer section="admin">
             <nav class="sections" aria-label="Admin sections">
                 {index.into_iter().map(|(href, title)| view! { <a href=href>{title}</a>" " }).collect_view()}
+                <a href="#updates">"Updates"</a>" "
                 <a href="#loops">"Loops"</a>
             </nav>
             {sections.into_iter().map(|s| view! {
@@ -804,6 +893,7 @@ fn Admin(viewer: Viewer, sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> im
                     <dl class="facts">{s.facts.into_iter().map(|(k, v)| view! { <dt>{k}</dt><dd>{v}</dd> }).collect_view()}</dl>
                 </section>
             }).collect_view()}
+            <Updates u=updates csrf=csrf/>
             <section id="loops" data-section="loops">
                 <h2>"Loops"</h2>
                 <table class="loops"><thead><tr><th>"Loop"</th><th>"State"</th><th>"Last run"</th><th>"Next run"</th><th>"Last error"</th></tr></thead><tbody>
@@ -815,9 +905,15 @@ fn Admin(viewer: Viewer, sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> im
 }
 
 /// The admin page (owners only; the server checks).
-pub fn admin_page(viewer: Viewer, sections: Vec<AdminSection>, loops: Vec<LoopRow>) -> String {
-    let body = Owner::new()
-        .with(|| view! { <Admin viewer=viewer sections=sections loops=loops/> }.to_html());
+pub fn admin_page(
+    viewer: Viewer,
+    sections: Vec<AdminSection>,
+    updates: UpdatesView,
+    loops: Vec<LoopRow>,
+) -> String {
+    let body = Owner::new().with(|| {
+        view! { <Admin viewer=viewer sections=sections updates=updates loops=loops/> }.to_html()
+    });
     page("Admin", body)
 }
 
