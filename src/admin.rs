@@ -45,6 +45,8 @@ pub enum Request {
     UpdateApply { from: Option<PathBuf> },
     /// Approves the newest release (one that waits for approval) and applies it.
     UpdateApprove { version: String },
+    /// Goes back to the previous binary (`devcell.prev`); answers like `UpdateApply`.
+    UpdateRollback,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -115,6 +117,13 @@ pub async fn execute(cell: &Cell, req: Request) -> Response {
             .map(|s| (None, status_json(&s).to_string())),
         Request::UpdateCheck => check_channel(cell).await,
         Request::UpdateApply { from } => apply(cell, from).await,
+        Request::UpdateRollback => match crate::version::previous() {
+            Ok(prev) => cell
+                .request_rollback(&prev)
+                .await
+                .map(|a| (None, attempt_json(&a))),
+            Err(e) => Err(crate::service::Error::Internal(e)),
+        },
         Request::UpdateApprove { version } => cell
             .approve_and_request(&version)
             .map(|a| (None, attempt_json(&a))),

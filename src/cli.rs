@@ -268,6 +268,8 @@ pub enum ImageCmd {
     },
 }
 
+// Parsed once per run: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ReleaseCmd {
     /// Write a new signing key pair: DIR/devcell.pub and DIR/devcell.key (no password: keep
@@ -298,6 +300,11 @@ pub enum ReleaseCmd {
         /// Days until the manifest expires (a cell refuses it afterwards).
         #[arg(long, default_value_t = 90)]
         valid_days: u32,
+        /// An OCI image archive for workspace images (`docker save`, `skopeo copy ...
+        /// oci-archive:`) to carry in the release, covered by its signature; a site imports
+        /// it with the bundle. Repeatable.
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -366,6 +373,13 @@ pub enum UpdateCmd {
         #[command(flatten)]
         data: DataArg,
     },
+    /// Go back to the previous binary (`devcell.prev`, kept beside the running one by the last
+    /// update), handed over as an update is. The channel's newer release then applies only
+    /// when asked.
+    Rollback {
+        #[command(flatten)]
+        data: DataArg,
+    },
     /// Approve the newest release (infrastructure and major releases wait for an owner) and
     /// apply it.
     Approve {
@@ -410,6 +424,7 @@ fn release(cmd: ReleaseCmd) -> Result<()> {
             kind,
             min_version,
             valid_days,
+            images,
             out,
         } => {
             let kind = crate::update::Kind::parse(&kind)
@@ -422,6 +437,7 @@ fn release(cmd: ReleaseCmd) -> Result<()> {
                 kind,
                 min_version,
                 valid_for: time::Duration::days(i64::from(valid_days)),
+                images: &images,
                 out: &out,
             })
             .map_err(update_error)?;
@@ -656,6 +672,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             let from = from.map(absolute).transpose()?;
             follow_update(&data, crate::admin::Request::UpdateApply { from }).await
         }
+        Command::Update(UpdateCmd::Rollback { data }) => {
+            follow_update(&data, crate::admin::Request::UpdateRollback).await
+        }
         Command::Update(UpdateCmd::Approve { version, data }) => {
             follow_update(&data, crate::admin::Request::UpdateApprove { version }).await
         }
@@ -753,7 +772,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn run_cell(config: Config, owner: Option<(String, Option<String>)>) -> Result<()> {
     init_logging(config.log.format, &config.log.level);
-    crate::server::handover::remember_exe();
+    crate::version::remember_executable();
     let inherited = crate::server::handover::Inherited::from_env()
         .transpose()
         .map_err(|e| anyhow!("cannot take over from the previous process: {e}"))?;
@@ -794,7 +813,7 @@ async fn run_cell(config: Config, owner: Option<(String, Option<String>)>) -> Re
                     requests = None;
                     continue;
                 };
-                let version = req.staged.manifest.version.clone();
+                let version = req.version.clone();
                 match crate::server::handover::apply(running, req).await {
                     crate::server::handover::Outcome::HandedOver { pid } => {
                         println!("handed over to devcell {version} (pid {pid})");
@@ -932,7 +951,7 @@ async fn follow_update(d: &DataArg, req: crate::admin::Request) -> Result<()> {
     let asked: serde_json::Value = serde_json::from_str(&said)?;
     let version = asked["version"].as_str().unwrap_or("").to_owned();
     let started = asked["started_at"].as_str().unwrap_or("").to_owned();
-    eprintln!("applying devcell {version}…");
+    eprintln!("handing over to devcell {version}…");
     let until = std::time::Instant::now() + Duration::from_secs(900);
     while std::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(250)).await;

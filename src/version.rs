@@ -1,4 +1,4 @@
-//! This binary's version. It is stamped in an ELF section of its own, `.devcell_version`, so a
+//! This binary: its version, and where it is. It is stamped in an ELF section of its own, `.devcell_version`, so a
 //! built binary can carry another version without being compiled again: a release pipeline
 //! (and the update tests, which make "the next release" from the binary under test) sets it
 //! with `objcopy --update-section .devcell_version=FILE`. The section holds the version's text
@@ -69,6 +69,29 @@ pub fn current() -> &'static semver::Version {
 pub fn text() -> &'static str {
     static T: OnceLock<String> = OnceLock::new();
     T.get_or_init(|| current().to_string())
+}
+
+/// The previous binary, kept beside the running one by an update.
+pub const PREVIOUS: &str = "devcell.prev";
+
+/// The executable this process was started from, remembered before an update renames it.
+static EXE: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+
+/// Remembers where this process's binary is; call it first thing in a long-lived process.
+pub fn remember_executable() {
+    EXE.get_or_init(|| std::env::current_exe().ok());
+}
+
+/// Where this process's binary is (as it was when the process started).
+pub fn executable() -> Result<std::path::PathBuf, String> {
+    EXE.get_or_init(|| std::env::current_exe().ok())
+        .clone()
+        .ok_or_else(|| "this process does not know where its binary is".to_string())
+}
+
+/// `devcell.prev` beside this process's binary.
+pub fn previous() -> Result<std::path::PathBuf, String> {
+    Ok(executable()?.with_file_name(PREVIOUS))
 }
 
 #[cfg(test)]

@@ -193,9 +193,10 @@ async fn take_spec(State(slot): State<Slot>, Json(spec): Json<AgentSpec>) -> Res
     }
 }
 
-/// Waits (at most five seconds) until the outbound interface the cell attaches shows up.
+/// Waits until the outbound interface the cell attaches shows up: at most 30 seconds, as a
+/// host under load may take seconds to set it up (tasks started without it fail to fetch).
 async fn wait_for_network() {
-    for _ in 0..1000 {
+    for _ in 0..6000 {
         if tokio::fs::read_to_string("/proc/net/dev")
             .await
             .is_ok_and(|d| d.contains("tap0:"))
@@ -204,7 +205,7 @@ async fn wait_for_network() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tracing::warn!("no outbound network after 5 s; starting tasks anyway");
+    tracing::warn!("no outbound network after 30 s; starting tasks anyway");
 }
 
 async fn status(Ready(a): Ready) -> Json<Status> {

@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -33,23 +32,6 @@ use crate::service::updates::{ApplyRequest, DATABASE_BEFORE};
 
 /// The variable naming the inherited descriptors: `control=N,listen=N[,https=N]`.
 pub const ENV: &str = "DEVCELL_HANDOVER";
-/// The previous binary, beside the running one.
-pub const PREVIOUS: &str = "devcell.prev";
-
-/// The executable this process was started from, remembered before any swap renames it.
-static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
-
-/// Remembers where this process's binary is; call it once, first thing.
-pub fn remember_exe() {
-    EXE.get_or_init(|| std::env::current_exe().ok());
-}
-
-fn exe() -> Result<PathBuf, String> {
-    EXE.get_or_init(|| std::env::current_exe().ok())
-        .clone()
-        .ok_or_else(|| "this process does not know where its binary is".to_string())
-}
-
 /// The listening sockets a cell serves on; kept (as duplicates) for a handover.
 pub struct Listeners {
     pub listen: std::net::TcpListener,
@@ -190,7 +172,7 @@ fn swap_in(new: &Path, exe: &Path) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{} has no directory", exe.display()))?;
     let name = exe.file_name().unwrap_or_default().to_string_lossy();
     let incoming = dir.join(format!(".{name}.incoming"));
-    let prev = dir.join(PREVIOUS);
+    let prev = dir.join(crate::version::PREVIOUS);
     let _ = std::fs::remove_file(&incoming);
     let copy = || -> std::io::Result<()> {
         std::fs::copy(new, &incoming)?;
@@ -302,7 +284,7 @@ async fn healthy(addr: SocketAddr, tls: bool, version: &semver::Version) -> Resu
 /// restore and serve again on failure.
 pub async fn apply(running: Running, req: ApplyRequest) -> Outcome {
     let cell = running.cell.clone();
-    let version = req.staged.manifest.version.clone();
+    let version = req.version.clone();
     let deadline = Instant::now() + cell.config().update.health_deadline;
     let fail = |running: Running, outcome: UpdateOutcome, why: String| {
         tracing::error!(%version, reason = %why, "update not applied");
@@ -311,11 +293,11 @@ pub async fn apply(running: Running, req: ApplyRequest) -> Outcome {
         }
         Outcome::Kept(Box::new(running), why)
     };
-    let exe = match exe() {
+    let exe = match crate::version::executable() {
         Ok(e) => e,
         Err(why) => return fail(running, UpdateOutcome::Failed, why),
     };
-    let before = req.staged.dir.join(DATABASE_BEFORE);
+    let before = req.dir.join(DATABASE_BEFORE);
     let _ = std::fs::remove_file(&before);
     if let Err(e) = cell.store().backup_to(&before) {
         return fail(
@@ -324,7 +306,7 @@ pub async fn apply(running: Running, req: ApplyRequest) -> Outcome {
             format!("cannot copy the database before the update: {e}"),
         );
     }
-    let prev = match swap_in(&req.staged.binary, &exe) {
+    let prev = match swap_in(&req.binary, &exe) {
         Ok(p) => p,
         Err(why) => return fail(running, UpdateOutcome::Failed, why),
     };

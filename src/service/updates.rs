@@ -16,6 +16,8 @@ use crate::update::{Manifest, Trust, UpdateError};
 
 /// The directory under the data directory where releases are staged.
 pub const UPDATES_DIR: &str = "updates";
+/// The source an owner's rollback is recorded with.
+pub const ROLLBACK_SOURCE: &str = "rollback to the previous binary";
 /// A staged release's copy of the database from just before it was applied (restored when
 /// the new binary changed the database and then failed).
 pub const DATABASE_BEFORE: &str = "database-before.redb";
@@ -60,10 +62,13 @@ pub struct Checked {
     pub waits_for_window: bool,
 }
 
-/// An update the server is asked to carry out.
+/// An update the server is asked to carry out: the binary to run as `version`.
 #[derive(Debug)]
 pub struct ApplyRequest {
-    pub staged: Staged,
+    pub version: semver::Version,
+    pub binary: PathBuf,
+    /// Where the database is copied before the handover (`DATA/updates/VERSION`).
+    pub dir: PathBuf,
     /// The history entry (outcome `applying`) to finish.
     pub attempt: UpdateAttempt,
 }
@@ -206,6 +211,23 @@ impl Cell {
                 ))
             })?;
         }
+        // Workspace images it carries go into the image cache (checked like the binary).
+        for a in m
+            .artifacts
+            .iter()
+            .filter(|a| a.target == crate::update::IMAGE_TARGET)
+        {
+            let imported = self
+                .images()
+                .import_archive(&staged_dir.join(&a.name))
+                .map_err(|e| Error::Conflict {
+                    code: "bad_image",
+                    message: format!("the release's image {}: {e}", a.name),
+                })?;
+            for i in imported {
+                tracing::info!(image = %i.reference, version = %m.version, "image from the release imported");
+            }
+        }
         tracing::info!(version = %m.version, key = %verified.key_id, %source, "release checked and staged");
         Ok(Staged {
             binary: staged_dir.join(&artifact.name),
@@ -327,7 +349,10 @@ impl Cell {
             .store()
             .read(|tx| tx.update_attempts(20))?
             .iter()
-            .any(|a| a.to == v && a.outcome == UpdateOutcome::RolledBack);
+            .any(|a| {
+                (a.to == v && a.outcome == UpdateOutcome::RolledBack)
+                    || (a.from == v && a.source == ROLLBACK_SOURCE)
+            });
         let note = |n: String| {
             Ok(Checked {
                 note: n,
@@ -336,7 +361,7 @@ impl Cell {
         };
         if failed_before {
             return note(format!(
-                "release {v} was rolled back before; it applies only by `devcell update apply`"
+                "release {v} was rolled back before; it applies only when asked (`devcell update apply`)"
             ));
         }
         if self.waits_for_approval(&staged)? {
@@ -356,6 +381,22 @@ impl Cell {
     /// Asks the server to apply `staged`; returns the history entry it will finish. Refused
     /// while another update is under way.
     pub fn request_update(&self, staged: Staged) -> Result<UpdateAttempt> {
+        self.request_binary(
+            staged.manifest.version.clone(),
+            staged.binary,
+            staged.dir,
+            staged.source,
+        )
+    }
+
+    /// Asks the server to run `binary` (which says it is `version`) in place of this one.
+    fn request_binary(
+        &self,
+        version: semver::Version,
+        binary: PathBuf,
+        dir: PathBuf,
+        source: String,
+    ) -> Result<UpdateAttempt> {
         let updates = &self.inner.updates;
         let served = updates
             .receiver
@@ -381,10 +422,10 @@ impl Cell {
         let attempt = UpdateAttempt {
             started_at,
             from: crate::version::current().clone(),
-            to: staged.manifest.version.clone(),
-            source: staged.source.clone(),
+            to: version.clone(),
+            source,
             outcome: UpdateOutcome::Applying,
-            message: format!("applying {}", staged.manifest.version),
+            message: format!("applying {version}"),
             ended_at: None,
         };
         let recorded = self.store().write(|tx| tx.put_update_attempt(&attempt));
@@ -393,7 +434,9 @@ impl Cell {
             return Err(e.into());
         }
         let request = ApplyRequest {
-            staged,
+            version,
+            binary,
+            dir,
             attempt: attempt.clone(),
         };
         if updates.requests.send(request).is_err() {
@@ -519,6 +562,49 @@ impl Cell {
             tx.put_newest_release(&n)?;
             Ok(n)
         })
+    }
+
+    /// Goes back to the binary kept beside this one (`devcell.prev`, the one this replaced):
+    /// an owner's explicit step, the one way to an older version. The channel's newer release
+    /// then applies only when asked (`devcell update apply`), not by itself.
+    pub async fn request_rollback(&self, previous: &Path) -> Result<UpdateAttempt> {
+        let not_there = || Error::Conflict {
+            code: "no_previous",
+            message: format!(
+                "there is no previous binary at {}: this cell has not been updated since it was installed, or the last update was rolled back",
+                previous.display()
+            ),
+        };
+        if !previous.is_file() {
+            return Err(not_there());
+        }
+        // The previous binary says what it is (it ran here before).
+        let out = tokio::process::Command::new(previous)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|_| not_there())?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        let version: semver::Version = said
+            .trim()
+            .strip_prefix("devcell ")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::Conflict {
+                code: "no_previous",
+                message: format!(
+                    "{} does not say which devcell it is ({said:?})",
+                    previous.display()
+                ),
+            })?;
+        let dir = self.updates_dir_made()?.join(format!("rollback-{version}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)
+            .map_err(|e| Error::Internal(format!("creating {}: {e}", dir.display())))?;
+        // A copy: the swap replaces `devcell.prev` with the binary that runs now.
+        let binary = dir.join("devcell");
+        std::fs::copy(previous, &binary)
+            .map_err(|e| Error::Internal(format!("copying {}: {e}", previous.display())))?;
+        self.request_binary(version, binary, dir, ROLLBACK_SOURCE.into())
     }
 
     /// The update status, for cell administrators.

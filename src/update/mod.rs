@@ -140,6 +140,10 @@ pub fn trust_for(dir: &Path, base: Trust) -> Result<Trust, UpdateError> {
     base.with_key_list(trust::ROOT_KEY, &text, &String::from_utf8_lossy(&sig))
 }
 
+/// The target of an artifact that is an OCI image archive for workspaces (imported into the
+/// image cache when the release is staged).
+pub const IMAGE_TARGET: &str = "oci-image";
+
 /// The artifact that runs on this host: `devcell-ARCH-OS` (see [`vendor::sign`]).
 pub fn host_target() -> String {
     format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)

@@ -46,6 +46,9 @@ pub struct Release<'a> {
     pub min_version: semver::Version,
     /// How long the manifest is valid.
     pub valid_for: time::Duration,
+    /// OCI image archives for workspace images, carried as artifacts (target
+    /// [`super::IMAGE_TARGET`]) so the signature covers them too.
+    pub images: &'a [std::path::PathBuf],
     pub out: &'a Path,
 }
 
@@ -66,6 +69,35 @@ pub fn sign(r: &Release<'_>) -> Result<Manifest, UpdateError> {
     let target = super::host_target();
     let name = format!("devcell-{target}");
     let (size, sha256) = copy_hashing(r.binary, &r.out.join(&name))?;
+    let mut artifacts = vec![Artifact {
+        name,
+        target,
+        size,
+        sha256,
+    }];
+    for (i, image) in r.images.iter().enumerate() {
+        let stem: String = image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = format!("image-{}-{stem}", i + 1);
+        let (size, sha256) = copy_hashing(image, &r.out.join(&name))?;
+        artifacts.push(Artifact {
+            name,
+            target: super::IMAGE_TARGET.into(),
+            size,
+            sha256,
+        });
+    }
     let created = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .unwrap_or(OffsetDateTime::now_utc());
@@ -78,12 +110,7 @@ pub fn sign(r: &Release<'_>) -> Result<Manifest, UpdateError> {
         created,
         expires: created + r.valid_for,
         min_version: r.min_version.clone(),
-        artifacts: vec![Artifact {
-            name,
-            target,
-            size,
-            sha256,
-        }],
+        artifacts,
     };
     let mut bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| UpdateError::InvalidManifest(e.to_string()))?;

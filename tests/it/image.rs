@@ -310,7 +310,7 @@ pub struct TestImage {
 
 /// Two layers: a base with a few files, and a top layer that deletes one of them with a
 /// whiteout and empties a directory with an opaque marker.
-fn test_image(arch: &str, marker: &str) -> TestImage {
+pub fn test_image(arch: &str, marker: &str) -> TestImage {
     let (base, base_id) = gzip_tar(&[
         Item::Dir("bin/"),
         Item::File("bin/hello", "#!/bin/sh\necho hello\n", 0o4755),

@@ -18,7 +18,7 @@ mod lifecycle;
 mod openapi;
 mod roles;
 pub mod runtime;
-mod selfupdate;
+pub mod selfupdate;
 mod smoke;
 mod tidy;
 mod tls;

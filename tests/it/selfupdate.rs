@@ -69,7 +69,7 @@ fn sign(home: &Path, keys: &Path, binary: &Path, version: &str, out: &Path) {
 }
 
 /// Serves the files of `root` over HTTP on a free loopback port: the release server.
-async fn release_server(root: PathBuf) -> (String, tokio::task::JoinHandle<()>) {
+pub(crate) async fn release_server(root: PathBuf) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
@@ -587,13 +587,7 @@ async fn the_update_loop_applies_application_releases_and_infrastructure_ones_on
         "{st:#}"
     );
     assert_eq!(readyz(&base).await, (200, "0.2.0".to_owned()));
-    let pid = loop {
-        let l = cell.more.recv_timeout(Duration::from_secs(10)).unwrap();
-        if let Some(p) = l.strip_prefix("handed over to devcell 0.2.0 (pid ") {
-            break p.trim_end_matches(')').parse::<u32>().unwrap();
-        }
-    };
-    let _new = KillOnDrop(pid);
+    let _new = KillOnDrop(handed_over(&cell, "0.2.0"));
 
     // An infrastructure release waits for an owner; approved, it applies.
     let (ok, said, err) = run({
@@ -631,15 +625,107 @@ async fn the_update_loop_applies_application_releases_and_infrastructure_ones_on
     assert!(ok, "{said}{err}");
     assert!(said.contains("updated to devcell 0.3.0"), "{said}");
     assert_eq!(readyz(&base).await, (200, "0.3.0".to_owned()));
-    let pid = loop {
-        let l = cell.more.recv_timeout(Duration::from_secs(10)).unwrap();
-        if let Some(p) = l.strip_prefix("handed over to devcell 0.3.0 (pid ") {
-            break p.trim_end_matches(')').parse::<u32>().unwrap();
-        }
-    };
-    let _newer = KillOnDrop(pid);
+    let _newer = KillOnDrop(handed_over(&cell, "0.3.0"));
     let st = status(home.path(), &data);
     assert_eq!(st["waiting_approval"], false, "{st:#}");
     assert!(st["newest"]["approved_at"].is_string(), "{st:#}");
+
+    // An offline bundle carries the next release and a workspace image, both signed: the
+    // import puts the image in the cache and applies the release the same way.
+    let next = home.path().join("build/devcell-0.4.0");
+    binary(&next, Some("0.4.0"));
+    let image = home.path().join("build/tools.tar");
+    std::fs::write(
+        &image,
+        crate::image::oci_archive(
+            &[(
+                &crate::image::test_image("amd64", "bundled"),
+                Some("registry.example/team/tools:1"),
+            )],
+            &[],
+        ),
+    )
+    .unwrap();
+    let rel = home.path().join("build/rel-0.4.0");
+    let bundle = home.path().join("build/devcell-0.4.0.tar.zst");
+    for args in [
+        vec![
+            "release".into(),
+            "sign".into(),
+            "--key".into(),
+            keys.join("devcell.key").display().to_string(),
+            "--binary".into(),
+            next.display().to_string(),
+            "--version".into(),
+            "0.4.0".into(),
+            "--image".into(),
+            image.display().to_string(),
+            "--out".into(),
+            rel.display().to_string(),
+        ],
+        vec![
+            "bundle".into(),
+            "build".into(),
+            "--release".into(),
+            rel.display().to_string(),
+            "--out".into(),
+            bundle.display().to_string(),
+        ],
+    ] {
+        let (ok, said, err) = run({
+            let mut c = devcell(home.path());
+            c.args(&args);
+            c
+        });
+        assert!(ok, "{args:?}: {said}{err}");
+    }
+    let (ok, said, err) = run({
+        let mut c = devcell(home.path());
+        c.args(["bundle", "import"])
+            .arg(&bundle)
+            .args(["--data", data.to_str().unwrap()]);
+        c
+    });
+    assert!(ok, "{said}{err}");
+    assert!(said.contains("updated to devcell 0.4.0"), "{said}{err}");
+    assert_eq!(readyz(&base).await, (200, "0.4.0".to_owned()));
+    let (ok, images, err) = run({
+        let mut c = devcell(home.path());
+        c.args(["image", "list", "--json", "--data", data.to_str().unwrap()]);
+        c
+    });
+    assert!(ok, "{err}");
+    assert!(images.contains("registry.example/team/tools:1"), "{images}");
+    let pid = handed_over(&cell, "0.4.0");
+    let _newest = KillOnDrop(pid);
+
+    // The owner goes back to the binary the last update replaced.
+    let (ok, said, err) = run({
+        let mut c = devcell(home.path());
+        c.args(["update", "rollback", "--data", data.to_str().unwrap()]);
+        c
+    });
+    assert!(ok, "{said}{err}");
+    assert!(said.contains("updated to devcell 0.3.0"), "{said}{err}");
+    assert_eq!(readyz(&base).await, (200, "0.3.0".to_owned()));
+    let pid = handed_over(&cell, "0.3.0");
+    let _back = KillOnDrop(pid);
+    let st = status(home.path(), &data);
+    assert_eq!(
+        st["attempts"][0]["source"], "rollback to the previous binary",
+        "{st:#}"
+    );
+    assert_eq!(st["attempts"][0]["outcome"], "applied", "{st:#}");
     server_task.abort();
+}
+
+/// The pid of the process a handover to `version` started, as the cell printed it.
+fn handed_over(cell: &crate::smoke::Proc, version: &str) -> u32 {
+    let prefix = format!("handed over to devcell {version} (pid ");
+    loop {
+        let l = cell.more.recv_timeout(Duration::from_secs(10)).unwrap();
+        if let Some(p) = l.strip_prefix(&prefix) {
+            return p.trim_end_matches(')').parse().unwrap();
+        }
+    }
 }

@@ -569,3 +569,178 @@ async fn the_admin_page_shows_updates_and_a_hostile_uploaded_bundle_changes_noth
     assert_eq!(s, reqwest::StatusCode::FORBIDDEN);
     c.stop().await;
 }
+
+/// The code of a refusal by the cell.
+fn code(e: devcell::service::Error) -> &'static str {
+    match e {
+        devcell::service::Error::Conflict { code, .. } => code,
+        other => panic!("not a refusal with a code: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_channel_is_read_no_further_than_its_signed_manifest_and_the_newest_release_seen_is_kept()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let channel = tmp.path().join("releases/stable");
+    std::fs::create_dir_all(channel.parent().unwrap()).unwrap();
+    let rel = release(tmp.path(), "rel-99.3.0", "99.3.0", &[]);
+    let copy = |from: &Path| {
+        let _ = std::fs::remove_dir_all(&channel);
+        std::fs::create_dir_all(&channel).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            std::fs::copy(e.path(), channel.join(e.file_name())).unwrap();
+        }
+    };
+    let public = std::fs::read_to_string(tmp.path().join("keys/devcell.pub")).unwrap();
+    let public = public.lines().last().unwrap().to_owned();
+    let (server, task) = crate::selfupdate::release_server(tmp.path().join("releases")).await;
+    let url = url::Url::parse(&format!("{server}/stable/")).unwrap();
+    let tweak = |c: &mut devcell::config::Config| {
+        c.update.trusted_keys = vec![public.clone()];
+        c.update.channel_url = Some(url.clone());
+        // The loop stays out of the way: the test asks the channel itself.
+        c.update.check_interval = std::time::Duration::ZERO;
+    };
+    let c = crate::harness::TestCell::start_with(tweak, None).await;
+    let updates = c.data_dir().join("updates");
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&updates)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let artifact = format!(
+        "devcell-{}-{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+
+    // The server sends more than the manifest declares: reading stops there.
+    copy(&rel);
+    let mut bytes = std::fs::read(channel.join(&artifact)).unwrap();
+    bytes.extend_from_slice(b"and some more");
+    std::fs::write(channel.join(&artifact), &bytes).unwrap();
+    let e = c.cell().fetch_release(&url).await.unwrap_err();
+    assert_eq!(code(e), "artifact_too_large");
+    // Less, or other bytes: the hash says so.
+    std::fs::write(channel.join(&artifact), &bytes[..1000]).unwrap();
+    assert_eq!(
+        code(c.cell().fetch_release(&url).await.unwrap_err()),
+        "artifact_mismatch"
+    );
+    // No signature beside the manifest.
+    copy(&rel);
+    std::fs::remove_file(channel.join("manifest.json.minisig")).unwrap();
+    assert_eq!(
+        code(c.cell().fetch_release(&url).await.unwrap_err()),
+        "bad_signature"
+    );
+    // Nothing at the URL.
+    let nowhere = url::Url::parse(&format!("{server}/nothing-here/")).unwrap();
+    let e = c.cell().fetch_release(&nowhere).await.unwrap_err();
+    assert_eq!(code(e), "unreachable");
+    assert!(left().is_empty(), "a refused release left {:?}", left());
+    assert_eq!(
+        c.cell().update_status().unwrap().newest,
+        None,
+        "a refused release is not seen"
+    );
+
+    // The release as signed: staged, and the newest seen.
+    copy(&rel);
+    let staged = c.cell().fetch_release(&url).await.unwrap();
+    assert_eq!(staged.manifest.version.to_string(), "99.3.0");
+    assert!(staged.binary.starts_with(updates.join("99.3.0")));
+    assert_eq!(left(), vec!["99.3.0".to_string()]);
+
+    // After a restart, an older signed release is still refused, before its artifacts are
+    // downloaded; and the same version signed again is not taken either.
+    let dir = c.stop_keep_data().await;
+    let c = crate::harness::TestCell::restart_with(dir, tweak, None).await;
+    let older = release(tmp.path(), "rel-99.2.9", "99.2.9", &[]);
+    copy(&older);
+    let e = c.cell().fetch_release(&url).await.unwrap_err();
+    let message = e.to_string();
+    assert_eq!(code(e), "not_newer", "{message}");
+    assert!(message.contains("99.3.0"), "{message}");
+    let again = release(
+        tmp.path(),
+        "rel-99.3.0-again",
+        "99.3.0",
+        &["--channel", "beta"],
+    );
+    copy(&again);
+    let e = c.cell().fetch_release(&url).await.unwrap_err();
+    let message = e.to_string();
+    assert_eq!(code(e), "not_newer", "{message}");
+    assert!(message.contains("another manifest"), "{message}");
+    c.stop().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn releases_apply_by_themselves_only_within_the_maintenance_window_which_may_wrap_midnight() {
+    use devcell::config::parse_window;
+    assert_eq!(parse_window("02:00-04:30"), Ok((120, 270)));
+    assert_eq!(parse_window("22:00-04:00"), Ok((1320, 240)));
+    for bad in [
+        "",
+        "2-4",
+        "25:00-01:00",
+        "01:00-01:00",
+        "01:00",
+        "aa:bb-cc:dd",
+    ] {
+        assert!(parse_window(bad).is_err(), "{bad:?} is no window");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cell = |window: Option<&str>| {
+        let dir = tmp.path().join(window.unwrap_or("none").replace(':', ""));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = devcell::store::Store::open(&dir.join("db")).unwrap();
+        let mut config = crate::harness::test_config(dir);
+        config.update.window = window.map(str::to_owned);
+        devcell::service::Cell::new(
+            store,
+            config,
+            std::sync::Arc::new(devcell::service::SystemClock),
+        )
+    };
+    let at = |h: u8, m: u8| {
+        time::macros::datetime!(2026-12-06 00:00 UTC)
+            .replace_hour(h)
+            .unwrap()
+            .replace_minute(m)
+            .unwrap()
+    };
+    let night = cell(Some("22:00-04:00"));
+    for (h, m, inside) in [
+        (23, 30, true),
+        (0, 0, true),
+        (3, 59, true),
+        (4, 0, false),
+        (12, 0, false),
+        (21, 59, false),
+    ] {
+        assert_eq!(
+            night.in_update_window(at(h, m)),
+            inside,
+            "{h:02}:{m:02} in 22:00-04:00"
+        );
+    }
+    let early = cell(Some("02:00-04:30"));
+    assert!(early.in_update_window(at(2, 0)));
+    assert!(!early.in_update_window(at(4, 30)));
+    assert!(!early.in_update_window(at(23, 0)));
+    // A time zone other than UTC is the same moment.
+    let offset = at(3, 0).to_offset(time::UtcOffset::from_hms(5, 0, 0).unwrap());
+    assert!(early.in_update_window(offset));
+    assert!(
+        cell(None).in_update_window(at(12, 0)),
+        "no window: any time"
+    );
+}
