@@ -679,6 +679,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             follow_update(&data, crate::admin::Request::UpdateApprove { version }).await
         }
         Command::Bundle(BundleCmd::Import { file, data }) => {
+            eprintln!(
+                "checking {}: its signature, then every entry, before anything changes…",
+                file.display()
+            );
             let from = Some(absolute(file)?);
             follow_update(&data, crate::admin::Request::UpdateApply { from }).await
         }
@@ -795,6 +799,7 @@ async fn run_cell(config: Config, owner: Option<(String, Option<String>)>) -> Re
         );
     } else {
         greet(&running)?;
+        crate::server::handover::notify_service_manager();
     }
     let mut requests = running.cell.take_update_requests();
     let signal = wait_for_signal();
@@ -1139,37 +1144,50 @@ fn data_dir(d: &DataArg) -> Result<PathBuf> {
 /// Runs an admin request through the running cell's socket, or directly on the database.
 async fn local_admin(d: &DataArg, req: crate::admin::Request) -> Result<(Option<String>, String)> {
     let data = data_dir(d)?;
-    let resp = match crate::admin::call(&data, &req)
-        .await
-        .with_context(|| format!("admin socket in {}", data.display()))?
-    {
-        Some(r) => r,
-        None => {
-            let db = data.join(crate::store::DB_FILE);
-            if !db.exists() {
-                bail!(
-                    "no devcell database in {} (pass --data DIR)",
-                    data.display()
+    // A cell handing over to its next binary has no admin socket for a moment, while one of
+    // the two processes holds the database: ask again until one of them answers.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let resp = loop {
+        match crate::admin::call(&data, &req)
+            .await
+            .with_context(|| format!("admin socket in {}", data.display()))?
+        {
+            Some(r) => break r,
+            None => {
+                let db = data.join(crate::store::DB_FILE);
+                if !db.exists() {
+                    bail!(
+                        "no devcell database in {} (pass --data DIR)",
+                        data.display()
+                    );
+                }
+                let store = match crate::store::Store::open(&db) {
+                    Err(crate::store::StoreError::Locked { .. })
+                        if std::time::Instant::now() < until =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    other => other?,
+                };
+                let env = env_vars();
+                let mut config = config::load(
+                    None,
+                    &env,
+                    &Overrides {
+                        data_dir: Some(data.clone()),
+                        ..Overrides::default()
+                    },
+                )
+                .map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
+                config.data_dir = data;
+                let cell = crate::service::Cell::new(
+                    store,
+                    config,
+                    std::sync::Arc::new(crate::service::SystemClock),
                 );
+                break crate::admin::execute(&cell, req).await;
             }
-            let store = crate::store::Store::open(&db)?;
-            let env = env_vars();
-            let mut config = config::load(
-                None,
-                &env,
-                &Overrides {
-                    data_dir: Some(data.clone()),
-                    ..Overrides::default()
-                },
-            )
-            .map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
-            config.data_dir = data;
-            let cell = crate::service::Cell::new(
-                store,
-                config,
-                std::sync::Arc::new(crate::service::SystemClock),
-            );
-            crate::admin::execute(&cell, req).await
         }
     };
     match resp {

@@ -36,6 +36,7 @@ command -v restic >/dev/null || need+=(restic)
 command -v losetup >/dev/null || need+=(mount)
 [ -x /bin/busybox ] || need+=(busybox-static)
 [ -x /usr/bin/minisign ] || need+=(minisign)
+command -v objcopy >/dev/null || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -6,7 +6,8 @@
 //! new → old   started VERSION      (the binary runs and is the version the manifest says)
 //! old → new   go                   (the old one stopped accepting, drained and closed the database)
 //! new → old   ready PID            (the new one serves)
-//! old → new   ok                   (the old one saw /readyz answer with the new version; it exits)
+//! old → new   ok                   (the old one saw /readyz answer with the new version)
+//! new → old   main                 (the service manager was told the new one is the cell; the old one exits)
 //! ```
 //!
 //! Connections that arrive between `go` and the new process accepting wait in the listening
@@ -149,6 +150,11 @@ impl Inherited {
         let said = self.say(&format!("ready {}", std::process::id()));
         std::thread::spawn(move || {
             let ok = said.is_ok() && matches!(self.hear().as_deref(), Some("ok") | None);
+            if ok {
+                // The service manager follows this process before the previous one exits.
+                notify_service_manager();
+                let _ = self.say("main");
+            }
             let _ = tx.send(ok);
         });
         rx
@@ -378,6 +384,7 @@ pub async fn apply(running: Running, req: ApplyRequest) -> Outcome {
     match handed {
         Ok(pid) => {
             let _ = tokio::io::AsyncWriteExt::write_all(&mut to_new, b"ok\n").await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await;
             tracing::info!(%version, pid, "handed over to the new binary");
             Outcome::HandedOver { pid }
         }
@@ -464,4 +471,33 @@ fn spawn(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let child = cmd.spawn()?;
     Ok((child, tokio::net::UnixStream::from_std(ours)?))
+}
+
+/// Tells the service manager (systemd's `NOTIFY_SOCKET`, when set) which process is the cell
+/// and that it serves: at the first start, and by the new process after a handover, so a
+/// `Type=notify` unit with `NotifyAccess=all` follows the cell to its new process instead of
+/// stopping when the old one exits.
+pub fn notify_service_manager() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = format!(
+        "MAINPID={}\nREADY=1\nSTATUS=devcell {} serves",
+        std::process::id(),
+        crate::version::text()
+    );
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::linux::net::SocketAddrExt;
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
+            None => std::os::unix::net::SocketAddr::from_pathname(&path)?,
+        };
+        socket.send_to_addr(message.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "the service manager was not told the cell serves");
+    }
 }

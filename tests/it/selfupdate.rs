@@ -273,12 +273,26 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     let channel_dir = home.path().join("releases/stable");
     sign(home.path(), &keys, &next, "99.0.0", &channel_dir);
     let (server, server_task) = release_server(home.path().join("releases")).await;
+    // Where systemd would listen for the cell's notifications (Type=notify).
+    let notify_path = home.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let notified = || {
+        let mut buf = [0u8; 512];
+        let n = notify
+            .recv(&mut buf)
+            .expect("no notification to the service manager");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
 
     let up = || {
         let mut c = devcell_at(&installed, home.path());
-        c.env("DEVCELL_UPDATE__TRUSTED_KEYS", &public)
+        c.env("NOTIFY_SOCKET", &notify_path)
+            .env("DEVCELL_UPDATE__TRUSTED_KEYS", &public)
             .env("DEVCELL_UPDATE__CHANNEL_URL", format!("{server}/stable/"))
-            .env("DEVCELL_UPDATE__HEALTH_DEADLINE", "30s")
+            .env("DEVCELL_UPDATE__HEALTH_DEADLINE", "12s")
             .args([
                 "up",
                 "--data",
@@ -290,6 +304,11 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     };
     let mut cell = up();
     let base = cell.url.clone();
+    let said = notified();
+    assert!(
+        said.contains(&format!("MAINPID={}\n", cell.child.id())) && said.contains("READY=1"),
+        "{said}"
+    );
     let (ok, token, err) = run({
         let mut c = devcell(home.path());
         c.args(["admin", "token", "--data", data.to_str().unwrap()]);
@@ -383,6 +402,9 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     );
     let _new = KillOnDrop(pid);
     sockets_close_on_exec(pid);
+    // The service manager was told the new process is the cell, before the old one exited.
+    let said = notified();
+    assert!(said.contains(&format!("MAINPID={pid}\n")), "{said}");
 
     // The binary is swapped, the previous one kept beside it.
     assert_eq!(sha256(&installed), sha256(&next));
@@ -427,39 +449,67 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     assert_eq!(st["attempts"][0]["outcome"], "applied", "{st:#}");
     assert_eq!(st["attempts"][0]["to"], "99.0.0", "{st:#}");
 
-    // A release whose binary exits at once is rolled back: the cell serves on 99.0.0 without
-    // a refused request, the binary is put back, and the failure is recorded and shown.
+    // Releases whose binary fails are rolled back: the cell serves on 99.0.0 without a refused
+    // request, the binary is put back, and the failure is recorded and shown. One exits at
+    // once, one is another version than its manifest says, one never answers.
     let broken = home.path().join("build/broken");
     std::fs::write(&broken, "#!/bin/sh\necho broken >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
-    sign(home.path(), &keys, &broken, "99.1.0", &channel_dir);
-    let load = Load::start(&base, &token, &id);
-    let (home_p, data_p) = (home.path().to_owned(), data.clone());
-    let (ok, said) = tokio::task::spawn_blocking(move || apply(&home_p, &data_p, &[]))
-        .await
-        .unwrap();
-    assert!(!ok, "{said}");
-    assert!(said.contains("[rolled_back]"), "{said}");
-    assert!(said.contains("exit status: 3"), "{said}");
-    let (answered, failures) = load.finish().await;
-    assert!(failures.is_empty(), "{failures:#?}");
-    assert!(answered > 0);
-    assert_eq!(readyz(&base).await, (200, "99.0.0".to_owned()));
-    assert_eq!(sha256(&installed), sha256(&next), "the binary is put back");
-    let (_, st, _) = run({
-        let mut c = devcell(home.path());
-        c.args(["update", "status", "--data", data.to_str().unwrap()]);
-        c
-    });
-    assert!(st.contains("rolled_back"), "{st}");
-    assert!(st.contains("99.0.0 → 99.1.0"), "{st}");
+    let hangs = home.path().join("build/hangs");
+    std::fs::write(&hangs, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&hangs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (binary, version, why) in [
+        (&broken, "99.1.0", "exit status: 3"),
+        (
+            &next,
+            "99.2.0",
+            "the new binary is version 99.0.0, its manifest says 99.2.0",
+        ),
+        (&hangs, "99.3.0", "within update.health_deadline"),
+    ] {
+        sign(home.path(), &keys, binary, version, &channel_dir);
+        let load = Load::start(&base, &token, &id);
+        let (home_p, data_p) = (home.path().to_owned(), data.clone());
+        let (ok, said) = tokio::task::spawn_blocking(move || apply(&home_p, &data_p, &[]))
+            .await
+            .unwrap();
+        assert!(!ok, "{said}");
+        assert!(said.contains("[rolled_back]"), "{said}");
+        assert!(said.contains(why), "{said}");
+        let (answered, failures) = load.finish().await;
+        assert!(failures.is_empty(), "{version}: {failures:#?}");
+        assert!(answered > 0);
+        assert_eq!(readyz(&base).await, (200, "99.0.0".to_owned()));
+        assert_eq!(sha256(&installed), sha256(&next), "the binary is put back");
+        let (_, st, _) = run({
+            let mut c = devcell(home.path());
+            c.args(["update", "status", "--data", data.to_str().unwrap()]);
+            c
+        });
+        assert!(st.contains("rolled_back"), "{st}");
+        assert!(st.contains(&format!("99.0.0 → {version}")), "{st}");
+    }
+    // The process that never answered is gone.
+    let hanging: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00600\x00")
+                && std::fs::read_link(p.path().join("cwd")).is_ok_and(|c| c == home.path())
+        })
+        .map(|p| p.file_name())
+        .collect();
+    assert!(
+        hanging.is_empty(),
+        "the binary that never answered still runs: {hanging:?}"
+    );
 
-    // An older release than the newest seen (99.1.0, though it failed) is refused, also after
+    // An older release than the newest seen (99.3.0, though it failed) is refused, also after
     // the cell restarts.
     sign(home.path(), &keys, &next, "99.0.5", &channel_dir);
     let (ok, said) = apply(home.path(), &data, &[]);
     assert!(!ok, "{said}");
-    assert!(said.contains("older than 99.1.0"), "{said}");
+    assert!(said.contains("older than 99.3.0"), "{said}");
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -472,7 +522,7 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     let (ok, said) = apply(home.path(), &data, &[]);
     assert!(!ok, "{said}");
     assert!(
-        said.contains("not_newer") && said.contains("99.1.0"),
+        said.contains("not_newer") && said.contains("99.3.0"),
         "{said}"
     );
     let (_, w) = get(
