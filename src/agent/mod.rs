@@ -193,10 +193,11 @@ async fn take_spec(State(slot): State<Slot>, Json(spec): Json<AgentSpec>) -> Res
     }
 }
 
-/// Waits until the outbound interface the cell attaches shows up: at most 30 seconds, as a
-/// host under load may take seconds to set it up (tasks started without it fail to fetch).
+/// Waits until the outbound interface the cell attaches shows up: at most 12 seconds, as a
+/// host under load may take seconds to set it up (tasks started without it fail to fetch),
+/// while tasks that need no network should not wait long when it never comes.
 async fn wait_for_network() {
-    for _ in 0..6000 {
+    for _ in 0..2400 {
         if tokio::fs::read_to_string("/proc/net/dev")
             .await
             .is_ok_and(|d| d.contains("tap0:"))
@@ -205,7 +206,7 @@ async fn wait_for_network() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tracing::warn!("no outbound network after 30 s; starting tasks anyway");
+    tracing::warn!("no outbound network after 12 s; starting tasks anyway");
 }
 
 async fn status(Ready(a): Ready) -> Json<Status> {

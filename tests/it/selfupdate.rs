@@ -29,22 +29,62 @@ fn objcopy(args: &[&str]) {
     );
 }
 
-/// The binary under test without its debug information, at `to`, stamped `version` when given
-/// (the section `devcell::version` reads).
+/// The binary under test without its debug information, made once per build of it and kept
+/// in one place (the copies the tests install and stamp are a fifth of its size).
+fn stripped() -> &'static Path {
+    static STRIPPED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STRIPPED.get_or_init(|| {
+        let meta = std::fs::metadata(BIN).unwrap();
+        let built = meta
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join("devcell-test-stripped");
+        let out = dir.join(format!("devcell-{built}-{}", meta.len()));
+        if !out.exists() {
+            // Those of earlier builds go.
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let partial = dir.join("partial");
+            objcopy(&["--strip-debug", BIN, partial.to_str().unwrap()]);
+            std::fs::rename(&partial, &out).unwrap();
+        }
+        out
+    })
+}
+
+/// The binary under test (without its debug information) at `to`, stamped `version` when
+/// given (the section `devcell::version` reads).
 fn binary(to: &Path, version: Option<&str>) {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    let (from, to_s) = (BIN, to.to_str().unwrap());
+    let from = stripped();
     match version {
-        None => objcopy(&["--strip-debug", from, to_s]),
+        None => {
+            std::fs::copy(from, to).unwrap();
+        }
         Some(v) => {
             let stamp = to.with_extension("stamp");
             let mut bytes = v.as_bytes().to_vec();
             bytes.resize(devcell::version::STAMP_LEN, 0);
             std::fs::write(&stamp, bytes).unwrap();
             let section = format!("{}={}", devcell::version::SECTION, stamp.display());
-            objcopy(&["--strip-debug", "--update-section", &section, from, to_s]);
+            objcopy(&[
+                "--update-section",
+                &section,
+                from.to_str().unwrap(),
+                to.to_str().unwrap(),
+            ]);
         }
     }
+}
+
+/// The binary under test with `args`, as the smoke tests run it: (success, stdout, stderr).
+fn cli(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut c = devcell(home);
+    c.args(args);
+    run(c)
 }
 
 fn version_of(bin: &Path) -> String {
@@ -309,11 +349,10 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
         said.contains(&format!("MAINPID={}\n", cell.child.id())) && said.contains("READY=1"),
         "{said}"
     );
-    let (ok, token, err) = run({
-        let mut c = devcell(home.path());
-        c.args(["admin", "token", "--data", data.to_str().unwrap()]);
-        c
-    });
+    let (ok, token, err) = cli(
+        home.path(),
+        &["admin", "token", "--data", data.to_str().unwrap()],
+    );
     assert!(ok, "{err}");
     let token = token.trim().to_owned();
     assert_eq!(
@@ -432,17 +471,16 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     );
     drop(term);
 
-    let (ok, st, err) = run({
-        let mut c = devcell(home.path());
-        c.args([
+    let (ok, st, err) = cli(
+        home.path(),
+        &[
             "update",
             "status",
             "--json",
             "--data",
             data.to_str().unwrap(),
-        ]);
-        c
-    });
+        ],
+    );
     assert!(ok, "{err}");
     let st: Value = serde_json::from_str(&st).unwrap();
     assert_eq!(st["running"], "99.0.0", "{st:#}");
@@ -481,11 +519,10 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
         assert!(answered > 0);
         assert_eq!(readyz(&base).await, (200, "99.0.0".to_owned()));
         assert_eq!(sha256(&installed), sha256(&next), "the binary is put back");
-        let (_, st, _) = run({
-            let mut c = devcell(home.path());
-            c.args(["update", "status", "--data", data.to_str().unwrap()]);
-            c
-        });
+        let (_, st, _) = cli(
+            home.path(),
+            &["update", "status", "--data", data.to_str().unwrap()],
+        );
         assert!(st.contains("rolled_back"), "{st}");
         assert!(st.contains(&format!("99.0.0 → {version}")), "{st}");
     }
@@ -532,11 +569,10 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     assert_eq!(w["phase"], "running", "{w:#}");
     drop(again);
 
-    let (ok, _, err) = run({
-        let mut c = devcell(home.path());
-        c.args(["down", "--purge", "--data", data.to_str().unwrap()]);
-        c
-    });
+    let (ok, _, err) = cli(
+        home.path(),
+        &["down", "--purge", "--data", data.to_str().unwrap()],
+    );
     assert!(ok, "{err}");
     server_task.abort();
 }
@@ -555,17 +591,16 @@ impl Drop for KillOnDrop {
 
 /// The cell's update status, as `devcell update status --json` prints it.
 fn status(home: &Path, data: &Path) -> Value {
-    let (ok, st, err) = run({
-        let mut c = devcell(home);
-        c.args([
+    let (ok, st, err) = cli(
+        home,
+        &[
             "update",
             "status",
             "--json",
             "--data",
             data.to_str().unwrap(),
-        ]);
-        c
-    });
+        ],
+    );
     assert!(ok, "{err}");
     serde_json::from_str(&st).unwrap()
 }
@@ -661,17 +696,16 @@ async fn the_update_loop_applies_application_releases_and_infrastructure_ones_on
     assert_eq!(st["newest"]["kind"], "infrastructure", "{st:#}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(readyz(&base).await, (200, "0.2.0".to_owned()), "it waits");
-    let (ok, said, err) = run({
-        let mut c = devcell(home.path());
-        c.args([
+    let (ok, said, err) = cli(
+        home.path(),
+        &[
             "update",
             "approve",
             "0.3.0",
             "--data",
             data.to_str().unwrap(),
-        ]);
-        c
-    });
+        ],
+    );
     assert!(ok, "{said}{err}");
     assert!(said.contains("updated to devcell 0.3.0"), "{said}");
     assert_eq!(readyz(&base).await, (200, "0.3.0".to_owned()));
@@ -739,22 +773,20 @@ async fn the_update_loop_applies_application_releases_and_infrastructure_ones_on
     assert!(ok, "{said}{err}");
     assert!(said.contains("updated to devcell 0.4.0"), "{said}{err}");
     assert_eq!(readyz(&base).await, (200, "0.4.0".to_owned()));
-    let (ok, images, err) = run({
-        let mut c = devcell(home.path());
-        c.args(["image", "list", "--json", "--data", data.to_str().unwrap()]);
-        c
-    });
+    let (ok, images, err) = cli(
+        home.path(),
+        &["image", "list", "--json", "--data", data.to_str().unwrap()],
+    );
     assert!(ok, "{err}");
     assert!(images.contains("registry.example/team/tools:1"), "{images}");
     let pid = handed_over(&cell, "0.4.0");
     let _newest = KillOnDrop(pid);
 
     // The owner goes back to the binary the last update replaced.
-    let (ok, said, err) = run({
-        let mut c = devcell(home.path());
-        c.args(["update", "rollback", "--data", data.to_str().unwrap()]);
-        c
-    });
+    let (ok, said, err) = cli(
+        home.path(),
+        &["update", "rollback", "--data", data.to_str().unwrap()],
+    );
     assert!(ok, "{said}{err}");
     assert!(said.contains("updated to devcell 0.3.0"), "{said}{err}");
     assert_eq!(readyz(&base).await, (200, "0.3.0".to_owned()));

@@ -512,15 +512,7 @@ async fn the_admin_page_shows_updates_and_a_hostile_uploaded_bundle_changes_noth
             .send()
     };
     let updates = c.data_dir().join("updates");
-    let left = || -> Vec<String> {
-        std::fs::read_dir(&updates)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let left = || names_in(&updates);
     // A bundle that tries to write outside: refused, its code on the page, nothing left.
     let evil = tar_of(&[("../escaped", Ok(b"x".to_vec()))]);
     let (ct, body) = upload_body(Some(&csrf), &evil);
@@ -570,6 +562,17 @@ async fn the_admin_page_shows_updates_and_a_hostile_uploaded_bundle_changes_noth
     c.stop().await;
 }
 
+/// The names in a directory (none when it is missing).
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The code of a refusal by the cell.
 fn code(e: devcell::service::Error) -> &'static str {
     match e {
@@ -604,15 +607,7 @@ async fn a_channel_is_read_no_further_than_its_signed_manifest_and_the_newest_re
     };
     let c = crate::harness::TestCell::start_with(tweak, None).await;
     let updates = c.data_dir().join("updates");
-    let left = || -> Vec<String> {
-        std::fs::read_dir(&updates)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let left = || names_in(&updates);
     let artifact = format!(
         "devcell-{}-{}",
         std::env::consts::ARCH,
