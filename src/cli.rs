@@ -919,13 +919,23 @@ async fn update_status(d: &DataArg, json: bool) -> Result<()> {
             s(&n["source"]),
         );
     }
+    // The one time format: the moment, and how long ago.
+    let now = time::OffsetDateTime::now_utc();
+    let moment = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(|t| crate::human::moment(t, now))
+            .unwrap_or_else(|| "-".into())
+    };
     let rows: Vec<Vec<String>> = v["attempts"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|a| {
             vec![
-                s(&a["started_at"]),
+                moment(&a["started_at"]),
                 format!("{} → {}", s(&a["from"]), s(&a["to"])),
                 s(&a["outcome"]),
                 s(&a["message"]),

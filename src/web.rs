@@ -1502,7 +1502,7 @@ fn updates_done(st: &AppState, csrf: &str, result: Result<String, Error>) -> Res
 
 fn applying(a: &crate::domain::entities::UpdateAttempt) -> String {
     format!(
-        "devcell {} is being applied: the cell hands over to it without dropping a connection. Reload this page to see how it went.",
+        "devcell {} is being applied: the cell hands over to it without dropping a connection; this section follows it as it goes.",
         a.to
     )
 }

@@ -825,27 +825,39 @@ fn Updates(u: UpdatesView, csrf: String) -> impl IntoView {
             } else {
                 view! { <p class="error" role="alert">{m}</p> }.into_any()
             })}
-            <dl class="facts">
-                <dt>"Running"</dt><dd>{format!("devcell {}", u.running)}</dd>
-                <dt>"Channel"</dt><dd>{u.channel}</dd>
-                <dt>"Newest release seen"</dt><dd>{u.newest.unwrap_or_else(|| "none yet".into())}</dd>
-            </dl>
-            {u.waiting.map(|v| { let label = format!("Approve and apply {v}"); view! {
-                <form method="post" action="/admin/updates/approve" class="card">
-                    <p class="warn">{format!("devcell {v} waits for your approval: it is an infrastructure release or a new major version. Read its notes, then apply it; the previous binary comes back if it does not start.")}</p>
-                    <input type="hidden" name="_csrf" value=csrf.clone()/>
-                    <input type="hidden" name="version" value=v/>
-                    <button type="submit" class="primary">{label}</button>
-                </form>
-            } })}
-            <div class="actions">
-                {u.has_channel.then(|| view! {
-                    <form method="post" action="/admin/updates/check" class="inline">
-                        <input type="hidden" name="_csrf" value=csrf2/>
-                        <button type="submit">"Check for a release now"</button>
+            // Follows an update as it goes: the running version, the waiting release, the history.
+            <div data-live="updates">
+                <dl class="facts">
+                    <dt>"Running"</dt><dd>{format!("devcell {}", u.running)}</dd>
+                    <dt>"Channel"</dt><dd>{u.channel}</dd>
+                    <dt>"Newest release seen"</dt><dd>{u.newest.unwrap_or_else(|| "none yet".into())}</dd>
+                </dl>
+                {u.waiting.map(|v| { let label = format!("Approve and apply {v}"); view! {
+                    <form method="post" action="/admin/updates/approve" class="card">
+                        <p>{format!("devcell {v} waits for your approval: it is an infrastructure release or a new major version. Check what it changes, then apply it; the previous binary comes back if it does not start.")}</p>
+                        <input type="hidden" name="_csrf" value=csrf.clone()/>
+                        <input type="hidden" name="version" value=v/>
+                        <button type="submit" class="primary">{label}</button>
                     </form>
-                })}
+                } })}
+                {if u.history.is_empty() {
+                    view! { <p class="empty">"No update applied yet. Releases come from the channel, or upload a bundle below."</p> }.into_any()
+                } else {
+                    view! {
+                        <table class="updates"><thead><tr><th>"Started"</th><th>"Versions"</th><th>"Outcome"</th><th>"What happened"</th></tr></thead><tbody>
+                            {u.history.into_iter().map(|r| { let o = r.outcome.clone(); view! {
+                                <tr data-outcome=o><td>{when(r.started)}</td><td>{r.versions}</td><td>{r.outcome.replace('_', " ")}</td><td>{r.message}</td></tr>
+                            } }).collect_view()}
+                        </tbody></table>
+                    }.into_any()
+                }}
             </div>
+            {u.has_channel.then(|| view! {
+                <form method="post" action="/admin/updates/check" class="actions">
+                    <input type="hidden" name="_csrf" value=csrf2/>
+                    <button type="submit">"Check for a release now"</button>
+                </form>
+            })}
             <form method="post" action="/admin/updates/bundle" enctype="multipart/form-data" class="card">
                 <input type="hidden" name="_csrf" value=csrf3/>
                 <label for="bundle">"Offline bundle (.tar or .tar.zst, from " <code>"devcell bundle build"</code> ")"</label>
@@ -853,17 +865,6 @@ fn Updates(u: UpdatesView, csrf: String) -> impl IntoView {
                 <small>"Everything in it is checked before anything changes; then it applies as a release from the channel would."</small>
                 <button type="submit" class="primary">"Upload and apply"</button>
             </form>
-            {if u.history.is_empty() {
-                view! { <p class="empty">"No update applied yet. Releases come from the channel, or upload a bundle above."</p> }.into_any()
-            } else {
-                view! {
-                    <table class="updates"><thead><tr><th>"Started"</th><th>"Versions"</th><th>"Outcome"</th><th>"What happened"</th></tr></thead><tbody>
-                        {u.history.into_iter().map(|r| { let o = r.outcome.clone(); view! {
-                            <tr data-outcome=o><td>{when(r.started)}</td><td>{r.versions}</td><td>{r.outcome.replace('_', " ")}</td><td>{r.message}</td></tr>
-                        } }).collect_view()}
-                    </tbody></table>
-                }.into_any()
-            }}
         </section>
     }
 }
