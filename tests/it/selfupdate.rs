@@ -290,6 +290,7 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     use std::os::unix::fs::PermissionsExt;
     let home = tempfile::tempdir().unwrap();
     let _unmounts = crate::harness::Unmounts(home.path().to_owned());
+    let _cells = EndCellsIn(home.path().to_owned());
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let data = home.path().join("data");
 
@@ -577,6 +578,27 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     server_task.abort();
 }
 
+/// Ends, when the test ends however it ends, every cell process running from `0` (a test's
+/// home): a handover's new process is not the test's child, and a test failing before it
+/// learns its pid would leave it running.
+struct EndCellsIn(PathBuf);
+
+impl Drop for EndCellsIn {
+    fn drop(&mut self) {
+        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cwd = std::fs::read_link(p.path().join("cwd"));
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let up = String::from_utf8_lossy(&cmd).contains("\0up\0");
+            if up && cwd.is_ok_and(|c| c == self.0) {
+                let _ = Command::new("kill")
+                    .arg(p.file_name())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
 /// Ends the process taken over by a handover (not our child) when the test ends.
 struct KillOnDrop(u32);
 
@@ -628,6 +650,7 @@ async fn wait_status(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_update_loop_applies_application_releases_and_infrastructure_ones_once_approved() {
     let home = tempfile::tempdir().unwrap();
+    let _cells = EndCellsIn(home.path().to_owned());
     let data = home.path().join("data");
     let installed = home.path().join("bin/devcell");
     binary(&installed, None);
