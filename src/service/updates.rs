@@ -267,11 +267,15 @@ impl Cell {
     /// Unpacks a bundle (checked entry by entry, its signature before its artifacts) and
     /// stages its release.
     pub fn stage_bundle(&self, file: &Path) -> Result<Staged> {
+        self.stage_bundle_from(file, &format!("bundle {}", file.display()))
+    }
+
+    /// [`Cell::stage_bundle`], saying where the bundle came from in the history.
+    fn stage_bundle_from(&self, file: &Path, source: &str) -> Result<Staged> {
         let incoming = self.incoming_dir()?;
         let trust = self.release_trust(incoming.path()).map_err(refused)?;
         crate::update::bundle::unpack(file, &trust, incoming.path()).map_err(refused)?;
-        let source = format!("bundle {}", file.display());
-        let staged = self.stage_release(incoming.path(), &source)?;
+        let staged = self.stage_release(incoming.path(), source)?;
         // Moved away by staging; the temporary directory is gone either way.
         drop(incoming);
         Ok(staged)
@@ -646,8 +650,9 @@ impl Cell {
     ) -> Result<UpdateAttempt> {
         self.require_admin(actor)?;
         let cell = self.clone();
+        let source = format!("a bundle {} uploaded", actor.user.email);
         let staged = tokio::task::spawn_blocking(move || {
-            let staged = cell.stage_bundle(&file);
+            let staged = cell.stage_bundle_from(&file, &source);
             let _ = std::fs::remove_file(&file);
             staged
         })
