@@ -132,8 +132,8 @@ pub(crate) async fn release_server(root: PathBuf) -> (String, tokio::task::JoinH
     (format!("http://{addr}"), task)
 }
 
-/// Requests that keep coming, each on a connection of its own: how many were answered 200
-/// and what went wrong with the others.
+/// Requests that keep coming (four clients, one every 5 ms each), each on a connection of its
+/// own: how many were answered 200 and what went wrong with the others.
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
@@ -163,6 +163,9 @@ impl Load {
                 let token = token.to_owned();
                 tokio::spawn(async move {
                     while !stop.load(Ordering::SeqCst) {
+                        // Steady, not flat out: on two cores a flood would starve the tests
+                        // running beside this one.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                         match client.get(&url).bearer_auth(&token).send().await {
                             Ok(r) if r.status().is_success() => {
                                 ok.fetch_add(1, Ordering::SeqCst);
