@@ -309,6 +309,9 @@ pub async fn start(mut config: Config, mut opts: Options) -> Result<Running, Sta
         closed: closed_rx,
         stop: stop_rx.clone(),
     };
+    // Everything is started: ready from the first connection served (after a handover,
+    // connections are waiting in the backlog and are accepted at once).
+    ready.store(true, Ordering::SeqCst);
     let (addr, redirects, server) = match (tls, https) {
         (true, Some((secure, secure_addr))) => {
             let redirects =
@@ -327,7 +330,6 @@ pub async fn start(mut config: Config, mut opts: Options) -> Result<Running, Sta
         Some((a, task)) => (Some(a), Some(task)),
         None => (None, None),
     };
-    ready.store(true, Ordering::SeqCst);
     tracing::info!(%addr, elapsed_ms = t0.elapsed().as_millis() as u64, version = crate::version::text(), "cell is ready");
     // An update this process finishes: applied once the previous process saw it healthy.
     match inherited {
