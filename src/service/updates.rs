@@ -286,26 +286,34 @@ impl Cell {
     /// declares) and stages it.
     pub async fn fetch_release(&self, channel: &url::Url) -> Result<Staged> {
         let incoming = self.incoming_dir()?;
-        crate::update::fetch::release(channel, incoming.path(), &self.release_fetch_check())
+        let check = self.release_fetch_check();
+        let fetched = crate::update::fetch::release(channel, incoming.path(), &check)
             .await
             .map_err(refused)?;
-        let staged = self.stage_release(incoming.path(), channel.as_str())?;
-        drop(incoming);
-        Ok(staged)
+        match (fetched, check.staged) {
+            // The same release as staged: checked again where it is.
+            (None, Some((version, _))) => self.staged_release(&version),
+            _ => self.stage_release(incoming.path(), channel.as_str()),
+        }
     }
 
     /// What a fetch checks before downloading artifacts: trust, expiry and versions.
     fn release_fetch_check(&self) -> crate::update::fetch::Check {
-        let newest = self
-            .store()
-            .read(|tx| tx.newest_release())
-            .ok()
-            .flatten()
-            .map(|n| n.version);
+        let newest = self.store().read(|tx| tx.newest_release()).ok().flatten();
+        let staged = newest
+            .as_ref()
+            .filter(|n| {
+                self.updates_dir()
+                    .join(n.version.to_string())
+                    .join(crate::update::MANIFEST)
+                    .exists()
+            })
+            .map(|n| (n.version.clone(), n.manifest_sha256.clone()));
         crate::update::fetch::Check {
             trusted_keys: self.config().update.trusted_keys.clone(),
             running: crate::version::current().clone(),
-            newest_seen: newest,
+            newest_seen: newest.map(|n| n.version),
+            staged,
             now: self.now(),
         }
     }

@@ -17,6 +17,9 @@ pub struct Check {
     pub trusted_keys: Vec<String>,
     pub running: semver::Version,
     pub newest_seen: Option<semver::Version>,
+    /// The release already staged here: its version and its manifest's SHA-256. The same
+    /// manifest again is not downloaded again.
+    pub staged: Option<(semver::Version, String)>,
     pub now: time::OffsetDateTime,
 }
 
@@ -94,12 +97,13 @@ async fn download(
 }
 
 /// Fetches the release at `channel` into the empty directory `into`, as the directory
-/// [`super::verify_release`] checks.
+/// [`super::verify_release`] checks; `None` when it is the release already staged (nothing
+/// past its manifest is downloaded).
 pub async fn release(
     channel: &url::Url,
     into: &Path,
     check: &Check,
-) -> Result<Manifest, UpdateError> {
+) -> Result<Option<Manifest>, UpdateError> {
     let mut base = channel.clone();
     if !base.path().ends_with('/') {
         base.set_path(&format!("{}/", base.path()));
@@ -149,6 +153,14 @@ pub async fn release(
             manifest.version
         )));
     }
+    if let Some((version, sha256)) = &check.staged {
+        use sha2::Digest as _;
+        if manifest.version == *version
+            && hex::encode(sha2::Sha256::digest(&manifest_bytes)) == *sha256
+        {
+            return Ok(None);
+        }
+    }
     for a in &manifest.artifacts {
         if !download(&client, &base, &a.name, into, a.size, true).await? {
             return Err(UpdateError::Unreachable(format!(
@@ -157,5 +169,5 @@ pub async fn release(
             )));
         }
     }
-    Ok(manifest)
+    Ok(Some(manifest))
 }

@@ -92,6 +92,35 @@ fn version_of(bin: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A release key pair in `home/keys`: the directory and the public key's base64 line.
+fn test_keys(home: &Path) -> (PathBuf, String) {
+    let keys = home.join("keys");
+    let (ok, said, err) = cli(
+        home,
+        &["release", "keygen", "--out", keys.to_str().unwrap()],
+    );
+    assert!(ok, "{said}{err}");
+    let public = std::fs::read_to_string(keys.join("devcell.pub")).unwrap();
+    let public = public.lines().last().unwrap().to_owned();
+    (keys, public)
+}
+
+/// `devcell up` from the binary at `installed` on `data`, trusting `public` and looking for
+/// releases at `server`'s `stable/`; the caller adds what its test needs.
+fn cell_command(installed: &Path, home: &Path, data: &Path, public: &str, server: &str) -> Command {
+    let mut c = devcell_at(installed, home);
+    c.env("DEVCELL_UPDATE__TRUSTED_KEYS", public)
+        .env("DEVCELL_UPDATE__CHANNEL_URL", format!("{server}/stable/"))
+        .args([
+            "up",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+    c
+}
+
 /// Signs `binary` as `version` into `out` (replaced) with the key in `keys`.
 fn sign(home: &Path, keys: &Path, binary: &Path, version: &str, out: &Path) {
     let _ = std::fs::remove_dir_all(out);
@@ -304,16 +333,7 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     let next = home.path().join("build/devcell-99.0.0");
     binary(&next, Some("99.0.0"));
     assert_eq!(version_of(&next), "devcell 99.0.0");
-    let (ok, said, err) = run({
-        let mut c = devcell(home.path());
-        c.args(["release", "keygen", "--out"])
-            .arg(home.path().join("keys"));
-        c
-    });
-    assert!(ok, "{said}{err}");
-    let public = std::fs::read_to_string(home.path().join("keys/devcell.pub")).unwrap();
-    let public = public.lines().last().unwrap().to_owned();
-    let keys = home.path().join("keys");
+    let (keys, public) = test_keys(home.path());
     let channel_dir = home.path().join("releases/stable");
     sign(home.path(), &keys, &next, "99.0.0", &channel_dir);
     let (server, server_task) = release_server(home.path().join("releases")).await;
@@ -332,18 +352,9 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     };
 
     let up = || {
-        let mut c = devcell_at(&installed, home.path());
+        let mut c = cell_command(&installed, home.path(), &data, &public, &server);
         c.env("NOTIFY_SOCKET", &notify_path)
-            .env("DEVCELL_UPDATE__TRUSTED_KEYS", &public)
-            .env("DEVCELL_UPDATE__CHANNEL_URL", format!("{server}/stable/"))
-            .env("DEVCELL_UPDATE__HEALTH_DEADLINE", "12s")
-            .args([
-                "up",
-                "--data",
-                data.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ]);
+            .env("DEVCELL_UPDATE__HEALTH_DEADLINE", "12s");
         spawn(c)
     };
     let mut cell = up();
@@ -661,31 +672,14 @@ async fn the_update_loop_applies_application_releases_and_infrastructure_ones_on
     binary(&minor, Some("0.2.0"));
     let infra = home.path().join("build/devcell-0.3.0");
     binary(&infra, Some("0.3.0"));
-    let keys = home.path().join("keys");
-    let (ok, said, err) = run({
-        let mut c = devcell(home.path());
-        c.args(["release", "keygen", "--out"]).arg(&keys);
-        c
-    });
-    assert!(ok, "{said}{err}");
-    let public = std::fs::read_to_string(keys.join("devcell.pub")).unwrap();
-    let public = public.lines().last().unwrap().to_owned();
+    let (keys, public) = test_keys(home.path());
     let channel_dir = home.path().join("releases/stable");
     sign(home.path(), &keys, &minor, "0.2.0", &channel_dir);
     let (server, server_task) = release_server(home.path().join("releases")).await;
 
     // The loop looks every second: the application release applies by itself.
-    let mut c = devcell_at(&installed, home.path());
-    c.env("DEVCELL_UPDATE__TRUSTED_KEYS", &public)
-        .env("DEVCELL_UPDATE__CHANNEL_URL", format!("{server}/stable/"))
-        .env("DEVCELL_UPDATE__CHECK_INTERVAL", "1s")
-        .args([
-            "up",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
+    let mut c = cell_command(&installed, home.path(), &data, &public, &server);
+    c.env("DEVCELL_UPDATE__CHECK_INTERVAL", "1s");
     let cell = spawn(c);
     let base = cell.url.clone();
     let st = wait_status(home.path(), &data, "applied 0.2.0", |s| {
