@@ -593,8 +593,9 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
 }
 
 /// Ends, when the test ends however it ends, every cell process running from `0` (a test's
-/// home): a handover's new process is not the test's child, and a test failing before it
-/// learns its pid would leave it running.
+/// home) and the workspaces of `home/data`: a handover's new process is not the test's child,
+/// and a test failing before it learns its pid (or before its own `down`) would leave it and
+/// its sandboxes running.
 struct EndCellsIn(PathBuf);
 
 impl Drop for EndCellsIn {
@@ -608,7 +609,20 @@ impl Drop for EndCellsIn {
                     .arg(p.file_name())
                     .stderr(std::process::Stdio::null())
                     .status();
+                // Gone before the workspaces are ended below (the database is then free).
+                let until = Instant::now() + Duration::from_secs(10);
+                while p.path().exists() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
+        }
+        let data = self.0.join("data");
+        if data.join(devcell::store::DB_FILE).exists() {
+            let _ = run({
+                let mut c = devcell(&self.0);
+                c.args(["down", "--data"]).arg(&data);
+                c
+            });
         }
     }
 }
