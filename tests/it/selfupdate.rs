@@ -437,8 +437,8 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     assert_eq!(readyz(&base).await, (200, "99.0.0".to_owned()));
 
     // The old process handed over and exited; the new one says so.
-    let status = cell.child.wait().unwrap();
-    assert!(status.success(), "{status}");
+    let exited = cell.child.wait().unwrap();
+    assert!(exited.success(), "{exited}");
     let mut printed = Vec::new();
     while let Ok(l) = cell.more.recv_timeout(Duration::from_secs(2)) {
         printed.push(l);
@@ -486,18 +486,7 @@ async fn a_running_cell_updates_itself_under_load_and_rolls_back_a_binary_that_f
     );
     drop(term);
 
-    let (ok, st, err) = cli(
-        home.path(),
-        &[
-            "update",
-            "status",
-            "--json",
-            "--data",
-            data.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{err}");
-    let st: Value = serde_json::from_str(&st).unwrap();
+    let st = status(home.path(), &data);
     assert_eq!(st["running"], "99.0.0", "{st:#}");
     assert_eq!(st["attempts"][0]["outcome"], "applied", "{st:#}");
     assert_eq!(st["attempts"][0]["to"], "99.0.0", "{st:#}");
