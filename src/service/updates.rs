@@ -640,7 +640,22 @@ impl Cell {
         })?;
         self.approve_update(&v)?;
         let staged = self.staged_release(&v)?;
-        self.request_update(staged)
+        match self.request_update(staged) {
+            // The loop saw the approval first and applies it: that is this approval's update.
+            Err(Error::Conflict {
+                code: "update_under_way",
+                message,
+            }) => self
+                .store()
+                .read(|tx| tx.update_attempts(1))?
+                .into_iter()
+                .find(|a| a.to == v && a.outcome == UpdateOutcome::Applying)
+                .ok_or(Error::Conflict {
+                    code: "update_under_way",
+                    message,
+                }),
+            other => other,
+        }
     }
 
     /// An administrator asks the channel now (applying as the loop would).
